@@ -1,0 +1,53 @@
+# Two commands do everything: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.test-installed
+DEBIAN_TEST_PACKAGES := redis-server nginx chromium
+
+.PHONY: install run test test-fast bench system-deps clean features
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[parity]'
+	@touch $@
+
+# Debian packages the tests run for real (redis-server, nginx, chromium), when missing.
+system-deps:
+	@missing=""; for p in $(DEBIAN_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+# Prepare the default collection: the bundled models' features ship in features/;
+# this only extracts what is missing or changed.
+features: install
+	$(BIN)/cbir index -m efficientnet_lite0,efficientnet_lite1,efficientnet_lite2
+
+run: install
+	CBIR_DEMO=$${CBIR_DEMO:-1} $(BIN)/python -m cbir.run
+
+test: $(TEST_STAMP) system-deps
+	$(BIN)/python -m pytest -p no:cacheprovider --timeout=900
+
+test-fast: $(TEST_STAMP)
+	$(BIN)/python -m pytest -m "not slow and not browser and not nginx and not parity" --timeout=300
+
+bench: install
+	$(BIN)/python bench/search.py
+	$(BIN)/python bench/index.py
+
+clean:
+	rm -rf $(VENV) var models_cache .pytest_cache

@@ -1,0 +1,259 @@
+"""`cbir` command line: index, search, evaluate, models, weights, users, api."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import CBIRError
+
+METRIC_CHOICES = ("euclidean", "cosine", "chi_square", "bhattacharyya")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"cbir: error: {message}", file=sys.stderr)
+    return code
+
+
+def _engine(args):
+    from .engine import Engine
+
+    return Engine(args.collection)
+
+
+def _models_arg(value: str | None) -> list[str]:
+    from .extractors import default_model, get_spec
+
+    if not value:
+        return [default_model()]
+    return [get_spec(m).name for m in value.split(",") if m.strip()]
+
+
+def cmd_models(args) -> int:
+    from .extractors import default_model
+    from .engine import Engine
+    from .collection import scan_collection
+
+    try:
+        engine = Engine(scan_collection(args.collection))
+        infos = engine.model_info()
+    except CBIRError:
+        from .extractors import MODELS, model_status
+
+        infos = [dict(name=n, label=s.label, dim=s.dim, available=model_status(n)[0], reason=model_status(n)[1], indexed=0) for n, s in MODELS.items()]
+    default = default_model()
+    if args.json:
+        print(json.dumps({"default": default, "models": infos}, indent=2))
+        return 0
+    print(f"{'model':<20}{'dim':>6}  {'status':<12}{'indexed':>8}  reason")
+    for m in infos:
+        mark = "*" if m["name"] == default else " "
+        status = "available" if m["available"] else "unavailable"
+        print(f"{mark}{m['name']:<19}{m['dim']:>6}  {status:<12}{m['indexed']:>8}  {m['reason']}")
+    print("* default model")
+    return 0
+
+
+def cmd_index(args) -> int:
+    from tqdm import tqdm
+
+    from .collection import scan_collection
+    from .config import get_settings
+    from .extractors import get_spec, model_status, normalise_weights
+    from .indexing import index_collection
+
+    settings = get_settings()
+    collection = scan_collection(args.collection)
+    weights = normalise_weights(args.weights)
+    models = _models_arg(args.model) if args.model != "all" else [m for m in __import__("cbir.extractors", fromlist=["MODELS"]).MODELS if model_status(m, weights)[0]]
+    status = 0
+    for model in models:
+        ok, reason = model_status(model, weights)
+        if not ok:
+            print(f"cbir: error: {model} unavailable: {reason}", file=sys.stderr)
+            status = 2
+            continue
+        bar = tqdm(total=len(collection), unit="img", desc=get_spec(model).label, disable=args.quiet, file=sys.stderr)
+
+        def progress(done, total, bar=bar):
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        report = index_collection(
+            collection, model, Path(args.features or settings.features_dir), weights=weights,
+            batch_size=args.batch_size or settings.batch_size, threads=settings.decode_threads,
+            max_pixels=settings.max_image_pixels, progress=progress,
+        )
+        bar.close()
+        print(report.summary())
+        for path, reason in report.failures[:20]:
+            print(f"  skipped {reason}")
+        if len(report.failures) > 20:
+            print(f"  ... and {len(report.failures) - 20} more")
+    return status
+
+
+def cmd_search(args) -> int:
+    engine = _engine(args)
+    models = _models_arg(args.model)
+    if (args.id is None) == (args.image is None):
+        return _fail("give exactly one of --id or --image")
+    image = None
+    if args.image is not None:
+        p = Path(args.image)
+        if not p.is_file():
+            return _fail(f"image file {p} does not exist")
+        image = p.read_bytes()
+    method = args.method if len(models) > 1 else None
+    weights = None
+    if args.weights:
+        vals = [float(v) for v in args.weights.split(",")]
+        if len(vals) != len(models):
+            return _fail(f"--weights needs {len(models)} numbers, one per model")
+        weights = dict(zip(models, vals))
+    resp = engine.search(models, args.metric, args.top_k, image_id=args.id, image=image, method=method, weights=weights, exclude_query=not args.include_query)
+    if args.json:
+        print(json.dumps(resp.to_dict(), indent=2))
+        return 0
+    lists = list(resp.per_model.values()) + ([resp.fused] if resp.fused else [])
+    for rl in lists:
+        title = rl.name if rl.name != "combined" else f"combined ({resp.method})"
+        print(f"== {title}  [{resp.metric}, top {resp.top_k}, {rl.seconds * 1000:.1f} ms]")
+        for h in rl.hits:
+            mark = "" if h.relevant is None else ("  ✓" if h.relevant else "  ✗")
+            print(f"{h.rank:>4}  {h.id:<24} {h.score:>10.5f}  {h.label or '':<12}{mark}")
+        if rl.has_metrics:
+            print(f"P@{resp.top_k}={rl.precision_at_k:.3f}  R@{resp.top_k}={rl.recall_at_k:.3f}  AP={rl.average_precision:.4f}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tqdm import tqdm
+
+    from .evaluation import PROTOCOL
+
+    engine = _engine(args)
+    models = _models_arg(args.model)
+    weights = None
+    if args.weights:
+        vals = [float(v) for v in args.weights.split(",")]
+        if len(vals) != len(models):
+            return _fail(f"--weights needs {len(models)} numbers, one per model")
+        weights = dict(zip(models, vals))
+    method = args.method if len(models) > 1 else None
+    bar = tqdm(total=len(engine.collection), unit="query", desc="evaluate", disable=args.quiet, file=sys.stderr)
+
+    def progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    report = engine.evaluate(models, args.metric, method=method, weights=weights, progress=progress)
+    bar.close()
+    print(f"{report.name}  metric={report.metric}  queries={report.n_queries}  ({report.seconds:.1f} s)")
+    print(f"mAP={report.map:.4f}  P@10={report.p_at_10:.4f}  P@20={report.p_at_20:.4f}  R-precision={report.r_precision:.4f}")
+    print(f"{'class':<16}{'AP':>8}")
+    for c, v in report.per_class_ap.items():
+        print(f"{c:<16}{v:>8.4f}")
+    print(f"protocol: {PROTOCOL}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_weights_download(args) -> int:
+    from .errors import WeightsUnavailableError
+    from .extractors import MODELS, ensure_keras_home, get_spec, keras_models_dir
+
+    ensure_keras_home()
+    names = [get_spec(m).name for m in args.models] or [n for n, s in MODELS.items() if s.family == "keras"]
+    from .extractors.keras_apps import download_weights
+
+    for name in names:
+        spec = get_spec(name)
+        if spec.family != "keras":
+            print(f"{name}: bundled with its package, nothing to download")
+            continue
+        try:
+            path = download_weights(spec)
+        except WeightsUnavailableError:
+            raise WeightsUnavailableError(
+                f"cannot download {spec.weights_file} for {name} (no network?); copy it into {keras_models_dir()}/"
+            ) from None
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import get_settings
+
+    settings = get_settings()
+    p = argparse.ArgumentParser(prog="cbir", description="Content-based image retrieval workbench.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--collection", default=str(settings.collection), help="collection folder (default: %(default)s)")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    sp = sub.add_parser("models", help="list models, their availability and why")
+    common(sp)
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_models)
+
+    sp = sub.add_parser("index", help="extract features of a collection (incremental)")
+    common(sp)
+    sp.add_argument("--model", "-m", default=None, help="model name, comma-separated list, or 'all' (default: best available)")
+    sp.add_argument("--weights", default="imagenet", help="imagenet (default), none (random init) or a weights file")
+    sp.add_argument("--features", default=None, help=f"feature store folder (default: {settings.features_dir})")
+    sp.add_argument("--batch-size", type=int, default=None)
+    sp.set_defaults(func=cmd_index)
+
+    sp = sub.add_parser("search", help="search by collection id or image file")
+    common(sp)
+    sp.add_argument("--id", help="query: an image id of the collection")
+    sp.add_argument("--image", help="query: an image file")
+    sp.add_argument("--model", "-m", default=None, help="model or comma-separated models")
+    sp.add_argument("--metric", default="cosine", help=f"one of {', '.join(METRIC_CHOICES)}")
+    sp.add_argument("--top-k", "-k", type=int, default=10)
+    sp.add_argument("--method", default="average", help="fusion for several models: average, weighted, rrf")
+    sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
+    sp.add_argument("--include-query", action="store_true", help="keep the query in its own results")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_search)
+
+    sp = sub.add_parser("evaluate", help="mAP, P@10, P@20, R-precision and per-class AP")
+    common(sp)
+    sp.add_argument("--model", "-m", default=None, help="model or comma-separated models (fused)")
+    sp.add_argument("--metric", default="cosine", help=f"one of {', '.join(METRIC_CHOICES)}")
+    sp.add_argument("--method", default="average", help="fusion for several models: average, weighted, rrf")
+    sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
+    sp.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("weights", help="manage model weights")
+    wsub = sp.add_subparsers(dest="weights_command", required=True)
+    dl = wsub.add_parser("download", help="download Keras ImageNet weights into the models cache (needs network)")
+    dl.add_argument("models", nargs="*", help="vgg16, resnet50, mobilenet (default: all three)")
+    dl.set_defaults(func=cmd_weights_download)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CBIRError as exc:
+        return _fail(str(exc))
+    except ValueError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted; the previous feature store is intact", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

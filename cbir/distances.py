@@ -1,0 +1,142 @@
+"""Distances between query vectors (q, d) and stored vectors (n, d) -> (q, n).
+
+Every metric is a distance: lower is closer, zero for identical vectors, so the
+ranking code has one rule. Public functions validate once; the private kernels
+assume clean float32 input. Memory stays bounded by working on row chunks of the
+stored matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .errors import unknown
+
+#: Elements of the (q, chunk, d) temporary used by the non-matmul kernels.
+_CHUNK_ELEMENTS = 1 << 23  # 8 Mi floats = 32 MiB in float32
+_EPS = 1e-12
+
+
+def _check(queries: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    q = np.asarray(queries)
+    x = np.asarray(stored)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or x.ndim != 2:
+        raise ValueError(f"expected 2-D arrays (q, d) and (n, d); got shapes {q.shape} and {x.shape}")
+    if q.shape[1] != x.shape[1]:
+        raise ValueError(f"feature widths differ: queries have d={q.shape[1]}, stored d={x.shape[1]}")
+    if not (np.issubdtype(q.dtype, np.number) and np.issubdtype(x.dtype, np.number)):
+        raise ValueError("features must be numeric")
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not (np.isfinite(q).all() and np.isfinite(x).all()):
+        raise ValueError("features contain NaN or infinity")
+    return q, x
+
+
+def _check_non_negative(name: str, *arrays: np.ndarray) -> None:
+    for a in arrays:
+        if a.size and a.min() < 0:
+            raise ValueError(
+                f"{name} treats features as histograms and needs non-negative values "
+                f"(min found {float(a.min()):.4g}); use cosine or euclidean for these features"
+            )
+
+
+def _euclidean(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    sq = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * (q @ x.T)
+    np.maximum(sq, 0.0, out=sq)  # rounding can give tiny negatives
+    return np.sqrt(sq, out=sq)
+
+
+def _l2_normalise(a: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return a / np.maximum(norms, _EPS)
+
+
+def _cosine(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    d = 1.0 - _l2_normalise(q) @ _l2_normalise(x).T
+    return np.clip(d, 0.0, 2.0, out=d)
+
+
+def _chi_square(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """0.5 * sum_i (q_i - x_i)^2 / (q_i + x_i), with 0/0 taken as 0."""
+    out = np.empty((q.shape[0], x.shape[0]), dtype=np.float32)
+    d = q.shape[1]
+    for qi in range(q.shape[0]):
+        row = q[qi]
+        step = max(1, _CHUNK_ELEMENTS // max(d, 1))
+        for start in range(0, x.shape[0], step):
+            block = x[start : start + step]
+            den = block + row
+            num = block - row
+            num *= num
+            np.divide(num, den, out=num, where=den > 0)
+            num[den <= 0] = 0.0
+            out[qi, start : start + step] = 0.5 * num.sum(1)
+    return out
+
+
+def _bhattacharyya(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Hellinger form sqrt(1 - BC), BC = sum_i sqrt(p_i r_i) over sum-1 normalised vectors."""
+    p = np.sqrt(q / np.maximum(q.sum(1, keepdims=True), _EPS))
+    r = np.sqrt(x / np.maximum(x.sum(1, keepdims=True), _EPS))
+    bc = p @ r.T
+    np.clip(bc, 0.0, 1.0, out=bc)
+    return np.sqrt(1.0 - bc, out=bc)
+
+
+def euclidean_distances(queries, stored) -> np.ndarray:
+    """||q - x||_2."""
+    return _euclidean(*_check(queries, stored))
+
+
+def cosine_distances(queries, stored) -> np.ndarray:
+    """1 - cos(q, x), in [0, 2]; a zero vector is treated as orthogonal to everything."""
+    return _cosine(*_check(queries, stored))
+
+
+def chi_square_distances(queries, stored) -> np.ndarray:
+    """0.5 * sum (q - x)^2 / (q + x); features must be non-negative."""
+    q, x = _check(queries, stored)
+    _check_non_negative("chi-square", q, x)
+    return _chi_square(q, x)
+
+
+def bhattacharyya_distances(queries, stored) -> np.ndarray:
+    """sqrt(1 - sum sqrt(p r)) of sum-normalised vectors, in [0, 1]; features must be non-negative."""
+    q, x = _check(queries, stored)
+    _check_non_negative("bhattacharyya", q, x)
+    return _bhattacharyya(q, x)
+
+
+DISTANCES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "euclidean": euclidean_distances,
+    "cosine": cosine_distances,
+    "chi_square": chi_square_distances,
+    "bhattacharyya": bhattacharyya_distances,
+}
+
+METRIC_LABELS = {
+    "euclidean": "Euclidean",
+    "cosine": "Cosine",
+    "chi_square": "Chi-square",
+    "bhattacharyya": "Bhattacharyya",
+}
+
+_ALIASES = {"chi2": "chi_square", "chi-square": "chi_square", "chisquare": "chi_square", "l2": "euclidean"}
+
+
+def normalise_metric(name: str) -> str:
+    key = _ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    if key not in DISTANCES:
+        raise unknown("metric", name, DISTANCES)
+    return key
+
+
+def pairwise_distances(queries, stored, metric: str = "cosine") -> np.ndarray:
+    """Distances with the named metric; ValueError listing valid names for an unknown one."""
+    return DISTANCES[normalise_metric(metric)](queries, stored)

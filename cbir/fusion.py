@@ -1,0 +1,112 @@
+"""Combining the rankings of several models.
+
+Distances of different models live on different scales, so ``average`` and
+``weighted`` first min-max normalise each model's distances per query over the
+whole collection. Reciprocal rank fusion (Cormack, Clarke, Buettcher, SIGIR 2009)
+scores ``sum_m w_m / (k + rank_m)`` with ranks from 1 and k = 60. All functions
+take full (q, n) distance matrices, never truncated lists, and never mutate input.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import CBIRError, unknown
+
+RRF_K = 60
+FUSION_METHODS = ("average", "weighted", "rrf")
+FUSION_LABELS = {"average": "Average", "weighted": "Weighted", "rrf": "Reciprocal rank fusion"}
+
+
+def minmax_normalise(distances: np.ndarray) -> np.ndarray:
+    """Per row (query) map distances to [0, 1]; a constant row becomes all zeros.
+
+    Non-finite entries (excluded items, set to +inf) are ignored for the range and
+    stay +inf.
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    d = d[None, :] if d.ndim == 1 else d
+    finite = np.isfinite(d)
+    lo = np.where(finite, d, np.inf).min(1, keepdims=True)
+    hi = np.where(finite, d, -np.inf).max(1, keepdims=True)
+    span = hi - lo
+    span[span <= 0] = 1.0
+    out = (d - lo) / span
+    out[~finite] = np.inf
+    return out
+
+
+def ranks_from_distances(distances: np.ndarray) -> np.ndarray:
+    """1-based rank of every item per row (ties broken by position, stable)."""
+    d = np.asarray(distances)
+    d = d[None, :] if d.ndim == 1 else d
+    order = np.argsort(d, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    rows = np.arange(d.shape[0])[:, None]
+    ranks[rows, order] = np.arange(1, d.shape[1] + 1)[None, :]
+    return ranks
+
+
+def check_weights(models: Sequence[str], weights: Mapping[str, float] | Sequence[float] | None) -> np.ndarray:
+    """Weights as an array aligned with ``models``: non-negative, finite, not all zero."""
+    if weights is None:
+        return np.ones(len(models))
+    if isinstance(weights, Mapping):
+        extra = set(weights) - set(models)
+        if extra:
+            raise CBIRError(f"weights given for models not searched: {', '.join(sorted(extra))}")
+        w = np.array([float(weights.get(m, 1.0)) for m in models])
+    else:
+        w = np.asarray(list(weights), dtype=float)
+        if w.shape != (len(models),):
+            raise CBIRError(f"expected {len(models)} weights (one per model), got {w.size}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise CBIRError("fusion weights must be finite and non-negative")
+    if w.sum() <= 0:
+        raise CBIRError("fusion weights are all zero; give at least one model a positive weight")
+    return w
+
+
+def fuse(
+    distances: Mapping[str, np.ndarray],
+    method: str = "average",
+    weights: Mapping[str, float] | Sequence[float] | None = None,
+    rrf_k: int = RRF_K,
+) -> np.ndarray:
+    """Fuse per-model (q, n) distance matrices into one (q, n) matrix where lower is closer.
+
+    * ``average``: mean of min-max-normalised distances.
+    * ``weighted``: sum_m w_m d_m / sum_m w_m over normalised distances.
+    * ``rrf``: returns ``-sum_m w_m / (k + rank_m)`` (negated so lower is closer);
+      with no weights every model counts 1.
+    Items that are +inf (excluded) in any model stay +inf.
+    """
+    if not distances:
+        raise CBIRError("nothing to fuse: choose at least one model")
+    method = str(method).lower()
+    if method not in FUSION_METHODS:
+        raise unknown("fusion method", method, FUSION_METHODS)
+    models = list(distances)
+    mats = [np.asarray(distances[m], dtype=np.float64) for m in models]
+    mats = [m[None, :] if m.ndim == 1 else m for m in mats]
+    shapes = {m.shape for m in mats}
+    if len(shapes) != 1:
+        raise CBIRError(f"models disagree on the collection: distance shapes {sorted(shapes)}")
+    excluded = np.zeros(mats[0].shape, dtype=bool)
+    for m in mats:
+        excluded |= ~np.isfinite(m)
+    if method == "average":
+        w = np.ones(len(models))
+    else:
+        w = check_weights(models, weights)
+    if method == "rrf":
+        if rrf_k < 0:
+            raise CBIRError("rrf k must be >= 0")
+        score = sum(wi / (rrf_k + ranks_from_distances(m)) for wi, m in zip(w, mats))
+        out = -np.asarray(score, dtype=np.float64)
+    else:
+        out = sum(wi * minmax_normalise(m) for wi, m in zip(w, mats)) / w.sum()
+    out[excluded] = np.inf
+    return out

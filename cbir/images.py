@@ -1,0 +1,75 @@
+"""Decoding images safely: any mode to RGB, size limits, clear errors."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def open_image(source: str | Path | bytes | io.BytesIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode a file path or bytes into an RGB PIL image, or raise ImageError saying why."""
+    name = str(source) if isinstance(source, (str, Path)) else "upload"
+    if isinstance(source, (bytes, bytearray)):
+        if len(source) == 0:
+            raise ImageError("the file is empty (0 bytes)")
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageError(
+                        f"{name}: image is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the "
+                        f"{max_pixels / 1e6:.0f}-megapixel limit; downscale it first"
+                    )
+                if w == 0 or h == 0:
+                    raise ImageError(f"{name}: image has no pixels")
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                return _to_rgb(img)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{name}: file not found") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image PIL can read (JPEG, PNG, BMP, WebP, ...)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
+
+
+def resize_rgb(img: Image.Image, size: int) -> np.ndarray:
+    """Bilinear resize to size x size, as uint8 (size, size, 3)."""
+    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def load_resized(source, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    img = open_image(source, max_pixels=max_pixels)
+    return resize_rgb(img, size)

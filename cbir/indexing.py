@@ -1,0 +1,175 @@
+"""Batched feature extraction with decoding in background threads, and indexing a
+collection into its feature store (incrementally)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .collection import Collection
+from .errors import CBIRError, ImageError
+from .images import DEFAULT_MAX_PIXELS, load_resized
+from .store import FeatureStore, load_store, merge_update, save_store, store_dir, store_exists
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Extraction:
+    features: np.ndarray  # (len(paths), d); rows of failed images are zero
+    ok: np.ndarray  # (len(paths),) bool
+    failures: list[tuple[str, str]]  # (path, reason)
+    seconds: float
+
+
+def _decode(path, size: int, max_pixels: int):
+    try:
+        return load_resized(path, size, max_pixels=max_pixels), None
+    except ImageError as exc:
+        return None, str(exc)
+    except Exception as exc:  # never fatal: the image is skipped and reported
+        return None, f"{path}: {type(exc).__name__}: {exc}"
+
+
+def extract_paths(
+    extractor,
+    paths: Sequence[Path],
+    batch_size: int = 32,
+    threads: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Progress | None = None,
+) -> Extraction:
+    """Features for ``paths``; decoding runs ``threads`` batches ahead of the model."""
+    start = time.perf_counter()
+    n = len(paths)
+    feats = np.zeros((n, extractor.spec.dim), dtype=np.float32)
+    ok = np.zeros(n, dtype=bool)
+    failures: list[tuple[str, str]] = []
+    size = extractor.input_size
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    done = 0
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cbir-decode") as pool:
+        pending: list[list[Future]] = []
+
+        def submit(b: int) -> None:
+            pending.append([pool.submit(_decode, paths[i], size, max_pixels) for i in batches[b]])
+
+        lookahead = 2
+        for b in range(min(lookahead, len(batches))):
+            submit(b)
+        for b, rows in enumerate(batches):
+            futures = pending.pop(0)
+            if b + lookahead < len(batches):
+                submit(b + lookahead)
+            arrays, good = [], []
+            for row, fut in zip(rows, futures):
+                arr, err = fut.result()
+                if err is None:
+                    arrays.append(arr)
+                    good.append(row)
+                else:
+                    failures.append((str(paths[row]), err))
+            if arrays:
+                feats[good] = extractor.features(np.stack(arrays))
+                ok[good] = True
+            done += len(rows)
+            if progress:
+                progress(done, n)
+    return Extraction(feats, ok, failures, time.perf_counter() - start)
+
+
+@dataclass
+class IndexReport:
+    model: str
+    weights: str
+    images: int
+    extracted: int
+    reused: int
+    removed: int
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    path: Path | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.extracted / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.model}: {self.images} images in store ({self.extracted} extracted, {self.reused} reused, "
+            f"{self.removed} removed, {len(self.failures)} skipped) in {self.seconds:.1f} s"
+            + (f", {self.rate:.1f} images/s" if self.extracted else "")
+        )
+
+
+def index_collection(
+    collection: Collection,
+    model: str,
+    features_dir: Path,
+    weights: str = "imagenet",
+    batch_size: int = 32,
+    threads: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Progress | None = None,
+    extractor=None,
+) -> IndexReport:
+    """Extract only new or changed images, drop removed ones, and write the store atomically."""
+    from .extractors import build_extractor, get_spec
+
+    spec = get_spec(model)
+    folder = store_dir(features_dir, collection.name, spec.name, weights)
+    old = None
+    if store_exists(folder):
+        try:
+            old = load_store(folder)
+        except CBIRError:
+            old = None  # unreadable: rebuild from scratch
+        if old is not None and (old.dim != spec.dim or old.manifest.get("weights") != weights):
+            old = None
+    signatures = collection.signatures()
+    todo, kept = merge_update(old, collection.ids, signatures)
+    removed = 0 if old is None else len(set(old.ids.tolist()) - set(collection.ids))
+    start = time.perf_counter()
+    failures: list[tuple[str, str]] = []
+    embeddings = kept if kept is not None else np.zeros((len(collection), spec.dim), dtype=np.float32)
+    ok = np.ones(len(collection), dtype=bool)
+    if todo:
+        extractor = extractor or build_extractor(spec.name, weights)
+        ext = extract_paths(
+            extractor, [collection.paths[i] for i in todo], batch_size, threads, max_pixels, progress
+        )
+        embeddings[todo] = ext.features
+        ok[todo] = ext.ok
+        failures = ext.failures
+    elif progress:
+        progress(len(collection), len(collection))
+    seconds = time.perf_counter() - start
+    if not ok.any():
+        raise CBIRError(f"no image of {collection.root} could be read; {len(failures)} failed, e.g. {failures[0][1]}")
+    keep = np.flatnonzero(ok)
+    if todo or removed or old is None or len(old) != len(keep):
+        store = FeatureStore(
+            model=spec.name,
+            weights=weights,
+            embeddings=embeddings[keep],
+            ids=np.asarray(collection.ids)[keep],
+            signatures=np.asarray(signatures)[keep],
+            manifest={"collection": collection.name, "created": old.manifest.get("created") if old else None},
+        )
+        save_store(store, folder)
+    return IndexReport(
+        model=spec.name,
+        weights=weights,
+        images=len(keep),
+        extracted=len(todo) - len(failures),
+        reused=len(collection) - len(todo),
+        removed=removed,
+        failures=failures,
+        seconds=seconds,
+        path=folder,
+    )

@@ -1,0 +1,150 @@
+"""Single-model and combined search over feature stores.
+
+A search ranks the *whole* collection for each model (so that fusion and the
+evaluation figures work on full rankings) and then keeps the top k for display.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .distances import normalise_metric, pairwise_distances
+from .errors import CBIRError
+from .evaluation import average_precision, interpolated_pr, pr_curve
+from .fusion import fuse
+from .store import FeatureStore
+
+MAX_TOP_K = 1000
+MAX_PR_POINTS = 2000
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: str
+    score: float  # distance (lower is closer); for RRF the negated fused score
+    label: str | None
+    relevant: bool | None
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "id": self.id, "score": round(float(self.score), 6), "label": self.label, "relevant": self.relevant}
+
+
+@dataclass
+class RankedList:
+    name: str
+    hits: list[Hit]
+    top_k: int
+    precision_at_k: float | None = None
+    recall_at_k: float | None = None
+    average_precision: float | None = None
+    n_relevant: int | None = None
+    pr_recall: list[float] = field(default_factory=list)
+    pr_precision: list[float] = field(default_factory=list)
+    pr_11: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def has_metrics(self) -> bool:
+        return self.average_precision is not None
+
+    def to_dict(self, pr_points: int = 101) -> dict:
+        step = max(1, len(self.pr_recall) // pr_points) if self.pr_recall else 1
+        return {
+            "name": self.name,
+            "results": [h.to_dict() for h in self.hits],
+            "top_k": self.top_k,
+            "precision_at_k": self.precision_at_k,
+            "recall_at_k": self.recall_at_k,
+            "average_precision": self.average_precision,
+            "relevant_in_collection": self.n_relevant,
+            "pr_curve": {"recall": self.pr_recall[::step], "precision": self.pr_precision[::step]},
+            "pr_11_point": self.pr_11,
+            "seconds": round(self.seconds, 5),
+        }
+
+
+def check_top_k(top_k: int) -> int:
+    try:
+        k = int(top_k)
+    except (TypeError, ValueError):
+        raise CBIRError(f"top_k must be an integer, got {top_k!r}") from None
+    if not 1 <= k <= MAX_TOP_K:
+        raise CBIRError(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
+    return k
+
+
+def query_distances(store: FeatureStore, query: np.ndarray, metric: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """(n,) distances from one query vector to the store (or to ``rows`` of it)."""
+    matrix = store.embeddings if rows is None else store.embeddings[rows]
+    return pairwise_distances(np.asarray(query, dtype=np.float32)[None, :], matrix, metric)[0].astype(np.float64)
+
+
+def rank_distances(
+    name: str,
+    distances: np.ndarray,
+    ids: Sequence[str],
+    labels: Sequence[str | None] | None,
+    query_label: str | None,
+    top_k: int,
+    seconds: float = 0.0,
+) -> RankedList:
+    """Turn one query's full distance row (+inf = excluded) into a ranked list with metrics."""
+    d = np.asarray(distances, dtype=np.float64)
+    valid = np.isfinite(d)
+    n_valid = int(valid.sum())
+    order = np.argsort(d, kind="stable")[:n_valid]
+    k = min(top_k, n_valid)
+    ids_arr = np.asarray(ids)
+    lab = None if labels is None else np.asarray(labels, dtype=object)
+    rel = None
+    result = RankedList(name=name, hits=[], top_k=top_k, seconds=seconds)
+    if lab is not None and query_label is not None:
+        rel = lab[order] == query_label
+        n_rel = int((lab[valid] == query_label).sum())
+        result.n_relevant = n_rel
+        result.precision_at_k = float(rel[:k].sum() / k) if k else 0.0
+        result.recall_at_k = float(rel[:k].sum() / n_rel) if n_rel else 0.0
+        result.average_precision = float(average_precision(rel, n_rel)[0])
+        recall, precision = pr_curve(rel, n_rel)
+        last = int(np.searchsorted(recall, 1.0 - 1e-12)) + 1 if n_rel else len(recall)
+        last = min(max(last, k), MAX_PR_POINTS, len(recall))
+        result.pr_recall = recall[:last].round(5).tolist()
+        result.pr_precision = precision[:last].round(5).tolist()
+        result.pr_11 = interpolated_pr(rel, n_rel)[0].round(5).tolist()
+    for r in range(k):
+        i = order[r]
+        result.hits.append(
+            Hit(
+                rank=r + 1,
+                id=str(ids_arr[i]),
+                score=float(d[i]),
+                label=None if lab is None else lab[i],
+                relevant=None if rel is None else bool(rel[r]),
+            )
+        )
+    return result
+
+
+def combine(
+    per_model: Mapping[str, np.ndarray],
+    method: str,
+    weights: Mapping[str, float] | None = None,
+) -> np.ndarray:
+    """Fuse full distance rows of several models (each (n,), +inf for excluded)."""
+    fused = fuse({m: d[None, :] for m, d in per_model.items()}, method=method, weights=weights)
+    return fused[0]
+
+
+def metric_name(metric: str) -> str:
+    return normalise_metric(metric)
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start

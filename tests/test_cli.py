@@ -1,0 +1,83 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, env=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "cbir", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "--model", "alexnet"], "unknown model 'alexnet'"),
+        (["search", "--id", "0", "--metric", "manhattan"], "unknown metric 'manhattan'"),
+        (["index", "--collection", "/does/not/exist"], "does not exist"),
+        (["search", "--id", "0", "--collection", "/does/not/exist"], "does not exist"),
+    ],
+)
+def test_bad_input_one_line_non_zero(args, message):
+    r = run(*args)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_empty_collection(tmp_path):
+    r = run("index", "--collection", str(tmp_path))
+    assert r.returncode != 0 and "holds no images" in r.stderr
+
+
+def test_evaluate_needs_labels(tmp_path, collection_dir, session_tmp):
+    import shutil
+
+    for i in (0, 1, 2):
+        shutil.copy(collection_dir / f"{i}.jpg", tmp_path / f"{i}.jpg")
+    env = {"CBIR_FEATURES_DIR": str(session_tmp / "cli-features")}
+    assert run("index", "-q", "--collection", str(tmp_path), "-m", "efficientnet_lite0", env=env).returncode == 0
+    r = run("evaluate", "-q", "--collection", str(tmp_path), "-m", "efficientnet_lite0", env=env)
+    assert r.returncode != 0 and "has no labels" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help_for_every_command():
+    for cmd in ("index", "search", "evaluate", "models"):
+        r = run(cmd, "--help")
+        assert r.returncode == 0 and "usage: cbir" in r.stdout
+
+
+def test_models_json():
+    r = run("models", "--json")
+    data = json.loads(r.stdout)
+    names = {m["name"]: m for m in data["models"]}
+    assert names["efficientnet_lite0"]["available"]
+    assert set(names) >= {"vgg16", "resnet50", "mobilenet", "efficientnet_lite0"}
+
+
+@pytest.mark.slow
+def test_index_search_evaluate_small(small_collection, tmp_path):
+    env = {"CBIR_FEATURES_DIR": str(tmp_path / "f")}
+    r = run("index", "--collection", str(small_collection), "-m", "efficientnet_lite0", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "12 extracted" in r.stdout and "images/s" in r.stdout
+    assert "12/12" in r.stderr  # tqdm progress bar
+    r = run("search", "--collection", str(small_collection), "-m", "efficientnet_lite0", "--id", "300", "-k", "3", "--json", env=env)
+    data = json.loads(r.stdout)
+    hits = data["models"]["efficientnet_lite0"]["results"]
+    assert [h["label"] for h in hits] == ["buses"] * 3 and "300" not in [h["id"] for h in hits]
+    out = tmp_path / "report.json"
+    r = run("evaluate", "-q", "--collection", str(small_collection), "-m", "efficientnet_lite0", "--json", str(out), env=env)
+    assert r.returncode == 0 and "mAP=" in r.stdout and "R-precision" in r.stdout and "buses" in r.stdout
+    assert json.loads(out.read_text())["mAP"] > 0.9
+    r = run("search", "--collection", str(small_collection), "-m", "efficientnet_lite0", "--image", str(small_collection / "401.jpg"), "-k", "2", env=env)
+    assert r.returncode == 0 and "dinosaurs" in r.stdout
+
+
+def test_weights_download_offline_fails_cleanly(tmp_path):
+    r = run("weights", "download", "mobilenet", env={"KERAS_HOME": str(tmp_path)})
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1 and "mobilenet_1_0_224_tf_no_top.h5" in r.stderr

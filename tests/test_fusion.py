@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from cbir.errors import CBIRError
+from cbir.fusion import fuse, minmax_normalise, ranks_from_distances
+
+
+def test_rrf_hand_worked():
+    # model a ranks items 0,1,2; model b ranks 2,0,1
+    a = np.array([[0.1, 0.2, 0.3]])
+    b = np.array([[0.5, 0.9, 0.1]])
+    fused = -fuse({"a": a, "b": b}, method="rrf")[0]
+    expected = [1 / 61 + 1 / 62, 1 / 62 + 1 / 63, 1 / 63 + 1 / 61]
+    np.testing.assert_allclose(fused, expected)
+    assert np.argsort(-fused)[0] == 0
+
+
+def test_weighted_hand_worked():
+    a = np.array([[0.0, 5.0, 10.0]])  # normalised 0, .5, 1
+    b = np.array([[4.0, 0.0, 2.0]])  # normalised 1, 0, .5
+    fused = fuse({"a": a, "b": b}, method="weighted", weights={"a": 3, "b": 1})[0]
+    np.testing.assert_allclose(fused, [(0 * 3 + 1) / 4, (0.5 * 3 + 0) / 4, (1 * 3 + 0.5) / 4])
+    avg = fuse({"a": a, "b": b}, method="average")[0]
+    np.testing.assert_allclose(avg, [0.5, 0.25, 0.75])
+
+
+def test_weighted_rrf():
+    a = np.array([[0.1, 0.2]])
+    b = np.array([[0.2, 0.1]])
+    fused = -fuse({"a": a, "b": b}, method="rrf", weights={"a": 2, "b": 1})[0]
+    np.testing.assert_allclose(fused, [2 / 61 + 1 / 62, 2 / 62 + 1 / 61])
+
+
+def test_excluded_items_stay_excluded():
+    a = np.array([[np.inf, 0.2, 0.4]])
+    b = np.array([[np.inf, 0.3, 0.1]])
+    for method in ("average", "weighted", "rrf"):
+        fused = fuse({"a": a, "b": b}, method=method)
+        assert np.isinf(fused[0, 0])
+        assert np.isfinite(fused[0, 1:]).all()
+    np.testing.assert_allclose(minmax_normalise(a)[0, 1:], [0, 1])
+
+
+def test_inputs_not_mutated():
+    a = np.array([[3.0, 1.0, 2.0]])
+    copy = a.copy()
+    fuse({"a": a, "b": a}, method="average")
+    np.testing.assert_array_equal(a, copy)
+
+
+def test_ranks():
+    np.testing.assert_array_equal(ranks_from_distances(np.array([0.3, 0.1, 0.2])), [[3, 1, 2]])
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [({"a": -1, "b": 1}, "non-negative"), ({"a": 0, "b": 0}, "all zero"), ({"c": 1}, "not searched")],
+)
+def test_bad_weights(weights, message):
+    a = np.array([[0.1, 0.2]])
+    with pytest.raises(CBIRError, match=message):
+        fuse({"a": a, "b": a}, method="weighted", weights=weights)
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="average, rrf, weighted"):
+        fuse({"a": np.ones((1, 2))}, method="borda")

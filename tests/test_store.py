@@ -1,0 +1,104 @@
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cbir.collection import scan_collection
+from cbir.errors import StoreError
+from cbir.store import FeatureStore, load_store, merge_update, save_store
+
+
+def _store(n=5, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return FeatureStore(
+        model="m", weights="none", embeddings=rng.random((n, d)), ids=[str(i) for i in range(n)],
+        signatures=[f"s{i}" for i in range(n)],
+    )
+
+
+def test_round_trip(tmp_path):
+    s = _store()
+    save_store(s, tmp_path)
+    t = load_store(tmp_path)
+    np.testing.assert_array_equal(t.embeddings, s.embeddings.astype(np.float32))
+    assert t.ids.tolist() == s.ids.tolist()
+    assert t.embeddings.dtype == np.float32
+    for key in ("model", "weights", "preprocessing_version", "dim", "images", "created", "version"):
+        assert key in t.manifest
+    assert (tmp_path / "manifest.json").exists()
+    assert t.row_of("3") == 3
+    with pytest.raises(StoreError, match="cbir index"):
+        t.row_of("nope")
+
+
+def test_missing_and_damaged(tmp_path):
+    with pytest.raises(StoreError, match="run `cbir index`"):
+        load_store(tmp_path)
+    (tmp_path / "store.npz").write_bytes(b"garbage")
+    with pytest.raises(StoreError, match="unreadable"):
+        load_store(tmp_path)
+
+
+def test_merge_update_reuses_unchanged():
+    old = _store(3)
+    todo, kept = merge_update(old, ["0", "1", "9"], ["s0", "CHANGED", "s9"])
+    assert todo == [1, 2]
+    np.testing.assert_array_equal(kept[0], old.embeddings[0])
+
+
+def test_interrupted_write_keeps_previous(tmp_path, monkeypatch):
+    save_store(_store(seed=1), tmp_path)
+    before = load_store(tmp_path).embeddings.copy()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_store(_store(seed=2), tmp_path)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(load_store(tmp_path).embeddings, before)
+    assert not list(tmp_path.glob(".store-*"))  # temp file cleaned up
+
+
+@pytest.mark.slow
+def test_incremental_index_and_kill(tmp_path, small_collection, collection_dir):
+    """Real extraction: re-index only what changed; SIGKILL mid-index leaves the old store."""
+    from cbir.indexing import index_collection
+
+    features = tmp_path / "features"
+    c = scan_collection(small_collection)
+    r1 = index_collection(c, "efficientnet_lite0", features)
+    assert (r1.extracted, r1.reused, r1.images) == (12, 0, 12)
+    # add one, change one, remove one, add a corrupt one
+    shutil.copy(collection_dir / "401.jpg", small_collection / "401b.jpg")
+    shutil.copy(collection_dir / "302.jpg", small_collection / "0.jpg")
+    (small_collection / "400.jpg").unlink()
+    (small_collection / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    labels = (small_collection / "labels.csv").read_text().replace("400,dinosaurs\n", "")
+    (small_collection / "labels.csv").write_text(labels + "401b,dinosaurs\nbroken,dinosaurs\n")
+    c2 = scan_collection(small_collection)
+    r2 = index_collection(c2, "efficientnet_lite0", features)
+    assert r2.extracted == 2 and r2.reused == 10 and r2.removed == 1
+    assert len(r2.failures) == 1 and "broken" in r2.failures[0][0]
+    store = load_store(r2.path)
+    assert "400" not in store and "401b" in store and "broken" not in store
+    # the changed image now has the features of 302
+    np.testing.assert_allclose(store.vector("0"), store.vector("302"), atol=1e-5)
+
+    before = store.embeddings.copy()
+    for f in small_collection.glob("*.jpg"):
+        f.write_bytes(f.read_bytes() + b"\0")  # every signature changes: full re-extraction
+    env = dict(os.environ, CBIR_FEATURES_DIR=str(features))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cbir", "index", "-q", "--collection", str(small_collection), "-m", "efficientnet_lite0", "--batch-size", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    time.sleep(6)
+    proc.kill()
+    proc.wait()
+    np.testing.assert_array_equal(load_store(r2.path).embeddings, before)
