@@ -239,7 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     dl = wsub.add_parser("download", help="download Keras ImageNet weights into the models cache (needs network)")
     dl.add_argument("models", nargs="*", help="vgg16, resnet50, mobilenet (default: all three)")
     dl.set_defaults(func=cmd_weights_download)
+    sp = sub.add_parser("api", help="serve the REST API (FastAPI + uvicorn)")
+    sp.add_argument("--host", default=None, help=f"default {settings.api_host}")
+    sp.add_argument("--port", type=int, default=None, help=f"default {settings.api_port}")
+    sp.set_defaults(func=cmd_api)
     return p
+
+
+def cmd_api(args) -> int:
+    from .api.app import serve
+
+    serve(args.host, args.port)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

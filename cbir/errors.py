@@ -14,7 +14,14 @@ class CollectionError(CBIRError):
 
 
 class ImageError(CBIRError):
-    """An image that cannot be decoded, is truncated or is too large."""
+    """An image that cannot be decoded, is truncated or is too large.
+
+    ``kind`` is one of "empty", "not_image", "corrupt", "too_large", "missing".
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class WeightsUnavailableError(CBIRError):

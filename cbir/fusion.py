@@ -107,6 +107,7 @@ def fuse(
         score = sum(wi / (rrf_k + ranks_from_distances(m)) for wi, m in zip(w, mats))
         out = -np.asarray(score, dtype=np.float64)
     else:
-        out = sum(wi * minmax_normalise(m) for wi, m in zip(w, mats)) / w.sum()
+        normalised = [np.where(excluded, 0.0, minmax_normalise(m)) for m in mats]
+        out = sum(wi * n for wi, n in zip(w, normalised)) / w.sum()
     out[excluded] = np.inf
     return out

@@ -36,7 +36,7 @@ def open_image(source: str | Path | bytes | io.BytesIO, max_pixels: int = DEFAUL
     name = str(source) if isinstance(source, (str, Path)) else "upload"
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
-            raise ImageError("the file is empty (0 bytes)")
+            raise ImageError("the file is empty (0 bytes)", "empty")
         source = io.BytesIO(source)
     try:
         with warnings.catch_warnings():
@@ -46,23 +46,41 @@ def open_image(source: str | Path | bytes | io.BytesIO, max_pixels: int = DEFAUL
                 if w * h > max_pixels:
                     raise ImageError(
                         f"{name}: image is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the "
-                        f"{max_pixels / 1e6:.0f}-megapixel limit; downscale it first"
+                        f"{max_pixels / 1e6:.0f}-megapixel limit; downscale it first",
+                        "too_large",
                     )
                 if w == 0 or h == 0:
-                    raise ImageError(f"{name}: image has no pixels")
+                    raise ImageError(f"{name}: image has no pixels", "empty")
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
                 return _to_rgb(img)
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{name}: file not found") from None
+        raise ImageError(f"{name}: file not found", "missing") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image PIL can read (JPEG, PNG, BMP, WebP, ...)") from None
+        if _looks_like_image(source):
+            raise ImageError(f"{name}: corrupt image (the header is an image's, the data is not)", "corrupt") from None
+        raise ImageError(f"{name}: not an image PIL can read (JPEG, PNG, BMP, WebP, ...)", "not_image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name}: refused as a decompression bomb ({exc})") from None
+        raise ImageError(f"{name}: refused as a decompression bomb ({exc})", "too_large") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
+
+
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_image(source) -> bool:
+    try:
+        if isinstance(source, io.BytesIO):
+            head = source.getvalue()[:12]
+        else:
+            with open(source, "rb") as fh:
+                head = fh.read(12)
+    except OSError:
+        return False
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
 def resize_rgb(img: Image.Image, size: int) -> np.ndarray:

@@ -67,3 +67,85 @@ def indexed_features(session_tmp):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# -- services -------------------------------------------------------------------------
+import shutil as _shutil
+import socket
+import subprocess
+import time as _time
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+    deadline = _time.time() + timeout
+    while _time.time() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            _time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
+
+
+class RedisServer:
+    """A real Debian redis-server on a free loopback port, with append-only persistence."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        exe = _shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+             "--appendonly", "yes", "--save", "", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server(session_tmp):
+    server = RedisServer(session_tmp / "redis-main").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_redis(redis_server):
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield redis_server
+    client.flushall()
+    client.close()
+
+
+def make_settings(redis_url: str | None, tmp: Path, **overrides):
+    from cbir.config import Settings
+
+    values = dict(
+        collection=COLLECTION, features_dir=ROOT / "features", var_dir=tmp / "var",
+        redis_url=redis_url, demo=True,
+    )
+    values.update(overrides)
+    return Settings(**values)

@@ -1,0 +1,1 @@
+"""The REST sidecar (FastAPI): thin routes over the engine, the user store and the cache."""

@@ -1,0 +1,145 @@
+"""FastAPI application factory: ``cbir api`` serves ``create_app()`` with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..cache import ResultCache
+from ..config import Settings, get_settings
+from ..engine import Engine
+from ..errors import CBIRError, CollectionError, ImageError, UnknownNameError
+from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
+from ..service import SearchService
+from ..users import AuthError, ConfigError, LockedError, UserError, UserStore, bootstrap, check_production_settings
+from .deps import APIError
+
+log = logging.getLogger("cbir.api")
+
+IMAGE_STATUS = {"empty": 400, "corrupt": 400, "not_image": 415, "too_large": 413, "missing": 404}
+
+
+def status_for(exc: Exception) -> int:
+    if isinstance(exc, APIError):
+        return exc.status
+    if isinstance(exc, LockedError):
+        return 429
+    if isinstance(exc, AuthError):
+        return 401
+    if isinstance(exc, ServiceUnavailable):
+        return 503
+    if isinstance(exc, ImageError):
+        return IMAGE_STATUS.get(exc.kind, 400)
+    if isinstance(exc, UnknownNameError):
+        return 422
+    if isinstance(exc, CollectionError) and "no image with id" in str(exc):
+        return 404
+    return 400
+
+
+def error_response(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _warm_up(service: SearchService) -> None:
+    """Load stores and the default extractor in the background so first requests are fast."""
+    from ..extractors import default_model
+
+    try:
+        for name in service.engine.searchable_models():
+            service.engine.store(name)
+        service.engine.extractor(default_model())
+    except Exception as exc:  # a missing model is reported per request
+        log.warning("warm-up incomplete: %s", exc)
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None, warm_up: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    check_production_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            created = bootstrap(app.state.users, settings)
+            if created:
+                log.info("created users: %s", ", ".join(created))
+        except ServiceUnavailable as exc:
+            log.warning("%s; users will be created when Redis is back", exc)
+        if warm_up:
+            threading.Thread(target=_warm_up, args=(app.state.service,), daemon=True).start()
+        yield
+
+    app = FastAPI(
+        title="CBIR workbench API",
+        version=__version__,
+        description=(
+            "Content-based image retrieval over deep features: single-model and combined search, "
+            "the collection's images, models and statistics. Log in with POST /api/login and send "
+            "`Authorization: Bearer <token>`. Every error is JSON `{\"error\": ...}`."
+        ),
+        lifespan=lifespan,
+    )
+    engine = engine or Engine(settings.collection, settings)
+    client = get_redis(settings)
+    app.state.settings = settings
+    app.state.users = UserStore(client, token_ttl=settings.session_minutes * 60)
+    app.state.service = SearchService(engine, ResultCache(client))
+    app.state.redis = client
+    app.state.started = time.time()
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(CBIRError)
+    async def _cbir_error(request: Request, exc: CBIRError):
+        status = status_for(exc)
+        headers = {"Retry-After": str(exc.seconds)} if isinstance(exc, LockedError) else None
+        if isinstance(exc, AuthError) and not isinstance(exc, LockedError):
+            headers = {"WWW-Authenticate": "Bearer"}
+        return error_response(status, str(exc), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
+        detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", "")} for e in errors]
+        return error_response(422, message, detail=detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        if isinstance(exc, REDIS_DOWN):
+            return error_response(503, str(ServiceUnavailable("Redis")))
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(500, "internal error; see the server log")
+
+    from .routes import admin, auth, images, meta, search
+
+    for module in (meta, auth, search, images, admin):
+        app.include_router(module.router)
+    return app
+
+
+def serve(host: str | None = None, port: int | None = None) -> None:
+    import uvicorn
+
+    settings = get_settings()
+    try:
+        app = create_app(settings)
+    except (ConfigError, CBIRError) as exc:
+        raise SystemExit(f"cbir: error: {exc}")
+    uvicorn.run(app, host=host or settings.api_host, port=port or settings.api_port, log_level="info", proxy_headers=True, forwarded_allow_ips="127.0.0.1")

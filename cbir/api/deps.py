@@ -1,0 +1,60 @@
+"""Shared handles (engine, search service, user store) injected into routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ..service import SearchService
+from ..users import User, UserStore
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        self.status = status
+        self.message = message
+        self.headers = headers
+        super().__init__(message)
+
+
+def get_service(request: Request) -> SearchService:
+    return request.app.state.service
+
+
+def get_users(request: Request) -> UserStore:
+    return request.app.state.users
+
+
+bearer = HTTPBearer(auto_error=False, description="token from POST /api/login")
+
+
+def current_user(
+    users: Annotated[UserStore, Depends(get_users)],
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> User:
+    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+        raise APIError(401, "missing bearer token: POST /api/login first", {"WWW-Authenticate": "Bearer"})
+    user = users.user_for_token(creds.credentials)
+    if user is None:
+        raise APIError(401, "token expired or invalid: log in again", {"WWW-Authenticate": "Bearer"})
+    return user
+
+
+def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
+    if user.role != "admin":
+        raise APIError(403, f"only admins may do this (you are {user.role})")
+    return user
+
+
+def client_source(request: Request) -> str:
+    forwarded = request.headers.get("x-forwarded-for", "")
+    host = forwarded.split(",")[0].strip() or (request.client.host if request.client else "")
+    return f"api:{host}"
+
+
+Service = Annotated[SearchService, Depends(get_service)]
+Users = Annotated[UserStore, Depends(get_users)]
+CurrentUser = Annotated[User, Depends(current_user)]
+AdminUser = Annotated[User, Depends(admin_user)]

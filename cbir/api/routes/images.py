@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import io
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse, Response
+
+from ...errors import CollectionError
+from ..deps import APIError, CurrentUser, Service
+from ..schemas import ErrorBody
+
+router = APIRouter(prefix="/api", tags=["collection"])
+
+
+@router.get("/available_images", responses={401: {"model": ErrorBody}, 422: {"model": ErrorBody}}, summary="Collection images, paged")
+def available_images(
+    service: Service,
+    user: CurrentUser,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    label: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict:
+    c = service.engine.collection
+    rows = [i for i in range(len(c)) if label is None or (c.labels and c.labels[i] == label)]
+    page = rows[offset : offset + limit]
+    return {
+        "total": len(rows),
+        "offset": offset,
+        "limit": limit,
+        "labels": sorted(c.class_counts()),
+        "items": [{"id": c.ids[i], "label": c.labels[i] if c.labels else None, "url": f"/api/images/{c.ids[i]}"} for i in page],
+    }
+
+
+@router.get(
+    "/images/{image_id:path}",
+    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 200: {"content": {"image/*": {}}}},
+    summary="An image file of the collection (or a JPEG thumbnail with ?thumb=SIZE)",
+)
+def image(service: Service, user: CurrentUser, image_id: str, thumb: Annotated[int | None, Query(ge=16, le=1024)] = None):
+    c = service.engine.collection
+    try:
+        path = c.path_of(image_id)  # ids come from the scan: no path from the request touches the disk
+    except CollectionError as exc:
+        raise APIError(404, str(exc)) from None
+    if thumb is None:
+        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+    from ...images import open_image
+
+    img = open_image(path)
+    img.thumbnail((thumb, thumb))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

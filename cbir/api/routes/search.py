@@ -1,0 +1,119 @@
+"""Search by collection id (JSON) or by an uploaded image (multipart/form-data)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from ...extractors import default_model
+from ..deps import APIError, CurrentUser, Service
+from ..schemas import CombinedSearchRequest, ErrorBody, SearchRequest
+
+router = APIRouter(prefix="/api", tags=["search"])
+
+ERRORS = {
+    code: {"model": ErrorBody}
+    for code in (400, 401, 404, 413, 415, 422, 503)
+}
+_UPLOAD_FIELDS = {"image": {"type": "string", "format": "binary", "description": "the query image"}}
+
+
+def _openapi_body(model) -> dict:
+    """Document both request forms: JSON by id, multipart with an image."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    form = {
+        "type": "object",
+        "properties": {
+            **{k: ({"type": "string"} if k in ("models", "weights") else v) for k, v in schema["properties"].items()},
+            **_UPLOAD_FIELDS,
+        },
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}, "multipart/form-data": {"schema": form}},
+        }
+    }
+
+
+async def _parse(request: Request, model, max_bytes: int):
+    """(validated parameters, image bytes or None) from JSON or multipart."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_bytes + 64 * 1024:
+        raise APIError(413, f"upload too large: limit is {max_bytes // 2**20} MB")
+    image = None
+    if ctype == "application/json":
+        try:
+            data = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise APIError(400, "request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise APIError(422, "request body must be a JSON object")
+    elif ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except Exception as exc:
+            raise APIError(400, f"malformed multipart body: {exc}") from None
+        data = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "image":
+                    raise APIError(422, f"unexpected file field {key!r}; send the image as 'image'")
+                image = await value.read(max_bytes + 1)
+                if len(image) > max_bytes:
+                    raise APIError(413, f"upload too large: limit is {max_bytes // 2**20} MB")
+            elif key == "models":
+                data["models"] = [m for m in value.split(",") if m.strip()] or None
+            elif key == "weights":
+                try:
+                    data["weights"] = json.loads(value) if value else None
+                except json.JSONDecodeError:
+                    raise APIError(422, 'weights must be a JSON object such as {"efficientnet_lite0": 2}') from None
+            else:
+                data[key] = value
+        if image is None and "image_id" not in data:
+            raise APIError(422, "multipart search needs a file field 'image' (or an image_id)")
+    else:
+        raise APIError(415, "send application/json (query by image_id) or multipart/form-data (query by image)")
+    try:
+        params = model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise APIError(422, f"{where}: {first['msg']}" if where else first["msg"]) from None
+    if (params.image_id is None) == (image is None):
+        raise APIError(422, "give exactly one query: image_id, or an uploaded image")
+    return params, image
+
+
+def _run(service, params, image, method=None, weights=None) -> dict:
+    models = params.models or [default_model()]
+    return service.search(
+        models, params.metric, params.top_k, image_id=params.image_id, image=image,
+        exclude_query=params.exclude_query, method=method, weights=weights,
+    )
+
+
+@router.post("/search", responses=ERRORS, openapi_extra=_openapi_body(SearchRequest), summary="Search with one or more models")
+async def search(request: Request, service: Service, user: CurrentUser) -> dict:
+    """Per model: ranked results (id, score, label, relevant), P@k, R@k, AP, PR points and time taken."""
+    params, image = await _parse(request, SearchRequest, service.engine.settings.max_upload_mb * 2**20)
+    return await run_in_threadpool(_run, service, params, image)
+
+
+@router.post(
+    "/search_combined", responses=ERRORS, openapi_extra=_openapi_body(CombinedSearchRequest),
+    summary="Search several models and fuse them (average, weighted, rrf)",
+)
+async def search_combined(request: Request, service: Service, user: CurrentUser) -> dict:
+    """Each model's results plus the fused ranking under ``combined``."""
+    params, image = await _parse(request, CombinedSearchRequest, service.engine.settings.max_upload_mb * 2**20)
+    if not params.models or len(params.models) < 2:
+        raise APIError(422, "combined search needs at least two models")
+    return await run_in_threadpool(_run, service, params, image, params.method, params.weights)

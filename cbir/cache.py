@@ -1,0 +1,84 @@
+"""Search results cached in Redis and the counters shared by the app and the API.
+
+The key covers the full request and the version of every feature store involved, so
+re-indexing invalidates old entries by itself. Redis being away never breaks a
+search: the cache is bypassed, counters are skipped and a warning is logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+
+import redis
+
+from .redisdb import REDIS_DOWN
+
+log = logging.getLogger("cbir.cache")
+P = "cbir:"
+CACHE_TTL = 24 * 3600
+
+
+class ResultCache:
+    def __init__(self, client: redis.Redis | None, enabled: bool = True, ttl: int = CACHE_TTL):
+        self.r = client
+        self.enabled = enabled and client is not None
+        self.ttl = ttl
+        self._warned_at = 0.0
+
+    def _down(self, exc: Exception) -> None:
+        now = time.time()
+        if now - self._warned_at > 30:  # one warning per outage, not one per request
+            log.warning("Redis unavailable, cache and counters bypassed: %s", exc)
+            self._warned_at = now
+
+    @staticmethod
+    def key(request: dict, store_versions: dict[str, str]) -> str:
+        blob = json.dumps({"request": request, "stores": store_versions}, sort_keys=True, default=str)
+        return f"{P}cache:" + hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, key: str) -> dict | None:
+        if not self.enabled:
+            return None
+        try:
+            raw = self.r.get(key)
+            self.r.incr(f"{P}stats:cache_hits" if raw else f"{P}stats:cache_misses")
+        except REDIS_DOWN as exc:
+            self._down(exc)
+            return None
+        return json.loads(raw) if raw else None
+
+    def set(self, key: str, value: dict) -> None:
+        if not self.enabled:
+            return
+        try:
+            self.r.set(key, json.dumps(value), ex=self.ttl)
+        except REDIS_DOWN as exc:
+            self._down(exc)
+
+    def count_search(self) -> None:
+        if self.r is None:
+            return
+        try:
+            self.r.incr(f"{P}stats:searches")
+        except REDIS_DOWN as exc:
+            self._down(exc)
+
+    def stats(self) -> dict:
+        if self.r is None:
+            return {"searches_performed": None, "cache_hit_rate": None, "redis": False}
+        try:
+            searches, hits, misses = self.r.mget(f"{P}stats:searches", f"{P}stats:cache_hits", f"{P}stats:cache_misses")
+        except REDIS_DOWN as exc:
+            self._down(exc)
+            return {"searches_performed": None, "cache_hit_rate": None, "redis": False}
+        hits, misses = int(hits or 0), int(misses or 0)
+        return {
+            "searches_performed": int(searches or 0),
+            "cache_hits": hits,
+            "cache_misses": misses,
+            "cache_hit_rate": round(hits / (hits + misses), 4) if hits + misses else 0.0,
+            "redis": True,
+        }

@@ -1,0 +1,82 @@
+"""Search as the app and the API both run it: the engine plus the Redis result cache
+and the shared "searches performed" counter."""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping, Sequence
+
+from .cache import ResultCache
+from .engine import Engine, Query
+
+
+class SearchService:
+    def __init__(self, engine: Engine, cache: ResultCache):
+        self.engine = engine
+        self.cache = cache
+        self.started = time.time()
+
+    def search(
+        self,
+        models: Sequence[str],
+        metric: str = "cosine",
+        top_k: int = 10,
+        image_id: str | None = None,
+        image: bytes | None = None,
+        exclude_query: bool = True,
+        method: str | None = None,
+        weights: Mapping[str, float] | None = None,
+        use_cache: bool = True,
+    ) -> dict:
+        """The search response as a dict, with ``cached`` telling whether it came from Redis."""
+        from .extractors import get_spec
+
+        models = [get_spec(m).name for m in models]
+        query = Query(image_id=image_id, image=image)
+        request = {
+            "models": list(models),
+            "metric": metric,
+            "top_k": top_k,
+            "query": query.cache_key(),
+            "exclude_query": exclude_query,
+            "method": method if len(models) > 1 else None,
+            "weights": dict(weights) if weights else None,
+        }
+        key = None
+        if use_cache and self.cache.enabled:
+            try:
+                versions = {m: self.engine.store(m).version for m in models}
+            except Exception:
+                versions = None  # the engine call below reports the real problem
+            if versions is not None:
+                key = self.cache.key(request, versions)
+                hit = self.cache.get(key)
+                if hit is not None:
+                    self.cache.count_search()
+                    hit["cached"] = True
+                    return hit
+        resp = self.engine.search(
+            models, metric, top_k, query, exclude_query=exclude_query, method=method if len(models) > 1 else None, weights=weights
+        )
+        out = resp.to_dict()
+        out["cached"] = False
+        if key is not None:
+            self.cache.set(key, out)
+        self.cache.count_search()
+        return out
+
+    def stats(self) -> dict:
+        from .distances import DISTANCES
+
+        info = self.engine.model_info()
+        return {
+            "collection": self.engine.collection.name,
+            "images": len(self.engine.collection),
+            "labelled": self.engine.collection.has_labels,
+            "classes": len(self.engine.collection.class_counts()),
+            "models_available": [m["name"] for m in info if m["available"]],
+            "models_searchable": [m["name"] for m in info if m["searchable"]],
+            "metrics": list(DISTANCES),
+            **self.cache.stats(),
+            "uptime_seconds": round(time.time() - self.started, 1),
+        }

@@ -1,0 +1,242 @@
+"""The REST sidecar against a real redis-server, real images and the shipped features."""
+
+import io
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from cbir.api.app import create_app
+from tests.conftest import COLLECTION, RedisServer, make_settings
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def client(fresh_redis, tmp_path):
+    app = create_app(make_settings(fresh_redis.url, tmp_path), warm_up=False)
+    with TestClient(app) as c:
+        yield c
+
+
+def login(client, username="researcher", password="umons2024") -> dict:
+    r = client.post("/api/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def test_health_and_ready(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    r = client.get("/ready")
+    assert r.status_code == 200 and r.json()["redis"] is True
+    assert "efficientnet_lite0" in r.json()["models_searchable"]
+
+
+def test_auth_rules(client):
+    r = client.post("/api/search", json={"image_id": "1"})
+    assert r.status_code == 401 and "bearer token" in r.json()["error"]
+    r = client.post("/api/search", json={"image_id": "1"}, headers={"Authorization": "Bearer nonsense"})
+    assert r.status_code == 401 and "expired or invalid" in r.json()["error"]
+    r = client.post("/api/login", json={"username": "student", "password": "wrong"})
+    assert r.status_code == 401 and r.json() == {"error": "wrong username or password"}
+    student = login(client, "student", "multimedia")
+    r = client.post("/api/add_user", json={"username": "newbie", "password": "secret99"}, headers=student)
+    assert r.status_code == 403 and "only admins" in r.json()["error"]
+    admin = login(client, "admin", "password123")
+    r = client.post("/api/add_user", json={"username": "newbie", "password": "secret99", "role": "researcher"}, headers=admin)
+    assert r.status_code == 201 and r.json()["user"]["role"] == "researcher"
+    r = client.post("/api/add_user", json={"username": "newbie", "password": "secret99"}, headers=admin)
+    assert r.status_code == 400 and "already exists" in r.json()["error"]
+    newbie = login(client, "newbie", "secret99")
+    assert client.get("/api/stats", headers=newbie).status_code == 200
+    log = client.get("/api/auth_log", headers=admin).json()["entries"]
+    assert any(e["event"] == "user_created" and e["username"] == "newbie" and e["actor"] == "admin" for e in log)
+    assert client.get("/api/auth_log", headers=student).status_code == 403
+    # logout revokes the token
+    assert client.post("/api/logout", headers=newbie).status_code == 200
+    assert client.get("/api/stats", headers=newbie).status_code == 401
+
+
+def test_expired_token(client):
+    client.app.state.users.token_ttl = 1
+    headers = login(client)
+    time.sleep(2.1)
+    r = client.get("/api/stats", headers=headers)
+    assert r.status_code == 401 and "expired" in r.json()["error"]
+
+
+def test_lockout_429(client):
+    for _ in range(4):
+        assert client.post("/api/login", json={"username": "user1", "password": "x"}).status_code == 401
+    r = client.post("/api/login", json={"username": "user1", "password": "x"})
+    assert r.status_code == 429 and "too many failed logins" in r.json()["error"]
+    assert int(r.headers["retry-after"]) > 800
+    r = client.post("/api/login", json={"username": "user1", "password": "demo123"})
+    assert r.status_code == 429
+
+
+def test_search_by_id(client):
+    h = login(client)
+    r = client.post("/api/search", json={"image_id": "305", "models": ["efficientnet_lite0"], "top_k": 10}, headers=h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    res = body["models"]["efficientnet_lite0"]
+    assert len(res["results"]) == 10 and res["results"][0]["rank"] == 1
+    assert "305" not in [x["id"] for x in res["results"]]
+    assert all(x["label"] == "buses" and x["relevant"] for x in res["results"][:5])
+    assert res["precision_at_k"] >= 0.9 and 0 < res["recall_at_k"] <= 10 / 99 and 0 < res["average_precision"] <= 1
+    assert res["relevant_in_collection"] == 99
+    assert len(res["pr_curve"]["recall"]) > 10 and len(res["pr_11_point"]) == 11
+    assert res["seconds"] > 0 and body["cached"] is False
+    scores = [x["score"] for x in res["results"]]
+    assert scores == sorted(scores)
+    again = client.post("/api/search", json={"image_id": "305", "models": ["efficientnet_lite0"], "top_k": 10}, headers=h).json()
+    assert again["cached"] is True and again["models"] == body["models"]
+    stats = client.get("/api/stats", headers=h).json()
+    assert stats["searches_performed"] == 2 and stats["cache_hit_rate"] > 0 and stats["images"] == 1000
+    # include the query
+    r = client.post("/api/search", json={"image_id": "305", "models": ["efficientnet_lite0"], "top_k": 1, "exclude_query": False}, headers=h)
+    assert r.json()["models"]["efficientnet_lite0"]["results"][0]["id"] == "305"
+
+
+def test_search_combined(client):
+    h = login(client)
+    body = {"image_id": "712", "models": ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"], "method": "rrf", "top_k": 20}
+    r = client.post("/api/search_combined", json=body, headers=h)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert set(data["models"]) == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
+    assert data["method"] == "rrf" and len(data["combined"]["results"]) == 20
+    assert data["combined"]["precision_at_k"] >= 0.9
+    w = client.post("/api/search_combined", json={**body, "method": "weighted", "weights": {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 0}}, headers=h).json()
+    # all weight on Lite1: the fused ranking is Lite1's ranking
+    assert [x["id"] for x in w["combined"]["results"]] == [x["id"] for x in w["models"]["efficientnet_lite1"]["results"]]
+    bad = client.post("/api/search_combined", json={**body, "method": "weighted", "weights": {"efficientnet_lite0": -1}}, headers=h)
+    assert bad.status_code == 400 and "non-negative" in bad.json()["error"]
+    one = client.post("/api/search_combined", json={**body, "models": ["efficientnet_lite0"]}, headers=h)
+    assert one.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "payload, status, message",
+    [
+        ({"image_id": "nope"}, 404, "no image with id"),
+        ({"image_id": "1", "models": ["alexnet"]}, 422, "unknown model"),
+        ({"image_id": "1", "metric": "manhattan"}, 422, "metric"),
+        ({"image_id": "1", "top_k": 0}, 422, "top_k"),
+        ({"image_id": "1", "models": ["vgg16"]}, 400, "cbir index"),
+        ({}, 422, "exactly one query"),
+        ({"image_id": "1", "surprise": 1}, 422, "surprise"),
+    ],
+)
+def test_search_bad_input(client, payload, status, message):
+    r = client.post("/api/search", json=payload, headers=login(client))
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+
+
+def _jpeg_bytes(i=42):
+    return (COLLECTION / f"{i}.jpg").read_bytes()
+
+
+def test_upload_search_and_bad_uploads(client):
+    h = login(client)
+    r = client.post("/api/search", files={"image": ("q.jpg", _jpeg_bytes(420), "image/jpeg")}, data={"models": "efficientnet_lite0", "top_k": "5"}, headers=h)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    hits = data["models"]["efficientnet_lite0"]["results"]
+    assert hits[0]["id"] == "420" and hits[0]["score"] < 1e-3  # the same picture is found first
+    assert {"decode", "extract:efficientnet_lite0", "search:efficientnet_lite0"} <= set(data["timings"])
+
+    buf = io.BytesIO()
+    Image.new("L", (8000, 6250)).save(buf, "PNG")  # 50 megapixels, a few hundred KB
+    big_pixels = buf.getvalue()
+    cases = {
+        "corrupt": (b"\xff\xd8\xff\xe0" + b"\x13" * 5000, 400),
+        "truncated": (_jpeg_bytes()[:4000], 400),
+        "zero-byte": (b"", 400),
+        "50-megapixel": (big_pixels, 413),
+        "not an image": (b"%PDF-1.4 not a picture at all" * 10, 415),
+        "oversized": (b"\xff" * (11 * 2**20), 413),
+    }
+    for name, (payload, status) in cases.items():
+        r = client.post("/api/search", files={"image": ("q.jpg", payload, "image/jpeg")}, headers=h)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert r.json()["error"], name
+    # still answering afterwards
+    assert client.get("/health").status_code == 200
+    r = client.post("/api/search", files={"image": ("q.jpg", _jpeg_bytes(7), "image/jpeg")}, headers=h)
+    assert r.status_code == 200
+    r = client.post("/api/search", content=b"x", headers={**h, "content-type": "text/plain"})
+    assert r.status_code == 415
+
+
+def test_images(client):
+    h = login(client)
+    page = client.get("/api/available_images?offset=95&limit=10", headers=h).json()
+    assert page["total"] == 1000 and len(page["items"]) == 10
+    assert page["items"][0] == {"id": "95", "label": "africa", "url": "/api/images/95"}
+    beach = client.get("/api/available_images?label=beach&limit=1000", headers=h).json()
+    assert beach["total"] == 100
+    r = client.get("/api/images/95", headers=h)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content == (COLLECTION / "95.jpg").read_bytes()
+    t = client.get("/api/images/95?thumb=64", headers=h)
+    assert max(Image.open(io.BytesIO(t.content)).size) == 64
+    for evil in ("../pyproject.toml", "..%2Fpyproject.toml", "/etc/passwd", "labels"):
+        r = client.get(f"/api/images/{evil}", headers=h)
+        assert r.status_code == 404 and "error" in r.json()
+    assert client.get("/api/images/95").status_code == 401
+
+
+def test_models_endpoint(client):
+    data = client.get("/api/models", headers=login(client)).json()
+    assert data["default"] == "efficientnet_lite0"
+    vgg = next(m for m in data["models"] if m["name"] == "vgg16")
+    assert vgg["available"] is False and "cbir weights download" in vgg["reason"]
+
+
+def test_unknown_route_is_json(client):
+    r = client.get("/api/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_redis_outage_and_recovery(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        app = create_app(make_settings(server.url, tmp_path), warm_up=False)
+        with TestClient(app) as c:
+            h = login(c)
+            ok = c.post("/api/search", json={"image_id": "12", "models": ["efficientnet_lite0"]}, headers=h)
+            assert ok.status_code == 200
+            server.stop()
+            for image_id in ("13", "12"):  # a new search and a formerly cached one
+                r = c.post("/api/search", json={"image_id": image_id, "models": ["efficientnet_lite0"]}, headers=h)
+                assert r.status_code == 200, r.text
+                assert r.json()["cached"] is False and len(r.json()["models"]["efficientnet_lite0"]["results"]) == 10
+            # a token never seen by this process cannot be checked without Redis
+            r = c.post("/api/search", json={"image_id": "13"}, headers={"Authorization": "Bearer unknown"})
+            assert r.status_code == 503 and "unavailable" in r.json()["error"]
+            assert c.get("/api/stats", headers=h).json()["redis"] is False
+            r = c.post("/api/login", json={"username": "researcher", "password": "umons2024"})
+            assert r.status_code == 503 and "unavailable" in r.json()["error"]
+            assert c.get("/health").status_code == 200
+            assert c.get("/ready").status_code == 503
+            # the engine path itself keeps working with the cache bypassed
+            svc = c.app.state.service
+            out = svc.search(["efficientnet_lite0"], image_id="14")
+            assert out["cached"] is False and len(out["models"]["efficientnet_lite0"]["results"]) == 10
+            server.start()
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                r = c.post("/api/login", json={"username": "researcher", "password": "umons2024"})
+                if r.status_code == 200:
+                    break
+                time.sleep(0.3)
+            assert r.status_code == 200
+            h = {"Authorization": f"Bearer {r.json()['access_token']}"}
+            assert c.post("/api/search", json={"image_id": "13", "models": ["efficientnet_lite0"]}, headers=h).status_code == 200
+            assert c.get("/ready").status_code == 200
+    finally:
+        server.stop()

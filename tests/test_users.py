@@ -1,0 +1,158 @@
+import hashlib
+
+import pytest
+import redis as redis_lib
+
+from cbir.cache import ResultCache
+from cbir.config import Settings
+from cbir.redisdb import ServiceUnavailable, get_redis, start_embedded
+from cbir.users import (
+    DEMO_USERS,
+    AuthError,
+    ConfigError,
+    LockedError,
+    UserError,
+    UserStore,
+    bootstrap,
+)
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def users(fresh_redis):
+    return UserStore(redis_lib.Redis.from_url(fresh_redis.url, decode_responses=True))
+
+
+def test_demo_bootstrap_and_login(users, tmp_path):
+    created = bootstrap(users, Settings(demo=True, var_dir=tmp_path))
+    assert created == [u[0] for u in DEMO_USERS]
+    assert bootstrap(users, Settings(demo=True, var_dir=tmp_path)) == []  # only if missing
+    for username, password, role, _ in DEMO_USERS:
+        assert users.authenticate(username, password).role == role
+    stored = users.r.hget("cbir:user:admin", "password")
+    assert stored.startswith("$2") and "password123" not in stored
+
+
+def test_production_refuses_defaults(users, tmp_path):
+    with pytest.raises(ConfigError, match="CBIR_ADMIN_PASSWORD"):
+        bootstrap(users, Settings(demo=False, var_dir=tmp_path))
+    with pytest.raises(ConfigError, match="CBIR_SECRET_KEY"):
+        bootstrap(users, Settings(demo=False, admin_password="s3cret-pass", var_dir=tmp_path))
+    s = Settings(demo=False, admin_password="s3cret-pass", secret_key="x" * 32, var_dir=tmp_path)
+    assert bootstrap(users, s) == ["admin"]
+    assert not users.exists("student")
+    assert users.authenticate("admin", "s3cret-pass").role == "admin"
+
+
+def test_wrong_password_and_unknown_user_say_the_same(users):
+    users.create("alice", "wonderland", "student")
+    with pytest.raises(AuthError, match="wrong username or password"):
+        users.authenticate("alice", "nope")
+    with pytest.raises(AuthError, match="wrong username or password"):
+        users.authenticate("bob", "nope")
+
+
+def test_lockout_after_five_failures(users):
+    users.create("alice", "wonderland", "student")
+    for _ in range(4):
+        with pytest.raises(AuthError) as exc:
+            users.authenticate("alice", "bad", source="test")
+        assert not isinstance(exc.value, LockedError)
+    with pytest.raises(LockedError, match="too many failed logins"):
+        users.authenticate("alice", "bad")
+    # even the right password is refused while locked
+    with pytest.raises(LockedError):
+        users.authenticate("alice", "wonderland")
+    assert 14 * 60 < users.lock_remaining("alice") <= 15 * 60
+    log = users.auth_log()
+    assert any(e["event"] == "lockout" and e["username"] == "alice" for e in log)
+    assert {"time", "username", "source", "outcome"} <= set(log[0])
+
+
+def test_legacy_hashes_rehashed_on_login(users):
+    users.create("old", "whatever1", "student")
+    salt = "abc"
+    users.r.hset("cbir:user:old", "password", f"sha256:{salt}:" + hashlib.sha256((salt + "legacy-pw").encode()).hexdigest())
+    users.authenticate("old", "legacy-pw")
+    assert users.r.hget("cbir:user:old", "password").startswith("$2")
+    users.r.hset("cbir:user:old", "password", "plain-text-pw")
+    with pytest.raises(AuthError):
+        users.authenticate("old", "wrong")
+    assert users.r.hget("cbir:user:old", "password") == "plain-text-pw"  # unchanged on failure
+    users.authenticate("old", "plain-text-pw")
+    assert users.r.hget("cbir:user:old", "password").startswith("$2")
+    assert any(e["event"] == "password_rehashed" for e in users.auth_log())
+
+
+def test_user_changes(users):
+    users.create("bob", "builder1", "researcher", "Bob B", "bob@example.org")
+    with pytest.raises(UserError, match="already exists"):
+        users.create("bob", "builder1")
+    with pytest.raises(UserError, match="unknown role"):
+        users.create("carl", "password1", "king")
+    with pytest.raises(UserError, match="at least 6"):
+        users.create("carl", "short")
+    with pytest.raises(UserError, match="username"):
+        users.create("../etc", "password1")
+    users.set_password("bob", "newpass1", actor="admin")
+    users.authenticate("bob", "newpass1")
+    users.set_role("bob", "admin")
+    assert users.get("bob").role == "admin"
+    creds = users.credentials()["usernames"]["bob"]
+    assert creds["password"].startswith("$2") and creds["roles"] == ["admin"]
+    users.delete("bob", actor="admin")
+    assert not users.exists("bob")
+    events = [e["event"] for e in users.auth_log()]
+    assert {"user_created", "password_reset", "role_changed", "user_deleted"} <= set(events)
+
+
+def test_tokens_slide_and_expire(users):
+    import time
+
+    users.create("tok", "password1")
+    users.token_ttl = 2
+    t = users.issue_token("tok")
+    time.sleep(1.2)
+    assert users.user_for_token(t).username == "tok"  # sliding: ttl back to 2 s
+    time.sleep(1.2)
+    assert users.user_for_token(t) is not None
+    time.sleep(2.2)
+    assert users.user_for_token(t) is None
+    assert users.user_for_token("made-up") is None
+
+
+def test_dead_redis_is_a_clear_error(tmp_path):
+    client = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    users = UserStore(client)
+    with pytest.raises(ServiceUnavailable, match="unavailable"):
+        users.authenticate("admin", "password123")
+    cache = ResultCache(client)
+    assert cache.get("k") is None  # bypassed, no exception
+    cache.set("k", {"a": 1})
+    cache.count_search()
+    assert cache.stats()["redis"] is False
+
+
+def test_cache_and_counters(fresh_redis):
+    client = redis_lib.Redis.from_url(fresh_redis.url, decode_responses=True)
+    cache = ResultCache(client)
+    k1 = cache.key({"q": 1}, {"m": "v1"})
+    assert k1 != cache.key({"q": 1}, {"m": "v2"})  # a new store version is a new key
+    assert cache.get(k1) is None
+    cache.set(k1, {"answer": 42})
+    assert cache.get(k1) == {"answer": 42}
+    cache.count_search()
+    s = cache.stats()
+    assert s["searches_performed"] == 1 and s["cache_hit_rate"] == 0.5
+
+
+def test_embedded_redis(tmp_path):
+    settings = Settings(var_dir=tmp_path / "var", redis_url=None)
+    client = get_redis(settings)
+    assert client.ping()
+    users = UserStore(client)
+    users.create("emb", "password1")
+    assert users.authenticate("emb", "password1").username == "emb"
+    assert (tmp_path / "var" / "redis").is_dir()
+    start_embedded(settings).shutdown(nosave=False)
