@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
-DEBIAN_TEST_PACKAGES := redis-server nginx chromium
+DEBIAN_TEST_PACKAGES := redis-server nginx chromium fonts-noto-color-emoji
 
 .PHONY: install run test test-fast bench system-deps clean features
 

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     default_model: str | None = Field(None, description="Default model; unset = best available")
     batch_size: int = Field(32, ge=1, le=512)
     decode_threads: int = Field(2, ge=1, le=32)
+    cache: bool = Field(True, description="Cache search results in Redis")
     max_upload_mb: int = Field(10, ge=1, le=200)
     max_image_pixels: int = Field(40_000_000, description="Larger images are refused (decompression bombs)")
     session_minutes: int = Field(30, ge=1)

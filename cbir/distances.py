@@ -46,29 +46,21 @@ def _check_non_negative(name: str, *arrays: np.ndarray) -> None:
             )
 
 
-def _euclidean(q: np.ndarray, x: np.ndarray) -> np.ndarray:
-    sq = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2.0 * (q @ x.T)
-    np.maximum(sq, 0.0, out=sq)  # rounding can give tiny negatives
-    return np.sqrt(sq, out=sq)
-
-
 def _l2_normalise(a: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(a, axis=1, keepdims=True)
     return a / np.maximum(norms, _EPS)
 
 
-def _cosine(q: np.ndarray, x: np.ndarray) -> np.ndarray:
-    d = 1.0 - _l2_normalise(q) @ _l2_normalise(x).T
-    return np.clip(d, 0.0, 2.0, out=d)
+def _sqrt_histogram(a: np.ndarray) -> np.ndarray:
+    return np.sqrt(a / np.maximum(a.sum(1, keepdims=True), _EPS))
 
 
 def _chi_square(q: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """0.5 * sum_i (q_i - x_i)^2 / (q_i + x_i), with 0/0 taken as 0."""
+    """0.5 * sum_i (q_i - x_i)^2 / (q_i + x_i), with 0/0 taken as 0, on row chunks of x."""
     out = np.empty((q.shape[0], x.shape[0]), dtype=np.float32)
-    d = q.shape[1]
+    step = max(1, _CHUNK_ELEMENTS // max(q.shape[1], 1))
     for qi in range(q.shape[0]):
         row = q[qi]
-        step = max(1, _CHUNK_ELEMENTS // max(d, 1))
         for start in range(0, x.shape[0], step):
             block = x[start : start + step]
             den = block + row
@@ -80,37 +72,69 @@ def _chi_square(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bhattacharyya(q: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Hellinger form sqrt(1 - BC), BC = sum_i sqrt(p_i r_i) over sum-1 normalised vectors."""
-    p = np.sqrt(q / np.maximum(q.sum(1, keepdims=True), _EPS))
-    r = np.sqrt(x / np.maximum(x.sum(1, keepdims=True), _EPS))
-    bc = p @ r.T
-    np.clip(bc, 0.0, 1.0, out=bc)
-    return np.sqrt(1.0 - bc, out=bc)
+class PreparedIndex:
+    """Stored vectors prepared once for one metric, so each query costs one pass.
+
+    Cosine keeps the L2-normalised matrix, Euclidean the squared norms, Bhattacharyya
+    the square roots of the sum-1 normalised vectors; chi-square has no shortcut.
+    """
+
+    def __init__(self, stored, metric: str):
+        self.metric = normalise_metric(metric)
+        x = np.asarray(stored)
+        if x.ndim != 2:
+            raise ValueError(f"expected a 2-D (n, d) array of stored vectors; got shape {x.shape}")
+        _, x = _check(np.zeros((1, x.shape[1]), dtype=np.float32), x)
+        self.dim = x.shape[1]
+        if self.metric in ("chi_square", "bhattacharyya"):
+            _check_non_negative(METRIC_LABELS[self.metric].lower(), x)
+        if self.metric == "euclidean":
+            self._x, self._aux = x, (x * x).sum(1)
+        elif self.metric == "cosine":
+            self._x = _l2_normalise(x)
+        elif self.metric == "bhattacharyya":
+            self._x = _sqrt_histogram(x)
+        else:
+            self._x = x
+
+    def __len__(self) -> int:
+        return int(self._x.shape[0])
+
+    def distances(self, queries) -> np.ndarray:
+        q, _ = _check(queries, np.zeros((0, self.dim), dtype=np.float32))
+        if self.metric == "euclidean":
+            sq = (q * q).sum(1)[:, None] + self._aux[None, :] - 2.0 * (q @ self._x.T)
+            np.maximum(sq, 0.0, out=sq)  # rounding can give tiny negatives
+            return np.sqrt(sq, out=sq)
+        if self.metric == "cosine":
+            d = 1.0 - _l2_normalise(q) @ self._x.T
+            return np.clip(d, 0.0, 2.0, out=d)
+        _check_non_negative(METRIC_LABELS[self.metric].lower(), q)
+        if self.metric == "bhattacharyya":
+            bc = _sqrt_histogram(q) @ self._x.T
+            np.clip(bc, 0.0, 1.0, out=bc)
+            return np.sqrt(1.0 - bc, out=bc)
+        return _chi_square(q, self._x)
 
 
 def euclidean_distances(queries, stored) -> np.ndarray:
     """||q - x||_2."""
-    return _euclidean(*_check(queries, stored))
+    return PreparedIndex(stored, "euclidean").distances(queries)
 
 
 def cosine_distances(queries, stored) -> np.ndarray:
     """1 - cos(q, x), in [0, 2]; a zero vector is treated as orthogonal to everything."""
-    return _cosine(*_check(queries, stored))
+    return PreparedIndex(stored, "cosine").distances(queries)
 
 
 def chi_square_distances(queries, stored) -> np.ndarray:
     """0.5 * sum (q - x)^2 / (q + x); features must be non-negative."""
-    q, x = _check(queries, stored)
-    _check_non_negative("chi-square", q, x)
-    return _chi_square(q, x)
+    return PreparedIndex(stored, "chi_square").distances(queries)
 
 
 def bhattacharyya_distances(queries, stored) -> np.ndarray:
     """sqrt(1 - sum sqrt(p r)) of sum-normalised vectors, in [0, 1]; features must be non-negative."""
-    q, x = _check(queries, stored)
-    _check_non_negative("bhattacharyya", q, x)
-    return _bhattacharyya(q, x)
+    return PreparedIndex(stored, "bhattacharyya").distances(queries)
 
 
 DISTANCES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -139,4 +163,4 @@ def normalise_metric(name: str) -> str:
 
 def pairwise_distances(queries, stored, metric: str = "cosine") -> np.ndarray:
     """Distances with the named metric; ValueError listing valid names for an unknown one."""
-    return DISTANCES[normalise_metric(metric)](queries, stored)
+    return PreparedIndex(stored, metric).distances(queries)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .collection import Collection, scan_collection
 from .config import Settings, get_settings
-from .distances import normalise_metric, pairwise_distances
+from .distances import PreparedIndex, normalise_metric, pairwise_distances
 from .errors import CBIRError, CollectionError, StoreError
 from .evaluation import EvaluationReport, evaluate_distances
 from .extractors import build_extractor, get_spec, model_status
@@ -75,6 +75,7 @@ class Engine:
         self._stores: dict[tuple[str, str], tuple[float, FeatureStore]] = {}
         self._extractors: dict[tuple[str, str], object] = {}
         self._lock = threading.RLock()
+        self._labels_memo: dict[tuple, np.ndarray] = {}
 
     # -- loading --------------------------------------------------------------------
     def store_folder(self, model: str, weights: str = "imagenet") -> Path:
@@ -179,8 +180,10 @@ class Engine:
         for m, s in stores.items():
             vec = self._query_vector(m, query, timings)
             t0 = time.perf_counter()
-            matrix = s.embeddings if len(s) == len(ids) and s.ids[0] == ids[0] and s.ids[-1] == ids[-1] else s.aligned(ids)
-            d = pairwise_distances(vec[None, :], matrix, metric)[0].astype(np.float64)
+            if len(s) == len(ids) and s.ids[0] == ids[0] and s.ids[-1] == ids[-1]:
+                d = s.index(metric).distances(vec[None, :])[0].astype(np.float64)
+            else:  # models indexed over different images: compare on the common ones
+                d = pairwise_distances(vec[None, :], s.aligned(ids), metric)[0].astype(np.float64)
             if exclude_query and query.image_id is not None and query.image_id in position:
                 d[position[query.image_id]] = np.inf
             timings[f"search:{m}"] = time.perf_counter() - t0
@@ -237,10 +240,19 @@ class Engine:
             timings=timings,
         )
 
-    def _labels_for(self, ids: Sequence[str]) -> list[str | None] | None:
+    def _labels_for(self, ids: Sequence[str]) -> np.ndarray | None:
+        """Labels aligned with ``ids`` (None for images no longer in the collection), memoised."""
         if not self.collection.has_labels:
             return None
-        return [self.collection.label_of(i) if i in self.collection else None for i in ids]
+        key = (len(ids), ids[0], ids[-1], hash(tuple(ids)))
+        cached = self._labels_memo.get(key)
+        if cached is None:
+            cached = np.array([self.collection.label_of(i) if i in self.collection else None for i in ids], dtype=object)
+            with self._lock:
+                if len(self._labels_memo) > 16:
+                    self._labels_memo.clear()
+                self._labels_memo[key] = cached
+        return cached
 
     # -- evaluation -----------------------------------------------------------------
     def evaluate(
@@ -269,13 +281,14 @@ class Engine:
             raise CollectionError("need at least two indexed, labelled images to evaluate")
         labels = [self.collection.label_of(i) for i in ids]
         mats = {m: (transform(m, s, ids) if transform else s.aligned(ids)) for m, s in stores.items()}
+        prepared = {m: PreparedIndex(x, metric) for m, x in mats.items()}
         n = len(ids)
         chunks = []
         for start in range(0, n, EVAL_CHUNK):
             rows = np.arange(start, min(start + EVAL_CHUNK, n))
             per = {}
             for m, x in mats.items():
-                d = pairwise_distances(x[rows], x, metric).astype(np.float64)
+                d = prepared[m].distances(x[rows]).astype(np.float64)
                 d[np.arange(rows.size), rows] = np.inf
                 per[m] = d
             d = per[models[0]] if len(models) == 1 else fuse(per, method=method, weights=weights)

@@ -33,6 +33,7 @@ class FeatureStore:
     signatures: np.ndarray  # (n,) str, content hash of each image
     manifest: dict = field(default_factory=dict)
     _rows: dict[str, int] = field(default_factory=dict, repr=False)
+    _indexes: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
@@ -67,6 +68,15 @@ class FeatureStore:
 
     def vector(self, image_id: str) -> np.ndarray:
         return self.embeddings[self.row_of(image_id)]
+
+    def index(self, metric: str):
+        """The vectors prepared for ``metric`` (built on first use, then reused)."""
+        from .distances import PreparedIndex, normalise_metric
+
+        key = normalise_metric(metric)
+        if key not in self._indexes:
+            self._indexes[key] = PreparedIndex(self.embeddings, key)
+        return self._indexes[key]
 
     def aligned(self, ids: list[str]) -> np.ndarray:
         """Rows for ``ids`` in that order (all must be present)."""

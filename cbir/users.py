@@ -68,8 +68,16 @@ class User:
         return asdict(self)
 
 
+MAX_PASSWORD_BYTES = 72  # bcrypt's limit
+
+
 def hash_password(password: str) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=12)).decode()
+    data = password.encode()
+    if len(data) > MAX_PASSWORD_BYTES:
+        raise UserError(f"password must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)")
+    if b"\x00" in data:
+        raise UserError("password must not contain NUL characters")
+    return bcrypt.hashpw(data, bcrypt.gensalt(rounds=12)).decode()
 
 
 def _check_password(stored: str, password: str) -> tuple[bool, bool]:

@@ -149,3 +149,69 @@ def make_settings(redis_url: str | None, tmp: Path, **overrides):
     )
     values.update(overrides)
     return Settings(**values)
+
+
+class ServiceProcess:
+    """A real server process (uvicorn API or Streamlit) on a free loopback port."""
+
+    def __init__(self, argv: list[str], port: int, env: dict, log: Path, ready_path: str = "/health"):
+        self.argv, self.port, self.env, self.log, self.ready_path = argv, port, env, log, ready_path
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> "ServiceProcess":
+        import urllib.request
+
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = _time.time() + timeout
+        while _time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv[:4]} exited: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                _time.sleep(0.3)
+        raise TimeoutError(f"{self.url} not ready: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def service_env(redis_url: str, tmp: Path, **extra) -> dict:
+    import sys
+
+    env = {
+        **os.environ,
+        "CBIR_REDIS_URL": redis_url,
+        "CBIR_DEMO": "1",
+        "CBIR_COLLECTION": str(COLLECTION),
+        "CBIR_FEATURES_DIR": str(ROOT / "features"),
+        "CBIR_VAR_DIR": str(tmp / "var"),
+        "PYTHONUNBUFFERED": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def api_server(redis_server, session_tmp):
+    import sys
+
+    port = free_port()
+    server = ServiceProcess(
+        [sys.executable, "-m", "cbir", "api", "--port", str(port)], port,
+        service_env(redis_server.url, session_tmp / "api"), session_tmp / "api.log",
+    ).start()
+    yield server
+    server.stop()

@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     client = get_redis(settings)
     app.state.settings = settings
     app.state.users = UserStore(client, token_ttl=settings.session_minutes * 60)
-    app.state.service = SearchService(engine, ResultCache(client))
+    app.state.service = SearchService(engine, ResultCache(client, enabled=settings.cache))
     app.state.redis = client
     app.state.started = time.time()
 

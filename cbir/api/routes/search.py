@@ -6,6 +6,7 @@ import json
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
@@ -104,7 +105,7 @@ def _run(service, params, image, method=None, weights=None) -> dict:
 async def search(request: Request, service: Service, user: CurrentUser) -> dict:
     """Per model: ranked results (id, score, label, relevant), P@k, R@k, AP, PR points and time taken."""
     params, image = await _parse(request, SearchRequest, service.engine.settings.max_upload_mb * 2**20)
-    return await run_in_threadpool(_run, service, params, image)
+    return JSONResponse(await run_in_threadpool(_run, service, params, image))
 
 
 @router.post(
@@ -116,4 +117,4 @@ async def search_combined(request: Request, service: Service, user: CurrentUser)
     params, image = await _parse(request, CombinedSearchRequest, service.engine.settings.max_upload_mb * 2**20)
     if not params.models or len(params.models) < 2:
         raise APIError(422, "combined search needs at least two models")
-    return await run_in_threadpool(_run, service, params, image, params.method, params.weights)
+    return JSONResponse(await run_in_threadpool(_run, service, params, image, params.method, params.weights))

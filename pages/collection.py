@@ -1,0 +1,120 @@
+"""Collection: per-model index status, (re-)indexing with progress, uploads into the collection."""
+
+from __future__ import annotations
+
+import csv
+import re
+import time
+
+import pandas as pd
+import streamlit as st
+
+from cbir.collection import LABELS_FILE
+from cbir.errors import CBIRError
+from cbir.extractors import MODELS
+from cbir.images import open_image
+from cbir.indexing import index_collection
+from pages.common import current_role, get_engine, model_label, reload_engine, show_error
+
+engine = get_engine()
+collection = engine.collection
+settings = engine.settings
+st.title("🗂️ Collection")
+st.caption(
+    f"Folder `{collection.root}` · {len(collection):,} images · labels from "
+    f"{ {'labels.csv': 'labels.csv', 'folders': 'sub-folder names', 'none': 'nowhere (unlabelled)'}[collection.label_source] }"
+    + (f" · {len(collection.class_counts())} classes" if collection.has_labels else "")
+)
+
+infos = engine.model_info()
+table = pd.DataFrame(
+    [{"Model": model_label(m["name"]), "Dim": m["dim"], "Weights": "✅ available" if m["available"] else "❌ missing",
+      "Indexed images": m["indexed"], "Up to date": "✅" if m["indexed"] == len(collection) else ("—" if not m["indexed"] else "⚠️ partial"),
+      "Last indexed": m["last_indexed"] or "never"} for m in infos]
+)
+st.dataframe(table, hide_index=True, width="stretch")
+
+missing = [m for m in infos if not m["available"]]
+if missing:
+    with st.expander(f"Missing weights ({len(missing)}) and how to get them"):
+        for m in missing:
+            st.markdown(f"**{model_label(m['name'])}**: {m['reason']}")
+
+st.subheader("Index or update")
+available = [m["name"] for m in infos if m["available"]]
+c1, c2 = st.columns([3, 1])
+chosen = c1.multiselect("Models to index", available, default=[m["name"] for m in infos if m["available"] and m["indexed"] != len(collection)][:1], format_func=model_label, key="coll_models")
+c2.write("")
+if c2.button("Index / update", type="primary", key="coll_index", disabled=not chosen):
+    for name in chosen:
+        bar = st.progress(0.0, text=f"{model_label(name)}: starting…")
+        started = time.perf_counter()
+
+        def progress(done: int, total: int, bar=bar, name=name) -> None:
+            rate = done / max(time.perf_counter() - started, 1e-6)
+            bar.progress(done / max(total, 1), text=f"{model_label(name)}: {done}/{total} images · {rate:.1f} images/s")
+
+        try:
+            with st.spinner(f"Loading {model_label(name)}…"):
+                extractor = engine.extractor(name)
+            report = index_collection(collection, name, settings.features_dir, batch_size=settings.batch_size,
+                                      threads=settings.decode_threads, max_pixels=settings.max_image_pixels,
+                                      progress=progress, extractor=extractor)
+            bar.progress(1.0, text=report.summary())
+            if report.failures:
+                with st.expander(f"{len(report.failures)} image(s) skipped"):
+                    for path, reason in report.failures:
+                        st.text(reason)
+        except Exception as exc:
+            show_error(exc)
+    st.success("Indexing finished. Searches use the new features right away.")
+
+st.subheader("Add images")
+if current_role() not in ("admin", "researcher"):
+    st.info("Researchers and admins can upload images into the collection.")
+    st.stop()
+
+with st.form("coll_upload", clear_on_submit=True):
+    files = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "webp"], accept_multiple_files=True, key="coll_files")
+    known = sorted(collection.class_counts())
+    if collection.label_source == "labels.csv":
+        c1, c2 = st.columns(2)
+        label_pick = c1.selectbox("Label", ["(new label)"] + known, key="coll_label_pick")
+        label_new = c2.text_input("New label", key="coll_label_new", placeholder="e.g. boats")
+    else:
+        label_pick, label_new = "(none)", ""
+        st.caption("This collection takes labels from sub-folders or has none; uploads go to an `uploads/` folder.")
+    submitted = st.form_submit_button("Add to collection")
+
+if submitted and files:
+    label = (label_new.strip() if label_pick == "(new label)" else label_pick) if collection.label_source == "labels.csv" else None
+    if collection.label_source == "labels.csv" and not (label and re.fullmatch(r"[\w .-]{1,40}", label)):
+        st.error("Give a label: letters, digits, spaces, '.', '-' or '_' (up to 40).")
+        st.stop()
+    target = collection.root if collection.label_source == "labels.csv" else collection.root / "uploads"
+    target.mkdir(exist_ok=True)
+    added, rejected = [], []
+    for f in files:
+        data = f.getvalue()
+        try:
+            open_image(data, max_pixels=settings.max_image_pixels)  # refuse what cannot be indexed
+        except CBIRError as exc:
+            rejected.append(f"{f.name}: {exc}")
+            continue
+        stem = re.sub(r"[^\w.-]", "_", f.name.rsplit(".", 1)[0])[:60] or "upload"
+        ext = "." + f.name.rsplit(".", 1)[-1].lower()
+        name, n = f"upload_{stem}", 1
+        while any((target / f"{name}{e}").exists() for e in (".jpg", ".jpeg", ".png", ".bmp", ".webp")):
+            n += 1
+            name = f"upload_{stem}_{n}"
+        (target / f"{name}{ext}").write_bytes(data)
+        added.append(name if target == collection.root else f"uploads/{name}")
+    if added and label:
+        with open(collection.root / LABELS_FILE, "a", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows([(i, label) for i in added])
+    for r in rejected:
+        st.error(r)
+    if added:
+        reload_engine()
+        st.success(f"Added {len(added)} image(s)" + (f" labelled '{label}'" if label else "") + ". Index them above to make them searchable.")
+        st.button("Refresh", key="coll_refresh")

@@ -1,0 +1,154 @@
+"""Shared pieces of the UI: cached engine handles, the login gate, result grids and plots.
+
+Session-state keys carry the page's prefix (``auth_``, ``search_``, ``eval_``, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from cbir.cache import ResultCache
+from cbir.config import get_settings
+from cbir.distances import METRIC_LABELS
+from cbir.engine import Engine
+from cbir.errors import CBIRError
+from cbir.evaluation import PROTOCOL, RECALL_LEVELS
+from cbir.extractors import MODELS
+from cbir.redisdb import ServiceUnavailable, get_redis
+from cbir.service import SearchService
+from cbir.users import UserStore
+
+PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563"]
+
+
+@st.cache_resource(show_spinner="Loading the collection and its feature stores…")
+def get_engine() -> Engine:
+    return Engine(get_settings().collection, get_settings())
+
+
+@st.cache_resource
+def get_service() -> SearchService:
+    settings = get_settings()
+    return SearchService(get_engine(), ResultCache(get_redis(settings), enabled=settings.cache))
+
+
+@st.cache_resource
+def get_users() -> UserStore:
+    settings = get_settings()
+    return UserStore(get_redis(settings), token_ttl=settings.session_minutes * 60)
+
+
+def reload_engine() -> None:
+    """After the collection changed on disk (uploads)."""
+    get_engine.clear()
+    get_service.clear()
+
+
+def model_label(name: str) -> str:
+    spec = MODELS.get(name)
+    return spec.label if spec else ("Combined" if name == "combined" else name)
+
+
+def metric_label(name: str) -> str:
+    return METRIC_LABELS.get(name, name)
+
+
+def current_role() -> str:
+    roles = st.session_state.get("roles") or ["student"]
+    return roles[0]
+
+
+def show_error(exc: Exception) -> None:
+    """One clear message, never a stack trace."""
+    if isinstance(exc, ServiceUnavailable):
+        st.warning(str(exc), icon="⚠️")
+    elif isinstance(exc, (CBIRError, ValueError)):
+        st.error(str(exc), icon="🚫")
+    else:
+        st.error(f"Unexpected problem: {type(exc).__name__}: {exc}", icon="🚫")
+
+
+def stats_row(service: SearchService) -> None:
+    stats = service.stats()
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Images indexed", f"{stats['images']:,}")
+    c2.metric("Models available", f"{len(stats['models_searchable'])} / {len(MODELS)}")
+    c3.metric("Metrics", len(stats["metrics"]))
+    searches = stats.get("searches_performed")
+    c4.metric("Searches performed", "—" if searches is None else f"{searches:,}", help=None if searches is not None else "Redis unavailable")
+
+
+def thumbnail_path(engine: Engine, image_id: str) -> Path:
+    return engine.collection.path_of(image_id)
+
+
+def result_grid(engine: Engine, ranked: dict, columns: int = 5, key: str = "", feedback: dict | None = None) -> None:
+    """Thumbnails with rank, score and label; relevant ones marked green, others red."""
+    hits = ranked["results"]
+    if not hits:
+        st.info("No results.")
+        return
+    rows = [hits[i : i + columns] for i in range(0, len(hits), columns)]
+    for row in rows:
+        cols = st.columns(columns)
+        for col, h in zip(cols, row):
+            with col:
+                mark = "" if h["relevant"] is None else ("✅ " if h["relevant"] else "❌ ")
+                border = "" if h["relevant"] is None else ("#16a34a" if h["relevant"] else "#dc2626")
+                try:
+                    st.image(str(thumbnail_path(engine, h["id"])), width="stretch")
+                except CBIRError:
+                    st.caption("(image removed)")
+                label = f" · {h['label']}" if h["label"] else ""
+                st.markdown(
+                    f"<div class='cbir-hit' style='border-left:4px solid {border or '#d1d5db'};padding-left:6px;font-size:0.8rem'>"
+                    f"{mark}<b>#{h['rank']}</b> id {h['id']}{label}<br><span style='color:#6b7280'>score {h['score']:.4f}</span></div>",
+                    unsafe_allow_html=True,
+                )
+                if feedback is not None:
+                    choice = st.segmented_control(
+                        "Feedback", ["👍", "👎"], key=f"{key}_fb_{h['id']}", label_visibility="collapsed",
+                    )
+                    if choice == "👍":
+                        feedback[h["id"]] = True
+                    elif choice == "👎":
+                        feedback[h["id"]] = False
+
+
+def pr_figure(curves: list[tuple[str, list[float], list[float]]], title: str = "Precision–recall") -> go.Figure:
+    fig = go.Figure()
+    for i, (name, recall, precision) in enumerate(curves):
+        fig.add_trace(
+            go.Scatter(
+                x=recall, y=precision, mode="lines", name=name,
+                line=dict(color=PALETTE[i % len(PALETTE)], width=3 if name.startswith("Combined") else 2),
+                hovertemplate="recall %{x:.2f}<br>precision %{y:.3f}<extra>" + name + "</extra>",
+            )
+        )
+    fig.update_layout(
+        title=title, xaxis_title="Recall", yaxis_title="Precision", height=380, margin=dict(l=10, r=10, t=50, b=10),
+        xaxis=dict(range=[0, 1.0]), yaxis=dict(range=[0, 1.05]), legend=dict(orientation="h", y=-0.2),
+        template="plotly_white",
+    )
+    return fig
+
+
+def interpolated_figure(reports: list[dict], title: str = "Mean 11-point interpolated PR") -> go.Figure:
+    return pr_figure([(r["label"], list(RECALL_LEVELS), r["pr_11_point"]) for r in reports], title)
+
+
+def protocol_note() -> None:
+    st.caption(f"**Protocol.** {PROTOCOL}")
+
+
+def touch_activity() -> bool:
+    """Inactivity expiry: False when the session went idle for longer than allowed."""
+    limit = get_settings().session_minutes * 60
+    now = time.time()
+    last = st.session_state.get("auth_last_activity", now)
+    st.session_state["auth_last_activity"] = now
+    return now - last <= limit

@@ -1,0 +1,94 @@
+"""Evaluate: collection-wide mAP, P@10, P@20 for models x metrics (and fusions)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from cbir.distances import DISTANCES
+from cbir.fusion import FUSION_LABELS, FUSION_METHODS
+from pages.common import get_engine, interpolated_figure, metric_label, model_label, protocol_note, show_error
+
+engine = get_engine()
+st.title("📈 Evaluate")
+protocol_note()
+
+if not engine.collection.has_labels:
+    st.warning(
+        "This collection has no labels, so there is nothing to evaluate against: add a `labels.csv` "
+        "(`id,label`) to the folder, or put each class in its own sub-folder."
+    )
+    st.stop()
+
+searchable = engine.searchable_models()
+if not searchable:
+    st.error("No model has features for this collection yet: index one on the Collection page.")
+    st.stop()
+
+with st.form("eval_form"):
+    c1, c2, c3 = st.columns([2, 2, 1.3])
+    models = c1.multiselect("Models", searchable, default=searchable[:1], format_func=model_label, key="eval_models")
+    metrics = c2.multiselect("Metrics", list(DISTANCES), default=["cosine"], format_func=metric_label, key="eval_metrics")
+    fusions = c3.multiselect("Fusions (2+ models)", FUSION_METHODS, default=[], format_func=lambda m: FUSION_LABELS[m], key="eval_fusions")
+    go = st.form_submit_button("Run evaluation", type="primary")
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def evaluate_cached(models: tuple[str, ...], metric: str, method: str | None, versions: tuple[str, ...]) -> dict:
+    """Cached per store version: a second view is instant, a re-index recomputes."""
+    report = engine.evaluate(list(models), metric, method=method)
+    out = report.to_dict()
+    out["ap"] = report.ap.tolist()
+    return out
+
+
+def runs(models: list[str], metrics: list[str], fusions: list[str]) -> list[tuple[tuple[str, ...], str, str | None]]:
+    jobs = [((m,), metric, None) for m in models for metric in metrics]
+    if len(models) >= 2:
+        jobs += [(tuple(models), metric, method) for method in fusions for metric in metrics]
+    return jobs
+
+
+if go:
+    jobs = runs(models, metrics, fusions)
+    if not jobs:
+        st.warning("Choose at least one model and one metric.")
+    else:
+        bar = st.progress(0.0, text="Evaluating…")
+        results = []
+        for i, (ms, metric, method) in enumerate(jobs):
+            name = model_label(ms[0]) if method is None else f"{FUSION_LABELS[method]} ({' + '.join(model_label(m) for m in ms)})"
+            bar.progress(i / len(jobs), text=f"Evaluating {name} · {metric_label(metric)} ({i + 1}/{len(jobs)})")
+            try:
+                versions = tuple(engine.store(m).version for m in ms)
+                rep = evaluate_cached(ms, metric, method, versions)
+            except Exception as exc:
+                show_error(exc)
+                continue
+            results.append({**rep, "label": f"{name} · {metric_label(metric)}", "model": name, "metric_label": metric_label(metric)})
+        bar.progress(1.0, text=f"Done: {len(results)} evaluation(s) over {results[0]['queries'] if results else 0} queries each")
+        st.session_state["eval_results"] = results
+
+results = st.session_state.get("eval_results")
+if not results:
+    st.info("Choose models and metrics, then **Run evaluation**. Every labelled image is used once as a query.")
+    st.stop()
+
+table = pd.DataFrame(
+    [{"Model": r["model"], "Metric": r["metric_label"], "mAP": r["mAP"], "P@10": r["P@10"], "P@20": r["P@20"],
+      "R-precision": r["R-precision"], "Queries": r["queries"], "Seconds": r["seconds"]} for r in results]
+).sort_values("mAP", ascending=False)
+st.subheader("Summary")
+st.dataframe(
+    table, hide_index=True, width="stretch",
+    column_config={c: st.column_config.ProgressColumn(c, format="%.3f", min_value=0, max_value=1) for c in ("mAP", "P@10", "P@20", "R-precision")},
+)
+st.plotly_chart(interpolated_figure(results), key="eval_pr")
+
+st.subheader("Average precision per class")
+classes = list(results[0]["per_class_AP"])
+heat = pd.DataFrame([[r["per_class_AP"].get(c, 0.0) for c in classes] for r in results], index=[r["label"] for r in results], columns=classes)
+fig = px.imshow(heat, text_auto=".2f", color_continuous_scale="Blues", zmin=0, zmax=1, aspect="auto")
+fig.update_layout(height=120 + 40 * len(results), margin=dict(l=10, r=10, t=30, b=10), coloraxis_colorbar=dict(title="AP"))
+st.plotly_chart(fig, key="eval_heatmap")

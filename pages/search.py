@@ -1,0 +1,144 @@
+"""Search: pick or upload a query, choose models, a metric and a fusion; results per model."""
+
+from __future__ import annotations
+
+import random
+
+import streamlit as st
+
+from cbir.distances import DISTANCES
+from cbir.extractors import MODELS, default_model
+from cbir.fusion import FUSION_LABELS, FUSION_METHODS
+from pages.common import (
+    get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row,
+)
+
+engine = get_engine()
+service = get_service()
+collection = engine.collection
+
+st.title("🔎 Search")
+stats_row(service)
+
+# -- sidebar: models, metric, k, fusion ---------------------------------------------------
+infos = {m["name"]: m for m in engine.model_info()}
+searchable = [n for n, m in infos.items() if m["searchable"]]
+with st.sidebar:
+    st.header("Search settings")
+    if not searchable:
+        st.error("No model has features for this collection yet: open the Collection page and index one.")
+        st.stop()
+    preferred = default_model()
+    default_choice = [preferred] if preferred in searchable else searchable[:1]
+    models = st.multiselect(
+        "Models", searchable, default=default_choice, format_func=model_label, key="search_models",
+        help="Feature extractors with features for this collection.",
+    )
+    unavailable = [n for n in MODELS if n not in searchable]
+    if unavailable:
+        with st.expander(f"Unavailable models ({len(unavailable)})"):
+            for n in unavailable:
+                st.checkbox(model_label(n), value=False, disabled=True, key=f"search_na_{n}", help=infos[n]["reason"])
+                st.caption(infos[n]["reason"] if not infos[n]["available"] else "Not indexed yet: use the Collection page.")
+    metric = st.selectbox("Metric", list(DISTANCES), index=list(DISTANCES).index("cosine"), format_func=metric_label, key="search_metric")
+    top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="search_top_k") or 10
+    method, weights = None, None
+    if len(models) >= 2:
+        method = st.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSION_LABELS[m], key="search_method")
+        st.caption("Weights (used by weighted fusion and weighted RRF)")
+        weights = {
+            m: st.slider(model_label(m), 0.0, 1.0, 1.0, 0.05, key=f"search_w_{m}", disabled=method == "average")
+            for m in models
+        }
+        if method == "average":
+            weights = None
+        elif sum(weights.values()) == 0:
+            st.warning("All weights are zero: give at least one model a positive weight.")
+
+# -- query ------------------------------------------------------------------------------
+st.subheader("Query")
+source = st.radio("Query from", ["Collection image", "Upload"], horizontal=True, key="search_source", label_visibility="collapsed")
+image_id, image_bytes = None, None
+qcol, pcol = st.columns([3, 1])
+with qcol:
+    if source == "Collection image":
+        labels = collection.labels
+        def fmt(i: str) -> str:
+            return f"{i} · {collection.label_of(i)}" if labels else i
+        if "search_query_id" not in st.session_state:
+            st.session_state["search_query_id"] = collection.ids[0]
+        c1, c2 = st.columns([4, 1])
+        with c2:
+            st.write("")
+            if st.button("🎲 Random", key="search_random", width="stretch"):
+                st.session_state["search_query_id"] = random.choice(collection.ids)
+        with c1:
+            image_id = st.selectbox("Collection image", collection.ids, format_func=fmt, key="search_query_id")
+    else:
+        upload = st.file_uploader("Upload an image", type=["jpg", "jpeg", "png", "bmp", "webp"], key="search_upload")
+        if upload is not None:
+            image_bytes = upload.getvalue()
+with pcol:
+    if image_id is not None:
+        st.image(str(collection.path_of(image_id)), caption=f"query {image_id}" + (f" · {collection.label_of(image_id)}" if collection.has_labels else ""), width="stretch")
+    elif image_bytes is not None:
+        try:
+            from cbir.images import open_image
+
+            st.image(open_image(image_bytes), caption="uploaded query", width="stretch")
+        except Exception as exc:
+            show_error(exc)
+            image_bytes = None
+
+run = st.button("Search", type="primary", key="search_run", disabled=not models or (image_id is None and image_bytes is None))
+if run:
+    try:
+        with st.spinner("Searching…"):
+            st.session_state["search_result"] = service.search(
+                models, metric, int(top_k), image_id=image_id, image=image_bytes,
+                method=method if len(models) > 1 else None, weights=weights,
+            )
+    except Exception as exc:
+        st.session_state.pop("search_result", None)
+        show_error(exc)
+
+result = st.session_state.get("search_result")
+if not result:
+    st.info("Choose a query and press **Search**.")
+    st.stop()
+
+# -- results -----------------------------------------------------------------------------
+query = result["query"]
+title = f"query {query['id']}" if query["id"] else "uploaded image"
+st.subheader(f"Results for {title}")
+st.caption(
+    f"{metric_label(result['metric'])} distance · top {result['top_k']} · "
+    f"{1000 * result['timings'].get('total', 0):.1f} ms" + (" · from cache" if result.get("cached") else "")
+)
+names = list(result["models"]) + (["combined"] if result.get("combined") else [])
+tab_titles = [model_label(n) if n != "combined" else f"Combined ({FUSION_LABELS[result['method']]})" for n in names]
+tabs = st.tabs(tab_titles)
+curves = [(model_label(n), r["pr_curve"]["recall"], r["pr_curve"]["precision"]) for n, r in result["models"].items() if r["average_precision"] is not None]
+for tab, name in zip(tabs, names):
+    ranked = result["combined"] if name == "combined" else result["models"][name]
+    with tab:
+        has_metrics = ranked["average_precision"] is not None
+        c1, c2, c3, c4 = st.columns(4)
+        k = result["top_k"]
+        c1.metric(f"P@{k}", f"{ranked['precision_at_k']:.3f}" if has_metrics else "—")
+        c2.metric(f"R@{k}", f"{ranked['recall_at_k']:.3f}" if has_metrics else "—")
+        c3.metric("AP", f"{ranked['average_precision']:.3f}" if has_metrics else "—")
+        c4.metric("Time", f"{1000 * ranked['seconds']:.1f} ms")
+        result_grid(engine, ranked, columns=5, key=f"search_{name}")
+        if has_metrics:
+            if name == "combined":
+                fig = pr_figure(curves + [(f"Combined ({result['method']})", ranked["pr_curve"]["recall"], ranked["pr_curve"]["precision"])],
+                                "Precision–recall: every model and the fusion")
+            else:
+                fig = pr_figure([(model_label(name), ranked["pr_curve"]["recall"], ranked["pr_curve"]["precision"])])
+            st.plotly_chart(fig, key=f"search_pr_{name}")
+            protocol_note()
+        elif query["id"] is None:
+            st.info("No precision/recall for an uploaded image: it has no label to compare against.")
+        else:
+            st.info("No precision/recall: this collection has no labels (add a labels.csv or one sub-folder per class).")
