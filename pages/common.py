@@ -82,8 +82,24 @@ def stats_row(service: SearchService) -> None:
     c4.metric("Searches performed", "—" if searches is None else f"{searches:,}", help=None if searches is not None else "Redis unavailable")
 
 
-def thumbnail_path(engine: Engine, image_id: str) -> Path:
-    return engine.collection.path_of(image_id)
+@st.cache_data(max_entries=4000, show_spinner=False)
+def thumbnail(path: str, mtime: float, size: int = 256) -> bytes:
+    """A square, centre-cropped JPEG thumbnail so result grids line up."""
+    import io
+
+    from PIL import ImageOps
+
+    from cbir.images import open_image
+
+    img = ImageOps.fit(open_image(path), (size, size))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def thumbnail_of(engine: Engine, image_id: str, size: int = 256) -> bytes:
+    path = engine.collection.path_of(image_id)
+    return thumbnail(str(path), path.stat().st_mtime, size)
 
 
 def result_grid(engine: Engine, ranked: dict, columns: int = 5, key: str = "", feedback: dict | None = None) -> None:
@@ -100,8 +116,8 @@ def result_grid(engine: Engine, ranked: dict, columns: int = 5, key: str = "", f
                 mark = "" if h["relevant"] is None else ("✅ " if h["relevant"] else "❌ ")
                 border = "" if h["relevant"] is None else ("#16a34a" if h["relevant"] else "#dc2626")
                 try:
-                    st.image(str(thumbnail_path(engine, h["id"])), width="stretch")
-                except CBIRError:
+                    st.image(thumbnail_of(engine, h["id"]), width="stretch")
+                except (CBIRError, OSError):
                     st.caption("(image removed)")
                 label = f" · {h['label']}" if h["label"] else ""
                 st.markdown(

@@ -59,7 +59,7 @@ with st.sidebar:
 st.subheader("Query")
 source = st.radio("Query from", ["Collection image", "Upload"], horizontal=True, key="search_source", label_visibility="collapsed")
 image_id, image_bytes = None, None
-qcol, pcol = st.columns([3, 1])
+qcol, pcol = st.columns([4, 1])
 with qcol:
     if source == "Collection image":
         labels = collection.labels

@@ -205,13 +205,49 @@ def service_env(redis_url: str, tmp: Path, **extra) -> dict:
 
 
 @pytest.fixture(scope="session")
-def api_server(redis_server, session_tmp):
+def api_server(session_tmp):
+    """The API as `cbir api` runs it, on its own Redis (other tests flush the shared one)."""
     import sys
 
+    redis = RedisServer(session_tmp / "redis-api").start()
     port = free_port()
     server = ServiceProcess(
         [sys.executable, "-m", "cbir", "api", "--port", str(port)], port,
-        service_env(redis_server.url, session_tmp / "api"), session_tmp / "api.log",
+        service_env(redis.url, session_tmp / "api"), session_tmp / "api.log",
     ).start()
+    server.redis = redis
     yield server
     server.stop()
+    redis.stop()
+
+
+@pytest.fixture(scope="session")
+def app_server(session_tmp):
+    """The Streamlit app on loopback with its own real Redis."""
+    import sys
+
+    redis = RedisServer(session_tmp / "redis-app").start()
+    port = free_port()
+    server = ServiceProcess(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        port, service_env(redis.url, session_tmp / "app"), session_tmp / "app.log", ready_path="/_stcore/health",
+    ).start()
+    server.redis = redis
+    yield server
+    server.stop()
+    redis.stop()
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=_shutil.which("chromium") or "/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield b
+        b.close()

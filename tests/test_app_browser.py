@@ -1,0 +1,137 @@
+"""The Streamlit app in Debian chromium (Playwright) against a real app, a real Redis and real images."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.redis]
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+TIMEOUT = 60_000
+
+
+@pytest.fixture
+def page(browser, app_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1800})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT)
+    pg.goto(app_server.url)
+    yield pg
+    context.close()
+
+
+def login(page, username, password):
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def logged_in(page, username="researcher", password="umons2024"):
+    login(page, username, password)
+    page.get_by_role("heading", name="🔎 Search", exact=True).wait_for()
+    page.get_by_text("Images indexed").wait_for()
+
+
+def run_search(page):
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.get_by_text(re.compile("^Results for")).wait_for()
+
+
+def test_login_page_lists_demo_accounts_and_screenshot(page):
+    page.get_by_text("Demo accounts").wait_for()
+    assert page.get_by_text("umons2024").count() >= 1
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "login.png"))
+
+
+def test_wrong_password_shows_error(page):
+    login(page, "student", "not-the-password")
+    page.get_by_text("Wrong username or password").wait_for()
+    assert page.get_by_text("Images indexed").count() == 0
+
+
+def test_search_by_collection_image(page):
+    logged_in(page)
+    page.get_by_role("button", name=re.compile("Random")).click()
+    run_search(page)
+    page.locator(".js-plotly-plot").first.wait_for()  # drawn after the grid
+    assert page.locator(".cbir-hit").count() == 10
+    assert page.get_by_text("P@10").count() >= 1 and page.get_by_text("AP", exact=True).count() >= 1
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
+
+
+def test_upload_search(page):
+    logged_in(page)
+    page.get_by_text("Upload", exact=True).click()
+    page.locator("input[type=file]").set_input_files(str(ROOT / "image.orig" / "412.jpg"))
+    page.get_by_text("uploaded query").wait_for()
+    run_search(page)
+    page.get_by_text("No precision/recall for an uploaded image").wait_for()  # drawn after the grid
+    assert page.locator(".cbir-hit").count() == 10
+    first = page.locator(".cbir-hit").first.inner_text()
+    assert "id 412" in first  # the same picture is its own nearest neighbour
+
+
+def test_upload_not_an_image_is_a_clear_error(page, tmp_path):
+    logged_in(page)
+    page.get_by_text("Upload", exact=True).click()
+    bad = tmp_path / "notes.jpg"
+    bad.write_bytes(b"this is not a picture" * 20)
+    page.locator("input[type=file]").set_input_files(str(bad))
+    page.get_by_text("not an image").wait_for()
+    assert page.get_by_text("Traceback").count() == 0
+
+
+def test_two_models_with_rrf_show_combined_tab(page):
+    logged_in(page)
+    sidebar = page.locator("section[data-testid='stSidebar']")
+    sidebar.get_by_role("combobox", name="Models").click()
+    page.get_by_role("option", name="EfficientNet-Lite1").click()
+    page.keyboard.press("Escape")
+    sidebar.get_by_text("Fusion", exact=True).wait_for()
+    sidebar.get_by_role("combobox", name="Fusion").click()
+    page.get_by_role("option", name="Reciprocal rank fusion").click()
+    run_search(page)
+    tab = page.get_by_role("tab", name=re.compile("Combined"))
+    tab.wait_for()
+    tab.click()
+    page.get_by_text("every model and the fusion").wait_for()
+    assert page.get_by_role("tab").count() == 3
+
+
+def test_student_does_not_see_admin(page):
+    logged_in(page, "student", "multimedia")
+    nav = page.locator("[data-testid='stSidebarNav']")
+    nav.get_by_text("Evaluate").wait_for()
+    assert nav.get_by_text("Admin").count() == 0
+
+
+def test_evaluate_page(page):
+    logged_in(page)
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Evaluate").click()
+    page.get_by_role("button", name="Run evaluation").click()
+    page.get_by_text("Average precision per class").wait_for()
+    page.locator(".js-plotly-plot").nth(1).wait_for()  # PR curves and the per-class heatmap
+    assert page.get_by_text("mAP").count() >= 1
+    assert page.get_by_text("Protocol.").count() >= 1
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SHOTS / "evaluate.png"), full_page=True)
+
+
+def test_admin_adds_user_who_can_log_in(page, browser, app_server):
+    logged_in(page, "admin", "password123")
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Admin").click()
+    form = page.locator("[data-testid='stForm']").filter(has_text="Add a user")
+    form.get_by_label("Username").fill("lecturer")
+    form.get_by_label("Display name").fill("Lecturer")
+    form.get_by_label("Password", exact=True).fill("teach-cbir")
+    form.get_by_role("button", name="Add user").click()
+    page.get_by_text("User lecturer created").wait_for()
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    other.set_default_timeout(TIMEOUT)
+    other.goto(app_server.url)
+    logged_in(other, "lecturer", "teach-cbir")
+    other.context.close()
