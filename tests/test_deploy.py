@@ -1,0 +1,238 @@
+"""Deployment: the Docker files parsed, the project's nginx.conf run by Debian nginx in front
+of the real API and app on loopback, and `make run` itself on a fresh copy of the checkout."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- Docker files ----------------------------------------------------------------------
+def test_compose_file():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "app", "api", "nginx"}
+    assert services["redis"]["image"].startswith("redis:7")
+    assert "--appendonly" in services["redis"]["command"] and "redis_data:/data" in services["redis"]["volumes"]
+    assert set(compose["volumes"]) == {"redis_data", "models_cache", "features"}
+    published = {name for name, s in services.items() if s.get("ports")}
+    assert published == {"nginx"}
+    assert services["nginx"]["ports"][0].endswith(":80")
+    for name, s in services.items():
+        assert "healthcheck" in s, name
+        assert s["networks"] == ["internal"], name
+    assert set(compose["networks"]) == {"internal"}
+    for name in ("app", "api"):
+        s = services[name]
+        assert "./image.orig:/app/image.orig:ro" in s["volumes"]
+        assert {"features:/app/features", "models_cache:/app/models_cache"} <= set(s["volumes"])
+        assert s["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert s["env_file"] == ".env"
+        assert s["environment"]["CBIR_REDIS_URL"] == "redis://redis:6379/0"
+    assert all(d["condition"] == "service_healthy" for d in services["nginx"]["depends_on"].values())
+    assert services["nginx"]["environment"]["APP_UPSTREAM"] == "app:8501"
+    assert services["nginx"]["environment"]["API_UPSTREAM"] == "api:8000"
+    assert "/health" in " ".join(services["api"]["healthcheck"]["test"])
+    assert (ROOT / ".env.example").exists()
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    example = (ROOT / ".env.example").read_text()
+    assert "CBIR_SECRET_KEY" in example and "CBIR_ADMIN_PASSWORD" in example and "CBIR_DEMO=0" in example
+
+
+def test_dockerfile():
+    lines = [l.strip() for l in (ROOT / "Dockerfile").read_text().splitlines() if l.strip() and not l.strip().startswith("#")]
+    assert lines[0] == "FROM python:3.11-slim"
+    text = "\n".join(lines)
+    users = [l.split()[1] for l in lines if l.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r"HEALTHCHECK .*http://127\.0\.0\.1:8000/health", text, re.S)
+    assert "ARG PREFETCH_WEIGHTS" in text and "cbir weights download" in text
+    # dependencies are installed before the code is copied (a cached layer)
+    deps = next(i for i, l in enumerate(lines) if "pip install ." in l)
+    code = next(i for i, l in enumerate(lines) if l.startswith("COPY cbir"))
+    assert deps < code
+    assert (ROOT / ".dockerignore").exists() and ".venv" in (ROOT / ".dockerignore").read_text()
+
+
+# -- nginx in front of the real services --------------------------------------------------
+def render_template(text: str, env: dict) -> str:
+    """What the nginx image does with templates: envsubst limited to the variables given."""
+    return re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), m.group(0)), text)
+
+
+@pytest.fixture
+def nginx(tmp_path, api_server, app_server):
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    env = {"APP_UPSTREAM": f"127.0.0.1:{app_server.port}", "API_UPSTREAM": f"127.0.0.1:{api_server.port}", "NGINX_PORT": f"127.0.0.1:{port}"}
+    site = tmp_path / "default.conf"
+    site.write_text(render_template((ROOT / "nginx.conf").read_text(), env))
+    for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp_path / d).mkdir()
+    main = tmp_path / "nginx.conf"
+    main.write_text(f"""
+worker_processes 1;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log {tmp_path}/access.log;
+    client_body_temp_path {tmp_path}/client_body;
+    proxy_temp_path {tmp_path}/proxy;
+    fastcgi_temp_path {tmp_path}/fastcgi;
+    uwsgi_temp_path {tmp_path}/uwsgi;
+    scgi_temp_path {tmp_path}/scgi;
+    include {site};
+}}
+""")
+    check = subprocess.run([exe, "-t", "-c", str(main), "-p", str(tmp_path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([exe, "-c", str(main), "-p", str(tmp_path), "-g", "daemon off;"], stderr=subprocess.PIPE)
+    wait_for_port(port)
+    yield f"http://127.0.0.1:{port}"
+    proc.send_signal(signal.SIGQUIT)
+    proc.wait(10)
+
+
+def fetch(url, data=None, headers=None, method=None):
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+
+
+@pytest.mark.nginx
+def test_health_search_and_headers_through_nginx(nginx):
+    status, headers, body = fetch(nginx + "/health")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    assert headers["Server"] == "nginx"  # no version
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "SAMEORIGIN"
+    assert headers["Referrer-Policy"]
+    assert "frame-ancestors" in headers["Content-Security-Policy"]
+    status, _, body = fetch(nginx + "/api/login", json.dumps({"username": "researcher", "password": "umons2024"}).encode(),
+                            {"content-type": "application/json"})
+    assert status == 200
+    token = json.loads(body)["access_token"]
+    status, headers, body = fetch(nginx + "/api/search", json.dumps({"image_id": "601", "top_k": 5}).encode(),
+                                  {"content-type": "application/json", "authorization": f"Bearer {token}", "accept-encoding": "gzip"})
+    assert status == 200 and headers.get("Content-Encoding") == "gzip"
+    import gzip
+
+    data = json.loads(gzip.decompress(body))
+    assert [h["label"] for h in data["models"]["efficientnet_lite0"]["results"]] == ["flowers"] * 5
+    assert fetch(nginx + "/openapi.json")[0] == 200 and fetch(nginx + "/docs")[0] == 200
+    # over the upload limit: nginx refuses before the API sees it
+    status, _, _ = fetch(nginx + "/api/search", b"x" * (11 * 2**20), {"content-type": "multipart/form-data; boundary=x", "authorization": f"Bearer {token}"})
+    assert status == 413
+
+
+@pytest.mark.nginx
+def test_login_burst_is_rate_limited_by_nginx(nginx):
+    codes = []
+    for _ in range(20):
+        status, headers, body = fetch(nginx + "/api/login", json.dumps({"username": "nobody-here", "password": "x"}).encode(),
+                                      {"content-type": "application/json"})
+        codes.append(status)
+    assert codes[0] == 401 and 429 in codes
+    assert json.loads(body)["error"].startswith("too many requests")
+
+
+@pytest.mark.nginx
+@pytest.mark.browser
+def test_streamlit_renders_through_nginx(nginx, browser):
+    """The login form appears only after the websocket (/_stcore/stream) worked through nginx."""
+    context = browser.new_context()
+    page = context.new_page()
+    console_errors = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.goto(nginx + "/")
+    page.get_by_label("Username").wait_for(timeout=60_000)
+    page.get_by_label("Username").fill("student")
+    page.get_by_label("Password", exact=True).fill("multimedia")
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_text("Images indexed").wait_for(timeout=60_000)
+    assert not [e for e in console_errors if "Content Security Policy" in e], console_errors
+    context.close()
+
+
+# -- make run ----------------------------------------------------------------------------
+def _copy_checkout(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    for f in files:
+        if not f:
+            continue
+        src = ROOT / f.decode()
+        if src.is_file():
+            target = dest / f.decode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+
+
+def _processes_under(path: Path) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmd:
+            found.append(f"{pid}: {cmd[:200]}")
+    return found
+
+
+@pytest.mark.slow
+def test_make_run_on_a_fresh_copy(tmp_path):
+    checkout = tmp_path / "checkout"
+    _copy_checkout(checkout)
+    assert not (checkout / ".venv").exists()
+    api_port, app_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CBIR_", "VIRTUAL_ENV", "KERAS_HOME"))}
+    env.update(CBIR_API_PORT=str(api_port), CBIR_APP_PORT=str(app_port))
+    log = tmp_path / "make-run.log"
+    proc = subprocess.Popen(["make", "run"], cwd=checkout, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        up = False
+        while time.time() < deadline and proc.poll() is None:
+            if "press Ctrl-C to stop" in log.read_text(errors="replace"):
+                up = True
+                break
+            time.sleep(1)
+        text = log.read_text(errors="replace")
+        assert up, text[-3000:]
+        assert fetch(f"http://127.0.0.1:{api_port}/health")[0] == 200
+        assert fetch(f"http://127.0.0.1:{app_port}/_stcore/health")[0] == 200
+        assert f"http://127.0.0.1:{app_port}" in text and f"http://127.0.0.1:{api_port}" in text
+        assert "researcher/umons2024" in text
+        status, _, body = fetch(f"http://127.0.0.1:{api_port}/api/login", json.dumps({"username": "admin", "password": "password123"}).encode(), {"content-type": "application/json"})
+        assert status == 200
+        assert _processes_under(checkout), "expected the services to run from the copy"
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(1)
+    assert _processes_under(checkout) == []
+    assert "stopped" in log.read_text(errors="replace")
