@@ -31,6 +31,18 @@ def _models_arg(value: str | None) -> list[str]:
     return [get_spec(m).name for m in value.split(",") if m.strip()]
 
 
+def _rerank_arg(args):
+    from .rerank import Rerank
+
+    return Rerank(args.rerank, args.rerank_n, args.rerank_alpha)
+
+
+def _add_rerank_options(sp) -> None:
+    sp.add_argument("--rerank", default="none", help="none, aqe (alpha query expansion) or dba_aqe (database-side augmentation + aqe); cosine only")
+    sp.add_argument("--rerank-n", type=int, default=10, help="neighbours used by the expansion (default 10)")
+    sp.add_argument("--rerank-alpha", type=float, default=3.0, help="similarity exponent (default 3)")
+
+
 def cmd_models(args) -> int:
     from .extractors import default_model
     from .engine import Engine
@@ -114,7 +126,8 @@ def cmd_search(args) -> int:
         if len(vals) != len(models):
             return _fail(f"--weights needs {len(models)} numbers, one per model")
         weights = dict(zip(models, vals))
-    resp = engine.search(models, args.metric, args.top_k, image_id=args.id, image=image, method=method, weights=weights, exclude_query=not args.include_query)
+    resp = engine.search(models, args.metric, args.top_k, image_id=args.id, image=image, method=method, weights=weights,
+                         exclude_query=not args.include_query, rerank=_rerank_arg(args))
     if args.json:
         print(json.dumps(resp.to_dict(), indent=2))
         return 0
@@ -151,7 +164,18 @@ def cmd_evaluate(args) -> int:
         bar.n = done
         bar.refresh()
 
-    report = engine.evaluate(models, args.metric, method=method, weights=weights, progress=progress)
+    rerank = _rerank_arg(args)
+    if args.feedback_rounds:
+        if len(models) != 1:
+            return _fail("--feedback-rounds evaluates one model at a time")
+        bar.close()
+        reports = engine.evaluate_feedback(models[0], rounds=args.feedback_rounds, k=args.feedback_k, rerank=rerank)
+        print(f"Rocchio feedback with the true labels of the top {args.feedback_k} ({models[0]}, cosine{', ' + rerank.label if rerank.active else ''})")
+        for r, rep in enumerate(reports):
+            gain = "" if r == 0 else f"  ({rep.map - reports[0].map:+.4f} mAP)"
+            print(f"round {r}: mAP={rep.map:.4f}  P@10={rep.p_at_10:.4f}  P@20={rep.p_at_20:.4f}{gain}")
+        return 0
+    report = engine.evaluate(models, args.metric, method=method, weights=weights, progress=progress, rerank=rerank)
     bar.close()
     print(f"{report.name}  metric={report.metric}  queries={report.n_queries}  ({report.seconds:.1f} s)")
     print(f"mAP={report.map:.4f}  P@10={report.p_at_10:.4f}  P@20={report.p_at_20:.4f}  R-precision={report.r_precision:.4f}")
@@ -222,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method", default="average", help="fusion for several models: average, weighted, rrf")
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
     sp.add_argument("--include-query", action="store_true", help="keep the query in its own results")
+    _add_rerank_options(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_search)
 
@@ -231,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metric", default="cosine", help=f"one of {', '.join(METRIC_CHOICES)}")
     sp.add_argument("--method", default="average", help="fusion for several models: average, weighted, rrf")
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
+    _add_rerank_options(sp)
+    sp.add_argument("--feedback-rounds", type=int, default=0, help="simulate N rounds of Rocchio feedback with the true labels")
+    sp.add_argument("--feedback-k", type=int, default=20, help="results judged per feedback round (default 20)")
     sp.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     sp.set_defaults(func=cmd_evaluate)
 

@@ -100,6 +100,11 @@ class PreparedIndex:
     def __len__(self) -> int:
         return int(self._x.shape[0])
 
+    @property
+    def vectors(self) -> np.ndarray:
+        """The prepared matrix (for cosine: the L2-normalised vectors)."""
+        return self._x
+
     def distances(self, queries) -> np.ndarray:
         q, _ = _check(queries, np.zeros((0, self.dim), dtype=np.float32))
         if self.metric == "euclidean":

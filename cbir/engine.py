@@ -19,6 +19,7 @@ from .evaluation import EvaluationReport, evaluate_distances
 from .extractors import build_extractor, get_spec, model_status
 from .fusion import FUSION_METHODS, fuse
 from .images import open_image, resize_rgb
+from .rerank import FeedbackRound, Rerank, feedback_rounds, alpha_query_expansion, check_metric, l2_normalise, load_or_build_dba, rocchio
 from .search import RankedList, check_top_k, rank_distances
 from .store import FeatureStore, load_store, store_dir, store_exists
 
@@ -50,6 +51,8 @@ class SearchResponse:
     fused: RankedList | None = None
     method: str | None = None
     weights: dict[str, float] | None = None
+    rerank: Rerank | None = None
+    feedback_rounds: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -61,6 +64,8 @@ class SearchResponse:
             "combined": None if self.fused is None else self.fused.to_dict(),
             "method": self.method,
             "weights": self.weights,
+            "rerank": None if self.rerank is None or not self.rerank.active else {"method": self.rerank.method, "n": self.rerank.n, "alpha": self.rerank.alpha},
+            "feedback_rounds": self.feedback_rounds,
             "timings": {k: round(v, 5) for k, v in self.timings.items()},
         }
 
@@ -76,6 +81,8 @@ class Engine:
         self._extractors: dict[tuple[str, str], object] = {}
         self._lock = threading.RLock()
         self._labels_memo: dict[tuple, np.ndarray] = {}
+        self._dba: dict[tuple, object] = {}
+        self.last_dba_seconds: dict[str, float] = {}
 
     # -- loading --------------------------------------------------------------------
     def store_folder(self, model: str, weights: str = "imagenet") -> Path:
@@ -166,11 +173,44 @@ class Engine:
             query.label = self.collection.label_of(query.image_id)
         return query
 
+    def rerank_index(self, model: str, rerank: Rerank):
+        """Cosine index over the store, or over its DBA vectors (built once per store version)."""
+        store = self.store(model)
+        if rerank.method != "dba_aqe":
+            return store.index("cosine")
+        key = (model, rerank.n, rerank.alpha, store.version)
+        with self._lock:
+            if key not in self._dba:
+                matrix, seconds = load_or_build_dba(store, self.store_folder(model), rerank.n, rerank.alpha)
+                self.last_dba_seconds[model] = seconds
+                self._dba = {k: v for k, v in self._dba.items() if k[0] != model or k[3] == store.version}
+                self._dba[key] = PreparedIndex(matrix, "cosine")
+            return self._dba[key]
+
+    def _reranked_distances(self, model: str, vec: np.ndarray, query: Query, rerank: Rerank, feedback: list[FeedbackRound]) -> np.ndarray:
+        store = self.store(model)
+        index = self.rerank_index(model, rerank)
+        db = index.vectors
+        own = store.row_of(query.image_id) if query.image_id is not None and query.image_id in store else -1
+        q = (db[own] if own >= 0 and rerank.method == "dba_aqe" else l2_normalise(vec))[None, :]
+        for rnd in feedback:
+            rel = [store.row_of(i) for i in rnd.relevant if i in store]
+            non = [store.row_of(i) for i in rnd.non_relevant if i in store]
+            q = rocchio(q, db[rel], db[non])
+        if rerank.active:
+            q = alpha_query_expansion(q, db, rerank.n, rerank.alpha, exclude=np.array([own]))
+        return index.distances(q)[0]
+
     def full_distances(
-        self, models: Sequence[str], metric: str, query: Query, exclude_query: bool = True
+        self, models: Sequence[str], metric: str, query: Query, exclude_query: bool = True,
+        rerank: Rerank | None = None, feedback: list[FeedbackRound] | None = None,
     ) -> tuple[list[str], dict[str, np.ndarray], dict[str, float]]:
         """Each model's distances to every image the models have in common (+inf = excluded)."""
         timings: dict[str, float] = {}
+        rerank = rerank or Rerank()
+        feedback = feedback or []
+        if rerank.active or feedback:
+            check_metric(metric)
         stores = {m: self.store(m) for m in models}
         ids = _common_ids([s.ids for s in stores.values()])
         if not ids:
@@ -180,11 +220,14 @@ class Engine:
         for m, s in stores.items():
             vec = self._query_vector(m, query, timings)
             t0 = time.perf_counter()
-            if len(s) == len(ids) and s.ids[0] == ids[0] and s.ids[-1] == ids[-1]:
-                d = s.index(metric).distances(vec[None, :])[0].astype(np.float64)
-            else:  # models indexed over different images: compare on the common ones
-                d = pairwise_distances(vec[None, :], s.aligned(ids), metric)[0].astype(np.float64)
-            if exclude_query and query.image_id is not None and query.image_id in position:
+            if rerank.active or feedback:
+                d = self._reranked_distances(m, vec, query, rerank, feedback)
+            else:
+                d = s.index(metric).distances(vec[None, :])[0]
+            d = d.astype(np.float64)
+            if not (len(s) == len(ids) and s.ids[0] == ids[0] and s.ids[-1] == ids[-1]):
+                d = d[[s.row_of(i) for i in ids]]  # models indexed over different images: the common ones
+            if exclude_query and query.image_id in position:
                 d[position[query.image_id]] = np.inf
             timings[f"search:{m}"] = time.perf_counter() - t0
             out[m] = d
@@ -202,8 +245,14 @@ class Engine:
         exclude_query: bool = True,
         method: str | None = None,
         weights: Mapping[str, float] | None = None,
+        rerank: Rerank | None = None,
+        feedback: Sequence[FeedbackRound] | None = None,
     ) -> SearchResponse:
-        """Search one or several models; with two or more and a ``method``, fuse them."""
+        """Search one or several models; with two or more and a ``method``, fuse them.
+
+        ``rerank`` (αQE or DBA+αQE) and ``feedback`` (Rocchio rounds) apply per model
+        before fusion and need the cosine metric.
+        """
         start = time.perf_counter()
         models = [get_spec(m).name for m in ([models] if isinstance(models, str) else list(models))]
         if not models:
@@ -216,7 +265,8 @@ class Engine:
             from .errors import unknown
 
             raise unknown("fusion method", method, FUSION_METHODS)
-        ids, dists, timings = self.full_distances(models, metric, query, exclude_query)
+        feedback = feedback_rounds(feedback)
+        ids, dists, timings = self.full_distances(models, metric, query, exclude_query, rerank, feedback)
         labels = self._labels_for(ids)
         per_model = {
             m: rank_distances(m, d, ids, labels, query.label, top_k, seconds=timings.get(f"search:{m}", 0.0) + timings.get(f"extract:{m}", 0.0))
@@ -237,6 +287,8 @@ class Engine:
             fused=fused,
             method=method if fused is not None else None,
             weights=dict(weights) if (weights and fused is not None and method == "weighted") else None,
+            rerank=rerank,
+            feedback_rounds=len(feedback),
             timings=timings,
         )
 
@@ -262,7 +314,7 @@ class Engine:
         method: str | None = None,
         weights: Mapping[str, float] | None = None,
         progress: Callable[[int, int], None] | None = None,
-        transform: Callable[[str, FeatureStore, list[str]], np.ndarray] | None = None,
+        rerank: Rerank | None = None,
     ) -> EvaluationReport:
         """Every labelled image as a query against the rest, for one model or a fusion."""
         t_start = time.perf_counter()
@@ -280,7 +332,18 @@ class Engine:
         if len(ids) < 2:
             raise CollectionError("need at least two indexed, labelled images to evaluate")
         labels = [self.collection.label_of(i) for i in ids]
-        mats = {m: (transform(m, s, ids) if transform else s.aligned(ids)) for m, s in stores.items()}
+        rerank = rerank or Rerank()
+        if rerank.active:
+            check_metric(metric)
+        mats, queries = {}, {}
+        for m, s in stores.items():
+            if not rerank.active:
+                mats[m] = queries[m] = s.aligned(ids)
+                continue
+            db = self.rerank_index(m, rerank).vectors
+            db = db if len(s) == len(ids) and s.ids[0] == ids[0] else db[[s.row_of(i) for i in ids]]
+            mats[m] = db
+            queries[m] = alpha_query_expansion(db, db, rerank.n, rerank.alpha, exclude=np.arange(len(ids)))
         prepared = {m: PreparedIndex(x, metric) for m, x in mats.items()}
         n = len(ids)
         chunks = []
@@ -288,7 +351,7 @@ class Engine:
             rows = np.arange(start, min(start + EVAL_CHUNK, n))
             per = {}
             for m, x in mats.items():
-                d = prepared[m].distances(x[rows]).astype(np.float64)
+                d = prepared[m].distances(queries[m][rows]).astype(np.float64)
                 d[np.arange(rows.size), rows] = np.inf
                 per[m] = d
             d = per[models[0]] if len(models) == 1 else fuse(per, method=method, weights=weights)
@@ -296,9 +359,40 @@ class Engine:
             if progress:
                 progress(int(rows[-1]) + 1, n)
         name = models[0] if len(models) == 1 else f"{method}({'+'.join(models)})"
+        if rerank.active:
+            name += f" + {rerank.label}"
         report = _merge_reports(chunks, labels, name, metric)
         report.seconds = time.perf_counter() - t_start
         return report
+
+    def evaluate_feedback(self, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:
+        """Simulated relevance feedback: each round, the true labels of the top k of every
+        query are given as Rocchio feedback. Returns the report before and after each round."""
+        rerank = rerank or Rerank()
+        store = self.store(model)
+        ids = [i for i in store.ids.tolist() if i in self.collection]
+        if not self.collection.has_labels:
+            raise CollectionError(f"collection {self.collection.name!r} has no labels to simulate feedback with")
+        labels = np.array([self.collection.label_of(i) for i in ids], dtype=object)
+        db = self.rerank_index(model, rerank).vectors
+        db = db if len(ids) == len(store) else db[[store.row_of(i) for i in ids]]
+        n = len(ids)
+        queries = db if not rerank.active else alpha_query_expansion(db, db, rerank.n, rerank.alpha, exclude=np.arange(n))
+        reports = []
+        for r in range(rounds + 1):
+            d = 1.0 - queries @ db.T
+            np.fill_diagonal(d, np.inf)
+            rep = evaluate_distances(d, labels.tolist(), name=f"{model} feedback round {r}", metric="cosine")
+            reports.append(rep)
+            if r == rounds:
+                break
+            top = np.argsort(d, axis=1, kind="stable")[:, :k]
+            rel = labels[top] == labels[:, None]
+            new = np.empty_like(queries)
+            for i in range(n):
+                new[i] = rocchio(queries[i][None], db[top[i][rel[i]]], db[top[i][~rel[i]]])[0]
+            queries = new
+        return reports
 
 
 def _row_metrics(d: np.ndarray, labels: list[str], rows: np.ndarray) -> EvaluationReport:

@@ -26,6 +26,8 @@ class SearchService:
         exclude_query: bool = True,
         method: str | None = None,
         weights: Mapping[str, float] | None = None,
+        rerank=None,
+        feedback: list[dict] | None = None,
         use_cache: bool = True,
     ) -> dict:
         """The search response as a dict, with ``cached`` telling whether it came from Redis."""
@@ -41,6 +43,8 @@ class SearchService:
             "exclude_query": exclude_query,
             "method": method if len(models) > 1 else None,
             "weights": dict(weights) if weights else None,
+            "rerank": None if rerank is None or not rerank.active else [rerank.method, rerank.n, rerank.alpha],
+            "feedback": feedback or None,
         }
         key = None
         if use_cache and self.cache.enabled:
@@ -56,7 +60,8 @@ class SearchService:
                     hit["cached"] = True
                     return hit
         resp = self.engine.search(
-            models, metric, top_k, query, exclude_query=exclude_query, method=method if len(models) > 1 else None, weights=weights
+            models, metric, top_k, query, exclude_query=exclude_query, method=method if len(models) > 1 else None,
+            weights=weights, rerank=rerank, feedback=feedback,
         )
         out = resp.to_dict()
         out["cached"] = False

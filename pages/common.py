@@ -102,7 +102,7 @@ def thumbnail_of(engine: Engine, image_id: str, size: int = 256) -> bytes:
     return thumbnail(str(path), path.stat().st_mtime, size)
 
 
-def result_grid(engine: Engine, ranked: dict, columns: int = 5, key: str = "", feedback: dict | None = None) -> None:
+def result_grid(engine: Engine, ranked: dict, columns: int = 5, key: str = "", feedback: bool = False) -> None:
     """Thumbnails with rank, score and label; relevant ones marked green, others red."""
     hits = ranked["results"]
     if not hits:
@@ -125,14 +125,8 @@ def result_grid(engine: Engine, ranked: dict, columns: int = 5, key: str = "", f
                     f"{mark}<b>#{h['rank']}</b> id {h['id']}{label}<br><span style='color:#6b7280'>score {h['score']:.4f}</span></div>",
                     unsafe_allow_html=True,
                 )
-                if feedback is not None:
-                    choice = st.segmented_control(
-                        "Feedback", ["👍", "👎"], key=f"{key}_fb_{h['id']}", label_visibility="collapsed",
-                    )
-                    if choice == "👍":
-                        feedback[h["id"]] = True
-                    elif choice == "👎":
-                        feedback[h["id"]] = False
+                if feedback:  # read back by the page from st.session_state
+                    st.segmented_control("Feedback", ["👍", "👎"], key=f"{key}::{h['id']}", label_visibility="collapsed")
 
 
 def pr_figure(curves: list[tuple[str, list[float], list[float]]], title: str = "Precision–recall") -> go.Figure:

@@ -8,6 +8,7 @@ import streamlit as st
 
 from cbir.distances import DISTANCES
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS
+from cbir.rerank import RERANK_LABELS, RERANK_METHODS, Rerank
 from pages.common import get_engine, interpolated_figure, metric_label, model_label, protocol_note, show_error
 
 engine = get_engine()
@@ -31,38 +32,50 @@ with st.form("eval_form"):
     models = c1.multiselect("Models", searchable, default=searchable[:1], format_func=model_label, key="eval_models")
     metrics = c2.multiselect("Metrics", list(DISTANCES), default=["cosine"], format_func=metric_label, key="eval_metrics")
     fusions = c3.multiselect("Fusions (2+ models)", FUSION_METHODS, default=[], format_func=lambda m: FUSION_LABELS[m], key="eval_fusions")
+    r1, r2, r3 = st.columns([2, 1, 1])
+    reranks = r1.multiselect("Re-ranking (cosine only)", RERANK_METHODS, default=["none"], format_func=lambda m: RERANK_LABELS[m], key="eval_reranks")
+    rr_n = r2.number_input("n", 1, 100, 10, key="eval_rerank_n")
+    rr_alpha = r3.number_input("α", 0.0, 20.0, 3.0, 0.5, key="eval_rerank_alpha")
     go = st.form_submit_button("Run evaluation", type="primary")
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def evaluate_cached(models: tuple[str, ...], metric: str, method: str | None, versions: tuple[str, ...]) -> dict:
+def evaluate_cached(models: tuple[str, ...], metric: str, method: str | None, rerank: tuple, versions: tuple[str, ...]) -> dict:
     """Cached per store version: a second view is instant, a re-index recomputes."""
-    report = engine.evaluate(list(models), metric, method=method)
+    report = engine.evaluate(list(models), metric, method=method, rerank=Rerank(*rerank))
     out = report.to_dict()
     out["ap"] = report.ap.tolist()
     return out
 
 
-def runs(models: list[str], metrics: list[str], fusions: list[str]) -> list[tuple[tuple[str, ...], str, str | None]]:
-    jobs = [((m,), metric, None) for m in models for metric in metrics]
-    if len(models) >= 2:
-        jobs += [(tuple(models), metric, method) for method in fusions for metric in metrics]
+def runs(models, metrics, fusions, reranks) -> list[tuple[tuple[str, ...], str, str | None, str]]:
+    jobs = []
+    for rr in reranks or ["none"]:
+        use = [m for m in metrics if rr == "none" or m == "cosine"]  # re-ranking is defined for cosine only
+        jobs += [((m,), metric, None, rr) for m in models for metric in use]
+        if len(models) >= 2:
+            jobs += [(tuple(models), metric, method, rr) for method in fusions for metric in use]
     return jobs
 
 
 if go:
-    jobs = runs(models, metrics, fusions)
+    jobs = runs(models, metrics, fusions, reranks)
+    if any(r != "none" for r in reranks) and any(m != "cosine" for m in metrics):
+        st.info("Re-ranking rows are computed for the cosine metric only: the other metrics do not admit it.")
     if not jobs:
         st.warning("Choose at least one model and one metric.")
     else:
         bar = st.progress(0.0, text="Evaluating…")
         results = []
-        for i, (ms, metric, method) in enumerate(jobs):
+        for i, (ms, metric, method, rr) in enumerate(jobs):
             name = model_label(ms[0]) if method is None else f"{FUSION_LABELS[method]} ({' + '.join(model_label(m) for m in ms)})"
+            rerank_key = (rr, int(rr_n), float(rr_alpha))
+            if rr != "none":
+                name += f" + {RERANK_LABELS[rr]}"
             bar.progress(i / len(jobs), text=f"Evaluating {name} · {metric_label(metric)} ({i + 1}/{len(jobs)})")
             try:
                 versions = tuple(engine.store(m).version for m in ms)
-                rep = evaluate_cached(ms, metric, method, versions)
+                rep = evaluate_cached(ms, metric, method, rerank_key, versions)
             except Exception as exc:
                 show_error(exc)
                 continue

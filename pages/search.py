@@ -9,6 +9,7 @@ import streamlit as st
 from cbir.distances import DISTANCES
 from cbir.extractors import MODELS, default_model
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS
+from cbir.rerank import RERANK_LABELS, RERANK_METHODS, Rerank
 from pages.common import (
     get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row,
 )
@@ -54,6 +55,15 @@ with st.sidebar:
             weights = None
         elif sum(weights.values()) == 0:
             st.warning("All weights are zero: give at least one model a positive weight.")
+    st.header("Re-ranking")
+    rr_method = st.radio("Re-ranking", RERANK_METHODS, format_func=lambda m: RERANK_LABELS[m], horizontal=True,
+                         key="search_rerank", label_visibility="collapsed",
+                         help="αQE: expand the query with its top-n neighbours. DBA + αQE: first augment every stored vector the same way.")
+    rr_n = st.slider("n (neighbours)", 1, 50, 10, key="search_rerank_n", disabled=rr_method == "none")
+    rr_alpha = st.slider("α (similarity exponent)", 0.0, 10.0, 3.0, 0.5, key="search_rerank_alpha", disabled=rr_method == "none")
+    rerank = Rerank(rr_method, rr_n, rr_alpha)
+    if (rerank.active or st.session_state.get("search_feedback")) and metric != "cosine":
+        st.warning(f"Re-ranking and feedback need the cosine metric; {metric_label(metric)} does not admit them.")
 
 # -- query ------------------------------------------------------------------------------
 st.subheader("Query")
@@ -90,17 +100,29 @@ with pcol:
             show_error(exc)
             image_bytes = None
 
-run = st.button("Search", type="primary", key="search_run", disabled=not models or (image_id is None and image_bytes is None))
-if run:
+def do_search(feedback: list[dict]) -> None:
     try:
         with st.spinner("Searching…"):
-            st.session_state["search_result"] = service.search(
+            result = service.search(
                 models, metric, int(top_k), image_id=image_id, image=image_bytes,
                 method=method if len(models) > 1 else None, weights=weights,
+                rerank=rerank if rerank.active else None, feedback=feedback or None,
             )
     except Exception as exc:
-        st.session_state.pop("search_result", None)
         show_error(exc)
+        return
+    if not feedback:
+        st.session_state["search_rounds"] = []
+    st.session_state["search_rounds"] = st.session_state.get("search_rounds", []) + [result]
+    st.session_state["search_feedback"] = feedback
+    st.session_state["search_result"] = result
+    for key in [k for k in st.session_state if k.startswith("search_fb_")]:
+        del st.session_state[key]
+
+
+run = st.button("Search", type="primary", key="search_run", disabled=not models or (image_id is None and image_bytes is None))
+if run:
+    do_search([])
 
 result = st.session_state.get("search_result")
 if not result:
@@ -115,6 +137,11 @@ st.caption(
     f"{metric_label(result['metric'])} distance · top {result['top_k']} · "
     f"{1000 * result['timings'].get('total', 0):.1f} ms" + (" · from cache" if result.get("cached") else "")
 )
+rounds = st.session_state.get("search_rounds", [result])
+if result.get("rerank"):
+    st.caption(f"Re-ranked with {RERANK_LABELS[result['rerank']['method']]} (n={result['rerank']['n']}, α={result['rerank']['alpha']:g})")
+if len(rounds) > 1:
+    st.caption(f"Relevance feedback: {len(rounds) - 1} round(s) of Rocchio refinement")
 names = list(result["models"]) + (["combined"] if result.get("combined") else [])
 tab_titles = [model_label(n) if n != "combined" else f"Combined ({FUSION_LABELS[result['method']]})" for n in names]
 tabs = st.tabs(tab_titles)
@@ -129,11 +156,16 @@ for tab, name in zip(tabs, names):
         c2.metric(f"R@{k}", f"{ranked['recall_at_k']:.3f}" if has_metrics else "—")
         c3.metric("AP", f"{ranked['average_precision']:.3f}" if has_metrics else "—")
         c4.metric("Time", f"{1000 * ranked['seconds']:.1f} ms")
-        result_grid(engine, ranked, columns=5, key=f"search_{name}")
+        result_grid(engine, ranked, columns=5, key=f"search_fb_{name}", feedback=True)
         if has_metrics:
+            history = [(r["combined"] if name == "combined" else r["models"].get(name)) for r in rounds]
+            history = [h for h in history if h and h["average_precision"] is not None]
             if name == "combined":
                 fig = pr_figure(curves + [(f"Combined ({result['method']})", ranked["pr_curve"]["recall"], ranked["pr_curve"]["precision"])],
                                 "Precision–recall: every model and the fusion")
+            elif len(history) > 1:
+                fig = pr_figure([(f"round {i} · AP {h['average_precision']:.3f}", h["pr_curve"]["recall"], h["pr_curve"]["precision"]) for i, h in enumerate(history)],
+                                f"Precision–recall of {model_label(name)} across feedback rounds")
             else:
                 fig = pr_figure([(model_label(name), ranked["pr_curve"]["recall"], ranked["pr_curve"]["precision"])])
             st.plotly_chart(fig, key=f"search_pr_{name}")
@@ -142,3 +174,22 @@ for tab, name in zip(tabs, names):
             st.info("No precision/recall for an uploaded image: it has no label to compare against.")
         else:
             st.info("No precision/recall: this collection has no labels (add a labels.csv or one sub-folder per class).")
+
+# -- relevance feedback -----------------------------------------------------------------------
+marks = {}
+for key, value in st.session_state.items():
+    if key.startswith("search_fb_") and value in ("👍", "👎"):
+        marks[key.split("::", 1)[1]] = value == "👍"
+relevant = sorted(i for i, v in marks.items() if v)
+non_relevant = sorted(i for i, v in marks.items() if not v)
+st.divider()
+c1, c2 = st.columns([3, 1])
+c1.markdown(
+    f"**Relevance feedback** · mark results 👍 relevant or 👎 not relevant, then refine (Rocchio: "
+    f"q' = q + 0.75·mean(relevant) − 0.15·mean(not relevant)). Marked: {len(relevant)} 👍, {len(non_relevant)} 👎."
+)
+if c2.button("Refine", key="search_refine", type="primary", disabled=not marks or metric != "cosine",
+             help="Needs the cosine metric" if metric != "cosine" else None):
+    previous = st.session_state.get("search_feedback") or []
+    do_search(previous + [{"relevant": relevant, "non_relevant": non_relevant}])
+    st.rerun()

@@ -240,3 +240,27 @@ def test_redis_outage_and_recovery(tmp_path):
             assert c.get("/ready").status_code == 200
     finally:
         server.stop()
+
+
+def test_rerank_and_feedback_fields(client):
+    h = login(client)
+    base = {"image_id": "55", "models": ["efficientnet_lite0"], "top_k": 20}
+    plain = client.post("/api/search", json=base, headers=h).json()["models"]["efficientnet_lite0"]
+    r = client.post("/api/search", json={**base, "rerank": {"method": "dba_aqe", "n": 10, "alpha": 3}}, headers=h)
+    assert r.status_code == 200, r.text
+    assert r.json()["rerank"] == {"method": "dba_aqe", "n": 10, "alpha": 3.0}
+    assert r.json()["models"]["efficientnet_lite0"]["average_precision"] > plain["average_precision"]
+    fb = [{"relevant": [x["id"] for x in plain["results"] if x["relevant"]], "non_relevant": [x["id"] for x in plain["results"] if not x["relevant"]]}]
+    r = client.post("/api/search_combined", json={**base, "models": ["efficientnet_lite0", "efficientnet_lite1"], "method": "rrf", "feedback": fb}, headers=h)
+    assert r.status_code == 200 and r.json()["feedback_rounds"] == 1
+    r = client.post("/api/search", json={**base, "metric": "euclidean", "rerank": {"method": "aqe"}}, headers=h)
+    assert r.status_code == 400 and "cosine" in r.json()["error"]
+    r = client.post("/api/search", json={**base, "rerank": {"method": "aqe", "n": 0}}, headers=h)
+    assert r.status_code == 422
+    # multipart: rerank as JSON text
+    r = client.post("/api/search", files={"image": ("q.jpg", _jpeg_bytes(55), "image/jpeg")},
+                    data={"models": "efficientnet_lite0", "rerank": '{"method": "aqe"}'}, headers=h)
+    assert r.status_code == 200 and r.json()["rerank"]["method"] == "aqe"
+    spec = client.get("/openapi.json").json()
+    props = spec["paths"]["/api/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"rerank", "feedback"} <= set(props)

@@ -135,3 +135,21 @@ def test_admin_adds_user_who_can_log_in(page, browser, app_server):
     other.goto(app_server.url)
     logged_in(other, "lecturer", "teach-cbir")
     other.context.close()
+
+
+def test_rerank_and_feedback_round(page):
+    logged_in(page)
+    sidebar = page.locator("section[data-testid='stSidebar']")
+    sidebar.get_by_text("DBA + αQE").click()
+    run_search(page)
+    page.get_by_text(re.compile("Re-ranked with DBA")).wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    buttons = page.get_by_role("radio", name="👍")
+    buttons.nth(0).click()
+    page.wait_for_timeout(500)
+    page.get_by_role("radio", name="👎").nth(3).click()
+    page.wait_for_timeout(500)
+    page.get_by_text(re.compile("Marked: 1 👍, 1 👎")).wait_for()
+    page.get_by_role("button", name="Refine").click()
+    page.get_by_text("1 round(s) of Rocchio refinement").wait_for()
+    page.get_by_text(re.compile("across feedback rounds")).first.wait_for()

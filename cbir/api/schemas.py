@@ -26,6 +26,24 @@ class TokenResponse(BaseModel):
     role: str
 
 
+class RerankParams(BaseModel):
+    """Re-ranking before fusion (cosine only): alpha query expansion, or database-side
+    augmentation plus alpha query expansion."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["none", "aqe", "dba_aqe"] = "none"
+    n: int = Field(10, ge=1, le=100, description="neighbours used for the expansion")
+    alpha: float = Field(3.0, ge=0, le=20, description="similarity exponent of the weights")
+
+
+class FeedbackRound(BaseModel):
+    """One Rocchio round: ids marked relevant and not relevant (applied in order)."""
+
+    model_config = ConfigDict(extra="forbid")
+    relevant: list[str] = Field(default_factory=list, max_length=1000)
+    non_relevant: list[str] = Field(default_factory=list, max_length=1000)
+
+
 class SearchRequest(BaseModel):
     """Query by collection id in JSON; to query by an image send multipart/form-data with
     the same fields (``models`` comma-separated, ``weights`` as JSON) and a file ``image``."""
@@ -36,6 +54,8 @@ class SearchRequest(BaseModel):
     metric: Metric = "cosine"
     top_k: int = Field(10, ge=1, le=1000)
     exclude_query: bool = True
+    rerank: RerankParams | None = Field(None, description="re-ranking (cosine only)")
+    feedback: list[FeedbackRound] | None = Field(None, max_length=20, description="Rocchio relevance-feedback rounds (cosine only)")
 
     @field_validator("models")
     @classmethod

@@ -20,6 +20,11 @@ ERRORS = {
     code: {"model": ErrorBody}
     for code in (400, 401, 404, 413, 415, 422, 503)
 }
+_JSON_EXAMPLES = {
+    "weights": '{"efficientnet_lite0": 2}',
+    "rerank": '{"method": "dba_aqe", "n": 10, "alpha": 3}',
+    "feedback": '[{"relevant": ["12"], "non_relevant": ["240"]}]',
+}
 _UPLOAD_FIELDS = {"image": {"type": "string", "format": "binary", "description": "the query image"}}
 
 
@@ -30,7 +35,8 @@ def _openapi_body(model) -> dict:
     form = {
         "type": "object",
         "properties": {
-            **{k: ({"type": "string"} if k in ("models", "weights") else v) for k, v in schema["properties"].items()},
+            **{k: ({"type": "string", "description": "comma-separated" if k == "models" else "JSON"} if k in ("models", "weights", "rerank", "feedback") else v)
+               for k, v in schema["properties"].items()},
             **_UPLOAD_FIELDS,
         },
     }
@@ -71,11 +77,11 @@ async def _parse(request: Request, model, max_bytes: int):
                     raise APIError(413, f"upload too large: limit is {max_bytes // 2**20} MB")
             elif key == "models":
                 data["models"] = [m for m in value.split(",") if m.strip()] or None
-            elif key == "weights":
+            elif key in ("weights", "rerank", "feedback"):
                 try:
-                    data["weights"] = json.loads(value) if value else None
+                    data[key] = json.loads(value) if value else None
                 except json.JSONDecodeError:
-                    raise APIError(422, 'weights must be a JSON object such as {"efficientnet_lite0": 2}') from None
+                    raise APIError(422, f"{key} must be JSON, e.g. " + _JSON_EXAMPLES[key]) from None
             else:
                 data[key] = value
         if image is None and "image_id" not in data:
@@ -94,10 +100,14 @@ async def _parse(request: Request, model, max_bytes: int):
 
 
 def _run(service, params, image, method=None, weights=None) -> dict:
+    from ...rerank import Rerank
+
     models = params.models or [default_model()]
+    rerank = Rerank(**params.rerank.model_dump()) if params.rerank else None
+    feedback = [r.model_dump() for r in params.feedback] if params.feedback else None
     return service.search(
         models, params.metric, params.top_k, image_id=params.image_id, image=image,
-        exclude_query=params.exclude_query, method=method, weights=weights,
+        exclude_query=params.exclude_query, method=method, weights=weights, rerank=rerank, feedback=feedback,
     )
 
 
