@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
 DEBIAN_TEST_PACKAGES := redis-server nginx chromium fonts-noto-color-emoji
 
-.PHONY: install run test test-fast bench system-deps clean features
+.PHONY: install run test test-fast bench system-deps clean features api
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ features: install
 run: install
 	CBIR_DEMO=$${CBIR_DEMO:-1} $(BIN)/python -m cbir.run
 
+api: install
+	CBIR_DEMO=$${CBIR_DEMO:-1} $(BIN)/cbir api
+
 test: $(TEST_STAMP) system-deps
 	$(BIN)/python -m pytest -p no:cacheprovider --timeout=900
 
@@ -46,8 +49,12 @@ test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m "not slow and not browser and not nginx and not parity" --timeout=300
 
 bench: install
+	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq wrk >/dev/null || true; }
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/index.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/rerank.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) var models_cache .pytest_cache

@@ -4,14 +4,18 @@ Starts redis-server (Debian's, or the embedded one) and `cbir api` itself, then
 measures requests/s, p50 and p99 latency of POST /api/search by id at 1, 8 and 32
 clients with the result cache off and on, combined search of three models, and the
 time split of upload searches (decoding, feature extraction, search).
-Usage: python bench/api.py [--requests 400]
+The load comes from wrk (Debian package) when installed, a C client that leaves the two
+cores to the server; otherwise from an asyncio httpx client in Python.
+Usage: python bench/api.py [--requests 400] [--seconds 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
 import random
 import shutil
 import socket
@@ -23,6 +27,32 @@ import time
 from pathlib import Path
 
 import httpx
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+math.randomseed({seed})
+request = function()
+  local id = math.random(0, 999)
+  return wrk.format(nil, nil, nil, '{{"image_id": "' .. id .. '", "models": {models}, "top_k": 10{extra}}}')
+end
+"""
+
+
+def load_wrk(url: str, token: str, path: str, models: list[str], clients: int, seconds: int, tmp: Path, extra: str = "") -> dict:
+    script = tmp / "load.lua"
+    script.write_text(WRK_SCRIPT.format(token=token, seed=clients, models=json.dumps(models), extra=extra))
+    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", str(script), url + path],
+                         capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise SystemExit(f"errors under load:\n{out}")
+
+    def ms(label: str) -> float:
+        value = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        return float(value.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[value.group(2)]
+
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": ms("50"), "p99": ms("99")}
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -80,8 +110,11 @@ async def load(url: str, token: str, path: str, bodies: list[dict], clients: int
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--requests", type=int, default=400, help="requests per level (Python client)")
+    ap.add_argument("--seconds", type=int, default=10, help="seconds per level (wrk)")
     args = ap.parse_args()
+    use_wrk = shutil.which("wrk") is not None
+    print(f"load generator: {'wrk' if use_wrk else 'python httpx (install wrk for lighter load)'}")
     tmp = Path(tempfile.mkdtemp(prefix="cbir-bench-"))
     redis_proc = None
     if shutil.which("redis-server"):
@@ -104,18 +137,22 @@ def main() -> None:
             try:
                 token = httpx.post(url + "/api/login", json={"username": "researcher", "password": "umons2024"}).json()["access_token"]
                 single = [{"image_id": rng.choice(ids), "models": [LITE[0]], "top_k": 10} for _ in range(args.requests)]
-                asyncio.run(load(url, token, "/api/search", single[:50], 4))  # warm-up
-                if cache:  # fill the cache with the same queries, then measure hits
-                    asyncio.run(load(url, token, "/api/search", list(single), 8))
-                for clients in (1, 8, 32):
-                    res = asyncio.run(load(url, token, "/api/search", list(single), clients))
-                    print(f"{'search by id (lite0)':<34}{'on' if cache else 'off':<6}{clients:>8}{res['rps']:>9.1f}{res['p50']:>9.1f}{res['p99']:>9.1f}", flush=True)
                 combined = [{"image_id": rng.choice(ids), "models": LITE, "method": "average", "top_k": 10} for _ in range(args.requests // 2)]
-                if cache:
-                    asyncio.run(load(url, token, "/api/search_combined", list(combined), 8))
-                for clients in (1, 8):
-                    res = asyncio.run(load(url, token, "/api/search_combined", list(combined), clients))
-                    print(f"{'combined 3 models (average)':<34}{'on' if cache else 'off':<6}{clients:>8}{res['rps']:>9.1f}{res['p50']:>9.1f}{res['p99']:>9.1f}", flush=True)
+                asyncio.run(load(url, token, "/api/search", single[:50], 4))  # warm-up
+                if cache:  # every id once, so that the measured requests are hits
+                    every = [{"image_id": i, "models": [LITE[0]], "top_k": 10} for i in ids]
+                    asyncio.run(load(url, token, "/api/search", every, 8))
+                    asyncio.run(load(url, token, "/api/search_combined", [{**b, "image_id": i} for b in combined[:1] for i in ids], 8))
+                for path, models, label, levels in (("/api/search", [LITE[0]], "search by id (lite0)", (1, 8, 32)),
+                                                    ("/api/search_combined", LITE, "combined 3 models (average)", (1, 8))):
+                    for clients in levels:
+                        if use_wrk:
+                            extra = ', "method": "average"' if len(models) > 1 else ""
+                            res = load_wrk(url, token, path, models, clients, args.seconds, tmp, extra)
+                        else:
+                            bodies = single if len(models) == 1 else combined
+                            res = asyncio.run(load(url, token, path, list(bodies), clients))
+                        print(f"{label:<34}{'on' if cache else 'off':<6}{clients:>8}{res['rps']:>9.1f}{res['p50']:>9.1f}{res['p99']:>9.1f}", flush=True)
                 if not cache:
                     splits = {"decode": [], "extract": [], "search": [], "total": []}
                     with httpx.Client(timeout=60) as c:

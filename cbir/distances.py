@@ -32,9 +32,15 @@ def _check(queries: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndar
         raise ValueError("features must be numeric")
     q = np.ascontiguousarray(q, dtype=np.float32)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if not (np.isfinite(q).all() and np.isfinite(x).all()):
+    if not (_all_finite(q) and _all_finite(x)):
         raise ValueError("features contain NaN or infinity")
     return q, x
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """np.isfinite(a).all() without an (n, d) temporary for large stores."""
+    step = max(1, _CHUNK_ELEMENTS // max(a.shape[1], 1))
+    return all(np.isfinite(a[i : i + step]).all() for i in range(0, a.shape[0], step))
 
 
 def _check_non_negative(name: str, *arrays: np.ndarray) -> None:

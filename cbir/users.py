@@ -35,6 +35,16 @@ MIN_PASSWORD = 6
 
 P = "cbir:"
 
+# One round trip per API request: look the token up, slide its expiry, return the user hash.
+_TOKEN_LUA = """
+local username = redis.call('GET', KEYS[1])
+if not username then return nil end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local user = redis.call('HGETALL', ARGV[2] .. username)
+if #user == 0 then return nil end
+return user
+"""
+
 
 class AuthError(CBIRError):
     """Wrong username or password (never says which)."""
@@ -266,11 +276,11 @@ class UserStore:
         """
         key = self._token_key(token)
         try:
-            pipe = self.r.pipeline()
-            pipe.get(key)
-            pipe.expire(key, self.token_ttl, xx=True)
-            username, _ = pipe.execute()
-            user = self.get(username) if username else None
+            found = self.r.eval(_TOKEN_LUA, 1, key, self.token_ttl, f"{P}user:")
+            user = None
+            if found:
+                data = dict(zip(found[::2], found[1::2]))
+                user = User(data["username"], data.get("name", ""), data.get("email", ""), data.get("role", "student"), float(data.get("created", 0)))
         except (REDIS_DOWN + (ServiceUnavailable,)) as exc:
             known = self._recent.get(key)
             if known and known[1] > time.time():

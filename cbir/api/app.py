@@ -136,6 +136,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
 
 def serve(host: str | None = None, port: int | None = None) -> None:
     import uvicorn
+    from threadpoolctl import threadpool_limits
+
+    # Requests run concurrently in threads; one BLAS thread each avoids oversubscribing the
+    # cores (a single query is a memory-bound matrix-vector product anyway).
+    threadpool_limits(1, user_api="blas")
 
     settings = get_settings()
     try:

@@ -111,11 +111,22 @@ def _run(service, params, image, method=None, weights=None) -> dict:
     )
 
 
+INLINE_MAX_IMAGES = 20_000
+
+
+async def _dispatch(service, params, image, method=None, weights=None) -> dict:
+    """Searches by id over small stores take about a millisecond: run them on the event
+    loop (a thread hop costs more). Uploads (decoding, a CNN) and big stores go to threads."""
+    if image is None and len(service.engine.collection) <= INLINE_MAX_IMAGES and not (params.rerank and params.rerank.method == "dba_aqe"):
+        return _run(service, params, image, method, weights)
+    return await run_in_threadpool(_run, service, params, image, method, weights)
+
+
 @router.post("/search", responses=ERRORS, openapi_extra=_openapi_body(SearchRequest), summary="Search with one or more models")
 async def search(request: Request, service: Service, user: CurrentUser) -> dict:
     """Per model: ranked results (id, score, label, relevant), P@k, R@k, AP, PR points and time taken."""
     params, image = await _parse(request, SearchRequest, service.engine.settings.max_upload_mb * 2**20)
-    return JSONResponse(await run_in_threadpool(_run, service, params, image))
+    return JSONResponse(await _dispatch(service, params, image))
 
 
 @router.post(
@@ -127,4 +138,4 @@ async def search_combined(request: Request, service: Service, user: CurrentUser)
     params, image = await _parse(request, CombinedSearchRequest, service.engine.settings.max_upload_mb * 2**20)
     if not params.models or len(params.models) < 2:
         raise APIError(422, "combined search needs at least two models")
-    return JSONResponse(await run_in_threadpool(_run, service, params, image, params.method, params.weights))
+    return JSONResponse(await _dispatch(service, params, image, params.method, params.weights))
