@@ -13,7 +13,8 @@ import numpy as np
 from cbir.collection import scan_collection
 from cbir.config import Settings
 from cbir.engine import Engine
-from cbir.rerank import Rerank, database_augmentation
+from cbir.evaluation import evaluate_distances
+from cbir.rerank import Rerank, alpha_query_expansion, database_augmentation, l2_normalise
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -30,6 +31,19 @@ def main() -> None:
             rep = engine.evaluate(models, "cosine", method=method, rerank=rr)
             cells += [rep.map, rep.p_at_20]
         print(f"{label:<34}" + "".join(f"{v:>9.4f}{w:>7.4f}" for v, w in zip(cells[::2], cells[1::2])), flush=True)
+
+    # early fusion, as the reference: L2-normalised concatenation of the three models
+    ids = engine.collection.ids
+    cat = l2_normalise(np.hstack([l2_normalise(engine.store(m).aligned(ids)) for m in LITE]))
+    cells = []
+    for rr in SETTINGS:
+        db = cat if rr.method != "dba_aqe" else database_augmentation(cat, rr.n, rr.alpha)
+        q = db if not rr.active else alpha_query_expansion(db, db, rr.n, rr.alpha, exclude=np.arange(len(ids)))
+        d = 1.0 - q @ db.T
+        np.fill_diagonal(d, np.inf)
+        rep = evaluate_distances(d, engine.collection.labels)
+        cells += [rep.map, rep.p_at_20]
+    print(f"{'Lite0+1+2 concatenated':<34}" + "".join(f"{v:>9.4f}{w:>7.4f}" for v, w in zip(cells[::2], cells[1::2])), flush=True)
 
     for m in LITE[:1]:
         before, after = engine.evaluate_feedback(m, rounds=1, k=20)

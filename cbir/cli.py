@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("api", help="serve the REST API (FastAPI + uvicorn)")
     sp.add_argument("--host", default=None, help=f"default {settings.api_host}")
     sp.add_argument("--port", type=int, default=None, help=f"default {settings.api_port}")
+    sp.add_argument("--workers", type=int, default=None, help=f"worker processes (default {settings.api_workers})")
     sp.set_defaults(func=cmd_api)
     return p
 
@@ -277,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_api(args) -> int:
     from .api.app import serve
 
-    serve(args.host, args.port)
+    serve(args.host, args.port, args.workers)
     return 0
 
 

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     session_minutes: int = Field(30, ge=1)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_workers: int = Field(2, ge=1, le=32, description="API worker processes")
     app_host: str = "127.0.0.1"
     app_port: int = 8501
 

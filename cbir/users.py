@@ -304,15 +304,18 @@ def bootstrap(store: UserStore, settings: Settings) -> list[str]:
     """Demo users in demo mode; outside it, refuse placeholder secrets and ensure an admin."""
     created = []
     if settings.demo:
-        for username, password, role, name in DEMO_USERS:
-            if not store.exists(username):
-                store.create(username, password, role, name, actor="bootstrap")
-                created.append(username)
-        return created
-    check_production_settings(settings)
-    if not store.exists("admin"):
-        store.create("admin", settings.admin_password, "admin", "Admin", actor="bootstrap")
-        created.append("admin")
+        wanted = [(u, p, r, n) for u, p, r, n in DEMO_USERS]
+    else:
+        check_production_settings(settings)
+        wanted = [("admin", settings.admin_password, "admin", "Admin")]
+    for username, password, role, name in wanted:
+        if store.exists(username):
+            continue
+        try:
+            store.create(username, password, role, name, actor="bootstrap")
+            created.append(username)
+        except UserError:
+            pass  # created meanwhile by a sibling process (app and API workers start together)
     return created
 
 

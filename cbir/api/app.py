@@ -134,17 +134,30 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     return app
 
 
-def serve(host: str | None = None, port: int | None = None) -> None:
-    import uvicorn
+def _limit_blas_threads() -> None:
     from threadpoolctl import threadpool_limits
 
-    # Requests run concurrently in threads; one BLAS thread each avoids oversubscribing the
-    # cores (a single query is a memory-bound matrix-vector product anyway).
+    # Requests run concurrently; one BLAS thread each avoids oversubscribing the cores
+    # (a single query is a memory-bound matrix-vector product anyway).
     threadpool_limits(1, user_api="blas")
+
+
+def app_factory() -> FastAPI:
+    """What each uvicorn worker process builds."""
+    _limit_blas_threads()
+    return create_app(get_settings())
+
+
+def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
+    import uvicorn
 
     settings = get_settings()
     try:
-        app = create_app(settings)
+        check_production_settings(settings)
+        Engine(settings.collection, settings)  # fail fast, with one line, on a bad collection
     except (ConfigError, CBIRError) as exc:
         raise SystemExit(f"cbir: error: {exc}")
-    uvicorn.run(app, host=host or settings.api_host, port=port or settings.api_port, log_level="info", proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+    uvicorn.run(
+        "cbir.api.app:app_factory", factory=True, host=host or settings.api_host, port=port or settings.api_port,
+        workers=workers or settings.api_workers, log_level="info", proxy_headers=True, forwarded_allow_ips="127.0.0.1",
+    )
