@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/rerank.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/app.py
 
 clean:
 	rm -rf $(VENV) var models_cache .pytest_cache

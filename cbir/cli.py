@@ -31,6 +31,18 @@ def _models_arg(value: str | None) -> list[str]:
     return [get_spec(m).name for m in value.split(",") if m.strip()]
 
 
+def _weights_arg(value: str | None, models: list[str]) -> dict[str, float] | None:
+    if not value:
+        return None
+    try:
+        vals = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise CBIRError(f"--weights must be comma-separated numbers, got {value!r}") from None
+    if len(vals) != len(models):
+        raise CBIRError(f"--weights needs {len(models)} numbers, one per model")
+    return dict(zip(models, vals))
+
+
 def _rerank_arg(args):
     from .rerank import Rerank
 
@@ -120,12 +132,7 @@ def cmd_search(args) -> int:
             return _fail(f"image file {p} does not exist")
         image = p.read_bytes()
     method = args.method if len(models) > 1 else None
-    weights = None
-    if args.weights:
-        vals = [float(v) for v in args.weights.split(",")]
-        if len(vals) != len(models):
-            return _fail(f"--weights needs {len(models)} numbers, one per model")
-        weights = dict(zip(models, vals))
+    weights = _weights_arg(args.weights, models)
     resp = engine.search(models, args.metric, args.top_k, image_id=args.id, image=image, method=method, weights=weights,
                          exclude_query=not args.include_query, rerank=_rerank_arg(args))
     if args.json:
@@ -150,12 +157,7 @@ def cmd_evaluate(args) -> int:
 
     engine = _engine(args)
     models = _models_arg(args.model)
-    weights = None
-    if args.weights:
-        vals = [float(v) for v in args.weights.split(",")]
-        if len(vals) != len(models):
-            return _fail(f"--weights needs {len(models)} numbers, one per model")
-        weights = dict(zip(models, vals))
+    weights = _weights_arg(args.weights, models)
     method = args.method if len(models) > 1 else None
     bar = tqdm(total=len(engine.collection), unit="query", desc="evaluate", disable=args.quiet, file=sys.stderr)
 

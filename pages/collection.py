@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import time
 
@@ -72,6 +73,10 @@ if c2.button("Index / update", type="primary", key="coll_index", disabled=not ch
 st.subheader("Add images")
 if current_role() not in ("admin", "researcher"):
     st.info("Researchers and admins can upload images into the collection.")
+    st.stop()
+if not os.access(collection.root, os.W_OK):
+    st.info(f"The collection folder `{collection.root}` is read-only here (in Docker Compose it is mounted read-only); "
+            "mount it read-write to add images.")
     st.stop()
 
 with st.form("coll_upload", clear_on_submit=True):

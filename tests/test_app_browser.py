@@ -153,3 +153,14 @@ def test_rerank_and_feedback_round(page):
     page.get_by_role("button", name="Refine").click()
     page.get_by_text("1 round(s) of Rocchio refinement").wait_for()
     page.get_by_text(re.compile("across feedback rounds")).first.wait_for()
+
+
+def test_lockout_is_shown(page):
+    for attempt in range(5):
+        login(page, "user1", f"wrong-{attempt}")
+        page.wait_for_timeout(700)
+    page.get_by_text(re.compile("too many failed logins")).wait_for()
+    login(page, "user1", "demo123")  # the right password is refused while locked
+    page.wait_for_timeout(1000)
+    assert page.get_by_text("Images indexed").count() == 0
+    page.get_by_text(re.compile("too many failed logins")).wait_for()

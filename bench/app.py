@@ -1,0 +1,79 @@
+"""Click-to-results time of the Streamlit Search page in Debian chromium: the app on
+loopback with a real Redis, the bundled model on image.orig/, 10 searches by a random
+collection image; prints the median and the maximum."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    tmp = Path(tempfile.mkdtemp(prefix="cbir-bench-app-"))
+    rport, port = free_port(), free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(rport), "--save", "", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+    env = {**os.environ, "CBIR_REDIS_URL": f"redis://127.0.0.1:{rport}/0", "CBIR_DEMO": "1", "CBIR_VAR_DIR": str(tmp)}
+    app = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+                            "--server.address", "127.0.0.1", "--server.headless", "true"], env=env, cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.get_by_label("Username").fill("researcher")
+            page.get_by_label("Password", exact=True).fill("umons2024")
+            page.get_by_role("button", name="Log in").click()
+            page.get_by_text("Images indexed").wait_for()
+            times = []
+            for i in range(11):
+                page.get_by_role("button", name=re.compile("Random")).click()
+                page.wait_for_timeout(800)
+                query = page.get_by_text(re.compile(r"^query \d+")).first.inner_text().split()[1]
+                t = time.perf_counter()
+                page.get_by_role("button", name="Search", exact=True).click()
+                page.get_by_text(f"Results for query {query}", exact=True).wait_for()
+                page.locator(".cbir-hit").nth(9).wait_for()
+                page.locator(".js-plotly-plot").first.wait_for()
+                if i:  # the first search also loads the stores
+                    times.append(time.perf_counter() - t)
+            browser.close()
+        print(f"click to results (10 thumbnails, metrics, PR curve), {len(times)} searches: "
+              f"median {1000 * statistics.median(times):.0f} ms, max {1000 * max(times):.0f} ms")
+    finally:
+        app.terminate()
+        redis.terminate()
+        app.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
