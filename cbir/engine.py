@@ -18,7 +18,7 @@ from .errors import CBIRError, CollectionError, StoreError
 from .evaluation import EvaluationReport, evaluate_distances
 from .extractors import build_extractor, get_spec, model_status
 from .fusion import FUSION_METHODS, fuse
-from .images import open_image, resize_rgb
+from .images import image_from_array, open_image, resize_rgb
 from .rerank import FeedbackRound, Rerank, feedback_rounds, alpha_query_expansion, check_metric, l2_normalise, load_or_build_dba, rocchio
 from .search import RankedList, check_top_k, rank_distances
 from .store import FeatureStore, load_store, store_dir, store_exists
@@ -31,7 +31,7 @@ class Query:
     """What was searched for: a collection id, or an uploaded image (and maybe its label)."""
 
     image_id: str | None = None
-    image: bytes | None = None
+    image: bytes | np.ndarray | None = None  # encoded file bytes, or an (h, w[, c]) array
     label: str | None = None
 
     def cache_key(self) -> str:
@@ -39,7 +39,8 @@ class Query:
             return f"id:{self.image_id}"
         import hashlib
 
-        return "img:" + hashlib.blake2b(self.image or b"", digest_size=16).hexdigest()
+        data = self.image.tobytes() + str(self.image.shape).encode() if isinstance(self.image, np.ndarray) else (self.image or b"")
+        return "img:" + hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 @dataclass
@@ -154,7 +155,7 @@ class Engine:
         if query.image_id is not None:
             return store.vector(query.image_id)
         t0 = time.perf_counter()
-        img = open_image(query.image, max_pixels=self.settings.max_image_pixels)
+        img = image_from_array(query.image) if isinstance(query.image, np.ndarray) else open_image(query.image, max_pixels=self.settings.max_image_pixels)
         extractor = self.extractor(model)
         arr = resize_rgb(img, extractor.input_size)[None]
         t1 = time.perf_counter()

@@ -83,6 +83,20 @@ def _looks_like_image(source) -> bool:
     return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
+def image_from_array(array: np.ndarray) -> Image.Image:
+    """An (h, w) or (h, w, 1|3|4) array (uint8, or floats in [0, 1]) as an RGB image."""
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))) or min(a.shape[:2]) == 0:
+        raise ImageError(f"an image array must be (h, w) or (h, w, 3|4), got shape {a.shape}", "not_image")
+    if a.dtype != np.uint8:
+        if not np.isfinite(a).all():
+            raise ImageError("the image array contains NaN or infinity", "corrupt")
+        a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
+    return _to_rgb(Image.fromarray(a))
+
+
 def resize_rgb(img: Image.Image, size: int) -> np.ndarray:
     """Bilinear resize to size x size, as uint8 (size, size, 3)."""
     return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)

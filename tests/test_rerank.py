@@ -110,3 +110,16 @@ def test_search_with_rerank_and_feedback_rounds():
     assert two.feedback_rounds == 2
     fused = engine.search(LITE, "cosine", 10, image_id="55", method="rrf", rerank=Rerank("aqe"))
     assert fused.fused is not None and fused.to_dict()["rerank"]["method"] == "aqe"
+
+
+def test_search_by_array_matches_search_by_file():
+    from PIL import Image
+
+    engine = Engine(scan_collection(ROOT / "image.orig"), Settings(features_dir=ROOT / "features"))
+    arr = np.asarray(Image.open(ROOT / "image.orig" / "612.jpg").convert("RGB"))
+    by_array = engine.search("efficientnet_lite0", "cosine", 5, image=arr).per_model["efficientnet_lite0"]
+    by_file = engine.search("efficientnet_lite0", "cosine", 5, image=(ROOT / "image.orig" / "612.jpg").read_bytes()).per_model["efficientnet_lite0"]
+    assert [h.id for h in by_array.hits] == [h.id for h in by_file.hits]
+    assert by_array.hits[0].id == "612"
+    with pytest.raises(CBIRError, match="shape"):
+        engine.search("efficientnet_lite0", "cosine", 5, image=np.zeros((4, 4, 2)))
