@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,9 +37,6 @@ class Settings(BaseSettings):
     api_workers: int = Field(2, ge=1, le=32, description="API worker processes")
     app_host: str = "127.0.0.1"
     app_port: int = 8501
-
-    def keras_home(self) -> Path:
-        return Path(os.environ.get("KERAS_HOME", self.models_cache))
 
 
 @lru_cache(maxsize=1)

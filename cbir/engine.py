@@ -356,7 +356,7 @@ class Engine:
                 d[np.arange(rows.size), rows] = np.inf
                 per[m] = d
             d = per[models[0]] if len(models) == 1 else fuse(per, method=method, weights=weights)
-            chunks.append(_row_metrics(d, labels, rows))
+            chunks.append(evaluate_distances(d, labels, rows))
             if progress:
                 progress(int(rows[-1]) + 1, n)
         name = models[0] if len(models) == 1 else f"{method}({'+'.join(models)})"
@@ -394,10 +394,6 @@ class Engine:
                 new[i] = rocchio(queries[i][None], db[top[i][rel[i]]], db[top[i][~rel[i]]])[0]
             queries = new
         return reports
-
-
-def _row_metrics(d: np.ndarray, labels: list[str], rows: np.ndarray) -> EvaluationReport:
-    return evaluate_distances(d, labels, rows)
 
 
 def _merge_reports(chunks: list[EvaluationReport], labels: list[str], name: str, metric: str) -> EvaluationReport:

@@ -1,4 +1,4 @@
-"""Single-model and combined search over feature stores.
+"""Ranking one query's full distance row: hits, P@k, R@k, AP and the PR curve.
 
 A search ranks the *whole* collection for each model (so that fusion and the
 evaluation figures work on full rankings) and then keeps the top k for display.
@@ -6,17 +6,13 @@ evaluation figures work on full rankings) and then keeps the top k for display.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .distances import normalise_metric, pairwise_distances
 from .errors import CBIRError
 from .evaluation import average_precision, interpolated_pr, pr_curve
-from .fusion import fuse
-from .store import FeatureStore
 
 MAX_TOP_K = 1000
 MAX_PR_POINTS = 2000
@@ -78,12 +74,6 @@ def check_top_k(top_k: int) -> int:
     return k
 
 
-def query_distances(store: FeatureStore, query: np.ndarray, metric: str, rows: np.ndarray | None = None) -> np.ndarray:
-    """(n,) distances from one query vector to the store (or to ``rows`` of it)."""
-    matrix = store.embeddings if rows is None else store.embeddings[rows]
-    return pairwise_distances(np.asarray(query, dtype=np.float32)[None, :], matrix, metric)[0].astype(np.float64)
-
-
 def rank_distances(
     name: str,
     distances: np.ndarray,
@@ -128,23 +118,3 @@ def rank_distances(
             )
         )
     return result
-
-
-def combine(
-    per_model: Mapping[str, np.ndarray],
-    method: str,
-    weights: Mapping[str, float] | None = None,
-) -> np.ndarray:
-    """Fuse full distance rows of several models (each (n,), +inf for excluded)."""
-    fused = fuse({m: d[None, :] for m, d in per_model.items()}, method=method, weights=weights)
-    return fused[0]
-
-
-def metric_name(metric: str) -> str:
-    return normalise_metric(metric)
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start

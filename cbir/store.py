@@ -97,6 +97,7 @@ def _weights_tag(weights: str) -> str:
 def save_store(store: FeatureStore, folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(folder)
     manifest = dict(store.manifest)
     manifest.update(
         model=store.model,
@@ -129,6 +130,17 @@ def save_store(store: FeatureStore, folder: Path) -> Path:
         raise
     _write_text_atomic(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return target
+
+
+def _remove_stale_temporaries(folder: Path, older_than: float = 600.0) -> None:
+    """Temporary files left by a killed writer (a live writer's file is younger)."""
+    now = time.time()
+    for tmp in folder.glob(".store-*.npz.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def _content_version(store: FeatureStore) -> str:

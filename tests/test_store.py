@@ -94,11 +94,19 @@ def test_incremental_index_and_kill(tmp_path, small_collection, collection_dir):
     for f in small_collection.glob("*.jpg"):
         f.write_bytes(f.read_bytes() + b"\0")  # every signature changes: full re-extraction
     env = dict(os.environ, CBIR_FEATURES_DIR=str(features))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cbir", "index", "-q", "--collection", str(small_collection), "-m", "efficientnet_lite0", "--batch-size", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    time.sleep(6)
-    proc.kill()
-    proc.wait()
-    np.testing.assert_array_equal(load_store(r2.path).embeddings, before)
+    argv = [sys.executable, "-m", "cbir", "index", "-q", "--collection", str(small_collection), "-m", "efficientnet_lite0", "--batch-size", "1"]
+    # SIGKILL at moments spread over start-up, extraction and the write: the store on disk
+    # is always complete, either the previous one or the new one, never a mix.
+    for delay in (0.5, 2.0, 3.5, 5.0, 6.5):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        now = load_store(r2.path)  # never raises: the file is always whole
+        assert sorted(now.ids.tolist()) == sorted(store.ids.tolist())
+        if np.array_equal(now.embeddings, before):
+            continue  # killed before the rename: the previous store
+        # killed after the rename: the whole new store, with every new signature
+        assert set(now.signatures.tolist()).isdisjoint(store.signatures.tolist())
+        np.testing.assert_allclose(now.embeddings, before, atol=1e-4)
+        break
