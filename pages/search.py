@@ -116,7 +116,9 @@ def do_search(feedback: list[dict]) -> None:
     st.session_state["search_rounds"] = st.session_state.get("search_rounds", []) + [result]
     st.session_state["search_feedback"] = feedback
     st.session_state["search_result"] = result
-    for key in [k for k in st.session_state if k.startswith("search_fb_")]:
+    # fresh toggle widgets for the new results: a new key generation, the old keys dropped
+    st.session_state["search_fb_gen"] = st.session_state.get("search_fb_gen", 0) + 1
+    for key in [k for k in st.session_state if k.startswith("search_fb_") and k != "search_fb_gen"]:
         del st.session_state[key]
 
 
@@ -156,7 +158,7 @@ for tab, name in zip(tabs, names):
         c2.metric(f"R@{k}", f"{ranked['recall_at_k']:.3f}" if has_metrics else "—")
         c3.metric("AP", f"{ranked['average_precision']:.3f}" if has_metrics else "—")
         c4.metric("Time", f"{1000 * ranked['seconds']:.1f} ms")
-        result_grid(engine, ranked, columns=5, key=f"search_fb_{name}", feedback=True)
+        result_grid(engine, ranked, columns=5, key=f"search_fb_{st.session_state.get('search_fb_gen', 0)}_{name}", feedback=True)
         if has_metrics:
             history = [(r["combined"] if name == "combined" else r["models"].get(name)) for r in rounds]
             history = [h for h in history if h and h["average_precision"] is not None]
@@ -177,8 +179,9 @@ for tab, name in zip(tabs, names):
 
 # -- relevance feedback -----------------------------------------------------------------------
 marks = {}
+prefix = f"search_fb_{st.session_state.get('search_fb_gen', 0)}_"
 for key, value in st.session_state.items():
-    if key.startswith("search_fb_") and value in ("👍", "👎"):
+    if key.startswith(prefix) and value in ("👍", "👎"):
         marks[key.split("::", 1)[1]] = value == "👍"
 relevant = sorted(i for i, v in marks.items() if v)
 non_relevant = sorted(i for i, v in marks.items() if not v)
