@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python bench/rerank.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/app.py
+	$(BIN)/python -m pip install -q -e '.[parity]' && $(BIN)/python bench/parity.py
 
 clean:
 	rm -rf $(VENV) var models_cache .pytest_cache
