@@ -96,7 +96,10 @@ def login_page(authenticator: stauth.Authenticate) -> None:
 
 authenticator = build_authenticator()
 if not st.session_state.get("authentication_status"):
-    login_page(authenticator)
+    # st.navigation on every run, so Streamlit never falls back to listing pages/ (which
+    # would let a visitor open /search without logging in): before login, the only page
+    # is the login form, whatever the URL.
+    st.navigation([st.Page(lambda: login_page(authenticator), title="Log in", icon="🔒", url_path="login")], position="hidden").run()
     st.stop()
 
 if not touch_activity():

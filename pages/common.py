@@ -22,7 +22,7 @@ from cbir.redisdb import ServiceUnavailable, get_redis
 from cbir.service import SearchService
 from cbir.users import UserStore
 
-PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563"]
+PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04", "#db2777", "#65a30d"]
 
 
 @st.cache_resource(show_spinner="Loading the collection and its feature stores…")

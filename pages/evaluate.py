@@ -68,7 +68,8 @@ if go:
         bar = st.progress(0.0, text="Evaluating…")
         results = []
         for i, (ms, metric, method, rr) in enumerate(jobs):
-            name = model_label(ms[0]) if method is None else f"{FUSION_LABELS[method]} ({' + '.join(model_label(m) for m in ms)})"
+            short = {"average": "Average", "weighted": "Weighted", "rrf": "RRF"}
+            name = model_label(ms[0]) if method is None else f"{short[method]} ({' + '.join(model_label(m).replace('EfficientNet-', '') for m in ms)})"
             rerank_key = (rr, int(rr_n), float(rr_alpha))
             if rr != "none":
                 name += f" + {RERANK_LABELS[rr]}"

@@ -19,7 +19,7 @@ service = get_service()
 collection = engine.collection
 
 st.title("🔎 Search")
-stats_row(service)
+stats_slot = st.container()  # filled after this run's search, so the counter includes it
 
 # -- sidebar: models, metric, k, fusion ---------------------------------------------------
 infos = {m["name"]: m for m in engine.model_info()}
@@ -125,6 +125,9 @@ def do_search(feedback: list[dict]) -> None:
 run = st.button("Search", type="primary", key="search_run", disabled=not models or (image_id is None and image_bytes is None))
 if run:
     do_search([])
+
+with stats_slot:
+    stats_row(service)
 
 result = st.session_state.get("search_result")
 if not result:
