@@ -287,6 +287,10 @@ def cmd_api(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "api":
+        from . import extractors
+
+        extractors.QUIET_IMPORT = True  # one-line errors: no TensorFlow banner on stderr
     try:
         return args.func(args)
     except CBIRError as exc:

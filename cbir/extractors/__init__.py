@@ -60,6 +60,9 @@ MODELS: dict[str, ModelSpec] = {
     ),
 }
 
+#: Mute TensorFlow's start-up banner (set by the command line, which owns stderr).
+QUIET_IMPORT = False
+
 #: Preferred default when several models are available.
 DEFAULT_PREFERENCE = ("resnet50", "efficientnet_lite0", "mobilenet", "vgg16", "efficientnet_lite1", "efficientnet_lite2")
 BUNDLED = tuple(n for n, s in MODELS.items() if s.family == "efficientnet_lite")
@@ -81,14 +84,20 @@ def ensure_keras_home() -> None:
     """Point Keras at the project's models cache, then import TensorFlow and Keras once.
 
     TensorFlow's C++ start-up banner (oneDNN, CPU features) ignores TF_CPP_MIN_LOG_LEVEL
-    in recent releases and would break the CLI's one-line errors, so stderr is muted
-    at the file-descriptor level for the import only.
+    in recent releases and would break the CLI's one-line errors, so the CLI mutes stderr
+    at the file-descriptor level for the import only (``QUIET_IMPORT``). Servers leave it
+    alone: the descriptor is process-wide and other threads' logs would be lost.
     """
     import sys
 
     os.environ.setdefault("KERAS_HOME", str(Path(get_settings().models_cache).resolve()))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "keras" in sys.modules:
+        return
+    if not QUIET_IMPORT:
+        import tensorflow  # noqa: F401
+        import keras  # noqa: F401
+
         return
     sys.stderr.flush()
     saved = os.dup(2)
