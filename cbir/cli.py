@@ -31,6 +31,17 @@ def _models_arg(value: str | None) -> list[str]:
     return [get_spec(m).name for m in value.split(",") if m.strip()]
 
 
+def _tqdm_progress(bar):
+    """An engine progress callback (done, total) that moves a tqdm bar."""
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return progress
+
+
 def _weights_arg(value: str | None, models: list[str]) -> dict[str, float] | None:
     if not value:
         return None
@@ -101,15 +112,10 @@ def cmd_index(args) -> int:
             continue
         bar = tqdm(total=len(collection), unit="img", desc=get_spec(model).label, disable=args.quiet, file=sys.stderr)
 
-        def progress(done, total, bar=bar):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
         report = index_collection(
             collection, model, Path(args.features or settings.features_dir), weights=weights,
             batch_size=args.batch_size or settings.batch_size, threads=settings.decode_threads,
-            max_pixels=settings.max_image_pixels, progress=progress,
+            max_pixels=settings.max_image_pixels, progress=_tqdm_progress(bar),
         )
         bar.close()
         print(report.summary())
@@ -161,11 +167,6 @@ def cmd_evaluate(args) -> int:
     method = args.method if len(models) > 1 else None
     bar = tqdm(total=len(engine.collection), unit="query", desc="evaluate", disable=args.quiet, file=sys.stderr)
 
-    def progress(done, total):
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
     rerank = _rerank_arg(args)
     if args.feedback_rounds:
         if len(models) != 1:
@@ -177,7 +178,7 @@ def cmd_evaluate(args) -> int:
             gain = "" if r == 0 else f"  ({rep.map - reports[0].map:+.4f} mAP)"
             print(f"round {r}: mAP={rep.map:.4f}  P@10={rep.p_at_10:.4f}  P@20={rep.p_at_20:.4f}{gain}")
         return 0
-    report = engine.evaluate(models, args.metric, method=method, weights=weights, progress=progress, rerank=rerank)
+    report = engine.evaluate(models, args.metric, method=method, weights=weights, progress=_tqdm_progress(bar), rerank=rerank)
     bar.close()
     print(f"{report.name}  metric={report.metric}  queries={report.n_queries}  ({report.seconds:.1f} s)")
     print(f"mAP={report.map:.4f}  P@10={report.p_at_10:.4f}  P@20={report.p_at_20:.4f}  R-precision={report.r_precision:.4f}")

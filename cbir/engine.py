@@ -150,19 +150,26 @@ class Engine:
         return [m["name"] for m in self.model_info() if m["searchable"]]
 
     # -- search ---------------------------------------------------------------------
-    def _query_vector(self, model: str, query: Query, timings: dict) -> np.ndarray:
-        store = self.store(model)
-        if query.image_id is not None:
-            return store.vector(query.image_id)
+    def _decode(self, query: Query, timings: dict):
+        """The uploaded query as an RGB image, decoded once for every model."""
         t0 = time.perf_counter()
-        img = image_from_array(query.image) if isinstance(query.image, np.ndarray) else open_image(query.image, max_pixels=self.settings.max_image_pixels)
+        if isinstance(query.image, np.ndarray):
+            img = image_from_array(query.image)
+        else:
+            img = open_image(query.image, max_pixels=self.settings.max_image_pixels)
+        timings["decode"] = time.perf_counter() - t0
+        return img
+
+    def _query_vector(self, model: str, query: Query, image, timings: dict) -> np.ndarray:
+        if query.image_id is not None:
+            return self.store(model).vector(query.image_id)
+        t0 = time.perf_counter()
         extractor = self.extractor(model)
-        arr = resize_rgb(img, extractor.input_size)[None]
+        arr = resize_rgb(image, extractor.input_size)[None]
         t1 = time.perf_counter()
         vec = extractor.features(arr)[0]
-        t2 = time.perf_counter()
-        timings["decode"] = timings.get("decode", 0.0) + (t1 - t0)
-        timings[f"extract:{model}"] = t2 - t1
+        timings["decode"] += t1 - t0  # the resize belongs to decoding
+        timings[f"extract:{model}"] = time.perf_counter() - t1
         return vec
 
     def _check_query(self, query: Query) -> Query:
@@ -217,17 +224,19 @@ class Engine:
         if not ids:
             raise StoreError("the chosen models share no indexed image; index them on the same collection")
         position = {query.image_id: ids.index(query.image_id)} if query.image_id in ids else {}
+        image = self._decode(query, timings) if query.image is not None else None
         out: dict[str, np.ndarray] = {}
         for m, s in stores.items():
-            vec = self._query_vector(m, query, timings)
+            vec = self._query_vector(m, query, image, timings)
             t0 = time.perf_counter()
             if rerank.active or feedback:
                 d = self._reranked_distances(m, vec, query, rerank, feedback)
             else:
                 d = s.index(metric).distances(vec[None, :])[0]
             d = d.astype(np.float64)
-            if not (len(s) == len(ids) and s.ids[0] == ids[0] and s.ids[-1] == ids[-1]):
-                d = d[[s.row_of(i) for i in ids]]  # models indexed over different images: the common ones
+            rows = _rows_for(s, ids)
+            if rows is not None:
+                d = d[rows]  # models indexed over different images: the common ones
             if exclude_query and query.image_id in position:
                 d[position[query.image_id]] = np.inf
             timings[f"search:{m}"] = time.perf_counter() - t0
@@ -342,7 +351,8 @@ class Engine:
                 mats[m] = queries[m] = s.aligned(ids)
                 continue
             db = self.rerank_index(m, rerank).vectors
-            db = db if len(s) == len(ids) and s.ids[0] == ids[0] else db[[s.row_of(i) for i in ids]]
+            rows = _rows_for(s, ids)
+            db = db if rows is None else db[rows]
             mats[m] = db
             queries[m] = alpha_query_expansion(db, db, rerank.n, rerank.alpha, exclude=np.arange(len(ids)))
         prepared = {m: PreparedIndex(x, metric) for m, x in mats.items()}
@@ -376,7 +386,8 @@ class Engine:
             raise CollectionError(f"collection {self.collection.name!r} has no labels to simulate feedback with")
         labels = np.array([self.collection.label_of(i) for i in ids], dtype=object)
         db = self.rerank_index(model, rerank).vectors
-        db = db if len(ids) == len(store) else db[[store.row_of(i) for i in ids]]
+        rows = _rows_for(store, ids)
+        db = db if rows is None else db[rows]
         n = len(ids)
         queries = db if not rerank.active else alpha_query_expansion(db, db, rerank.n, rerank.alpha, exclude=np.arange(n))
         reports = []
@@ -418,6 +429,13 @@ def _merge_reports(chunks: list[EvaluationReport], labels: list[str], name: str,
         pr_11=pr.tolist(),
         ap=ap,
     )
+
+
+def _rows_for(store: FeatureStore, ids: list[str]) -> list[int] | None:
+    """Rows of ``store`` in the order of ``ids``, or None when the store is already in that order."""
+    if len(store) == len(ids) and store.ids[0] == ids[0] and store.ids[-1] == ids[-1]:
+        return None
+    return [store.row_of(i) for i in ids]
 
 
 def _common_ids(id_arrays: list[np.ndarray]) -> list[str]:
