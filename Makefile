@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
 DEBIAN_TEST_PACKAGES := redis-server nginx chromium fonts-noto-color-emoji
 
-.PHONY: install run test test-fast bench system-deps clean features api
+.PHONY: install run test test-fast bench system-deps clean features api screenshots
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ api: install
 
 test: $(TEST_STAMP) system-deps
 	$(BIN)/python -m pytest -p no:cacheprovider --timeout=900
+
+# Refresh the README's screenshots (the only target that writes to docs/screenshots).
+screenshots: $(TEST_STAMP) system-deps
+	CBIR_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -p no:cacheprovider tests/test_app_browser.py -k "search_by_collection_image or evaluate_page or pages_need_a_login"
 
 test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m "not slow and not browser and not nginx and not parity" --timeout=300

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 st.set_page_config(page_title="CBIR workbench", page_icon="🔎", layout="wide", initial_sidebar_state="expanded")
 
 import streamlit_authenticator as stauth  # noqa: E402
 
-from cbir.config import get_settings  # noqa: E402
+from cbir.config import get_settings, install_secret  # noqa: E402
 from cbir.redisdb import ServiceUnavailable  # noqa: E402
 from cbir.users import DEMO_USERS, AuthError, ConfigError, LockedError, bootstrap, check_production_settings  # noqa: E402
 from pages.common import get_users, show_error, touch_activity  # noqa: E402
@@ -48,7 +50,7 @@ def build_authenticator() -> stauth.Authenticate | None:
     authenticator = stauth.Authenticate(
         credentials,
         cookie_name="cbir_auth",
-        cookie_key=settings.secret_key,
+        cookie_key=install_secret(settings),
         cookie_expiry_days=settings.session_minutes / (24 * 60),
         auto_hash=False,
     )
@@ -58,8 +60,13 @@ def build_authenticator() -> stauth.Authenticate | None:
 
     def check_credentials(username: str, password: str) -> bool:
         st.session_state.pop("auth_error", None)
+        wait = users.login_allowed(_login_source())
+        if wait:
+            st.session_state["auth_error"] = f"Too many login attempts from your address: wait {wait} s."
+            return False
         try:
-            users.authenticate(username, password, source=_login_source())
+            user = users.authenticate(username, password, source=_login_source())
+            st.session_state["auth_binding"] = users.binding(user.username)
             return True
         except LockedError as exc:
             st.session_state["auth_error"] = str(exc)
@@ -86,6 +93,8 @@ def login_page(authenticator: stauth.Authenticate) -> None:
             st.error(st.session_state.get("auth_error", "Wrong username or password."), icon="🔒")
         if st.session_state.get("auth_expired"):
             st.info("Your session expired after inactivity; please log in again.")
+        if st.session_state.get("auth_revoked"):
+            st.info("Your account changed (password, role or removal); please log in again.")
         if settings.demo:
             with st.container(border=True):
                 st.markdown("**Demo accounts** (demo mode only)")
@@ -94,20 +103,93 @@ def login_page(authenticator: stauth.Authenticate) -> None:
                 )
 
 
+def session_still_valid(authenticator: stauth.Authenticate) -> bool:
+    """The session belongs to the user as they are now: same identity, same credentials.
+
+    A password login records (uid, credential version); a login from the cookie (a reload,
+    a new tab) is accepted only if the cookie was issued after the last credential change.
+    A reset, a role change or a delete (+ re-create) therefore ends every session at once."""
+    username = st.session_state.get("username") or ""
+    current = get_users().binding(username)
+    if current is None:
+        return False
+    binding = st.session_state.get("auth_binding")
+    if binding is None:
+        import jwt
+
+        try:
+            token = jwt.decode(st.context.cookies.get("cbir_auth", ""), install_secret(settings), algorithms=["HS256"])
+            issued = float(token["exp_date"]) - settings.session_minutes * 60
+        except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+            return False
+        if token.get("username") != username or issued < current[2]:
+            return False
+        st.session_state["auth_binding"] = binding = current
+    return tuple(binding) == tuple(current)
+
+
+def end_session(authenticator: stauth.Authenticate, why: str) -> None:
+    authenticator.logout(location="unrendered")
+    for key in [k for k in st.session_state if k.startswith(("search_", "eval_", "coll_", "admin_", "auth_binding"))]:
+        del st.session_state[key]
+    st.session_state[why] = True
+    st.rerun()
+
+
+PAGES = [  # (file, title, icon, roles allowed; None = every role)
+    ("pages/search.py", "Search", "🔎", None),
+    ("pages/evaluate.py", "Evaluate", "📈", None),
+    ("pages/collection.py", "Collection", "🗂️", None),
+    ("pages/admin.py", "Admin", "🛡️", {"admin"}),
+]
+
+def url_page() -> str:
+    """The page named by the URL this session was opened with ("" for the default page)."""
+    from urllib.parse import urlparse
+
+    try:
+        return urlparse(st.context.url or "").path.rstrip("/").rsplit("/", 1)[-1]
+    except Exception:
+        return ""
+
+
+# Deep links: remember which page the session was opened on. The login (form or cookie)
+# takes a rerun or two, and a rerun triggered by a component (the cookie manager) before
+# the first navigation would otherwise land on the default page.
+st.session_state.setdefault("auth_entry_page", url_page())
+
 authenticator = build_authenticator()
 if not st.session_state.get("authentication_status"):
+    # A reload or a new tab: log in from the cookie before routing, so that the page in
+    # the URL (not the default one) opens.
+    try:
+        authenticator.login(location="unrendered")
+    except Exception:  # a cookie for a deleted user, a damaged cookie: show the form
+        pass
+if not st.session_state.get("authentication_status"):
     # st.navigation on every run, so Streamlit never falls back to listing pages/ (which
-    # would let a visitor open /search without logging in): before login, the only page
-    # is the login form, whatever the URL.
-    st.navigation([st.Page(lambda: login_page(authenticator), title="Log in", icon="🔒", url_path="login")], position="hidden").run()
+    # would let a visitor open /search without logging in): before login, every page URL
+    # shows the login form, and after login the same URL shows its page (deep links).
+    login_pages = [
+        st.Page(lambda: login_page(authenticator), title="Log in", icon="🔒", url_path=Path(f).stem, default=i == 0)
+        for i, (f, *_rest) in enumerate(PAGES)
+    ]
+    st.navigation(login_pages, position="hidden").run()
     st.stop()
+
+try:
+    valid = session_still_valid(authenticator)
+except ServiceUnavailable:
+    valid = True  # keep working while Redis is briefly away; checked again on the next run
+if not valid:
+    get_users().log("session_revoked", st.session_state.get("username") or "", _login_source())
+    end_session(authenticator, "auth_revoked")
 
 if not touch_activity():
     get_users().log("session_expired", st.session_state.get("username") or "", _login_source())
-    authenticator.logout(location="unrendered")
-    st.session_state["auth_expired"] = True
-    st.rerun()
+    end_session(authenticator, "auth_expired")
 st.session_state.pop("auth_expired", None)
+st.session_state.pop("auth_revoked", None)
 
 role = (st.session_state.get("roles") or ["student"])[0]
 with st.sidebar:
@@ -115,16 +197,20 @@ with st.sidebar:
 
     def _on_logout(info: dict) -> None:
         get_users().log("logout", info.get("username") or "", _login_source())
-        for key in [k for k in st.session_state if k.startswith(("search_", "eval_", "coll_", "admin_"))]:
+        for key in [k for k in st.session_state if k.startswith(("search_", "eval_", "coll_", "admin_", "auth_binding"))]:
             del st.session_state[key]
 
     authenticator.logout("Log out", location="sidebar", key="auth_logout", callback=_on_logout)
 
 pages = [
-    st.Page("pages/search.py", title="Search", icon="🔎", default=True),
-    st.Page("pages/evaluate.py", title="Evaluate", icon="📈"),
-    st.Page("pages/collection.py", title="Collection", icon="🗂️"),
+    st.Page(f, title=title, icon=icon, default=i == 0)
+    for i, (f, title, icon, roles) in enumerate(PAGES) if roles is None or role in roles
 ]
-if role == "admin":
-    pages.append(st.Page("pages/admin.py", title="Admin", icon="🛡️"))
-st.navigation(pages).run()
+current = st.navigation(pages)
+wanted = st.session_state.get("auth_entry_page")
+if wanted is not None:
+    st.session_state["auth_entry_page"] = None  # once per session
+    by_path = {p.url_path: p for p in pages}
+    if wanted in by_path and wanted != current.url_path:
+        st.switch_page(by_path[wanted])
+current.run()

@@ -270,12 +270,45 @@ def build_parser() -> argparse.ArgumentParser:
     dl = wsub.add_parser("download", help="download Keras ImageNet weights into the models cache (needs network)")
     dl.add_argument("models", nargs="*", help="vgg16, resnet50, mobilenet (default: all three)")
     dl.set_defaults(func=cmd_weights_download)
+    sp = sub.add_parser("redis", help="the embedded Redis (when CBIR_REDIS_URL is unset)")
+    rsub = sp.add_subparsers(dest="redis_command", required=True)
+    for name, text in (("start", "start it and keep it running with no owner (reused by app, API and CLI)"),
+                       ("stop", "stop it (owners still running get 'Redis unavailable')"),
+                       ("status", "is it running, where is its data")):
+        rsub.add_parser(name, help=text).set_defaults(func=cmd_redis)
     sp = sub.add_parser("api", help="serve the REST API (FastAPI + uvicorn)")
     sp.add_argument("--host", default=None, help=f"default {settings.api_host}")
     sp.add_argument("--port", type=int, default=None, help=f"default {settings.api_port}")
     sp.add_argument("--workers", type=int, default=None, help=f"worker processes (default {settings.api_workers})")
     sp.set_defaults(func=cmd_api)
     return p
+
+
+def cmd_redis(args) -> int:
+    from .config import get_settings
+    from .redisdb import _answers, embedded_dir, embedded_path, ensure_server, socket_path, stop_kept, supervisor_pid
+
+    settings = get_settings()
+    if settings.redis_url:
+        return _fail(f"CBIR_REDIS_URL is set ({settings.redis_url}): there is no embedded Redis to manage")
+    folder = embedded_dir(settings)
+    if args.redis_command == "start":
+        running = _answers(socket_path(folder))
+        sock = ensure_server(folder, keep=True)
+        print(f"embedded Redis {'already running' if running else 'started'}: unix://{sock} (data {embedded_path(settings)})")
+        if running:
+            print("it stops when its last owner exits unless it was started with `cbir redis start`")
+    elif args.redis_command == "stop":
+        if not stop_kept(settings):
+            return _fail(f"no embedded Redis is running for {folder}")
+        print("embedded Redis stopped")
+    else:
+        pid = supervisor_pid(folder)
+        if pid is None:
+            print(f"embedded Redis: not running (data {embedded_path(settings)})")
+            return 1
+        print(f"embedded Redis: running (supervisor pid {pid}), unix://{socket_path(folder)}, data {embedded_path(settings)}")
+    return 0
 
 
 def cmd_api(args) -> int:

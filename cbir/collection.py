@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CollectionError
+from .errors import CollectionError, UnknownImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 LABELS_FILE = "labels.csv"
@@ -53,7 +53,7 @@ class Collection:
         try:
             return self._index[str(image_id)]
         except KeyError:
-            raise CollectionError(
+            raise UnknownImageError(
                 f"no image with id {image_id!r} in collection {self.name!r} "
                 f"({len(self)} images, e.g. {', '.join(self.ids[:3])})"
             ) from None

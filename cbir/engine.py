@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -17,13 +18,14 @@ from .distances import PreparedIndex, normalise_metric, pairwise_distances
 from .errors import CBIRError, CollectionError, StoreError
 from .evaluation import EvaluationReport, evaluate_distances
 from .extractors import build_extractor, get_spec, model_status
-from .fusion import FUSION_METHODS, fuse
+from .fusion import FUSION_METHODS, check_weights, fuse
 from .images import image_from_array, open_image, resize_rgb
 from .rerank import FeedbackRound, Rerank, feedback_rounds, alpha_query_expansion, check_metric, l2_normalise, load_or_build_dba, rocchio
 from .search import RankedList, check_top_k, rank_distances
 from .store import FeatureStore, load_store, store_dir, store_exists
 
 EVAL_CHUNK = 512
+DBA_IN_MEMORY = 4  # DBA matrices kept per process (each is the size of its store)
 
 
 @dataclass
@@ -82,7 +84,7 @@ class Engine:
         self._extractors: dict[tuple[str, str], object] = {}
         self._lock = threading.RLock()
         self._labels_memo: dict[tuple, np.ndarray] = {}
-        self._dba: dict[tuple, object] = {}
+        self._dba: OrderedDict[tuple, PreparedIndex] = OrderedDict()
         self.last_dba_seconds: dict[str, float] = {}
 
     # -- loading --------------------------------------------------------------------
@@ -181,6 +183,12 @@ class Engine:
             query.label = self.collection.label_of(query.image_id)
         return query
 
+    def _check_feedback_ids(self, feedback: list[FeedbackRound]) -> None:
+        unknown_ids = [i for r in feedback for i in (*r.relevant, *r.non_relevant) if str(i) not in self.collection]
+        if unknown_ids:
+            shown = ", ".join(repr(str(i)) for i in unknown_ids[:5]) + (" ..." if len(unknown_ids) > 5 else "")
+            raise CBIRError(f"feedback names {len(unknown_ids)} id(s) not in collection {self.collection.name!r}: {shown}")
+
     def rerank_index(self, model: str, rerank: Rerank):
         """Cosine index over the store, or over its DBA vectors (built once per store version)."""
         store = self.store(model)
@@ -188,11 +196,14 @@ class Engine:
             return store.index("cosine")
         key = (model, rerank.n, rerank.alpha, store.version)
         with self._lock:
-            if key not in self._dba:
-                matrix, seconds = load_or_build_dba(store, self.store_folder(model), rerank.n, rerank.alpha)
-                self.last_dba_seconds[model] = seconds
-                self._dba = {k: v for k, v in self._dba.items() if k[0] != model or k[3] == store.version}
-                self._dba[key] = PreparedIndex(matrix, "cosine")
+            if key in self._dba:
+                self._dba.move_to_end(key)
+                return self._dba[key]
+            matrix, seconds = load_or_build_dba(store, self.store_folder(model), rerank.n, rerank.alpha)
+            self.last_dba_seconds[model] = seconds
+            self._dba[key] = PreparedIndex(matrix, "cosine")
+            while len(self._dba) > DBA_IN_MEMORY:  # least recently used first: memory stays bounded
+                self._dba.popitem(last=False)
             return self._dba[key]
 
     def _reranked_distances(self, model: str, vec: np.ndarray, query: Query, rerank: Rerank, feedback: list[FeedbackRound]) -> np.ndarray:
@@ -275,7 +286,10 @@ class Engine:
             from .errors import unknown
 
             raise unknown("fusion method", method, FUSION_METHODS)
+        if weights is not None:
+            check_weights(models, weights)  # whatever the method: NaN or -1 is a mistake to report
         feedback = feedback_rounds(feedback)
+        self._check_feedback_ids(feedback)
         ids, dists, timings = self.full_distances(models, metric, query, exclude_query, rerank, feedback)
         labels = self._labels_for(ids)
         per_model = {

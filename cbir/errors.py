@@ -2,15 +2,27 @@
 
 
 class CBIRError(Exception):
-    """Base class: a problem the user can fix, reported as one line."""
+    """Base class: a problem the user can fix, reported as one line.
+
+    ``http_status`` is what the API answers with it (4xx; 503 when a service is away)."""
+
+    http_status = 400
 
 
 class UnknownNameError(CBIRError, ValueError):
     """An unknown model, metric or fusion method."""
 
+    http_status = 422
+
 
 class CollectionError(CBIRError):
     """A missing folder, an empty collection, missing labels, an unknown image id."""
+
+
+class UnknownImageError(CollectionError):
+    """An image id that is not in the collection."""
+
+    http_status = 404
 
 
 class ImageError(CBIRError):
@@ -19,9 +31,12 @@ class ImageError(CBIRError):
     ``kind`` is one of "empty", "not_image", "corrupt", "too_large", "missing".
     """
 
+    STATUS = {"empty": 400, "corrupt": 400, "not_image": 415, "too_large": 413, "missing": 404}
+
     def __init__(self, message: str, kind: str = "corrupt"):
         super().__init__(message)
         self.kind = kind
+        self.http_status = self.STATUS.get(kind, 400)
 
 
 class WeightsUnavailableError(CBIRError):

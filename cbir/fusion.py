@@ -62,8 +62,9 @@ def check_weights(models: Sequence[str], weights: Mapping[str, float] | Sequence
         w = np.asarray(list(weights), dtype=float)
         if w.shape != (len(models),):
             raise CBIRError(f"expected {len(models)} weights (one per model), got {w.size}")
-    if not np.isfinite(w).all() or (w < 0).any():
-        raise CBIRError("fusion weights must be finite and non-negative")
+    bad = [f"{m}={v:g}" for m, v in zip(models, w) if not np.isfinite(v) or v < 0]
+    if bad:
+        raise CBIRError(f"fusion weights must be finite and non-negative; got {', '.join(bad)}")
     if w.sum() <= 0:
         raise CBIRError("fusion weights are all zero; give at least one model a positive weight")
     return w

@@ -1,4 +1,9 @@
-"""Decoding images safely: any mode to RGB, size limits, clear errors."""
+"""Decoding images safely: any mode to RGB, size limits, bounded memory, clear errors.
+
+Decoded images are at most ``MAX_SIDE`` pixels on their long side (features are computed
+from 224-260 px inputs, thumbnails are 256 px): JPEGs are decoded at a reduced scale
+(``draft``), other formats are shrunk with an area filter before any mode conversion, so
+peak memory follows the output size, not the megapixels of the file."""
 
 from __future__ import annotations
 
@@ -14,13 +19,26 @@ from .errors import ImageError
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
 
 DEFAULT_MAX_PIXELS = 40_000_000
+MAX_SIDE = 2048
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _shrink(img: Image.Image, max_side: int) -> Image.Image:
+    """At most ``max_side`` on the long side, area-averaged, in the image's own mode."""
+    w, h = img.size
+    if max(w, h) <= max_side:
+        return img
+    if img.mode in ("P", "1", "PA"):  # palettes resize only by nearest neighbour
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "L")
+    scale = max_side / max(w, h)
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BOX)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+    if img.mode in _WIDE_MODES:
+        arr = np.asarray(img, dtype=np.float32)  # already shrunk: small
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
         img = Image.fromarray(arr, mode="L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
@@ -31,8 +49,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def open_image(source: str | Path | bytes | io.BytesIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode a file path or bytes into an RGB PIL image, or raise ImageError saying why."""
+def open_image(source: str | Path | bytes | io.BytesIO, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_side: int = MAX_SIDE) -> Image.Image:
+    """Decode a file path or bytes into an RGB PIL image of at most ``max_side`` pixels on
+    its long side, or raise ImageError saying why."""
     name = str(source) if isinstance(source, (str, Path)) else "upload"
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
@@ -51,7 +71,10 @@ def open_image(source: str | Path | bytes | io.BytesIO, max_pixels: int = DEFAUL
                     )
                 if w == 0 or h == 0:
                     raise ImageError(f"{name}: image has no pixels", "empty")
+                if img.format == "JPEG":
+                    img.draft(img.mode, (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale
                 img.load()
+                img = _shrink(img, max_side)
                 img = ImageOps.exif_transpose(img) or img
                 return _to_rgb(img)
     except ImageError:

@@ -31,6 +31,7 @@ DEFAULT_N = 10
 DEFAULT_ALPHA = 3.0
 ROCCHIO = (1.0, 0.75, 0.15)
 _CHUNK = 2048
+DBA_FILES = 3  # DBA files kept beside a store (one per (n, alpha)), newest first
 
 
 @dataclass(frozen=True)
@@ -142,17 +143,28 @@ def load_or_build_dba(store, store_folder: Path, n: int, alpha: float) -> tuple[
             np.savez(fh, embeddings=dba, meta=np.array(json.dumps({"store_version": store.version, "n": n, "alpha": alpha, "seconds": seconds})))
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-        for old in Path(store_folder).glob("dba-*.npz"):  # other parameters of a stale store
-            if old != path:
-                try:
-                    with np.load(old, allow_pickle=False) as data:
-                        if json.loads(str(data["meta"])).get("store_version") != store.version:
-                            old.unlink()
-                except Exception:
-                    old.unlink(missing_ok=True)
+        prune_dba_files(store_folder, store.version, keep=path)
     except OSError:
         pass  # read-only features folder: keep it in memory only
     return dba, seconds
+
+
+def prune_dba_files(store_folder: Path, version: str, keep: Path, limit: int = DBA_FILES) -> None:
+    """Delete DBA files of older store versions, and all but the ``limit`` newest others."""
+    files = sorted(Path(store_folder).glob("dba-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    kept = 0
+    for old in files:
+        if old == keep:
+            continue
+        try:
+            with np.load(old, allow_pickle=False) as data:
+                current = json.loads(str(data["meta"])).get("store_version") == version
+        except Exception:
+            current = False
+        if current and kept < limit - 1:
+            kept += 1
+        else:
+            old.unlink(missing_ok=True)
 
 
 def feedback_rounds(raw: Sequence) -> list[FeedbackRound]:

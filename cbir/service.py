@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Mapping, Sequence
 
+from . import metrics
 from .cache import ResultCache
 from .engine import Engine, Query
 
@@ -55,6 +56,7 @@ class SearchService:
             if versions is not None:
                 key = self.cache.key(request, versions)
                 hit = self.cache.get(key)
+                metrics.CACHE.labels("miss" if hit is None else "hit").inc()
                 if hit is not None:
                     self.cache.count_search()
                     hit["cached"] = True
@@ -63,6 +65,7 @@ class SearchService:
             models, metric, top_k, query, exclude_query=exclude_query, method=method if len(models) > 1 else None,
             weights=weights, rerank=rerank, feedback=feedback,
         )
+        metrics.observe_timings(resp.timings)
         out = resp.to_dict()
         out["cached"] = False
         if key is not None:

@@ -1,5 +1,11 @@
-"""Users on Redis: bcrypt password hashes, roles, lockout after failed logins, API tokens
-with a sliding expiry, and an audit log of every login, failure, logout and user change."""
+"""Users on Redis: bcrypt password hashes, a password policy, roles, lockout after failed
+logins, a per-client login rate limit, API tokens bound to the user's identity and
+credential version (sliding expiry), and an audit log of every login, failure, logout and
+user change.
+
+Every user hash carries ``uid`` (random, new at each creation) and ``cred`` (bumped by a
+password reset or a role change). A token, and an app session, remembers the pair it was
+issued for; when they differ (reset, role change, delete + re-create) it is dead at once."""
 
 from __future__ import annotations
 
@@ -11,10 +17,13 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 
+import threading
+
 import bcrypt
 import redis
 
-from .config import DEMO_SECRET, Settings
+from .config import PLACEHOLDER_SECRETS, Settings
+from . import metrics
 from .errors import CBIRError
 from .redisdb import REDIS_DOWN, ServiceUnavailable
 
@@ -31,26 +40,78 @@ FAILURE_WINDOW = 15 * 60
 LOCK_SECONDS = 15 * 60
 LOG_LENGTH = 10_000
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,31}$")
-MIN_PASSWORD = 6
+MIN_PASSWORD = 10
+MIN_STRENGTH = 3  # zxcvbn score 0-4: 3 = "safely unguessable" against an offline slow-hash attack
+RATE_WINDOW = 60
 
+#: The one prefix of every key this project writes to Redis.
 P = "cbir:"
 
-# One round trip per API request: look the token up, slide its expiry, return the user hash.
+# One round trip per API request: look the token up, check it was issued for this very
+# user (uid) and credentials (cred), and only then slide its expiry and return the user.
 _TOKEN_LUA = """
-local username = redis.call('GET', KEYS[1])
+local value = redis.call('GET', KEYS[1])
+if not value then return nil end
+local uid, cred, username = string.match(value, '^([^:]*):([^:]*):(.*)$')
 if not username then return nil end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
 local user = redis.call('HGETALL', ARGV[2] .. username)
 if #user == 0 then return nil end
+local fields = {}
+for i = 1, #user, 2 do fields[user[i]] = user[i + 1] end
+if fields['uid'] ~= uid or fields['cred'] ~= cred then return nil end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 return user
 """
+
+_zxcvbn_lock = threading.Lock()  # zxcvbn keeps the user inputs in a module-level dict
+
+
+def password_problem(password: str, username: str = "") -> str | None:
+    """Why ``password`` is refused (length >= 10, not the username, zxcvbn score >= 3), or None."""
+    password = password or ""
+    if len(password) < MIN_PASSWORD:
+        return f"password must have at least {MIN_PASSWORD} characters"
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        return f"password must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)"
+    if username and password.strip().lower() == username.strip().lower():
+        return "password must not be the username"
+    from zxcvbn import zxcvbn
+
+    with _zxcvbn_lock:
+        result = zxcvbn(password, user_inputs=[username] if username else [])
+    if result["score"] < MIN_STRENGTH:
+        hint = result["feedback"].get("warning") or "it is easy to guess"
+        tips = " ".join(result["feedback"].get("suggestions") or [])
+        return f"password too weak: {hint.rstrip('.')}. {tips or 'Use a longer phrase of uncommon words.'}".strip()
+    return None
+
+
+def check_password_policy(password: str, username: str = "") -> None:
+    problem = password_problem(password, username)
+    if problem:
+        raise UserError(problem)
+
+
+_DUMMY_HASH: bytes | None = None
+
+
+def _dummy_check(password: str) -> None:
+    """Spend the time a real bcrypt check costs, so an unknown username answers as slowly."""
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=12))
+    bcrypt.checkpw((password or "").encode()[:MAX_PASSWORD_BYTES], _DUMMY_HASH)
 
 
 class AuthError(CBIRError):
     """Wrong username or password (never says which)."""
 
+    http_status = 401
+
 
 class LockedError(AuthError):
+    http_status = 429
+
     def __init__(self, username: str, seconds: int):
         self.seconds = seconds
         super().__init__(
@@ -81,6 +142,10 @@ class User:
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit
 
 
+def _user_from(data: dict) -> User:
+    return User(data["username"], data.get("name", ""), data.get("email", ""), data.get("role", "student"), float(data.get("created", 0)))
+
+
 def hash_password(password: str) -> str:
     data = password.encode()
     if len(data) > MAX_PASSWORD_BYTES:
@@ -108,10 +173,12 @@ def _check_password(stored: str, password: str) -> tuple[bool, bool]:
 
 
 class UserStore:
-    def __init__(self, client: redis.Redis, token_ttl: int = 30 * 60):
+    def __init__(self, client: redis.Redis, token_ttl: int = 30 * 60, login_rate: int = 10):
         self.r = client
         self.token_ttl = token_ttl
+        self.login_rate = login_rate
         self._recent: dict[str, tuple[User, float]] = {}
+        self._local_rate: dict[str, tuple[int, int]] = {}  # used while Redis is away
 
     # -- helpers ----------------------------------------------------------------------
     def _call(self, fn, *args, **kwargs):
@@ -124,27 +191,85 @@ class UserStore:
     def _key(username: str) -> str:
         return f"{P}user:{username}"
 
+    #: Failed and refused logins go to their own list, so that a flood of them cannot push
+    #: lockouts, successes and admin actions out of the main log.
+    NOISY = {("login", "failure"), ("login", "locked")}
+
     def log(self, event: str, username: str, source: str = "", outcome: str = "ok", actor: str = "") -> None:
         entry = json.dumps(
             {"time": time.time(), "event": event, "username": username, "source": source, "outcome": outcome, "actor": actor}
         )
+        key = f"{P}auth:log:attempts" if (event, outcome) in self.NOISY else f"{P}auth:log"
         try:
             pipe = self.r.pipeline()
-            pipe.lpush(f"{P}auth:log", entry)
-            pipe.ltrim(f"{P}auth:log", 0, LOG_LENGTH - 1)
+            pipe.lpush(key, entry)
+            pipe.ltrim(key, 0, LOG_LENGTH - 1)
             pipe.execute()
         except REDIS_DOWN:
             pass
 
     def auth_log(self, limit: int = 200) -> list[dict]:
-        return [json.loads(x) for x in self._call(self.r.lrange, f"{P}auth:log", 0, limit - 1)]
+        """The newest ``limit`` events of both lists, newest first."""
+        pipe = self.r.pipeline()
+        pipe.lrange(f"{P}auth:log", 0, limit - 1)
+        pipe.lrange(f"{P}auth:log:attempts", 0, limit - 1)
+        main, attempts = self._call(pipe.execute)
+        entries = [json.loads(x) for x in main + attempts]
+        return sorted(entries, key=lambda e: e["time"], reverse=True)[:limit]
+
+    def login_allowed(self, source: str) -> int:
+        """0 when ``source`` (a client address) may try a login now, else seconds to wait.
+
+        A fixed one-minute window per client, shared by every process through Redis (an
+        in-process count while Redis is away). The first refusal of a window is logged."""
+        now = int(time.time())
+        window = now // RATE_WINDOW
+        retry = RATE_WINDOW - now % RATE_WINDOW
+        key = f"{P}rate:login:{source}:{window}"
+        try:
+            pipe = self.r.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, RATE_WINDOW + 1)
+            count = pipe.execute()[0]
+        except REDIS_DOWN:
+            w, c = self._local_rate.get(source, (window, 0))
+            count = (c if w == window else 0) + 1
+            self._local_rate[source] = (window, count)
+            if len(self._local_rate) > 10_000:
+                self._local_rate.clear()
+        if count <= self.login_rate:
+            return 0
+        metrics.RATE_LIMITED.inc()
+        if count == self.login_rate + 1:
+            self.log("rate_limited", "", source, f"over {self.login_rate} logins/min")
+        return retry
 
     # -- users ------------------------------------------------------------------------
     def get(self, username: str) -> User | None:
         data = self._call(self.r.hgetall, self._key(username))
-        if not data:
-            return None
-        return User(data["username"], data.get("name", ""), data.get("email", ""), data.get("role", "student"), float(data.get("created", 0)))
+        return _user_from(data) if data else None
+
+    def binding(self, username: str) -> tuple[str, str, float] | None:
+        """(uid, credential version, time of the last credential change) of a user, or None.
+
+        Users stored before identities existed get one here, once."""
+        key = self._key(username)
+        uid, cred, changed = self._call(self.r.hmget, key, "uid", "cred", "cred_changed")
+        if uid is None:
+            if not self.exists(username):
+                return None
+            self._call(self.r.hsetnx, key, "uid", secrets.token_hex(8))
+            self._call(self.r.hsetnx, key, "cred", "1")
+            self._call(self.r.hsetnx, key, "cred_changed", "0")
+            uid, cred, changed = self._call(self.r.hmget, key, "uid", "cred", "cred_changed")
+        return uid, cred, float(changed or 0)
+
+    def _credentials_changed(self, username: str) -> None:
+        """Bump the credential version: every token and app session of the user dies."""
+        pipe = self.r.pipeline()
+        pipe.hincrby(self._key(username), "cred", 1)
+        pipe.hset(self._key(username), "cred_changed", repr(time.time()))
+        self._call(pipe.execute)
 
     def exists(self, username: str) -> bool:
         return bool(self._call(self.r.exists, self._key(username)))
@@ -169,18 +294,21 @@ class UserStore:
             }
         return {"usernames": out}
 
-    def create(self, username: str, password: str, role: str = "student", name: str = "", email: str = "", actor: str = "", source: str = "") -> User:
+    def create(self, username: str, password: str, role: str = "student", name: str = "", email: str = "",
+               actor: str = "", source: str = "", policy: bool = True) -> User:
+        """A new user. ``policy=False`` only for the published demo accounts in demo mode."""
         username = str(username).strip().lower()
         if not USERNAME_RE.match(username):
             raise UserError("username must be 2-32 characters: lowercase letters, digits, '.', '_' or '-'")
         if role not in ROLES:
             raise UserError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
-        if len(password or "") < MIN_PASSWORD:
-            raise UserError(f"password must have at least {MIN_PASSWORD} characters")
+        if policy:
+            check_password_policy(password, username)
         if email and not re.match(r"^[^@\s]+@[^@\s]+$", email):
             raise UserError(f"invalid email address {email!r}")
         user = User(username, name or username, email, role, time.time())
-        fields = {**{k: str(v) for k, v in user.to_dict().items()}, "password": hash_password(password)}
+        fields = {**{k: str(v) for k, v in user.to_dict().items()}, "password": hash_password(password),
+                  "uid": secrets.token_hex(8), "cred": "1", "cred_changed": repr(time.time())}
         created = self._call(self.r.hsetnx, self._key(username), "username", username)
         if not created:
             raise UserError(f"user {username!r} already exists")
@@ -192,9 +320,9 @@ class UserStore:
     def set_password(self, username: str, password: str, actor: str = "", source: str = "") -> None:
         if not self.exists(username):
             raise UserError(f"no user {username!r}")
-        if len(password or "") < MIN_PASSWORD:
-            raise UserError(f"password must have at least {MIN_PASSWORD} characters")
+        check_password_policy(password, username)
         self._call(self.r.hset, self._key(username), "password", hash_password(password))
+        self._credentials_changed(username)
         self.log("password_reset", username, source, "ok", actor)
 
     def set_role(self, username: str, role: str, actor: str = "", source: str = "") -> None:
@@ -203,6 +331,7 @@ class UserStore:
         if not self.exists(username):
             raise UserError(f"no user {username!r}")
         self._call(self.r.hset, self._key(username), "role", role)
+        self._credentials_changed(username)
         self.log("role_changed", username, source, f"role={role}", actor)
 
     def delete(self, username: str, actor: str = "", source: str = "") -> None:
@@ -232,8 +361,10 @@ class UserStore:
         pipe.zcard(key)
         pipe.expire(key, FAILURE_WINDOW)
         count = self._call(pipe.execute)[2]
+        metrics.LOGIN_FAILURES.inc()
         self.log("login", username, source, "failure")
         if count >= MAX_FAILURES:
+            metrics.LOCKOUTS.inc()
             self._call(self.r.set, f"{P}auth:lock:{username}", "1", ex=LOCK_SECONDS)
             self._call(self.r.delete, key)
             self.log("lockout", username, source, f"{count} failures")
@@ -247,7 +378,11 @@ class UserStore:
         username = str(username or "").strip().lower()
         self.check_not_locked(username, source)
         stored = self._call(self.r.hget, self._key(username), "password")
-        ok, rehash = _check_password(stored, password or "") if stored else (False, False)
+        if stored:
+            ok, rehash = _check_password(stored, password or "")
+        else:
+            _dummy_check(password)  # same work as for a real user: no username enumeration
+            ok, rehash = False, False
         if not ok:
             self.record_failure(username, source)
             self.check_not_locked(username, source)
@@ -264,8 +399,13 @@ class UserStore:
         return f"{P}token:" + hashlib.sha256(token.encode()).hexdigest()
 
     def issue_token(self, username: str) -> str:
+        """A bearer token valid while the user's identity and credentials stay the same."""
+        found = self.binding(username)
+        if found is None:
+            raise AuthError("wrong username or password")
+        uid, cred, _ = found
         token = secrets.token_urlsafe(32)
-        self._call(self.r.set, self._token_key(token), username, ex=self.token_ttl)
+        self._call(self.r.set, self._token_key(token), f"{uid}:{cred}:{username}", ex=self.token_ttl)
         return token
 
     def user_for_token(self, token: str) -> User | None:
@@ -277,10 +417,7 @@ class UserStore:
         key = self._token_key(token)
         try:
             found = self.r.eval(_TOKEN_LUA, 1, key, self.token_ttl, f"{P}user:")
-            user = None
-            if found:
-                data = dict(zip(found[::2], found[1::2]))
-                user = User(data["username"], data.get("name", ""), data.get("email", ""), data.get("role", "student"), float(data.get("created", 0)))
+            user = _user_from(dict(zip(found[::2], found[1::2]))) if found else None
         except (REDIS_DOWN + (ServiceUnavailable,)) as exc:
             known = self._recent.get(key)
             if known and known[1] > time.time():
@@ -312,20 +449,36 @@ def bootstrap(store: UserStore, settings: Settings) -> list[str]:
         if store.exists(username):
             continue
         try:
-            store.create(username, password, role, name, actor="bootstrap")
+            # the demo accounts' passwords are published: exempt from the policy, demo mode only
+            store.create(username, password, role, name, actor="bootstrap", policy=not settings.demo)
             created.append(username)
         except UserError:
             pass  # created meanwhile by a sibling process (app and API workers start together)
     return created
 
 
+def secret_problems(settings: Settings) -> list[str]:
+    """A CBIR_SECRET_KEY that is set must be long and must not be a published placeholder."""
+    key = settings.secret_key
+    if key is not None and (key in PLACEHOLDER_SECRETS or len(key) < 16):
+        return ["CBIR_SECRET_KEY is a published placeholder or under 16 characters: unset it "
+                "(a random secret is then kept in var/secret_key) or set a long random string"]
+    return []
+
+
 def check_production_settings(settings: Settings) -> None:
     if settings.demo:
+        problems = secret_problems(settings)
+        if problems:
+            raise ConfigError(problems[0])
         return
     problems = []
     if not settings.admin_password:
         problems.append("set CBIR_ADMIN_PASSWORD")
-    if not settings.secret_key or settings.secret_key == DEMO_SECRET or len(settings.secret_key) < 16:
-        problems.append("set CBIR_SECRET_KEY to a random string of 16+ characters")
+    else:
+        weak = password_problem(settings.admin_password, "admin")
+        if weak:
+            problems.append(f"CBIR_ADMIN_PASSWORD: {weak}")
+    problems += secret_problems(settings)
     if problems:
         raise ConfigError("demo mode is off: " + "; ".join(problems) + " (or set CBIR_DEMO=1 for a demo)")

@@ -231,7 +231,8 @@ def app_server(session_tmp):
     server = ServiceProcess(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        port, service_env(redis.url, session_tmp / "app"), session_tmp / "app.log", ready_path="/_stcore/health",
+        # many tests log in from 127.0.0.1 within a minute: the login rate limit is tested on the API
+        port, service_env(redis.url, session_tmp / "app", CBIR_LOGIN_RATE="1000"), session_tmp / "app.log", ready_path="/_stcore/health",
     ).start()
     server.redis = redis
     yield server

@@ -42,14 +42,14 @@ def test_auth_rules(client):
     r = client.post("/api/login", json={"username": "student", "password": "wrong"})
     assert r.status_code == 401 and r.json() == {"error": "wrong username or password"}
     student = login(client, "student", "multimedia")
-    r = client.post("/api/add_user", json={"username": "newbie", "password": "secret99"}, headers=student)
+    r = client.post("/api/add_user", json={"username": "newbie", "password": "newbie-climbs-K2!"}, headers=student)
     assert r.status_code == 403 and "only admins" in r.json()["error"]
     admin = login(client, "admin", "password123")
-    r = client.post("/api/add_user", json={"username": "newbie", "password": "secret99", "role": "researcher"}, headers=admin)
+    r = client.post("/api/add_user", json={"username": "newbie", "password": "newbie-climbs-K2!", "role": "researcher"}, headers=admin)
     assert r.status_code == 201 and r.json()["user"]["role"] == "researcher"
-    r = client.post("/api/add_user", json={"username": "newbie", "password": "secret99"}, headers=admin)
+    r = client.post("/api/add_user", json={"username": "newbie", "password": "newbie-climbs-K2!"}, headers=admin)
     assert r.status_code == 400 and "already exists" in r.json()["error"]
-    newbie = login(client, "newbie", "secret99")
+    newbie = login(client, "newbie", "newbie-climbs-K2!")
     assert client.get("/api/stats", headers=newbie).status_code == 200
     log = client.get("/api/auth_log", headers=admin).json()["entries"]
     assert any(e["event"] == "user_created" and e["username"] == "newbie" and e["actor"] == "admin" for e in log)

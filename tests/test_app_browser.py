@@ -1,7 +1,9 @@
 """The Streamlit app in Debian chromium (Playwright) against a real app, a real Redis and real images."""
 
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import redis as redis_lib
@@ -11,7 +13,9 @@ import pytest
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "screenshots"
+# Screenshots go to a temporary folder; `make screenshots` points this at docs/screenshots
+# to refresh the README's pictures. A test run never touches tracked files.
+SHOTS = Path(os.environ.get("CBIR_SCREENSHOTS") or tempfile.mkdtemp(prefix="cbir-shots-"))
 TIMEOUT = 60_000
 
 
@@ -32,8 +36,15 @@ def login(page, username, password):
 
 
 def logged_in(page, username="researcher", password="umons2024"):
-    login(page, username, password)
-    page.get_by_role("heading", name="🔎 Search", exact=True).wait_for()
+    heading = page.get_by_role("heading", name="🔎 Search", exact=True)
+    for attempt in range(3):
+        login(page, username, password)
+        try:  # a click that lands while a cold app is still on its first run can be dropped
+            heading.wait_for(timeout=20_000)
+            break
+        except Exception:
+            if attempt == 2 or page.get_by_label("Username").count() == 0:
+                raise
     page.get_by_text("Images indexed").wait_for()
 
 
@@ -61,6 +72,7 @@ def test_search_by_collection_image(page):
     assert page.locator(".cbir-hit").count() == 10
     assert page.get_by_text("P@10").count() >= 1 and page.get_by_text("AP", exact=True).count() >= 1
     page.wait_for_timeout(1000)
+    SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
 
 
@@ -131,6 +143,7 @@ def test_evaluate_page(page):
     assert page.get_by_text("mAP").count() >= 1
     assert page.get_by_text("Protocol.").count() >= 1
     page.wait_for_timeout(1000)
+    SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "evaluate.png"), full_page=True)
 
 
@@ -176,7 +189,7 @@ def test_lockout_is_shown(page, app_server):
         if locked.count():
             break
     locked.wait_for()
-    log = [json.loads(e) for e in redis_lib.Redis(port=app_server.redis.port).lrange("cbir:auth:log", 0, 50)]
+    log = [json.loads(e) for e in redis_lib.Redis(port=app_server.redis.port).lrange("cbir:auth:log:attempts", 0, 50)]
     assert sum(1 for e in log if e["username"] == "user1" and e["outcome"] == "failure") == 5
     login(page, "user1", "demo123")  # the right password is refused while locked
     page.wait_for_timeout(1000)
@@ -199,4 +212,82 @@ def test_pages_need_a_login(browser, app_server):
     page.goto(app_server.url + "/")
     page.get_by_text("Demo accounts").wait_for()
     page.screenshot(path=str(SHOTS / "login.png"))
+    context.close()
+
+
+# -- sessions: deep links, forged cookies, revocation ---------------------------------------
+PAGE_HEADINGS = {"/": "🔎 Search", "/evaluate": "📈 Evaluate", "/collection": "🗂️ Collection", "/admin": "🛡️ Admin"}
+
+
+@pytest.mark.parametrize("username,password,paths", [
+    ("student", "multimedia", ["/evaluate", "/collection", "/"]),
+    ("admin", "password123", ["/admin", "/evaluate", "/collection"]),
+])
+def test_every_page_url_opens_and_reloads(page, app_server, username, password, paths):
+    logged_in(page, username, password)
+    for path in paths:
+        page.goto(app_server.url + path)
+        page.get_by_role("heading", name=PAGE_HEADINGS[path], exact=True).wait_for()
+        page.reload()
+        page.get_by_role("heading", name=PAGE_HEADINGS[path], exact=True).wait_for()
+        assert page.get_by_text("Page not found").count() == 0, path
+        assert page.url.rstrip("/") == (app_server.url + path).rstrip("/"), page.url
+
+
+def _cookie(username: str, key: str) -> str:
+    import time
+
+    import jwt
+
+    return jwt.encode({"username": username, "exp_date": time.time() + 1800}, key, algorithm="HS256")
+
+
+def _with_cookie(browser, app_server, value: str, path: str = "/admin"):
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    context.add_cookies([{"name": "cbir_auth", "value": value, "url": app_server.url}])
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT)
+    pg.goto(app_server.url + path)
+    return context, pg
+
+
+def test_cookie_signed_with_the_published_placeholder_is_refused(browser, app_server, session_tmp):
+    from cbir.config import PLACEHOLDER_SECRETS
+
+    for placeholder in PLACEHOLDER_SECRETS:
+        context, pg = _with_cookie(browser, app_server, _cookie("admin", placeholder))
+        pg.get_by_label("Username").wait_for()
+        pg.wait_for_timeout(1500)
+        assert pg.get_by_role("heading", name="🛡️ Admin").count() == 0
+        assert pg.get_by_text("Images indexed").count() == 0
+        context.close()
+    # control: the same cookie signed with this install's random secret does open the page
+    secret = (session_tmp / "app" / "var" / "secret_key").read_text().strip()
+    context, pg = _with_cookie(browser, app_server, _cookie("admin", secret))
+    pg.get_by_role("heading", name="🛡️ Admin", exact=True).wait_for()
+    context.close()
+
+
+def test_password_reset_ends_open_sessions_and_old_cookies(browser, app_server, session_tmp):
+    from cbir.users import UserStore
+
+    users = UserStore(redis_lib.Redis(port=app_server.redis.port, decode_responses=True))
+    if not users.exists("ivy"):
+        users.create("ivy", "ivy-Strong-pass-01", "student")
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT)
+    pg.goto(app_server.url)
+    logged_in(pg, "ivy", "ivy-Strong-pass-01")
+    old_cookie = next(c["value"] for c in context.cookies() if c["name"] == "cbir_auth")
+    users.set_password("ivy", "ivy-Strong-pass-02", actor="admin")
+    pg.locator("[data-testid='stSidebarNav']").get_by_text("Evaluate").click()  # any interaction
+    pg.get_by_text("Your account changed").wait_for()
+    pg.get_by_label("Username").wait_for()
+    context.close()
+    # the cookie issued before the reset no longer logs anyone in
+    context, pg = _with_cookie(browser, app_server, old_cookie, "/evaluate")
+    pg.get_by_label("Username").wait_for()
+    pg.wait_for_timeout(1500)
+    assert pg.get_by_text("Images indexed").count() == 0 and pg.get_by_role("heading", name="📈 Evaluate").count() == 0
     context.close()

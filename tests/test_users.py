@@ -1,11 +1,12 @@
 import hashlib
+import time
 
 import pytest
 import redis as redis_lib
 
 from cbir.cache import ResultCache
-from cbir.config import Settings
-from cbir.redisdb import ServiceUnavailable, get_redis, start_embedded
+from cbir.config import PLACEHOLDER_SECRETS, Settings
+from cbir.redisdb import ServiceUnavailable, embedded_dir, get_redis, release_embedded, supervisor_pid
 from cbir.users import (
     DEMO_USERS,
     AuthError,
@@ -37,16 +38,21 @@ def test_demo_bootstrap_and_login(users, tmp_path):
 def test_production_refuses_defaults(users, tmp_path):
     with pytest.raises(ConfigError, match="CBIR_ADMIN_PASSWORD"):
         bootstrap(users, Settings(demo=False, var_dir=tmp_path))
-    with pytest.raises(ConfigError, match="CBIR_SECRET_KEY"):
-        bootstrap(users, Settings(demo=False, admin_password="s3cret-pass", var_dir=tmp_path))
-    s = Settings(demo=False, admin_password="s3cret-pass", secret_key="x" * 32, var_dir=tmp_path)
+    with pytest.raises(ConfigError, match="CBIR_ADMIN_PASSWORD: password too weak"):
+        bootstrap(users, Settings(demo=False, admin_password="password123", var_dir=tmp_path))
+    for placeholder in PLACEHOLDER_SECRETS:  # published in the repository: refused in every mode
+        for demo in (False, True):
+            with pytest.raises(ConfigError, match="CBIR_SECRET_KEY"):
+                bootstrap(users, Settings(demo=demo, admin_password="Quiet-Harbour-71", secret_key=placeholder, var_dir=tmp_path))
+    # no CBIR_SECRET_KEY is fine: a random one is kept in var/secret_key
+    s = Settings(demo=False, admin_password="Quiet-Harbour-71", var_dir=tmp_path)
     assert bootstrap(users, s) == ["admin"]
     assert not users.exists("student")
-    assert users.authenticate("admin", "s3cret-pass").role == "admin"
+    assert users.authenticate("admin", "Quiet-Harbour-71").role == "admin"
 
 
 def test_wrong_password_and_unknown_user_say_the_same(users):
-    users.create("alice", "wonderland", "student")
+    users.create("alice", "rabbit-hole-tea-7", "student")
     with pytest.raises(AuthError, match="wrong username or password"):
         users.authenticate("alice", "nope")
     with pytest.raises(AuthError, match="wrong username or password"):
@@ -54,7 +60,7 @@ def test_wrong_password_and_unknown_user_say_the_same(users):
 
 
 def test_lockout_after_five_failures(users):
-    users.create("alice", "wonderland", "student")
+    users.create("alice", "rabbit-hole-tea-7", "student")
     for _ in range(4):
         with pytest.raises(AuthError) as exc:
             users.authenticate("alice", "bad", source="test")
@@ -63,7 +69,7 @@ def test_lockout_after_five_failures(users):
         users.authenticate("alice", "bad")
     # even the right password is refused while locked
     with pytest.raises(LockedError):
-        users.authenticate("alice", "wonderland")
+        users.authenticate("alice", "rabbit-hole-tea-7")
     assert 14 * 60 < users.lock_remaining("alice") <= 15 * 60
     log = users.auth_log()
     assert any(e["event"] == "lockout" and e["username"] == "alice" for e in log)
@@ -71,7 +77,7 @@ def test_lockout_after_five_failures(users):
 
 
 def test_legacy_hashes_rehashed_on_login(users):
-    users.create("old", "whatever1", "student")
+    users.create("old", "mauve-Otter-river", "student")
     salt = "abc"
     users.r.hset("cbir:user:old", "password", f"sha256:{salt}:" + hashlib.sha256((salt + "legacy-pw").encode()).hexdigest())
     users.authenticate("old", "legacy-pw")
@@ -86,17 +92,17 @@ def test_legacy_hashes_rehashed_on_login(users):
 
 
 def test_user_changes(users):
-    users.create("bob", "builder1", "researcher", "Bob B", "bob@example.org")
+    users.create("bob", "bob-builds-42-Bridges", "researcher", "Bob B", "bob@example.org")
     with pytest.raises(UserError, match="already exists"):
-        users.create("bob", "builder1")
+        users.create("bob", "bob-builds-42-Bridges")
     with pytest.raises(UserError, match="unknown role"):
-        users.create("carl", "password1", "king")
-    with pytest.raises(UserError, match="at least 6"):
+        users.create("carl", "copper-lantern-9x", "king")
+    with pytest.raises(UserError, match="at least 10"):
         users.create("carl", "short")
     with pytest.raises(UserError, match="username"):
-        users.create("../etc", "password1")
-    users.set_password("bob", "newpass1", actor="admin")
-    users.authenticate("bob", "newpass1")
+        users.create("../etc", "copper-lantern-9x")
+    users.set_password("bob", "fresh-start-plum-88", actor="admin")
+    users.authenticate("bob", "fresh-start-plum-88")
     users.set_role("bob", "admin")
     assert users.get("bob").role == "admin"
     creds = users.credentials()["usernames"]["bob"]
@@ -110,7 +116,7 @@ def test_user_changes(users):
 def test_tokens_slide_and_expire(users):
     import time
 
-    users.create("tok", "password1")
+    users.create("tok", "copper-lantern-9x")
     users.token_ttl = 2
     t = users.issue_token("tok")
     time.sleep(1.2)
@@ -152,7 +158,12 @@ def test_embedded_redis(tmp_path):
     client = get_redis(settings)
     assert client.ping()
     users = UserStore(client)
-    users.create("emb", "password1")
-    assert users.authenticate("emb", "password1").username == "emb"
+    users.create("emb", "copper-lantern-9x")
+    assert users.authenticate("emb", "copper-lantern-9x").username == "emb"
     assert (tmp_path / "var" / "redis").is_dir()
-    start_embedded(settings).shutdown(nosave=False)
+    release_embedded(settings)  # the last owner: the server saves and stops
+    folder = embedded_dir(settings)
+    deadline = time.time() + 20
+    while supervisor_pid(folder) is not None and time.time() < deadline:
+        time.sleep(0.1)
+    assert supervisor_pid(folder) is None and (folder / "cbir.db").exists()

@@ -16,37 +16,30 @@ from .. import __version__
 from ..cache import ResultCache
 from ..config import Settings, get_settings
 from ..engine import Engine
-from ..errors import CBIRError, CollectionError, ImageError, UnknownNameError
+from ..errors import CBIRError
 from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
 from ..service import SearchService
-from ..users import AuthError, ConfigError, LockedError, UserError, UserStore, bootstrap, check_production_settings
+from ..users import AuthError, ConfigError, LockedError, UserStore, bootstrap, check_production_settings
 from .deps import APIError
+from .middleware import RequestLimits, RequestMetrics, SecurityHeaders
 
 log = logging.getLogger("cbir.api")
 
-IMAGE_STATUS = {"empty": 400, "corrupt": 400, "not_image": 415, "too_large": 413, "missing": 404}
-
 
 def status_for(exc: Exception) -> int:
+    """Every error class carries its HTTP status; anything else the user can fix is a 400."""
     if isinstance(exc, APIError):
         return exc.status
-    if isinstance(exc, LockedError):
-        return 429
-    if isinstance(exc, AuthError):
-        return 401
-    if isinstance(exc, ServiceUnavailable):
-        return 503
-    if isinstance(exc, ImageError):
-        return IMAGE_STATUS.get(exc.kind, 400)
-    if isinstance(exc, UnknownNameError):
-        return 422
-    if isinstance(exc, CollectionError) and "no image with id" in str(exc):
-        return 404
-    return 400
+    return getattr(exc, "http_status", 400)
 
 
 def error_response(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def trusted_proxies(settings: Settings) -> list[str] | str:
+    value = settings.trusted_proxies.strip()
+    return "*" if value == "*" else [h.strip() for h in value.split(",") if h.strip()]
 
 
 def _warm_up(service: SearchService) -> None:
@@ -90,7 +83,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     engine = engine or Engine(settings.collection, settings)
     client = get_redis(settings)
     app.state.settings = settings
-    app.state.users = UserStore(client, token_ttl=settings.session_minutes * 60)
+    app.state.users = UserStore(client, token_ttl=settings.session_minutes * 60, login_rate=settings.login_rate)
     app.state.service = SearchService(engine, ResultCache(client, enabled=settings.cache))
     app.state.redis = client
     app.state.started = time.time()
@@ -131,6 +124,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
 
     for module in (meta, auth, search, images, admin):
         app.include_router(module.router)
+    # Outermost last: forwarded headers (only from trusted proxies) -> headers -> limits -> metrics.
+    app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestLimits, max_bytes=settings.max_upload_mb * 2**20 + 64 * 1024)
+    app.add_middleware(SecurityHeaders)
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted_proxies(settings))
     return app
 
 
@@ -151,13 +151,22 @@ def app_factory() -> FastAPI:
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
     import uvicorn
 
+    from ..metrics import prepare_multiprocess_dir
+
     settings = get_settings()
     try:
         check_production_settings(settings)
         Engine(settings.collection, settings)  # fail fast, with one line, on a bad collection
+        if not settings.redis_url:
+            from ..redisdb import start_embedded
+
+            start_embedded(settings)  # this parent owns the embedded Redis too, before the workers
     except (ConfigError, CBIRError) as exc:
         raise SystemExit(f"cbir: error: {exc}")
+    prepare_multiprocess_dir(settings.var_dir)
     uvicorn.run(
         "cbir.api.app:app_factory", factory=True, host=host or settings.api_host, port=port or settings.api_port,
-        workers=workers or settings.api_workers, log_level="info", proxy_headers=True, forwarded_allow_ips="127.0.0.1",
+        workers=workers or settings.api_workers, log_level="info",
+        proxy_headers=False,  # ProxyHeadersMiddleware in create_app, with CBIR_TRUSTED_PROXIES
+        server_header=False,
     )

@@ -49,10 +49,14 @@ async def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
     return user
 
 
+def client_host(request: Request) -> str:
+    """The client's address. X-Forwarded-For is applied by ProxyHeadersMiddleware, and only
+    when the connection comes from a proxy listed in CBIR_TRUSTED_PROXIES."""
+    return request.client.host if request.client else ""
+
+
 def client_source(request: Request) -> str:
-    forwarded = request.headers.get("x-forwarded-for", "")
-    host = forwarded.split(",")[0].strip() or (request.client.host if request.client else "")
-    return f"api:{host}"
+    return f"api:{client_host(request)}"
 
 
 Service = Annotated[SearchService, Depends(get_service)]

@@ -71,7 +71,7 @@ class CombinedSearchRequest(SearchRequest):
 class AddUserRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str = Field(min_length=2, max_length=32)
-    password: str = Field(min_length=6, max_length=256)
+    password: str = Field(min_length=1, max_length=256, description="10+ characters, not the username, not a common password")
     role: Literal["admin", "researcher", "student", "demo"] = "student"
     name: str = Field("", max_length=100)
     email: str = Field("", max_length=200)

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+import hmac
+import ipaddress
+
+from fastapi.responses import JSONResponse, Response
 
 from ...extractors import default_model
 from ...redisdb import ping
-from ..deps import CurrentUser, Service
+from ..deps import APIError, CurrentUser, Service, client_host
 
 router = APIRouter(tags=["service"])
 
@@ -38,3 +41,23 @@ def models(service: Service, user: CurrentUser) -> dict:
 @router.get("/api/stats", tags=["collection"], summary="Images, models, metrics, searches, cache hit rate, uptime")
 def stats(service: Service, user: CurrentUser) -> dict:
     return service.stats()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@router.get("/metrics", summary="Prometheus metrics (loopback, or Bearer CBIR_METRICS_TOKEN)", include_in_schema=False)
+def prometheus_metrics(request: Request) -> Response:
+    from ...metrics import exposition
+
+    token = request.app.state.settings.metrics_token
+    sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    allowed = _loopback(client_host(request)) or bool(token and hmac.compare_digest(sent.encode(), token.encode()))
+    if not allowed:
+        raise APIError(403, "metrics are served to loopback clients, or with `Authorization: Bearer $CBIR_METRICS_TOKEN`")
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)

@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from ...extractors import default_model
 from ..deps import APIError, CurrentUser, Service
+from ..middleware import loads_bounded
 from ..schemas import CombinedSearchRequest, ErrorBody, SearchRequest
 
 router = APIRouter(prefix="/api", tags=["search"])
@@ -79,9 +80,11 @@ async def _parse(request: Request, model, max_bytes: int):
                 data["models"] = [m for m in value.split(",") if m.strip()] or None
             elif key in ("weights", "rerank", "feedback"):
                 try:
-                    data[key] = json.loads(value) if value else None
+                    data[key] = loads_bounded(value, key) if value else None
                 except json.JSONDecodeError:
                     raise APIError(422, f"{key} must be JSON, e.g. " + _JSON_EXAMPLES[key]) from None
+                except ValueError as exc:  # nested too deep
+                    raise APIError(400, str(exc)) from None
             else:
                 data[key] = value
         if image is None and "image_id" not in data:

@@ -1,0 +1,254 @@
+"""Hardening of the API and the user store, tried as an attacker would: revoked tokens,
+request limits, login abuse, password policy, headers, metrics. Real Redis, real images."""
+
+import json
+import statistics
+import time
+
+import httpx
+import pytest
+import redis as redis_lib
+from fastapi.testclient import TestClient
+
+from cbir.api.app import create_app
+from cbir.config import PLACEHOLDER_SECRETS, Settings, install_secret
+from cbir.users import UserError, UserStore
+from tests.conftest import COLLECTION, make_settings
+
+pytestmark = pytest.mark.redis
+
+STRONG = "copper-lantern-9x"
+
+
+@pytest.fixture
+def settings(fresh_redis, tmp_path):
+    return make_settings(fresh_redis.url, tmp_path)
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings, warm_up=False)) as c:
+        yield c
+
+
+@pytest.fixture
+def users(fresh_redis):
+    return UserStore(redis_lib.Redis.from_url(fresh_redis.url, decode_responses=True))
+
+
+def login(client, username="researcher", password="umons2024") -> dict:
+    r = client.post("/api/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+# -- 3. tokens die with the user's credentials ---------------------------------------------
+def test_token_dies_on_password_reset_role_change_and_delete(client, users):
+    admin = login(client, "admin", "password123")
+    assert client.post("/api/add_user", json={"username": "eve", "password": STRONG, "role": "student"}, headers=admin).status_code == 201
+    eve = login(client, "eve", STRONG)
+    assert client.get("/api/stats", headers=eve).status_code == 200
+    users.set_password("eve", "another-Strong-pass-4", actor="admin")
+    assert client.get("/api/stats", headers=eve).status_code == 401  # at once
+
+    eve = login(client, "eve", "another-Strong-pass-4")
+    users.set_role("eve", "researcher")
+    assert client.get("/api/stats", headers=eve).status_code == 401
+
+    eve = login(client, "eve", "another-Strong-pass-4")
+    users.delete("eve")
+    assert client.get("/api/stats", headers=eve).status_code == 401
+    # re-created with the same name and another role: the old token stays dead
+    users.create("eve", STRONG, "admin")
+    r = client.get("/api/auth_log", headers=eve)
+    assert r.status_code == 401, "an old token must not come back with the new user's role"
+
+
+def test_failed_token_lookup_changes_nothing(client, users):
+    users.token_ttl = 100
+    token = users.issue_token("student")
+    key = users._token_key(token)
+    users.r.expire(key, 50)
+    users.set_password("student", "student-Strong-pass-8")
+    assert users.user_for_token(token) is None
+    assert 0 < users.r.ttl(key) <= 50  # the refused lookup did not slide the expiry
+
+
+# -- 6. request limits -------------------------------------------------------------------
+def test_deeply_nested_json_is_a_400(client):
+    headers = login(client)
+    deep = "[" * 1000 + "]" * 1000
+    r = client.post("/api/search", content=f'{{"image_id": "1", "models": {deep}}}', headers={**headers, "content-type": "application/json"})
+    assert r.status_code == 400 and "nested deeper" in r.json()["error"]
+    r = client.post("/api/login", content='{"username": ' + deep + "}", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    for field in ("weights", "feedback", "rerank"):
+        image = (COLLECTION / "3.jpg").read_bytes()
+        r = client.post("/api/search_combined", data={"models": "efficientnet_lite0,efficientnet_lite1", field: deep},
+                        files={"image": ("q.jpg", image, "image/jpeg")}, headers=headers)
+        assert r.status_code == 400 and "nested deeper" in r.json()["error"], (field, r.text)
+
+
+def test_streamed_body_over_the_limit_is_refused_while_streaming(api_server):
+    """100 MB chunked, no Content-Length, to the real server: 413 once past the 10 MB limit."""
+    import select
+    import socket
+
+    token = httpx.post(api_server.url + "/api/login", json={"username": "student", "password": "multimedia"}).json()["access_token"]
+    sock = socket.create_connection(("127.0.0.1", api_server.port), timeout=30)
+    sock.sendall((f"POST /api/search HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                  "Content-Type: multipart/form-data; boundary=x\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+    chunk = b"%x\r\n" % 2**20 + b"\0" * 2**20 + b"\r\n"
+    sent = 0
+    try:
+        for _ in range(100):
+            if select.select([sock], [], [], 0)[0]:
+                break  # the server has answered
+            sock.sendall(chunk)
+            sent += 2**20
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    head = sock.recv(65536).decode(errors="replace")
+    sock.close()
+    assert head.startswith("HTTP/1.1 413"), head[:200]
+    assert "too large" in head
+    assert sent <= 16 * 2**20, f"sent {sent / 2**20:.0f} MB before the refusal"
+
+
+def test_nan_weights_and_unknown_feedback_ids_are_400(client):
+    headers = login(client)
+    both = ["efficientnet_lite0", "efficientnet_lite1"]
+    for method in ("average", "weighted", "rrf"):
+        r = client.post("/api/search_combined", content=json.dumps({"image_id": "1", "models": both, "method": method,
+                        "weights": {"efficientnet_lite0": float("nan")}}), headers={**headers, "content-type": "application/json"})
+        assert r.status_code == 400 and "finite" in r.json()["error"], (method, r.text)
+    r = client.post("/api/search", json={"image_id": "1", "feedback": [{"relevant": ["2", "no-such-id"]}]}, headers=headers)
+    assert r.status_code == 400 and "no-such-id" in r.json()["error"]
+
+
+# -- 7. login abuse ------------------------------------------------------------------------
+def test_unknown_user_costs_as_much_as_a_wrong_password(users):
+    def timed(name):
+        t = time.perf_counter()
+        with pytest.raises(Exception):
+            users.authenticate(name, "not-the-password")
+        return time.perf_counter() - t
+
+    timed("nobody")  # the dummy hash is made once
+    known = statistics.median(timed("student") for _ in range(3))
+    users.r.delete("cbir:auth:fail:student")
+    unknown = statistics.median(timed(f"ghost{i}") for i in range(3))
+    assert unknown > 0.5 * known, f"unknown {unknown * 1000:.1f} ms vs known {known * 1000:.1f} ms"
+
+
+def test_login_rate_limit_per_client(settings):
+    settings = settings.model_copy(update={"login_rate": 5})
+    with TestClient(create_app(settings, warm_up=False)) as c:
+        codes = [c.post("/api/login", json={"username": f"x{i}", "password": "wrong"}).status_code for i in range(7)]
+        assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+        r = c.post("/api/login", json={"username": "student", "password": "multimedia"})
+        assert r.status_code == 429 and 0 < int(r.headers["retry-after"]) <= 60
+        assert "too many login attempts" in r.json()["error"]
+
+
+def test_forwarded_for_only_from_trusted_proxies(settings, users):
+    with TestClient(create_app(settings, warm_up=False)) as c:  # the test client is not a trusted proxy
+        c.post("/api/login", json={"username": "student", "password": "wrong"}, headers={"X-Forwarded-For": "6.6.6.6"})
+    with TestClient(create_app(settings.model_copy(update={"trusted_proxies": "testclient"}), warm_up=False)) as c:
+        c.post("/api/login", json={"username": "student", "password": "wrong"}, headers={"X-Forwarded-For": "7.7.7.7"})
+    sources = [e["source"] for e in users.auth_log() if e["outcome"] == "failure"]
+    assert "api:7.7.7.7" in sources and "api:6.6.6.6" not in sources and "api:testclient" in sources
+
+
+def test_auth_log_keeps_lockouts_and_admin_actions_during_a_flood(users):
+    users.create("victim", STRONG, actor="admin")
+    for _ in range(5):
+        with pytest.raises(Exception):
+            users.authenticate("victim", "wrong")
+    pipe = users.r.pipeline()
+    for i in range(12_000):  # a flood of failures, more than the log holds
+        pipe.lpush("cbir:auth:log:attempts", json.dumps({"time": time.time(), "event": "login", "username": f"f{i}",
+                                                          "source": "api:1.2.3.4", "outcome": "failure", "actor": ""}))
+    pipe.execute()
+    for i in range(10):
+        users.log("login", f"g{i}", "api:1.2.3.4", "failure")
+    main = [json.loads(x) for x in users.r.lrange("cbir:auth:log", 0, -1)]
+    assert any(e["event"] == "lockout" and e["username"] == "victim" for e in main)
+    assert any(e["event"] == "user_created" and e["actor"] == "admin" for e in main)
+    assert users.r.llen("cbir:auth:log:attempts") <= 12_010
+    newest = users.auth_log(20)
+    assert newest[0]["username"] == "g9"  # both lists merged, newest first
+
+
+# -- 8. password policy --------------------------------------------------------------------
+@pytest.mark.parametrize("password", ["aaaaaa", "password", "      ", "bobbybobby", "password123", "aaaaaaaaaaaa"])
+def test_weak_passwords_refused(users, password):
+    with pytest.raises(UserError, match="password"):
+        users.create("bobbybobby", password)
+    users.create("carol", STRONG)
+    with pytest.raises(UserError, match="password"):
+        users.set_password("carol", password)
+
+
+def test_policy_in_the_api_and_demo_exemption(client, settings, users):
+    admin = login(client, "admin", "password123")  # demo accounts exist in demo mode only
+    r = client.post("/api/add_user", json={"username": "dave", "password": "dave"}, headers=admin)
+    assert r.status_code == 400 and "at least 10" in r.json()["error"]
+    r = client.post("/api/add_user", json={"username": "dave", "password": "password1234"}, headers=admin)
+    assert r.status_code == 400 and "too weak" in r.json()["error"]
+
+
+# -- 2. the cookie secret ------------------------------------------------------------------
+def test_install_secret_is_random_per_install_and_private(tmp_path):
+    a = install_secret(Settings(var_dir=tmp_path / "a"))
+    b = install_secret(Settings(var_dir=tmp_path / "b"))
+    assert a != b and len(a) >= 48 and a not in PLACEHOLDER_SECRETS
+    assert install_secret(Settings(var_dir=tmp_path / "a")) == a  # kept
+    assert (tmp_path / "a" / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert install_secret(Settings(var_dir=tmp_path / "a", secret_key="z" * 40)) == "z" * 40
+
+
+# -- 9. headers ----------------------------------------------------------------------------
+def test_security_headers_on_api_responses(client):
+    for r in (client.get("/health"), client.post("/api/login", json={"username": "x", "password": "y"}), client.get("/openapi.json")):
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["referrer-policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    r = client.post("/api/login", json={"username": "student", "password": "multimedia"})
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+    assert "cdn.jsdelivr.net" in client.get("/docs").headers["content-security-policy"]
+
+
+def test_503_says_when_to_retry(tmp_path):
+    from tests.conftest import free_port
+
+    dead = make_settings(f"redis://127.0.0.1:{free_port()}/0", tmp_path)
+    with TestClient(create_app(dead, warm_up=False)) as c:
+        r = c.get("/ready")
+        assert r.status_code == 503 and int(r.headers["retry-after"]) > 0
+        r = c.post("/api/login", json={"username": "student", "password": "multimedia"})
+        assert r.status_code == 503 and "retry-after" in r.headers
+
+
+def test_real_server_sends_no_server_header_and_metrics(api_server):
+    r = httpx.get(api_server.url + "/health")
+    assert "server" not in r.headers and r.headers["x-frame-options"] == "DENY"
+    httpx.post(api_server.url + "/api/login", json={"username": "student", "password": "wrong-one"})
+    token = httpx.post(api_server.url + "/api/login", json={"username": "student", "password": "multimedia"}).json()["access_token"]
+    for i in range(6):  # spread over both workers
+        httpx.post(api_server.url + "/api/search", json={"image_id": str(i)}, headers={"Authorization": f"Bearer {token}"})
+    text = httpx.get(api_server.url + "/metrics").text
+    searches = [line for line in text.splitlines()
+                if line.startswith('cbir_http_requests_total{') and 'route="/api/search"' in line and 'status="200"' in line]
+    assert searches and sum(float(line.rsplit(" ", 1)[1]) for line in searches) >= 6
+    assert any(line.startswith("cbir_login_failures_total") and float(line.rsplit(" ", 1)[1]) >= 1 for line in text.splitlines())
+    assert "cbir_search_seconds_bucket" in text and "cbir_cache_requests_total" in text
+
+
+def test_metrics_refused_to_remote_clients_without_the_token(settings):
+    with TestClient(create_app(settings, warm_up=False)) as c:  # "testclient" is not loopback
+        assert c.get("/metrics").status_code == 403
+    with TestClient(create_app(settings.model_copy(update={"metrics_token": "m" * 32}), warm_up=False)) as c:
+        assert c.get("/metrics", headers={"Authorization": "Bearer " + "m" * 32}).status_code == 200
+        assert c.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
