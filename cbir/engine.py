@@ -25,7 +25,7 @@ from .search import RankedList, check_top_k, rank_distances
 from .store import FeatureStore, load_store, store_dir, store_exists
 
 EVAL_CHUNK = 512
-DBA_IN_MEMORY = 4  # DBA matrices kept per process (each is the size of its store)
+DBA_IN_MEMORY = 2  # DBA matrices kept per process (each is the size of its store: 512 MB at 100k x 1280)
 
 
 @dataclass

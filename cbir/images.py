@@ -34,12 +34,25 @@ def _shrink(img: Image.Image, max_side: int) -> Image.Image:
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BOX)
 
 
+def _wide_to_grey(img: Image.Image, max_side: int, band_rows: int = 64) -> Image.Image:
+    """16/32-bit single-channel image -> 8-bit "L" of at most ``max_side``, block-averaged
+    band by band, so no full-size copy of the image is ever made (Pillow would widen a
+    16-bit image to 32 bits to resize it)."""
+    w, h = img.size
+    f = max(1, -(-max(w, h) // max_side))  # integer block size
+    out_w, out_h = max(1, w // f), max(1, h // f)
+    out = np.empty((out_h, out_w), np.float32)
+    peak = 0.0
+    for y0 in range(0, out_h, band_rows):
+        y1 = min(out_h, y0 + band_rows)
+        band = np.asarray(img.crop((0, y0 * f, out_w * f, y1 * f)))
+        peak = max(peak, float(band.max()))
+        out[y0:y1] = band.reshape(y1 - y0, f, out_w, f).mean(axis=(1, 3), dtype=np.float32)
+    top = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
+    return Image.fromarray(np.clip(out * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in _WIDE_MODES:
-        arr = np.asarray(img, dtype=np.float32)  # already shrunk: small
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -74,7 +87,7 @@ def open_image(source: str | Path | bytes | io.BytesIO, max_pixels: int = DEFAUL
                 if img.format == "JPEG":
                     img.draft(img.mode, (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale
                 img.load()
-                img = _shrink(img, max_side)
+                img = _wide_to_grey(img, max_side) if img.mode in _WIDE_MODES else _shrink(img, max_side)
                 img = ImageOps.exif_transpose(img) or img
                 return _to_rgb(img)
     except ImageError:

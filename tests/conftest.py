@@ -213,7 +213,7 @@ def api_server(session_tmp):
     port = free_port()
     server = ServiceProcess(
         [sys.executable, "-m", "cbir", "api", "--port", str(port)], port,
-        service_env(redis.url, session_tmp / "api"), session_tmp / "api.log",
+        service_env(redis.url, session_tmp / "api", CBIR_LOGIN_RATE="1000"), session_tmp / "api.log",
     ).start()
     server.redis = redis
     yield server

@@ -33,8 +33,12 @@ def test_compose_file():
     assert services["nginx"]["ports"][0].endswith(":80")
     for name, s in services.items():
         assert "healthcheck" in s, name
-        assert s["networks"] == ["internal"], name
+        assert list(s["networks"]) == ["internal"], name
     assert set(compose["networks"]) == {"internal"}
+    # the API believes X-Forwarded-For only from nginx's fixed address
+    nginx_ip = services["nginx"]["networks"]["internal"]["ipv4_address"]
+    assert services["api"]["environment"]["CBIR_TRUSTED_PROXIES"] == nginx_ip
+    assert nginx_ip.startswith(compose["networks"]["internal"]["ipam"]["config"][0]["subnet"].rsplit(".", 1)[0])
     for name in ("app", "api"):
         s = services[name]
         assert "./image.orig:/app/image.orig:ro" in s["volumes"]
@@ -50,6 +54,10 @@ def test_compose_file():
     assert ".env" in (ROOT / ".gitignore").read_text().split()
     example = (ROOT / ".env.example").read_text()
     assert "CBIR_SECRET_KEY" in example and "CBIR_ADMIN_PASSWORD" in example and "CBIR_DEMO=0" in example
+    from cbir.config import PLACEHOLDER_SECRETS
+
+    value = next(l.split("=", 1)[1] for l in example.splitlines() if l.startswith("CBIR_SECRET_KEY="))
+    assert value in PLACEHOLDER_SECRETS  # refused at start-up until replaced
 
 
 def test_dockerfile():
@@ -140,9 +148,21 @@ def test_health_search_and_headers_through_nginx(nginx):
     data = json.loads(gzip.decompress(body))
     assert [h["label"] for h in data["models"]["efficientnet_lite0"]["results"]] == ["flowers"] * 5
     assert fetch(nginx + "/openapi.json")[0] == 200 and fetch(nginx + "/docs")[0] == 200
+    assert fetch(nginx + "/metrics")[0] == 404  # never public through nginx
     # over the upload limit: nginx refuses before the API sees it
     status, _, _ = fetch(nginx + "/api/search", b"x" * (11 * 2**20), {"content-type": "multipart/form-data; boundary=x", "authorization": f"Bearer {token}"})
     assert status == 413
+
+
+@pytest.mark.nginx
+def test_forged_forwarded_for_is_replaced_by_nginx(nginx, api_server):
+    import redis as redis_lib
+
+    fetch(nginx + "/api/login", json.dumps({"username": "forged-check", "password": "x"}).encode(),
+          {"content-type": "application/json", "X-Forwarded-For": "6.6.6.6"})
+    log = [json.loads(e) for e in redis_lib.Redis(port=api_server.redis.port).lrange("cbir:auth:log:attempts", 0, 100)]
+    entry = next(e for e in log if e["username"] == "forged-check")
+    assert entry["source"] == "api:127.0.0.1"  # the address nginx saw, not the one the client claimed
 
 
 @pytest.mark.nginx

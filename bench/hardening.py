@@ -1,0 +1,113 @@
+"""Figures of the hardening work: memory of DBA caches and of decoding a huge 16-bit PNG,
+and the time of a failed login for a known vs an unknown username.
+
+    python bench/hardening.py            # prints one line per figure
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def dba_caches(tmp: Path, requests: int = 200) -> None:
+    from cbir.config import Settings
+    from cbir.engine import Engine
+    from cbir.rerank import Rerank
+
+    src = ROOT / "features" / "image.orig" / "efficientnet_lite0"
+    dst = tmp / "features" / "image.orig" / "efficientnet_lite0"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("dba-*"))
+    engine = Engine(ROOT / "image.orig", Settings(collection=ROOT / "image.orig", features_dir=tmp / "features", var_dir=tmp / "var"))
+    engine.search("efficientnet_lite0", image_id="5", rerank=Rerank("dba_aqe", 10, 3.0))
+    before = rss_mb()
+    t = time.perf_counter()
+    for i in range(requests):
+        engine.search("efficientnet_lite0", image_id=str(i), rerank=Rerank("dba_aqe", 5 + i % 20, 3.0 + i * 1e-3))
+    seconds = time.perf_counter() - t
+    files = len(list(dst.glob("dba-*.npz")))
+    print(f"DBA, {requests} requests with distinct (n, alpha): RSS growth {rss_mb() - before:.1f} MB, "
+          f"{files} files beside the store, {len(engine._dba)} matrices in memory, {seconds / requests * 1000:.0f} ms per request")
+
+
+def decoding(tmp: Path) -> None:
+    a = np.zeros((6300, 6300), np.uint16)
+    a[::7, ::5] = 40000
+    path = tmp / "wide16.png"
+    Image.fromarray(a).save(path)
+    probe = textwrap.dedent(f"""
+        import time
+        from cbir.images import open_image
+        data = open({str(path)!r}, "rb").read()
+        def hwm():
+            return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
+        base = hwm()
+        t = time.perf_counter()
+        img = open_image(data)
+        print(img.size, (hwm() - base) // 1024, round((time.perf_counter() - t) * 1000))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split(")")
+    size, rest = out[0] + ")", out[1].split()
+    print(f"decoding a {path.stat().st_size // 1024} KB 6300x6300 16-bit PNG: extra peak RSS {rest[0]} MB, "
+          f"{rest[1]} ms, decoded to {size}")
+
+
+def login_timing(tmp: Path) -> None:
+    import redis
+
+    from cbir.users import AuthError, UserStore
+    from tests.conftest import RedisServer
+
+    server = RedisServer(tmp / "redis").start()
+    try:
+        users = UserStore(redis.Redis(port=server.port, decode_responses=True))
+        users.create("alice", "rabbit-hole-tea-7")
+
+        def timed(name: str) -> float:
+            users.r.delete(f"cbir:auth:fail:{name}")
+            t = time.perf_counter()
+            try:
+                users.authenticate(name, "wrong-password")
+            except AuthError:
+                pass
+            return time.perf_counter() - t
+
+        timed("warm-up")
+        known = statistics.median(timed("alice") for _ in range(4))
+        unknown = statistics.median(timed(f"ghost{i}") for i in range(4))
+        print(f"failed login: known user {known * 1000:.0f} ms, unknown user {unknown * 1000:.0f} ms (median of 4)")
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="cbir-bench-") as d:
+        tmp = Path(d)
+        dba_caches(tmp)
+        decoding(tmp)
+        login_timing(tmp)
+
+
+if __name__ == "__main__":
+    main()
