@@ -6,7 +6,7 @@ and the time of a failed login for a known vs an unknown username.
 
 from __future__ import annotations
 
-import resource
+import json
 import shutil
 import statistics
 import subprocess
@@ -33,7 +33,10 @@ def rss_mb() -> float:
 def dba_caches(tmp: Path, requests: int = 200) -> None:
     from cbir.config import Settings
     from cbir.engine import Engine
+    from cbir.process import return_large_buffers
     from cbir.rerank import Rerank
+
+    return_large_buffers()  # as in the API workers and the app
 
     src = ROOT / "features" / "image.orig" / "efficientnet_lite0"
     dst = tmp / "features" / "image.orig" / "efficientnet_lite0"
@@ -50,27 +53,42 @@ def dba_caches(tmp: Path, requests: int = 200) -> None:
           f"{files} files beside the store, {len(engine._dba)} matrices in memory, {seconds / requests * 1000:.0f} ms per request")
 
 
-def decoding(tmp: Path) -> None:
+def wide_png(path: Path) -> Path:
+    """A ~90 KB 6300x6300 16-bit PNG (under the 40 MP limit): one pixel in 35 at 40000."""
     a = np.zeros((6300, 6300), np.uint16)
     a[::7, ::5] = 40000
-    path = tmp / "wide16.png"
     Image.fromarray(a).save(path)
+    return path
+
+
+def decode_probe(path: Path) -> dict:
+    """Decode ``path`` in a fresh process: output size and mode, extra peak RSS (VmHWM
+    reset before decoding), milliseconds, mean grey level."""
     probe = textwrap.dedent(f"""
-        import time
+        import json, time
+        import numpy as np
         from cbir.images import open_image
-        data = open({str(path)!r}, "rb").read()
         def hwm():
             return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        data = open({str(path)!r}, "rb").read()
         open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
         base = hwm()
         t = time.perf_counter()
         img = open_image(data)
-        print(img.size, (hwm() - base) // 1024, round((time.perf_counter() - t) * 1000))
+        print(json.dumps({{"size": img.size, "mode": img.mode, "peak_mb": (hwm() - base) / 1024,
+                          "ms": (time.perf_counter() - t) * 1000, "mean": float(np.asarray(img).mean())}}))
     """)
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split(")")
-    size, rest = out[0] + ")", out[1].split()
-    print(f"decoding a {path.stat().st_size // 1024} KB 6300x6300 16-bit PNG: extra peak RSS {rest[0]} MB, "
-          f"{rest[1]} ms, decoded to {size}")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout)
+
+
+def decoding(tmp: Path) -> None:
+    path = wide_png(tmp / "wide16.png")
+    r = decode_probe(path)
+    print(f"decoding a {path.stat().st_size // 1024} KB 6300x6300 16-bit PNG: extra peak RSS {r['peak_mb']:.0f} MB, "
+          f"{r['ms']:.0f} ms, decoded to {tuple(r['size'])}")
 
 
 def login_timing(tmp: Path) -> None:

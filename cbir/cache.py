@@ -15,10 +15,9 @@ import time
 
 import redis
 
-from .redisdb import REDIS_DOWN
+from .redisdb import KEY_PREFIX as P, REDIS_DOWN
 
 log = logging.getLogger("cbir.cache")
-P = "cbir:"
 CACHE_TTL = 24 * 3600
 FLUSH_SECONDS = 0.5
 

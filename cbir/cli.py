@@ -9,7 +9,6 @@ from pathlib import Path
 
 from .errors import CBIRError
 
-METRIC_CHOICES = ("euclidean", "cosine", "chi_square", "bhattacharyya")
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -61,9 +60,12 @@ def _rerank_arg(args):
 
 
 def _add_rerank_options(sp) -> None:
-    sp.add_argument("--rerank", default="none", help="none, aqe (alpha query expansion) or dba_aqe (database-side augmentation + aqe); cosine only")
-    sp.add_argument("--rerank-n", type=int, default=10, help="neighbours used by the expansion (default 10)")
-    sp.add_argument("--rerank-alpha", type=float, default=3.0, help="similarity exponent (default 3)")
+    from .rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_METHODS
+
+    sp.add_argument("--rerank", default="none", help=f"one of {', '.join(RERANK_METHODS)} (aqe: alpha query expansion; "
+                    "dba_aqe: database-side augmentation + aqe); cosine only")
+    sp.add_argument("--rerank-n", type=int, default=DEFAULT_N, help=f"neighbours used by the expansion, {N_RANGE[0]}-{N_RANGE[1]} (default %(default)s)")
+    sp.add_argument("--rerank-alpha", type=float, default=DEFAULT_ALPHA, help=f"similarity exponent, {ALPHA_RANGE[0]:g}-{ALPHA_RANGE[1]:g} (default %(default)s)")
 
 
 def cmd_models(args) -> int:
@@ -217,8 +219,12 @@ def cmd_weights_download(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import get_settings
+    from .distances import METRICS
+    from .fusion import FUSION_METHODS
 
     settings = get_settings()
+    metric_help = f"one of {', '.join(METRICS)} (default %(default)s)"
+    method_help = f"fusion for several models: {', '.join(FUSION_METHODS)} (default %(default)s)"
     p = argparse.ArgumentParser(prog="cbir", description="Content-based image retrieval workbench.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -244,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--id", help="query: an image id of the collection")
     sp.add_argument("--image", help="query: an image file")
     sp.add_argument("--model", "-m", default=None, help="model or comma-separated models")
-    sp.add_argument("--metric", default="cosine", help=f"one of {', '.join(METRIC_CHOICES)}")
+    sp.add_argument("--metric", default="cosine", help=metric_help)
     sp.add_argument("--top-k", "-k", type=int, default=10)
-    sp.add_argument("--method", default="average", help="fusion for several models: average, weighted, rrf")
+    sp.add_argument("--method", default="average", help=method_help)
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
     sp.add_argument("--include-query", action="store_true", help="keep the query in its own results")
     _add_rerank_options(sp)
@@ -256,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("evaluate", help="mAP, P@10, P@20, R-precision and per-class AP")
     common(sp)
     sp.add_argument("--model", "-m", default=None, help="model or comma-separated models (fused)")
-    sp.add_argument("--metric", default="cosine", help=f"one of {', '.join(METRIC_CHOICES)}")
-    sp.add_argument("--method", default="average", help="fusion for several models: average, weighted, rrf")
+    sp.add_argument("--metric", default="cosine", help=metric_help)
+    sp.add_argument("--method", default="average", help=method_help)
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
     _add_rerank_options(sp)
     sp.add_argument("--feedback-rounds", type=int, default=0, help="simulate N rounds of Rocchio feedback with the true labels")

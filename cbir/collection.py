@@ -3,26 +3,30 @@
 Ids are the image's path relative to the collection folder, in POSIX form and without
 the extension (``"42"``, ``"beach/7"``); when two files differ only by extension the
 extension is kept for both. Labels come, in order, from a ``labels.csv`` (``id,label``)
-in the folder, from sub-folder names, or are absent.
+in the folder, from sub-folder names, or are absent. :func:`add_images` copies uploads
+into a collection (the app's Collection page; usable by the API and scripts).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CollectionError, UnknownImageError
+from .errors import CBIRError, CollectionError, UnknownImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 LABELS_FILE = "labels.csv"
 
 
-def _natural_key(text: str):
-    import re
+LABEL_RE = re.compile(r"[\w .-]{1,40}")
 
+
+def _natural_key(text: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
@@ -34,6 +38,7 @@ class Collection:
     labels: list[str] | None
     label_source: str  # "labels.csv", "folders" or "none"
     _index: dict[str, int] = field(default_factory=dict, repr=False)
+    _labels_memo: dict[tuple, object] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._index = {image_id: i for i, image_id in enumerate(self.ids)}
@@ -66,6 +71,28 @@ class Collection:
 
     def label_of(self, image_id: str) -> str | None:
         return None if self.labels is None else self.labels[self.index_of(image_id)]
+
+    def labels_for(self, ids: list[str]):
+        """Labels aligned with ``ids`` as an object array (None for ids no longer in the
+        collection), or None for an unlabelled collection; memoised for repeated id lists."""
+        import numpy as np
+
+        if self.labels is None:
+            return None
+        key = (len(ids), ids[0] if ids else None, ids[-1] if ids else None, hash(tuple(ids)))
+        memo = self._labels_memo
+        if key not in memo:
+            if len(memo) > 16:
+                memo.clear()
+            memo[key] = np.array([self.label_of(i) if i in self else None for i in ids], dtype=object)
+        return memo[key]
+
+    def check_ids(self, ids, what: str) -> None:
+        """CollectionError naming up to five of ``ids`` that are not in the collection."""
+        missing = [str(i) for i in ids if str(i) not in self]
+        if missing:
+            shown = ", ".join(repr(i) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise CollectionError(f"{what} names {len(missing)} id(s) not in collection {self.name!r}: {shown}")
 
     def class_counts(self) -> dict[str, int]:
         return dict(Counter(self.labels)) if self.labels else {}
@@ -133,3 +160,51 @@ def _read_labels(root: Path, ids: list[str]) -> tuple[list[str] | None, str]:
     if all(f is not None for f in folders) and len(set(folders)) > 1:
         return folders, "folders"  # type: ignore[return-value]
     return None, "none"
+
+
+@dataclass
+class AddReport:
+    added: list[str] = field(default_factory=list)  # ids of the new images
+    rejected: list[str] = field(default_factory=list)  # "name: why", one per refused file
+
+
+def add_images(collection: Collection, files: list[tuple[str, bytes]], label: str | None = None,
+               max_pixels: int | None = None) -> AddReport:
+    """Copy uploaded ``(file name, bytes)`` into the collection's folder, without ever
+    overwriting: into the root with ``label`` appended to labels.csv when labels come
+    from that file, else into an ``uploads/`` sub-folder. Names are cleaned to word
+    characters, '.' and '-'; a file that cannot be decoded is refused with the reason.
+    The caller rescans the collection (and indexes the new images) afterwards."""
+    from .images import DEFAULT_MAX_PIXELS, open_image
+
+    if not os.access(collection.root, os.W_OK):
+        raise CollectionError(f"the collection folder {collection.root} is read-only; mount it read-write to add images")
+    by_csv = collection.label_source == LABELS_FILE
+    if by_csv and not (label and LABEL_RE.fullmatch(label)):
+        raise CollectionError("give a label: letters, digits, spaces, '.', '-' or '_' (up to 40)")
+    target = collection.root if by_csv else collection.root / "uploads"
+    target.mkdir(exist_ok=True)
+    report = AddReport()
+    for filename, data in files:
+        try:
+            open_image(data, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)  # refuse what cannot be indexed
+        except CBIRError as exc:
+            report.rejected.append(f"{filename}: {exc}")
+            continue
+        name = _free_name(target, filename)
+        (target / f"{name}.{filename.rsplit('.', 1)[-1].lower()}").write_bytes(data)
+        report.added.append(name if by_csv else f"uploads/{name}")
+    if report.added and by_csv:
+        with open(collection.root / LABELS_FILE, "a", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows([(i, label) for i in report.added])
+    return report
+
+
+def _free_name(folder: Path, filename: str) -> str:
+    """``upload_<clean stem>``, with ``_2``, ``_3``... until no image of that stem exists."""
+    stem = re.sub(r"[^\w.-]", "_", filename.rsplit(".", 1)[0])[:60] or "upload"
+    name, n = f"upload_{stem}", 1
+    while any((folder / f"{name}{e}").exists() for e in IMAGE_EXTENSIONS):
+        n += 1
+        name = f"upload_{stem}_{n}"
+    return name

@@ -8,6 +8,7 @@ stored matrix.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -52,9 +53,10 @@ def _check_non_negative(name: str, *arrays: np.ndarray) -> None:
             )
 
 
-def _l2_normalise(a: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(a, axis=1, keepdims=True)
-    return a / np.maximum(norms, _EPS)
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows (the last axis) scaled to unit length, as float32; a zero row stays zero."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
 
 
 def _sqrt_histogram(a: np.ndarray) -> np.ndarray:
@@ -78,6 +80,48 @@ def _chi_square(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
+# -- the metrics: (prepare the stored matrix once, kernel per query batch) --------------
+def _prepare_euclidean(x: np.ndarray):
+    return x, (x * x).sum(1)
+
+
+def _euclidean(q: np.ndarray, x: np.ndarray, sq_norms: np.ndarray) -> np.ndarray:
+    sq = (q * q).sum(1)[:, None] + sq_norms[None, :] - 2.0 * (q @ x.T)
+    np.maximum(sq, 0.0, out=sq)  # rounding can give tiny negatives
+    return np.sqrt(sq, out=sq)
+
+
+def _cosine(q: np.ndarray, x: np.ndarray, aux=None) -> np.ndarray:
+    d = 1.0 - l2_normalise(q) @ x.T
+    return np.clip(d, 0.0, 2.0, out=d)
+
+
+def _bhattacharyya(q: np.ndarray, x: np.ndarray, aux=None) -> np.ndarray:
+    bc = _sqrt_histogram(q) @ x.T
+    np.clip(bc, 0.0, 1.0, out=bc)
+    return np.sqrt(1.0 - bc, out=bc)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A distance as a registry entry: how the stored matrix is prepared once, the kernel
+    that ranks a batch of queries against it, and whether it needs histograms (>= 0)."""
+
+    label: str
+    prepare: Callable[[np.ndarray], tuple[np.ndarray, object]]
+    kernel: Callable[[np.ndarray, np.ndarray, object], np.ndarray]
+    histogram: bool = False
+
+
+METRICS: dict[str, Metric] = {
+    "euclidean": Metric("Euclidean", _prepare_euclidean, _euclidean),
+    "cosine": Metric("Cosine", lambda x: (l2_normalise(x), None), _cosine),
+    "chi_square": Metric("Chi-square", lambda x: (x, None), lambda q, x, aux: _chi_square(q, x), histogram=True),
+    "bhattacharyya": Metric("Bhattacharyya", lambda x: (_sqrt_histogram(x), None), _bhattacharyya, histogram=True),
+}
+METRIC_LABELS = {name: m.label for name, m in METRICS.items()}
+
+
 class PreparedIndex:
     """Stored vectors prepared once for one metric, so each query costs one pass.
 
@@ -87,21 +131,15 @@ class PreparedIndex:
 
     def __init__(self, stored, metric: str):
         self.metric = normalise_metric(metric)
+        self._spec = METRICS[self.metric]
         x = np.asarray(stored)
         if x.ndim != 2:
             raise ValueError(f"expected a 2-D (n, d) array of stored vectors; got shape {x.shape}")
         _, x = _check(np.zeros((1, x.shape[1]), dtype=np.float32), x)
         self.dim = x.shape[1]
-        if self.metric in ("chi_square", "bhattacharyya"):
-            _check_non_negative(METRIC_LABELS[self.metric].lower(), x)
-        if self.metric == "euclidean":
-            self._x, self._aux = x, (x * x).sum(1)
-        elif self.metric == "cosine":
-            self._x = _l2_normalise(x)
-        elif self.metric == "bhattacharyya":
-            self._x = _sqrt_histogram(x)
-        else:
-            self._x = x
+        if self._spec.histogram:
+            _check_non_negative(self._spec.label.lower(), x)
+        self._x, self._aux = self._spec.prepare(x)
 
     def __len__(self) -> int:
         return int(self._x.shape[0])
@@ -113,19 +151,9 @@ class PreparedIndex:
 
     def distances(self, queries) -> np.ndarray:
         q, _ = _check(queries, np.zeros((0, self.dim), dtype=np.float32))
-        if self.metric == "euclidean":
-            sq = (q * q).sum(1)[:, None] + self._aux[None, :] - 2.0 * (q @ self._x.T)
-            np.maximum(sq, 0.0, out=sq)  # rounding can give tiny negatives
-            return np.sqrt(sq, out=sq)
-        if self.metric == "cosine":
-            d = 1.0 - _l2_normalise(q) @ self._x.T
-            return np.clip(d, 0.0, 2.0, out=d)
-        _check_non_negative(METRIC_LABELS[self.metric].lower(), q)
-        if self.metric == "bhattacharyya":
-            bc = _sqrt_histogram(q) @ self._x.T
-            np.clip(bc, 0.0, 1.0, out=bc)
-            return np.sqrt(1.0 - bc, out=bc)
-        return _chi_square(q, self._x)
+        if self._spec.histogram:
+            _check_non_negative(self._spec.label.lower(), q)
+        return self._spec.kernel(q, self._x, self._aux)
 
 
 def euclidean_distances(queries, stored) -> np.ndarray:
@@ -153,13 +181,6 @@ DISTANCES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "cosine": cosine_distances,
     "chi_square": chi_square_distances,
     "bhattacharyya": bhattacharyya_distances,
-}
-
-METRIC_LABELS = {
-    "euclidean": "Euclidean",
-    "cosine": "Cosine",
-    "chi_square": "Chi-square",
-    "bhattacharyya": "Bhattacharyya",
 }
 
 _ALIASES = {"chi2": "chi_square", "chi-square": "chi_square", "chisquare": "chi_square", "l2": "euclidean"}

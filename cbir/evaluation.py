@@ -163,3 +163,20 @@ def evaluate_distances(
         pr_11=interpolated_pr(rel, n_rel).mean(0).tolist(),
         ap=ap,
     )
+
+
+def merge_reports(chunks: list[EvaluationReport], labels: Sequence[str], name: str, metric: str) -> EvaluationReport:
+    """One report from reports over consecutive chunks of queries (weighted by their size)."""
+    ap = np.concatenate([c.ap for c in chunks])
+    weights = np.array([c.n_queries for c in chunks], dtype=float)
+
+    def wmean(attr: str) -> float:
+        return float(np.average([getattr(c, attr) for c in chunks], weights=weights))
+
+    lab = np.asarray(labels, dtype=object)
+    per_class = {c: float(ap[lab == c].mean()) for c in sorted(set(lab.tolist()))}
+    pr = np.average(np.array([c.pr_11 for c in chunks]), axis=0, weights=weights)
+    return EvaluationReport(
+        name=name, metric=metric, n_queries=int(ap.size), map=float(ap.mean()), p_at_10=wmean("p_at_10"),
+        p_at_20=wmean("p_at_20"), r_precision=wmean("r_precision"), per_class_ap=per_class, pr_11=pr.tolist(), ap=ap,
+    )

@@ -16,8 +16,8 @@ import numpy as np
 from .errors import CBIRError, unknown
 
 RRF_K = 60
-FUSION_METHODS = ("average", "weighted", "rrf")
 FUSION_LABELS = {"average": "Average", "weighted": "Weighted", "rrf": "Reciprocal rank fusion"}
+FUSION_SHORT = {"average": "Average", "weighted": "Weighted", "rrf": "RRF"}
 
 
 def minmax_normalise(distances: np.ndarray) -> np.ndarray:
@@ -70,6 +70,31 @@ def check_weights(models: Sequence[str], weights: Mapping[str, float] | Sequence
     return w
 
 
+def average_fusion(mats: list[np.ndarray], weights: np.ndarray, excluded: np.ndarray, rrf_k: int = RRF_K) -> np.ndarray:
+    """mean_m minmax(d_m): every model counts the same (``weights`` are ignored)."""
+    return weighted_fusion(mats, np.ones(len(mats)), excluded)
+
+
+def weighted_fusion(mats: list[np.ndarray], weights: np.ndarray, excluded: np.ndarray, rrf_k: int = RRF_K) -> np.ndarray:
+    """sum_m w_m minmax(d_m) / sum_m w_m, excluded items counting 0 before they are reset."""
+    normalised = [np.where(excluded, 0.0, minmax_normalise(m)) for m in mats]
+    return sum(w * n for w, n in zip(weights, normalised)) / weights.sum()
+
+
+def rrf_fusion(mats: list[np.ndarray], weights: np.ndarray, excluded: np.ndarray, rrf_k: int = RRF_K) -> np.ndarray:
+    """-sum_m w_m / (k + rank_m), ranks from 1 (Cormack et al., SIGIR 2009); negated so
+    that lower is closer. k = 0 is allowed (rank 1 scores w_m)."""
+    if rrf_k < 0:
+        raise CBIRError("rrf k must be >= 0")
+    score = sum(w / (rrf_k + ranks_from_distances(m)) for w, m in zip(weights, mats))
+    return -np.asarray(score, dtype=np.float64)
+
+
+#: name -> fusion function (mats, weights, excluded, rrf_k) -> fused (q, n), lower is closer
+FUSERS = {"average": average_fusion, "weighted": weighted_fusion, "rrf": rrf_fusion}
+FUSION_METHODS = tuple(FUSERS)
+
+
 def fuse(
     distances: Mapping[str, np.ndarray],
     method: str = "average",
@@ -87,8 +112,8 @@ def fuse(
     if not distances:
         raise CBIRError("nothing to fuse: choose at least one model")
     method = str(method).lower()
-    if method not in FUSION_METHODS:
-        raise unknown("fusion method", method, FUSION_METHODS)
+    if method not in FUSERS:
+        raise unknown("fusion method", method, FUSERS)
     models = list(distances)
     mats = [np.asarray(distances[m], dtype=np.float64) for m in models]
     mats = [m[None, :] if m.ndim == 1 else m for m in mats]
@@ -98,17 +123,7 @@ def fuse(
     excluded = np.zeros(mats[0].shape, dtype=bool)
     for m in mats:
         excluded |= ~np.isfinite(m)
-    if method == "average":
-        w = np.ones(len(models))
-    else:
-        w = check_weights(models, weights)
-    if method == "rrf":
-        if rrf_k < 0:
-            raise CBIRError("rrf k must be >= 0")
-        score = sum(wi / (rrf_k + ranks_from_distances(m)) for wi, m in zip(w, mats))
-        out = -np.asarray(score, dtype=np.float64)
-    else:
-        normalised = [np.where(excluded, 0.0, minmax_normalise(m)) for m in mats]
-        out = sum(wi * n for wi, n in zip(w, normalised)) / w.sum()
+    w = np.ones(len(models)) if method == "average" else check_weights(models, weights)
+    out = FUSERS[method](mats, w, excluded, rrf_k)
     out[excluded] = np.inf
     return out

@@ -141,3 +141,16 @@ def resize_rgb(img: Image.Image, size: int) -> np.ndarray:
 def load_resized(source, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     img = open_image(source, max_pixels=max_pixels)
     return resize_rgb(img, size)
+
+
+def thumbnail_jpeg(path: str | Path, size: int = 256, square: bool = True, quality: int = 85) -> bytes:
+    """A JPEG thumbnail: centre-cropped to ``size`` x ``size`` (result grids line up), or
+    with its aspect ratio kept within ``size`` (``square=False``)."""
+    img = open_image(path)
+    if square:
+        img = ImageOps.fit(img, (size, size))
+    else:
+        img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()

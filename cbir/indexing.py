@@ -107,6 +107,17 @@ class IndexReport:
         )
 
 
+def _reusable_store(folder: Path, dim: int, weights: str) -> FeatureStore | None:
+    """The existing store when its vectors can be kept (same width and weights), else None."""
+    if not store_exists(folder):
+        return None
+    try:
+        old = load_store(folder)
+    except CBIRError:
+        return None  # unreadable: rebuild from scratch
+    return old if old.dim == dim and old.manifest.get("weights") == weights else None
+
+
 def index_collection(
     collection: Collection,
     model: str,
@@ -123,14 +134,7 @@ def index_collection(
 
     spec = get_spec(model)
     folder = store_dir(features_dir, collection.name, spec.name, weights)
-    old = None
-    if store_exists(folder):
-        try:
-            old = load_store(folder)
-        except CBIRError:
-            old = None  # unreadable: rebuild from scratch
-        if old is not None and (old.dim != spec.dim or old.manifest.get("weights") != weights):
-            old = None
+    old = _reusable_store(folder, spec.dim, weights)
     signatures = collection.signatures()
     todo, kept = merge_update(old, collection.ids, signatures)
     removed = 0 if old is None else len(set(old.ids.tolist()) - set(collection.ids))
@@ -162,14 +166,5 @@ def index_collection(
             manifest={"collection": collection.name, "created": old.manifest.get("created") if old else None},
         )
         save_store(store, folder)
-    return IndexReport(
-        model=spec.name,
-        weights=weights,
-        images=len(keep),
-        extracted=len(todo) - len(failures),
-        reused=len(collection) - len(todo),
-        removed=removed,
-        failures=failures,
-        seconds=seconds,
-        path=folder,
-    )
+    return IndexReport(model=spec.name, weights=weights, images=len(keep), extracted=len(todo) - len(failures),
+                       reused=len(collection) - len(todo), removed=removed, failures=failures, seconds=seconds, path=folder)

@@ -41,6 +41,9 @@ _lock = threading.Lock()
 _clients: dict[str, redis.Redis] = {}
 _owned: dict[str, int] = {}  # data folder -> fd holding the shared owners lock
 
+#: The one prefix of every key this project writes to Redis (users, tokens, cache, counters).
+KEY_PREFIX = "cbir:"
+
 #: Errors meaning "Redis is not there right now" (it may come back).
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 START_TIMEOUT = 30.0
@@ -163,6 +166,18 @@ def release_embedded(settings: Settings | None = None) -> None:
             _clients.pop(url).close()
     if fd is not None:
         os.close(fd)
+
+
+def wait_stopped(settings: Settings | None = None, timeout: float = 10.0) -> bool:
+    """After the last owner released it: wait for the server to have saved and stopped.
+    False when it is still up after ``timeout`` (other owners, or kept on purpose)."""
+    folder = embedded_dir(settings or get_settings())
+    deadline = time.monotonic() + timeout
+    while supervisor_pid(folder) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def embedded_url(settings: Settings | None = None) -> str:

@@ -4,8 +4,8 @@ Rocchio relevance feedback, all in the cosine space of L2-normalised features.
 * αQE (Radenović, Tolias, Chum, TPAMI 2019): the query becomes the normalised sum of
   itself and its top-n neighbours weighted by ``sim ** alpha`` (negative similarities
   count 0), then the search runs again.
-* DBA: every stored vector is replaced the same way by its own neighbourhood mean; done
-  once per store, saved beside it and recomputed when the store changes. αQE runs on top.
+* DBA: every stored vector is replaced the same way by its own neighbourhood mean
+  (the engine caches it beside the store with ``store.derived_array``). αQE runs on top.
 * Rocchio (1971): ``q' = a q + b mean(relevant) - c mean(non-relevant)``, repeatable.
 
 These need the cosine metric: they average directions on the unit sphere, which the
@@ -14,24 +14,25 @@ histogram metrics (chi-square, Bhattacharyya) and raw Euclidean distances do not
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .distances import l2_normalise
 from .errors import CBIRError, unknown
 
-RERANK_METHODS = ("none", "aqe", "dba_aqe")
 RERANK_LABELS = {"none": "Off", "aqe": "αQE", "dba_aqe": "DBA + αQE"}
+RERANK_METHODS = tuple(RERANK_LABELS)
 DEFAULT_N = 10
 DEFAULT_ALPHA = 3.0
-ROCCHIO = (1.0, 0.75, 0.15)
+N_RANGE = (1, 100)  # neighbours used by an expansion
+ALPHA_RANGE = (0.0, 20.0)  # similarity exponent
+ROCCHIO = (1.0, 0.75, 0.15)  # a, b, c of q' = a q + b mean(relevant) - c mean(non-relevant)
+ROCCHIO_TEXT = f"q' = q + {ROCCHIO[1]:g}·mean(relevant) − {ROCCHIO[2]:g}·mean(not relevant)"
+MAX_FEEDBACK_ROUNDS = 20
+MAX_FEEDBACK_IDS = 1000  # per list of a round
 _CHUNK = 2048
-DBA_FILES = 3  # DBA files kept beside a store (one per (n, alpha)), newest first
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,10 @@ class Rerank:
     def __post_init__(self):
         if self.method not in RERANK_METHODS:
             raise unknown("re-ranking method", self.method, RERANK_METHODS)
-        if not 1 <= int(self.n) <= 100:
-            raise CBIRError(f"re-ranking n must be between 1 and 100, got {self.n}")
-        if not 0 <= float(self.alpha) <= 20:
-            raise CBIRError(f"re-ranking alpha must be between 0 and 20, got {self.alpha}")
+        if not N_RANGE[0] <= int(self.n) <= N_RANGE[1]:
+            raise CBIRError(f"re-ranking n must be between {N_RANGE[0]} and {N_RANGE[1]}, got {self.n}")
+        if not ALPHA_RANGE[0] <= float(self.alpha) <= ALPHA_RANGE[1]:
+            raise CBIRError(f"re-ranking alpha must be between {ALPHA_RANGE[0]:g} and {ALPHA_RANGE[1]:g}, got {self.alpha}")
 
     @property
     def active(self) -> bool:
@@ -59,8 +60,12 @@ class Rerank:
 
 @dataclass
 class FeedbackRound:
+    """One Rocchio round: ids marked relevant and not relevant (rounds apply in order)."""
+
     relevant: list[str] = field(default_factory=list)
     non_relevant: list[str] = field(default_factory=list)
+
+    __pydantic_config__ = {"extra": "forbid"}  # read by the API's validation; plain data here
 
 
 def check_metric(metric: str) -> None:
@@ -69,11 +74,6 @@ def check_metric(metric: str) -> None:
             f"re-ranking and relevance feedback work in the cosine space of normalised features; "
             f"the {metric} metric does not admit them: choose cosine"
         )
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def alpha_query_expansion(
@@ -117,61 +117,12 @@ def rocchio(query: np.ndarray, relevant: np.ndarray, non_relevant: np.ndarray, a
     return l2_normalise(q)
 
 
-def dba_path(store_folder: Path, n: int, alpha: float) -> Path:
-    return Path(store_folder) / f"dba-n{n}-a{alpha:g}.npz"
-
-
-def load_or_build_dba(store, store_folder: Path, n: int, alpha: float) -> tuple[np.ndarray, float]:
-    """The DBA matrix of a store (cached on disk, keyed by the store version); seconds spent building."""
-    import time
-
-    path = dba_path(store_folder, n, alpha)
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                if meta.get("store_version") == store.version and data["embeddings"].shape == store.embeddings.shape:
-                    return data["embeddings"], 0.0
-        except Exception:
-            pass  # damaged or stale: rebuild
-    t = time.perf_counter()
-    dba = database_augmentation(store.embeddings, n, alpha)
-    seconds = time.perf_counter() - t
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".dba-", suffix=".npz.tmp", dir=store_folder)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, embeddings=dba, meta=np.array(json.dumps({"store_version": store.version, "n": n, "alpha": alpha, "seconds": seconds})))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        prune_dba_files(store_folder, store.version, keep=path)
-    except OSError:
-        pass  # read-only features folder: keep it in memory only
-    return dba, seconds
-
-
-def prune_dba_files(store_folder: Path, version: str, keep: Path, limit: int = DBA_FILES) -> None:
-    """Delete DBA files of older store versions, and all but the ``limit`` newest others."""
-    files = sorted(Path(store_folder).glob("dba-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
-    kept = 0
-    for old in files:
-        if old == keep:
-            continue
-        try:
-            with np.load(old, allow_pickle=False) as data:
-                current = json.loads(str(data["meta"])).get("store_version") == version
-        except Exception:
-            current = False
-        if current and kept < limit - 1:
-            kept += 1
-        else:
-            old.unlink(missing_ok=True)
-
-
 def feedback_rounds(raw: Sequence) -> list[FeedbackRound]:
-    rounds = []
-    for r in raw or []:
-        if isinstance(r, FeedbackRound):
-            rounds.append(r)
-        else:
-            rounds.append(FeedbackRound(list(r.get("relevant", [])), list(r.get("non_relevant", []))))
+    """Rounds from FeedbackRound objects or dicts, within the bounds (20 rounds of 1000 ids)."""
+    rounds = [r if isinstance(r, FeedbackRound) else FeedbackRound(list(r.get("relevant", [])), list(r.get("non_relevant", [])))
+              for r in raw or []]
+    if len(rounds) > MAX_FEEDBACK_ROUNDS:
+        raise CBIRError(f"at most {MAX_FEEDBACK_ROUNDS} feedback rounds, got {len(rounds)}")
+    if any(len(r.relevant) > MAX_FEEDBACK_IDS or len(r.non_relevant) > MAX_FEEDBACK_IDS for r in rounds):
+        raise CBIRError(f"a feedback round marks at most {MAX_FEEDBACK_IDS} ids relevant and {MAX_FEEDBACK_IDS} not relevant")
     return rounds

@@ -68,6 +68,31 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def _start_services(settings, env: dict, procs: list[subprocess.Popen]) -> None:
+    """The API and the app in their own sessions (stopped by :func:`_stop`), once they answer."""
+    api = subprocess.Popen(
+        [sys.executable, "-m", "cbir", "api", "--host", settings.api_host, "--port", str(settings.api_port)],
+        env=env, start_new_session=True,
+    )
+    procs.append(api)
+    app = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", settings.app_host,
+         "--server.port", str(settings.app_port), "--server.headless", "true"],
+        env=env, start_new_session=True,
+    )
+    procs.append(app)
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    app_url = f"http://{settings.app_host}:{settings.app_port}"
+    _wait_http(api_url + "/health", api)
+    _wait_http(app_url + "/_stcore/health", app)
+    print()
+    _say(f"App:  {app_url}")
+    _say(f"API:  {api_url}   (OpenAPI docs at {api_url}/docs)")
+    if settings.demo:
+        _say("demo logins: " + ", ".join(f"{u}/{p} ({r})" for u, p, r, _ in DEMO_USERS))
+    _say("press Ctrl-C to stop")
+
+
 def main() -> int:
     settings = get_settings()
     os.chdir(ROOT)
@@ -98,27 +123,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        api = subprocess.Popen(
-            [sys.executable, "-m", "cbir", "api", "--host", settings.api_host, "--port", str(settings.api_port)],
-            env=env, start_new_session=True,
-        )
-        procs.append(api)
-        app = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", settings.app_host,
-             "--server.port", str(settings.app_port), "--server.headless", "true"],
-            env=env, start_new_session=True,
-        )
-        procs.append(app)
-        api_url = f"http://{settings.api_host}:{settings.api_port}"
-        app_url = f"http://{settings.app_host}:{settings.app_port}"
-        _wait_http(api_url + "/health", api)
-        _wait_http(app_url + "/_stcore/health", app)
-        print()
-        _say(f"App:  {app_url}")
-        _say(f"API:  {api_url}   (OpenAPI docs at {api_url}/docs)")
-        if settings.demo:
-            _say("demo logins: " + ", ".join(f"{u}/{p} ({r})" for u, p, r, _ in DEMO_USERS))
-        _say("press Ctrl-C to stop")
+        _start_services(settings, env, procs)
         while not stopping:
             for p in procs:
                 if p.poll() is not None:
@@ -134,9 +139,11 @@ def main() -> int:
         _say("stopping…")
         _stop(procs)
         if not settings.redis_url:
-            from .redisdb import release_embedded
+            from .redisdb import release_embedded, wait_stopped
 
             release_embedded(settings)
+            if not wait_stopped(settings):
+                _say("the embedded Redis keeps running for its other owners (`cbir redis status`)")
         _say("stopped")
     return return_code
 

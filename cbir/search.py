@@ -1,4 +1,5 @@
-"""Ranking one query's full distance row: hits, P@k, R@k, AP and the PR curve.
+"""Ranking one query's full distance row (hits, P@k, R@k, AP and the PR curve), and the
+query and response of a search.
 
 A search ranks the *whole* collection for each model (so that fusion and the
 evaluation figures work on full rankings) and then keeps the top k for display.
@@ -13,6 +14,7 @@ import numpy as np
 
 from .errors import CBIRError
 from .evaluation import average_precision, interpolated_pr, pr_curve
+from .rerank import Rerank
 
 MAX_TOP_K = 1000
 MAX_PR_POINTS = 2000
@@ -118,3 +120,48 @@ def rank_distances(
             )
         )
     return result
+
+
+@dataclass
+class Query:
+    """What was searched for: a collection id, or an uploaded image (and maybe its label)."""
+
+    image_id: str | None = None
+    image: bytes | np.ndarray | None = None  # encoded file bytes, or an (h, w[, c]) array
+    label: str | None = None
+
+    def cache_key(self) -> str:
+        if self.image_id is not None:
+            return f"id:{self.image_id}"
+        import hashlib
+
+        data = self.image.tobytes() + str(self.image.shape).encode() if isinstance(self.image, np.ndarray) else (self.image or b"")
+        return "img:" + hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass
+class SearchResponse:
+    query: Query
+    metric: str
+    top_k: int
+    per_model: dict[str, RankedList]
+    fused: RankedList | None = None
+    method: str | None = None
+    weights: dict[str, float] | None = None
+    rerank: Rerank | None = None
+    feedback_rounds: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "query": {"id": self.query.image_id, "label": self.query.label, "upload": self.query.image is not None},
+            "metric": self.metric,
+            "top_k": self.top_k,
+            "models": {m: r.to_dict() for m, r in self.per_model.items()},
+            "combined": None if self.fused is None else self.fused.to_dict(),
+            "method": self.method,
+            "weights": self.weights,
+            "rerank": None if self.rerank is None or not self.rerank.active else {"method": self.rerank.method, "n": self.rerank.n, "alpha": self.rerank.alpha},
+            "feedback_rounds": self.feedback_rounds,
+            "timings": {k: round(v, 5) for k, v in self.timings.items()},
+        }

@@ -1,9 +1,10 @@
-"""Feature store: one float32 (n, d) matrix and its ids per collection and model.
+"""Feature store: one float32 (n, d) matrix and its ids per collection and model, and the
+arrays derived from it (DBA vectors; later ANN indexes and maps), keyed by its version.
 
 A store is a single ``.npz`` file (embeddings, ids, content signatures and a JSON
-manifest) plus a human-readable ``manifest.json`` beside it. Writes go to a
-temporary file in the same folder and are renamed into place, so an interrupted
-``cbir index`` always leaves the previous store readable.
+manifest) plus a human-readable ``manifest.json`` beside it. Every write, the store's and
+a derived array's, goes through :func:`write_atomic`: a temporary file in the same folder
+renamed into place, so an interrupted writer always leaves the previous file readable.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Callable
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from .errors import StoreError
 #: Bump when preprocessing or pooling changes, so stale features are not mixed in.
 PREPROCESSING_VERSION = 1
 STORE_FILE = "store.npz"
+DERIVED_FILES = 3  # derived files of one kind (e.g. "dba") kept beside a store, newest first
 
 
 @dataclass
@@ -78,9 +81,29 @@ class FeatureStore:
             self._indexes[key] = PreparedIndex(self.embeddings, key)
         return self._indexes[key]
 
-    def aligned(self, ids: list[str]) -> np.ndarray:
-        """Rows for ``ids`` in that order (all must be present)."""
-        return self.embeddings[[self.row_of(i) for i in ids]]
+    def rows_for(self, ids: list[str]) -> list[int] | None:
+        """Rows of ``ids`` in that order, or None when the store already is in that order."""
+        if len(self) == len(ids) and (len(ids) == 0 or (self.ids[0] == ids[0] and self.ids[-1] == ids[-1])):
+            return None
+        return [self.row_of(i) for i in ids]
+
+    def aligned(self, ids: list[str], matrix: np.ndarray | None = None) -> np.ndarray:
+        """``matrix`` (default: the embeddings; or any array with one row per stored
+        vector, such as DBA vectors or a distance row) restricted to ``ids``, in that order."""
+        matrix = self.embeddings if matrix is None else matrix
+        rows = self.rows_for(ids)
+        return matrix if rows is None else matrix[rows]
+
+
+def common_ids(id_arrays: list[np.ndarray]) -> list[str]:
+    """Ids present in every store, in the order of the first."""
+    first = id_arrays[0].tolist()
+    if all(len(a) == len(first) and (a == id_arrays[0]).all() for a in id_arrays[1:]):
+        return first
+    common = set(first)
+    for a in id_arrays[1:]:
+        common &= set(a.tolist())
+    return [i for i in first if i in common]
 
 
 def store_dir(features_dir: Path, collection_name: str, model: str, weights: str = "imagenet") -> Path:
@@ -111,31 +134,78 @@ def save_store(store: FeatureStore, folder: Path) -> Path:
     manifest["version"] = _content_version(store)
     store.manifest = manifest
     target = folder / STORE_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".store-", suffix=".npz.tmp", dir=folder)
+    arrays = dict(embeddings=store.embeddings, ids=store.ids, signatures=store.signatures, manifest=np.array(json.dumps(manifest)))
+    write_atomic(target, lambda fh: np.savez(fh, **arrays), prefix=".store-")
+    text = json.dumps(manifest, indent=2) + "\n"
+    write_atomic(folder / "manifest.json", lambda fh: fh.write(text.encode()), prefix=".tmp-", fsync=False)
+    return target
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object], prefix: str = ".tmp-", fsync: bool = True) -> None:
+    """The one way files are written here: ``write(fh)`` into a temporary file beside
+    ``path`` (flushed to disk), made readable by others (stores are shared with other
+    users and containers), then renamed over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=Path(path).parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                embeddings=store.embeddings,
-                ids=store.ids,
-                signatures=store.signatures,
-                manifest=np.array(json.dumps(manifest)),
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; stores are shared with other users/containers
-        os.replace(tmp, target)
+            write(fh)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _write_text_atomic(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-    return target
+
+
+def derived_array(store: FeatureStore, folder: Path, name: str, build: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+    """An array computed from ``store`` and cached beside it as ``<name>.npz``, valid for
+    the store version it was built from; (array, seconds spent building, 0 when loaded).
+
+    ``name`` starts with its kind (``dba-n10-a3``: kind ``dba``). Files of older store
+    versions are deleted, and of the current version only the ``DERIVED_FILES`` newest of
+    a kind are kept, so distinct parameters cannot fill the disk. A read-only folder
+    keeps the array in memory only."""
+    path = Path(folder) / f"{name}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if json.loads(str(data["meta"])).get("store_version") == store.version:
+                    return data["array"], 0.0
+        except Exception:
+            pass  # damaged or stale: rebuild
+    t = time.perf_counter()
+    array = build()
+    seconds = time.perf_counter() - t
+    meta = np.array(json.dumps({"store_version": store.version, "name": name, "seconds": seconds}))
+    try:
+        write_atomic(path, lambda fh: np.savez(fh, array=array, meta=meta), prefix=f".{name}-", fsync=False)
+        _prune_derived(Path(folder), name.split("-", 1)[0], store.version, keep=path)
+    except OSError:
+        pass
+    return array, seconds
+
+
+def _prune_derived(folder: Path, kind: str, version: str, keep: Path) -> None:
+    files = sorted(folder.glob(f"{kind}-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    kept = 1
+    for old in (f for f in files if f != keep):
+        try:
+            with np.load(old, allow_pickle=False) as data:
+                current = json.loads(str(data["meta"])).get("store_version") == version
+        except Exception:
+            current = False
+        if current and kept < DERIVED_FILES:
+            kept += 1
+        else:
+            old.unlink(missing_ok=True)
 
 
 def _remove_stale_temporaries(folder: Path, older_than: float = 600.0) -> None:
     """Temporary files left by a killed writer (a live writer's file is younger)."""
     now = time.time()
-    for tmp in folder.glob(".store-*.npz.tmp"):
+    for tmp in folder.glob(".*.tmp"):
         try:
             if now - tmp.stat().st_mtime > older_than:
                 tmp.unlink()
@@ -150,14 +220,6 @@ def _content_version(store: FeatureStore) -> str:
     h.update(store.embeddings.tobytes())
     h.update("\n".join(store.ids.tolist()).encode())
     return h.hexdigest()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def load_store(folder: Path) -> FeatureStore:

@@ -25,7 +25,7 @@ import redis
 from .config import PLACEHOLDER_SECRETS, Settings
 from . import metrics
 from .errors import CBIRError
-from .redisdb import REDIS_DOWN, ServiceUnavailable
+from .redisdb import KEY_PREFIX as P, REDIS_DOWN, ServiceUnavailable
 
 ROLES = ("admin", "researcher", "student", "demo")
 DEMO_USERS = (
@@ -44,8 +44,6 @@ MIN_PASSWORD = 10
 MIN_STRENGTH = 3  # zxcvbn score 0-4: 3 = "safely unguessable" against an offline slow-hash attack
 RATE_WINDOW = 60
 
-#: The one prefix of every key this project writes to Redis.
-P = "cbir:"
 
 # One round trip per API request: look the token up, check it was issued for this very
 # user (uid) and credentials (cred), and only then slide its expiry and return the user.
@@ -440,10 +438,10 @@ class UserStore:
 def bootstrap(store: UserStore, settings: Settings) -> list[str]:
     """Demo users in demo mode; outside it, refuse placeholder secrets and ensure an admin."""
     created = []
+    check_production_settings(settings)  # in demo mode too: a published secret is refused
     if settings.demo:
         wanted = [(u, p, r, n) for u, p, r, n in DEMO_USERS]
     else:
-        check_production_settings(settings)
         wanted = [("admin", settings.admin_password, "admin", "Admin")]
     for username, password, role, name in wanted:
         if store.exists(username):

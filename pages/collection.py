@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import os
-import re
 import time
 
 import pandas as pd
 import streamlit as st
 
-from cbir.collection import LABELS_FILE
+from cbir.collection import LABELS_FILE, add_images
 from cbir.errors import CBIRError
 from cbir.extractors import MODELS
-from cbir.images import open_image
 from cbir.indexing import index_collection
 from pages.common import current_role, get_engine, model_label, reload_engine, show_error
 
@@ -92,34 +89,15 @@ with st.form("coll_upload", clear_on_submit=True):
     submitted = st.form_submit_button("Add to collection")
 
 if submitted and files:
-    label = (label_new.strip() if label_pick == "(new label)" else label_pick) if collection.label_source == "labels.csv" else None
-    if collection.label_source == "labels.csv" and not (label and re.fullmatch(r"[\w .-]{1,40}", label)):
-        st.error("Give a label: letters, digits, spaces, '.', '-' or '_' (up to 40).")
+    label = (label_new.strip() if label_pick == "(new label)" else label_pick) if collection.label_source == LABELS_FILE else None
+    try:
+        report = add_images(collection, [(f.name, f.getvalue()) for f in files], label, settings.max_image_pixels)
+    except CBIRError as exc:
+        show_error(exc)
         st.stop()
-    target = collection.root if collection.label_source == "labels.csv" else collection.root / "uploads"
-    target.mkdir(exist_ok=True)
-    added, rejected = [], []
-    for f in files:
-        data = f.getvalue()
-        try:
-            open_image(data, max_pixels=settings.max_image_pixels)  # refuse what cannot be indexed
-        except CBIRError as exc:
-            rejected.append(f"{f.name}: {exc}")
-            continue
-        stem = re.sub(r"[^\w.-]", "_", f.name.rsplit(".", 1)[0])[:60] or "upload"
-        ext = "." + f.name.rsplit(".", 1)[-1].lower()
-        name, n = f"upload_{stem}", 1
-        while any((target / f"{name}{e}").exists() for e in (".jpg", ".jpeg", ".png", ".bmp", ".webp")):
-            n += 1
-            name = f"upload_{stem}_{n}"
-        (target / f"{name}{ext}").write_bytes(data)
-        added.append(name if target == collection.root else f"uploads/{name}")
-    if added and label:
-        with open(collection.root / LABELS_FILE, "a", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows([(i, label) for i in added])
-    for r in rejected:
+    for r in report.rejected:
         st.error(r)
-    if added:
+    if report.added:
         reload_engine()
-        st.success(f"Added {len(added)} image(s)" + (f" labelled '{label}'" if label else "") + ". Index them above to make them searchable.")
+        st.success(f"Added {len(report.added)} image(s)" + (f" labelled '{label}'" if label else "") + ". Index them above to make them searchable.")
         st.button("Refresh", key="coll_refresh")

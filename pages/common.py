@@ -27,6 +27,9 @@ PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4
 
 @st.cache_resource(show_spinner="Loading the collection and its feature stores…")
 def get_engine() -> Engine:
+    from cbir.process import return_large_buffers
+
+    return_large_buffers()  # once per app process: big temporaries go back to the OS
     return Engine(get_settings().collection, get_settings())
 
 
@@ -84,17 +87,10 @@ def stats_row(service: SearchService) -> None:
 
 @st.cache_data(max_entries=4000, show_spinner=False)
 def thumbnail(path: str, mtime: float, size: int = 256) -> bytes:
-    """A square, centre-cropped JPEG thumbnail so result grids line up."""
-    import io
+    """A square, centre-cropped JPEG thumbnail (cached per file version) so grids line up."""
+    from cbir.images import thumbnail_jpeg
 
-    from PIL import ImageOps
-
-    from cbir.images import open_image
-
-    img = ImageOps.fit(open_image(path), (size, size))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
+    return thumbnail_jpeg(path, size)
 
 
 def thumbnail_of(engine: Engine, image_id: str, size: int = 256) -> bytes:

@@ -6,9 +6,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cbir.distances import DISTANCES
-from cbir.fusion import FUSION_LABELS, FUSION_METHODS
-from cbir.rerank import RERANK_LABELS, RERANK_METHODS, Rerank
+from cbir.distances import METRICS
+from cbir.experiments import plan_runs
+from cbir.fusion import FUSION_LABELS, FUSION_METHODS, FUSION_SHORT
+from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, Rerank
 from pages.common import get_engine, interpolated_figure, metric_label, model_label, protocol_note, show_error
 
 engine = get_engine()
@@ -30,12 +31,12 @@ if not searchable:
 with st.form("eval_form"):
     c1, c2, c3 = st.columns([2, 2, 1.3])
     models = c1.multiselect("Models", searchable, default=searchable[:1], format_func=model_label, key="eval_models")
-    metrics = c2.multiselect("Metrics", list(DISTANCES), default=["cosine"], format_func=metric_label, key="eval_metrics")
+    metrics = c2.multiselect("Metrics", list(METRICS), default=["cosine"], format_func=metric_label, key="eval_metrics")
     fusions = c3.multiselect("Fusions (2+ models)", FUSION_METHODS, default=[], format_func=lambda m: FUSION_LABELS[m], key="eval_fusions")
     r1, r2, r3 = st.columns([2, 1, 1])
     reranks = r1.multiselect("Re-ranking (cosine only)", RERANK_METHODS, default=["none"], format_func=lambda m: RERANK_LABELS[m], key="eval_reranks")
-    rr_n = r2.number_input("n", 1, 100, 10, key="eval_rerank_n")
-    rr_alpha = r3.number_input("α", 0.0, 20.0, 3.0, 0.5, key="eval_rerank_alpha")
+    rr_n = r2.number_input("n", N_RANGE[0], N_RANGE[1], DEFAULT_N, key="eval_rerank_n")
+    rr_alpha = r3.number_input("α", ALPHA_RANGE[0], ALPHA_RANGE[1], DEFAULT_ALPHA, 0.5, key="eval_rerank_alpha")
     go = st.form_submit_button("Run evaluation", type="primary")
 
 
@@ -48,18 +49,8 @@ def evaluate_cached(models: tuple[str, ...], metric: str, method: str | None, re
     return out
 
 
-def runs(models, metrics, fusions, reranks) -> list[tuple[tuple[str, ...], str, str | None, str]]:
-    jobs = []
-    for rr in reranks or ["none"]:
-        use = [m for m in metrics if rr == "none" or m == "cosine"]  # re-ranking is defined for cosine only
-        jobs += [((m,), metric, None, rr) for m in models for metric in use]
-        if len(models) >= 2:
-            jobs += [(tuple(models), metric, method, rr) for method in fusions for metric in use]
-    return jobs
-
-
 if go:
-    jobs = runs(models, metrics, fusions, reranks)
+    jobs = plan_runs(models, metrics, fusions, reranks)
     if any(r != "none" for r in reranks) and any(m != "cosine" for m in metrics):
         st.info("Re-ranking rows are computed for the cosine metric only: the other metrics do not admit it.")
     if not jobs:
@@ -67,9 +58,8 @@ if go:
     else:
         bar = st.progress(0.0, text="Evaluating…")
         results = []
-        for i, (ms, metric, method, rr) in enumerate(jobs):
-            short = {"average": "Average", "weighted": "Weighted", "rrf": "RRF"}
-            name = model_label(ms[0]) if method is None else f"{short[method]} ({' + '.join(model_label(m).replace('EfficientNet-', '') for m in ms)})"
+        for i, (ms, metric, method, rr) in enumerate((j.models, j.metric, j.method, j.rerank) for j in jobs):
+            name = model_label(ms[0]) if method is None else f"{FUSION_SHORT[method]} ({' + '.join(model_label(m).replace('EfficientNet-', '') for m in ms)})"
             rerank_key = (rr, int(rr_n), float(rr_alpha))
             if rr != "none":
                 name += f" + {RERANK_LABELS[rr]}"

@@ -6,10 +6,10 @@ import random
 
 import streamlit as st
 
-from cbir.distances import DISTANCES
+from cbir.distances import METRICS
 from cbir.extractors import MODELS, default_model
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS
-from cbir.rerank import RERANK_LABELS, RERANK_METHODS, Rerank
+from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, ROCCHIO_TEXT, Rerank
 from pages.common import (
     get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row,
 )
@@ -41,7 +41,7 @@ with st.sidebar:
             for n in unavailable:
                 st.checkbox(model_label(n), value=False, disabled=True, key=f"search_na_{n}", help=infos[n]["reason"])
                 st.caption(infos[n]["reason"] if not infos[n]["available"] else "Not indexed yet: use the Collection page.")
-    metric = st.selectbox("Metric", list(DISTANCES), index=list(DISTANCES).index("cosine"), format_func=metric_label, key="search_metric")
+    metric = st.selectbox("Metric", list(METRICS), index=list(METRICS).index("cosine"), format_func=metric_label, key="search_metric")
     top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="search_top_k") or 10
     method, weights = None, None
     if len(models) >= 2:
@@ -59,8 +59,8 @@ with st.sidebar:
     rr_method = st.radio("Re-ranking", RERANK_METHODS, format_func=lambda m: RERANK_LABELS[m], horizontal=True,
                          key="search_rerank", label_visibility="collapsed",
                          help="αQE: expand the query with its top-n neighbours. DBA + αQE: first augment every stored vector the same way.")
-    rr_n = st.slider("n (neighbours)", 1, 50, 10, key="search_rerank_n", disabled=rr_method == "none")
-    rr_alpha = st.slider("α (similarity exponent)", 0.0, 10.0, 3.0, 0.5, key="search_rerank_alpha", disabled=rr_method == "none")
+    rr_n = st.slider("n (neighbours)", N_RANGE[0], N_RANGE[1], DEFAULT_N, key="search_rerank_n", disabled=rr_method == "none")
+    rr_alpha = st.slider("α (similarity exponent)", ALPHA_RANGE[0], ALPHA_RANGE[1], DEFAULT_ALPHA, 0.5, key="search_rerank_alpha", disabled=rr_method == "none")
     rerank = Rerank(rr_method, rr_n, rr_alpha)
     if (rerank.active or st.session_state.get("search_feedback")) and metric != "cosine":
         st.warning(f"Re-ranking and feedback need the cosine metric; {metric_label(metric)} does not admit them.")
@@ -192,7 +192,7 @@ st.divider()
 c1, c2 = st.columns([3, 1])
 c1.markdown(
     f"**Relevance feedback** · mark results 👍 relevant or 👎 not relevant, then refine (Rocchio: "
-    f"q' = q + 0.75·mean(relevant) − 0.15·mean(not relevant)). Marked: {len(relevant)} 👍, {len(non_relevant)} 👎."
+    f"{ROCCHIO_TEXT}). Marked: {len(relevant)} 👍, {len(non_relevant)} 👎."
 )
 if c2.button("Refine", key="search_refine", type="primary", disabled=not marks or metric != "cosine",
              help="Needs the cosine metric" if metric != "cosine" else None):

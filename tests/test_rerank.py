@@ -7,8 +7,8 @@ from cbir.collection import scan_collection
 from cbir.config import Settings
 from cbir.engine import Engine
 from cbir.errors import CBIRError
-from cbir.rerank import Rerank, alpha_query_expansion, database_augmentation, dba_path, l2_normalise, load_or_build_dba, rocchio
-from cbir.store import FeatureStore, save_store
+from cbir.rerank import Rerank, alpha_query_expansion, database_augmentation, l2_normalise, rocchio
+from cbir.store import FeatureStore, derived_array, save_store
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -48,14 +48,14 @@ def test_dba_cached_and_invalidated(tmp_path, rng):
     x = rng.random((50, 8)).astype(np.float32)
     store = FeatureStore("m", "none", x, [str(i) for i in range(50)], ["s"] * 50)
     save_store(store, tmp_path)
-    dba, seconds = load_or_build_dba(store, tmp_path, 5, 3.0)
-    assert dba_path(tmp_path, 5, 3.0).exists()
+    dba, seconds = derived_array(store, tmp_path, "dba-n5-a3", lambda: database_augmentation(store.embeddings, 5, 3.0))
+    assert (tmp_path / "dba-n5-a3.npz").exists()
     np.testing.assert_allclose(dba, database_augmentation(x, 5, 3.0))
-    again, seconds2 = load_or_build_dba(store, tmp_path, 5, 3.0)
+    again, seconds2 = derived_array(store, tmp_path, "dba-n5-a3", lambda: 1 / 0)  # loaded, not rebuilt
     assert seconds2 == 0.0 and np.array_equal(again, dba)
     changed = FeatureStore("m", "none", x * np.linspace(1, 2, 8, dtype=np.float32), store.ids, store.signatures)
     save_store(changed, tmp_path)
-    fresh, seconds3 = load_or_build_dba(changed, tmp_path, 5, 3.0)
+    fresh, seconds3 = derived_array(changed, tmp_path, "dba-n5-a3", lambda: database_augmentation(changed.embeddings, 5, 3.0))
     assert seconds3 > 0 and not np.allclose(fresh, dba)
 
 

@@ -54,6 +54,42 @@ def _warm_up(service: SearchService) -> None:
         log.warning("warm-up incomplete: %s", exc)
 
 
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON ``{"error": ...}`` with the status its class carries."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(CBIRError)
+    async def _cbir_error(request: Request, exc: CBIRError):
+        status = status_for(exc)
+        headers = {"Retry-After": str(exc.seconds)} if isinstance(exc, LockedError) else None
+        if isinstance(exc, AuthError) and not isinstance(exc, LockedError):
+            headers = {"WWW-Authenticate": "Bearer"}
+        return error_response(status, str(exc), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
+        detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", "")} for e in errors]
+        return error_response(422, message, detail=detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        if isinstance(exc, REDIS_DOWN):
+            return error_response(503, str(ServiceUnavailable("Redis")))
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(500, "internal error; see the server log")
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None, warm_up: bool = True) -> FastAPI:
     settings = settings or get_settings()
     check_production_settings(settings)
@@ -88,37 +124,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     app.state.redis = client
     app.state.started = time.time()
 
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.headers)
-
-    @app.exception_handler(CBIRError)
-    async def _cbir_error(request: Request, exc: CBIRError):
-        status = status_for(exc)
-        headers = {"Retry-After": str(exc.seconds)} if isinstance(exc, LockedError) else None
-        if isinstance(exc, AuthError) and not isinstance(exc, LockedError):
-            headers = {"WWW-Authenticate": "Bearer"}
-        return error_response(status, str(exc), headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
-        message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
-        detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", "")} for e in errors]
-        return error_response(422, message, detail=detail)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        if isinstance(exc, REDIS_DOWN):
-            return error_response(503, str(ServiceUnavailable("Redis")))
-        log.exception("unexpected error on %s", request.url.path)
-        return error_response(500, "internal error; see the server log")
+    _install_error_handlers(app)
 
     from .routes import admin, auth, images, meta, search
 
@@ -134,17 +140,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     return app
 
 
-def _limit_blas_threads() -> None:
-    from threadpoolctl import threadpool_limits
-
-    # Requests run concurrently; one BLAS thread each avoids oversubscribing the cores
-    # (a single query is a memory-bound matrix-vector product anyway).
-    threadpool_limits(1, user_api="blas")
-
-
 def app_factory() -> FastAPI:
     """What each uvicorn worker process builds."""
-    _limit_blas_threads()
+    from ..process import tune_server_process
+
+    tune_server_process()
     return create_app(get_settings())
 
 

@@ -1,11 +1,18 @@
-from __future__ import annotations
+"""Request and response bodies of the API. Every list of names and every bound comes from
+the engine (metrics, fusion methods, roles, re-ranking), so the API cannot drift from it."""
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Metric = Literal["euclidean", "cosine", "chi_square", "bhattacharyya"]
-Method = Literal["average", "weighted", "rrf"]
+from ..distances import METRICS
+from ..fusion import FUSION_METHODS
+from ..rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, MAX_FEEDBACK_ROUNDS, N_RANGE, RERANK_METHODS, FeedbackRound
+from ..search import MAX_TOP_K
+from ..users import ROLES
+
+Metric = Literal[tuple(METRICS)]
+Method = Literal[FUSION_METHODS]
 
 
 class ErrorBody(BaseModel):
@@ -31,17 +38,9 @@ class RerankParams(BaseModel):
     augmentation plus alpha query expansion."""
 
     model_config = ConfigDict(extra="forbid")
-    method: Literal["none", "aqe", "dba_aqe"] = "none"
-    n: int = Field(10, ge=1, le=100, description="neighbours used for the expansion")
-    alpha: float = Field(3.0, ge=0, le=20, description="similarity exponent of the weights")
-
-
-class FeedbackRound(BaseModel):
-    """One Rocchio round: ids marked relevant and not relevant (applied in order)."""
-
-    model_config = ConfigDict(extra="forbid")
-    relevant: list[str] = Field(default_factory=list, max_length=1000)
-    non_relevant: list[str] = Field(default_factory=list, max_length=1000)
+    method: Literal[RERANK_METHODS] = "none"
+    n: int = Field(DEFAULT_N, ge=N_RANGE[0], le=N_RANGE[1], description="neighbours used for the expansion")
+    alpha: float = Field(DEFAULT_ALPHA, ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1], description="similarity exponent of the weights")
 
 
 class SearchRequest(BaseModel):
@@ -52,10 +51,10 @@ class SearchRequest(BaseModel):
     image_id: str | None = Field(None, max_length=512, description="id of a collection image")
     models: list[str] | None = Field(None, min_length=1, max_length=8, description="default: the default model")
     metric: Metric = "cosine"
-    top_k: int = Field(10, ge=1, le=1000)
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
     exclude_query: bool = True
     rerank: RerankParams | None = Field(None, description="re-ranking (cosine only)")
-    feedback: list[FeedbackRound] | None = Field(None, max_length=20, description="Rocchio relevance-feedback rounds (cosine only)")
+    feedback: list[FeedbackRound] | None = Field(None, max_length=MAX_FEEDBACK_ROUNDS, description="Rocchio relevance-feedback rounds (cosine only)")
 
     @field_validator("models")
     @classmethod
@@ -72,6 +71,6 @@ class AddUserRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str = Field(min_length=2, max_length=32)
     password: str = Field(min_length=1, max_length=256, description="10+ characters, not the username, not a common password")
-    role: Literal["admin", "researcher", "student", "demo"] = "student"
+    role: Literal[ROLES] = "student"
     name: str = Field("", max_length=100)
     email: str = Field("", max_length=200)

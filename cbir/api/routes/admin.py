@@ -1,3 +1,5 @@
+"""Users and the authentication log (admins only)."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request

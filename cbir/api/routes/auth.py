@@ -1,3 +1,5 @@
+"""Login (a bearer token, rate-limited per client) and logout."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request

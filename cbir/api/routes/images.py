@@ -1,6 +1,7 @@
+"""The collection's images: a paged list, files and thumbnails."""
+
 from __future__ import annotations
 
-import io
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -46,10 +47,6 @@ def image(service: Service, user: CurrentUser, image_id: str, thumb: Annotated[i
         raise APIError(404, str(exc)) from None
     if thumb is None:
         return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
-    from ...images import open_image
+    from ...images import thumbnail_jpeg
 
-    img = open_image(path)
-    img.thumbnail((thumb, thumb))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return Response(buf.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    return Response(thumbnail_jpeg(path, thumb, square=False), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

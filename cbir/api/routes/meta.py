@@ -1,3 +1,5 @@
+"""Health, readiness, models, statistics and Prometheus metrics."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request

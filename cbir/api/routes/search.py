@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -49,57 +52,64 @@ def _openapi_body(model) -> dict:
     }
 
 
-async def _parse(request: Request, model, max_bytes: int):
-    """(validated parameters, image bytes or None) from JSON or multipart."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > max_bytes + 64 * 1024:
-        raise APIError(413, f"upload too large: limit is {max_bytes // 2**20} MB")
-    image = None
-    if ctype == "application/json":
+def _form_fields(form) -> tuple[dict, UploadFile | None]:
+    """Multipart fields as the JSON body would carry them (``models`` comma-separated,
+    ``weights``/``rerank``/``feedback`` as JSON text), and the uploaded file."""
+    data, upload = {}, None
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if key != "image":
+                raise APIError(422, f"unexpected file field {key!r}; send the image as 'image'")
+            upload = value
+        elif key == "models":
+            data["models"] = [m for m in value.split(",") if m.strip()] or None
+        elif key in _JSON_EXAMPLES:
+            try:
+                data[key] = loads_bounded(value, key) if value else None
+            except json.JSONDecodeError:
+                raise APIError(422, f"{key} must be JSON, e.g. " + _JSON_EXAMPLES[key]) from None
+            except ValueError as exc:  # nested too deep
+                raise APIError(400, str(exc)) from None
+        else:
+            data[key] = value
+    return data, upload
+
+
+def search_input(model):
+    """The one dependency reading a search: a JSON body (query by id) or multipart with a
+    file ``image``; validated by the same pydantic model. (Body size and JSON depth are
+    bounded by the middleware before this runs.)"""
+
+    async def read(request: Request) -> tuple:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        upload = None
+        if ctype == "application/json":
+            try:
+                data = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise APIError(400, "request body is not valid JSON") from None
+            if not isinstance(data, dict):
+                raise APIError(422, "request body must be a JSON object")
+        elif ctype == "multipart/form-data":
+            try:
+                form = await request.form(max_files=1, max_fields=16)
+            except Exception as exc:
+                raise APIError(400, f"malformed multipart body: {exc}") from None
+            data, upload = _form_fields(form)
+        else:
+            raise APIError(415, "send application/json (query by image_id) or multipart/form-data (query by image)")
         try:
-            data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise APIError(400, "request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise APIError(422, "request body must be a JSON object")
-    elif ctype == "multipart/form-data":
-        try:
-            form = await request.form(max_files=1, max_fields=16)
-        except Exception as exc:
-            raise APIError(400, f"malformed multipart body: {exc}") from None
-        data = {}
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key != "image":
-                    raise APIError(422, f"unexpected file field {key!r}; send the image as 'image'")
-                image = await value.read(max_bytes + 1)
-                if len(image) > max_bytes:
-                    raise APIError(413, f"upload too large: limit is {max_bytes // 2**20} MB")
-            elif key == "models":
-                data["models"] = [m for m in value.split(",") if m.strip()] or None
-            elif key in ("weights", "rerank", "feedback"):
-                try:
-                    data[key] = loads_bounded(value, key) if value else None
-                except json.JSONDecodeError:
-                    raise APIError(422, f"{key} must be JSON, e.g. " + _JSON_EXAMPLES[key]) from None
-                except ValueError as exc:  # nested too deep
-                    raise APIError(400, str(exc)) from None
-            else:
-                data[key] = value
-        if image is None and "image_id" not in data:
-            raise APIError(422, "multipart search needs a file field 'image' (or an image_id)")
-    else:
-        raise APIError(415, "send application/json (query by image_id) or multipart/form-data (query by image)")
-    try:
-        params = model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise APIError(422, f"{where}: {first['msg']}" if where else first["msg"]) from None
-    if (params.image_id is None) == (image is None):
-        raise APIError(422, "give exactly one query: image_id, or an uploaded image")
-    return params, image
+            params = model.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise APIError(422, f"{where}: {first['msg']}" if where else first["msg"]) from None
+        image = await upload.read() if upload is not None else None
+        if (params.image_id is None) == (image is None):
+            raise APIError(422, "give exactly one query: image_id, or an uploaded image")
+        return params, image
+
+    return read
 
 
 def _run(service, params, image, method=None, weights=None) -> dict:
@@ -107,7 +117,7 @@ def _run(service, params, image, method=None, weights=None) -> dict:
 
     models = params.models or [default_model()]
     rerank = Rerank(**params.rerank.model_dump()) if params.rerank else None
-    feedback = [r.model_dump() for r in params.feedback] if params.feedback else None
+    feedback = [asdict(r) for r in params.feedback] if params.feedback else None
     return service.search(
         models, params.metric, params.top_k, image_id=params.image_id, image=image,
         exclude_query=params.exclude_query, method=method, weights=weights, rerank=rerank, feedback=feedback,
@@ -126,9 +136,9 @@ async def _dispatch(service, params, image, method=None, weights=None) -> dict:
 
 
 @router.post("/search", responses=ERRORS, openapi_extra=_openapi_body(SearchRequest), summary="Search with one or more models")
-async def search(request: Request, service: Service, user: CurrentUser) -> dict:
+async def search(service: Service, user: CurrentUser, given: Annotated[tuple, Depends(search_input(SearchRequest))]) -> dict:
     """Per model: ranked results (id, score, label, relevant), P@k, R@k, AP, PR points and time taken."""
-    params, image = await _parse(request, SearchRequest, service.engine.settings.max_upload_mb * 2**20)
+    params, image = given
     return JSONResponse(await _dispatch(service, params, image))
 
 
@@ -136,9 +146,10 @@ async def search(request: Request, service: Service, user: CurrentUser) -> dict:
     "/search_combined", responses=ERRORS, openapi_extra=_openapi_body(CombinedSearchRequest),
     summary="Search several models and fuse them (average, weighted, rrf)",
 )
-async def search_combined(request: Request, service: Service, user: CurrentUser) -> dict:
+async def search_combined(service: Service, user: CurrentUser,
+                          given: Annotated[tuple, Depends(search_input(CombinedSearchRequest))]) -> dict:
     """Each model's results plus the fused ranking under ``combined``."""
-    params, image = await _parse(request, CombinedSearchRequest, service.engine.settings.max_upload_mb * 2**20)
+    params, image = given
     if not params.models or len(params.models) < 2:
         raise APIError(422, "combined search needs at least two models")
     return JSONResponse(await _dispatch(service, params, image, params.method, params.weights))

@@ -1,0 +1,145 @@
+"""Experiments over a whole collection: evaluation runs (every labelled image as a query),
+the simulated relevance-feedback study, and the planning of the runs a page asks for.
+
+Everything here goes through the engine's loaded stores and the same prepared indexes
+and chunk size as a search, so that the figures are those of the search a user runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .distances import PreparedIndex, normalise_metric
+from .errors import CollectionError
+from .evaluation import EvaluationReport, evaluate_distances, merge_reports
+from .fusion import fuse
+from .rerank import Rerank, alpha_query_expansion, check_metric, rocchio
+from .store import common_ids
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+#: Queries ranked at once: (EVAL_CHUNK x n) float64 distances per model stay small.
+EVAL_CHUNK = 512
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One evaluation the Evaluate page (or a script) asks for."""
+
+    models: tuple[str, ...]
+    metric: str
+    method: str | None  # a fusion method when len(models) > 1
+    rerank: str = "none"
+
+
+def plan_runs(models: Sequence[str], metrics: Sequence[str], fusions: Sequence[str], reranks: Sequence[str]) -> list[Run]:
+    """Each model alone for each metric, plus each fusion of all models; re-ranking
+    (cosine only) multiplies the cosine runs."""
+    runs = []
+    for rr in reranks or ["none"]:
+        use = [m for m in metrics if rr == "none" or m == "cosine"]
+        runs += [Run((m,), metric, None, rr) for m in models for metric in use]
+        if len(models) >= 2:
+            runs += [Run(tuple(models), metric, method, rr) for method in fusions for metric in use]
+    return runs
+
+
+def _labelled_ids(engine: Engine, models: Sequence[str]) -> tuple[list[str], list[str]]:
+    if not engine.collection.has_labels:
+        raise CollectionError(
+            f"collection {engine.collection.name!r} has no labels; add a labels.csv (id,label) "
+            "or sort the images into one sub-folder per class"
+        )
+    ids = [i for i in common_ids([engine.store(m).ids for m in models]) if i in engine.collection]
+    if len(ids) < 2:
+        raise CollectionError("need at least two indexed, labelled images to evaluate")
+    return ids, [engine.collection.label_of(i) for i in ids]
+
+
+def _database_and_queries(engine: Engine, model: str, ids: list[str], rerank: Rerank) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors searched and the query vectors of every image, aligned with ``ids``."""
+    store = engine.store(model)
+    if not rerank.active:
+        db = store.aligned(ids)
+        return db, db
+    db = store.aligned(ids, engine.rerank_index(model, rerank).vectors)
+    return db, alpha_query_expansion(db, db, rerank.n, rerank.alpha, exclude=np.arange(len(ids)))
+
+
+def evaluate(
+    engine: Engine,
+    models: Sequence[str],
+    metric: str = "cosine",
+    method: str | None = None,
+    weights: Mapping[str, float] | None = None,
+    progress: Progress | None = None,
+    rerank: Rerank | None = None,
+) -> EvaluationReport:
+    """Every labelled image as a query against the rest, for one model or a fusion."""
+    t_start = time.perf_counter()
+    metric = normalise_metric(metric)
+    rerank = rerank or Rerank()
+    if rerank.active:
+        check_metric(metric)
+    if len(models) > 1 and method is None:
+        method = "average"
+    ids, labels = _labelled_ids(engine, models)
+    data = {m: _database_and_queries(engine, m, ids, rerank) for m in models}
+    prepared = {m: PreparedIndex(db, metric) for m, (db, _) in data.items()}
+    n, chunks = len(ids), []
+    for start in range(0, n, EVAL_CHUNK):
+        rows = np.arange(start, min(start + EVAL_CHUNK, n))
+        per = {}
+        for m, (_, queries) in data.items():
+            d = prepared[m].distances(queries[rows]).astype(np.float64)
+            d[np.arange(rows.size), rows] = np.inf
+            per[m] = d
+        d = per[models[0]] if len(models) == 1 else fuse(per, method=method, weights=weights)
+        chunks.append(evaluate_distances(d, labels, rows))
+        if progress:
+            progress(int(rows[-1]) + 1, n)
+    name = models[0] if len(models) == 1 else f"{method}({'+'.join(models)})"
+    if rerank.active:
+        name += f" + {rerank.label}"
+    report = merge_reports(chunks, labels, name, metric)
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+def evaluate_feedback(engine: Engine, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:
+    """Simulated relevance feedback: each round, the true labels of the top k of every
+    query are given as Rocchio feedback. The report before and after each round."""
+    rerank = rerank or Rerank()
+    ids, labels = _labelled_ids(engine, [model])
+    db, queries = _database_and_queries(engine, model, ids, rerank)
+    index, lab = PreparedIndex(db, "cosine"), np.asarray(labels, dtype=object)
+    reports = []
+    for r in range(rounds + 1):
+        chunks, tops = [], []
+        for start in range(0, len(ids), EVAL_CHUNK):
+            rows = np.arange(start, min(start + EVAL_CHUNK, len(ids)))
+            d = index.distances(queries[rows]).astype(np.float64)
+            d[np.arange(rows.size), rows] = np.inf
+            chunks.append(evaluate_distances(d, labels, rows))
+            if r < rounds:
+                tops.append(np.argsort(d, axis=1, kind="stable")[:, :k])
+        reports.append(merge_reports(chunks, labels, f"{model} feedback round {r}", "cosine"))
+        if r < rounds:
+            queries = _feedback_round(queries, db, np.concatenate(tops), lab)
+    return reports
+
+
+def _feedback_round(queries: np.ndarray, db: np.ndarray, top: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each query moved by Rocchio towards its relevant top-k and away from the rest."""
+    relevant = labels[top] == labels[:, None]
+    out = np.empty_like(queries)
+    for i in range(queries.shape[0]):
+        out[i] = rocchio(queries[i][None], db[top[i][relevant[i]]], db[top[i][~relevant[i]]])[0]
+    return out
