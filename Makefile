@@ -43,7 +43,7 @@ api: install
 	CBIR_DEMO=$${CBIR_DEMO:-1} $(BIN)/cbir api
 
 test: $(TEST_STAMP) system-deps
-	$(BIN)/python -m pytest -p no:cacheprovider --timeout=900
+	$(BIN)/python -m pytest -p no:cacheprovider --timeout=900 --durations=15
 
 # Refresh the README's screenshots (the only target that writes to docs/screenshots).
 screenshots: $(TEST_STAMP) system-deps

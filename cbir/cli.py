@@ -59,6 +59,13 @@ def _rerank_arg(args):
     return Rerank(args.rerank, args.rerank_n, args.rerank_alpha)
 
 
+def _add_backend_options(sp) -> None:
+    from .index import BACKENDS
+
+    sp.add_argument("--backend", default=None, help=f"vector index: {', '.join(BACKENDS)} (default: CBIR_INDEX_BACKEND, exact)")
+    sp.add_argument("--depth", type=int, default=None, help="candidates per model from an approximate index (default 1000); AP is AP@depth")
+
+
 def _add_rerank_options(sp) -> None:
     from .rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_METHODS
 
@@ -142,19 +149,21 @@ def cmd_search(args) -> int:
     method = args.method if len(models) > 1 else None
     weights = _weights_arg(args.weights, models)
     resp = engine.search(models, args.metric, args.top_k, image_id=args.id, image=image, method=method, weights=weights,
-                         exclude_query=not args.include_query, rerank=_rerank_arg(args))
+                         exclude_query=not args.include_query, rerank=_rerank_arg(args), backend=args.backend, depth=args.depth)
     if args.json:
         print(json.dumps(resp.to_dict(), indent=2))
         return 0
     lists = list(resp.per_model.values()) + ([resp.fused] if resp.fused else [])
     for rl in lists:
         title = rl.name if rl.name != "combined" else f"combined ({resp.method})"
-        print(f"== {title}  [{resp.metric}, top {resp.top_k}, {rl.seconds * 1000:.1f} ms]")
+        where = "" if resp.backend == "exact" else f", {resp.backend} depth {resp.depth}"
+        print(f"== {title}  [{resp.metric}, top {resp.top_k}{where}, {rl.seconds * 1000:.1f} ms]")
         for h in rl.hits:
             mark = "" if h.relevant is None else ("  ✓" if h.relevant else "  ✗")
             print(f"{h.rank:>4}  {h.id:<24} {h.score:>10.5f}  {h.label or '':<12}{mark}")
         if rl.has_metrics:
-            print(f"P@{resp.top_k}={rl.precision_at_k:.3f}  R@{resp.top_k}={rl.recall_at_k:.3f}  AP={rl.average_precision:.4f}")
+            ap = "AP" if rl.depth is None else f"AP@{rl.depth}"
+            print(f"P@{resp.top_k}={rl.precision_at_k:.3f}  R@{resp.top_k}={rl.recall_at_k:.3f}  {ap}={rl.average_precision:.4f}")
     return 0
 
 
@@ -180,10 +189,11 @@ def cmd_evaluate(args) -> int:
             gain = "" if r == 0 else f"  ({rep.map - reports[0].map:+.4f} mAP)"
             print(f"round {r}: mAP={rep.map:.4f}  P@10={rep.p_at_10:.4f}  P@20={rep.p_at_20:.4f}{gain}")
         return 0
-    report = engine.evaluate(models, args.metric, method=method, weights=weights, progress=_tqdm_progress(bar), rerank=rerank)
+    report = engine.evaluate(models, args.metric, method=method, weights=weights, progress=_tqdm_progress(bar), rerank=rerank,
+                             backend=args.backend or engine.settings.index_backend, depth=args.depth)
     bar.close()
     print(f"{report.name}  metric={report.metric}  queries={report.n_queries}  ({report.seconds:.1f} s)")
-    print(f"mAP={report.map:.4f}  P@10={report.p_at_10:.4f}  P@20={report.p_at_20:.4f}  R-precision={report.r_precision:.4f}")
+    print(f"{report.map_label}={report.map:.4f}  P@10={report.p_at_10:.4f}  P@20={report.p_at_20:.4f}  R-precision={report.r_precision:.4f}")
     print(f"{'class':<16}{'AP':>8}")
     for c, v in report.per_class_ap.items():
         print(f"{c:<16}{v:>8.4f}")
@@ -256,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
     sp.add_argument("--include-query", action="store_true", help="keep the query in its own results")
     _add_rerank_options(sp)
+    _add_backend_options(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_search)
 
@@ -266,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method", default="average", help=method_help)
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
     _add_rerank_options(sp)
+    _add_backend_options(sp)
     sp.add_argument("--feedback-rounds", type=int, default=0, help="simulate N rounds of Rocchio feedback with the true labels")
     sp.add_argument("--feedback-k", type=int, default=20, help="results judged per feedback round (default 20)")
     sp.add_argument("--json", metavar="FILE", help="also write the report as JSON")

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     api_workers: int = Field(2, ge=1, le=32, description="API worker processes")
     app_host: str = "127.0.0.1"
     app_port: int = 8501
+    index_backend: str = Field("exact", description="Vector index: exact, faiss or milvus")
+    faiss_kind: str = Field("hnsw", description="FAISS index kind: hnsw, or ivfpq (low memory)")
+    milvus_uri: str | None = Field(None, description="Milvus server, e.g. http://localhost:19530")
+    milvus_token: str | None = Field(None, description="Milvus token (user:password or an API key)")
+    search_depth: int = Field(1000, ge=1, le=100_000, description="Candidates per model from an approximate index")
     trusted_proxies: str = Field("127.0.0.1,::1", description="Comma-separated proxy IPs whose X-Forwarded-For is believed ('*' = any)")
     login_rate: int = Field(10, ge=1, description="Login attempts per client per minute (API)")
     metrics_token: str | None = Field(None, description="Bearer token for /metrics from non-loopback clients; unset = loopback only")

@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import experiments
+from . import experiments, model_search
 from .collection import Collection, scan_collection
 from .config import Settings, get_settings
 from .distances import PreparedIndex, l2_normalise, normalise_metric
@@ -20,6 +20,7 @@ from .errors import CBIRError, StoreError, unknown
 from .evaluation import EvaluationReport
 from .extractors import MODELS, build_extractor, get_spec, model_status
 from .fusion import FUSION_METHODS, check_weights, fuse
+from .index import VectorIndex, candidate_row, check_backend, expanded_query, open_index
 from .images import image_from_array, open_image, resize_rgb
 from .rerank import FeedbackRound, Rerank, alpha_query_expansion, check_metric, database_augmentation, feedback_rounds, rocchio
 from .search import Query, SearchResponse, check_top_k, rank_distances
@@ -39,6 +40,7 @@ class Engine:
         self._extractors: dict[tuple[str, str], object] = {}
         self._lock = threading.RLock()
         self._dba: OrderedDict[tuple, PreparedIndex] = OrderedDict()
+        self._indexes: OrderedDict[tuple, VectorIndex] = OrderedDict()
         self.last_dba_seconds: dict[str, float] = {}
 
     # -- loading --------------------------------------------------------------------
@@ -113,6 +115,20 @@ class Engine:
                 self._dba.popitem(last=False)
             return self._dba[key]
 
+    def vector_index(self, model: str, metric: str, backend: str) -> VectorIndex:
+        """The backend's index of the model's store for ``metric``, per store version."""
+        store = self.store(model)
+        key = (model, metric, backend, store.version)
+        with self._lock:
+            if key not in self._indexes:
+                labels = [self.collection.label_of(i) if i in self.collection else None for i in store.ids.tolist()]
+                self._indexes[key] = open_index(backend, store, self.store_folder(model), metric, self.settings,
+                                                labels, self.collection.name)
+                while len(self._indexes) > DBA_IN_MEMORY * 4:
+                    self._indexes.popitem(last=False)
+            self._indexes.move_to_end(key)
+            return self._indexes[key]
+
     # -- search ---------------------------------------------------------------------
     def _check_query(self, query: Query) -> Query:
         if (query.image_id is None) == (query.image is None):
@@ -143,27 +159,9 @@ class Engine:
         timings[f"extract:{model}"] = time.perf_counter() - t1
         return vec
 
-    def _model_distances(self, model: str, metric: str, vec: np.ndarray, query: Query, rerank: Rerank,
-                         feedback: list[FeedbackRound]) -> np.ndarray:
-        """One model's distances to every vector of its store, re-ranked when asked."""
-        store = self.store(model)
-        if not (rerank.active or feedback):
-            return store.index(metric).distances(vec[None, :])[0]
-        index = self.rerank_index(model, rerank)
-        db = index.vectors
-        own = store.row_of(query.image_id) if query.image_id is not None and query.image_id in store else -1
-        q = (db[own] if own >= 0 and rerank.method == "dba_aqe" else l2_normalise(vec))[None, :]
-        for rnd in feedback:
-            rel = [store.row_of(i) for i in rnd.relevant if i in store]
-            non = [store.row_of(i) for i in rnd.non_relevant if i in store]
-            q = rocchio(q, db[rel], db[non])
-        if rerank.active:
-            q = alpha_query_expansion(q, db, rerank.n, rerank.alpha, exclude=np.array([own]))
-        return index.distances(q)[0]
-
     def full_distances(
         self, models: Sequence[str], metric: str, query: Query, exclude_query: bool = True,
-        rerank: Rerank | None = None, feedback: list[FeedbackRound] | None = None,
+        rerank: Rerank | None = None, feedback: list[FeedbackRound] | None = None, backend: str = "exact", depth: int = 0,
     ) -> tuple[list[str], dict[str, np.ndarray], dict[str, float]]:
         """Each model's distances to every image the models have in common (+inf = excluded)."""
         timings: dict[str, float] = {}
@@ -180,7 +178,7 @@ class Engine:
         for m, s in stores.items():
             vec = self._query_vector(m, query, image, timings)
             t0 = time.perf_counter()
-            d = s.aligned(ids, self._model_distances(m, metric, vec, query, rerank, feedback)).astype(np.float64)
+            d = s.aligned(ids, model_search.distance_row(self, m, metric, vec, query, rerank, feedback, backend, depth)).astype(np.float64)
             if position is not None:
                 d[position] = np.inf
             timings[f"search:{m}"] = time.perf_counter() - t0
@@ -191,17 +189,22 @@ class Engine:
         self, models: Sequence[str] | str, metric: str = "cosine", top_k: int = 10, query: Query | None = None, *,
         image_id: str | None = None, image: bytes | None = None, exclude_query: bool = True, method: str | None = None,
         weights: Mapping[str, float] | None = None, rerank: Rerank | None = None, feedback: Sequence[FeedbackRound] | None = None,
+        backend: str | None = None, depth: int | None = None,
     ) -> SearchResponse:
         """Search one or several models; with two or more and a ``method``, fuse them.
 
         ``rerank`` (αQE or DBA+αQE) and ``feedback`` (Rocchio rounds) apply per model
-        before fusion and need the cosine metric.
+        before fusion and need the cosine metric. ``backend`` (default CBIR_INDEX_BACKEND):
+        exact ranks the whole collection; faiss and milvus fetch ``depth`` candidates per
+        model (default max(k, CBIR_SEARCH_DEPTH)), fuse their union, and report AP@depth.
         """
         start = time.perf_counter()
         models = list(dict.fromkeys(get_spec(m).name for m in ([models] if isinstance(models, str) else models)))
         if not models:
             raise CBIRError("choose at least one model")
         metric, top_k = normalise_metric(metric), check_top_k(top_k)
+        backend = check_backend(backend or self.settings.index_backend)
+        depth = None if backend == "exact" else max(top_k, int(depth or self.settings.search_depth))
         query = self._check_query(query or Query(image_id=image_id, image=image))
         if method is not None and method not in FUSION_METHODS:
             raise unknown("fusion method", method, FUSION_METHODS)
@@ -209,9 +212,9 @@ class Engine:
             check_weights(models, weights)  # whatever the method: NaN or -1 is a mistake to report
         feedback = feedback_rounds(feedback)
         self.collection.check_ids([i for r in feedback for i in (*r.relevant, *r.non_relevant)], "feedback")
-        ids, dists, timings = self.full_distances(models, metric, query, exclude_query, rerank, feedback)
+        ids, dists, timings = self.full_distances(models, metric, query, exclude_query, rerank, feedback, backend, depth or 0)
         labels = self.collection.labels_for(ids)
-        per_model = {m: rank_distances(m, d, ids, labels, query.label, top_k,
+        per_model = {m: rank_distances(m, d, ids, labels, query.label, top_k, depth=depth,
                                        seconds=timings.get(f"search:{m}", 0.0) + timings.get(f"extract:{m}", 0.0))
                      for m, d in dists.items()}
         fused = None
@@ -219,22 +222,24 @@ class Engine:
             t0 = time.perf_counter()
             fd = fuse({m: d[None, :] for m, d in dists.items()}, method=method, weights=weights)[0]
             timings["fusion"] = time.perf_counter() - t0
-            fused = rank_distances("combined", fd, ids, labels, query.label, top_k, seconds=timings["fusion"])
+            fused = rank_distances("combined", fd, ids, labels, query.label, top_k, seconds=timings["fusion"], depth=depth)
         timings["total"] = time.perf_counter() - start
         return SearchResponse(
             query=query, metric=metric, top_k=top_k, per_model=per_model, fused=fused,
             method=method if fused is not None else None,
             weights=dict(weights) if (weights and fused is not None and method == "weighted") else None,
-            rerank=rerank, feedback_rounds=len(feedback), timings=timings,
+            rerank=rerank, feedback_rounds=len(feedback), timings=timings, backend=backend, depth=depth,
         )
 
     # -- experiments (cbir.experiments) ------------------------------------------------
     def evaluate(self, models: Sequence[str] | str, metric: str = "cosine", method: str | None = None,
                  weights: Mapping[str, float] | None = None, progress: Callable[[int, int], None] | None = None,
-                 rerank: Rerank | None = None) -> EvaluationReport:
-        """Every labelled image as a query against the rest, for one model or a fusion."""
+                 rerank: Rerank | None = None, backend: str = "exact", depth: int | None = None) -> EvaluationReport:
+        """Every labelled image as a query against the rest, for one model or a fusion
+        (with an approximate backend: mAP at ``depth``, default CBIR_SEARCH_DEPTH)."""
         models = [get_spec(m).name for m in ([models] if isinstance(models, str) else list(models))]
-        return experiments.evaluate(self, models, metric, method, weights, progress, rerank)
+        return experiments.evaluate(self, models, metric, method, weights, progress, rerank, check_backend(backend),
+                                    int(depth or self.settings.search_depth))
 
     def evaluate_feedback(self, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:
         """Simulated Rocchio feedback with the true labels; the report before and after each round."""

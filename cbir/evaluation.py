@@ -111,6 +111,11 @@ class EvaluationReport:
     pr_11: list[float]
     ap: np.ndarray = field(repr=False)
     seconds: float = 0.0
+    depth: int | None = None  # approximate index: figures over each query's top `depth` (mAP@depth)
+
+    @property
+    def map_label(self) -> str:
+        return "mAP" if self.depth is None else f"mAP@{self.depth}"
 
     def to_dict(self) -> dict:
         return {
@@ -124,6 +129,8 @@ class EvaluationReport:
             "per_class_AP": {k: round(v, 6) for k, v in self.per_class_ap.items()},
             "pr_11_point": [round(v, 6) for v in self.pr_11],
             "seconds": round(self.seconds, 3),
+            "depth": self.depth,
+            "map_label": self.map_label,
             "protocol": PROTOCOL,
         }
 
@@ -138,7 +145,8 @@ def evaluate_distances(
     """Evaluate a (q, n) distance matrix whose rows are the collection items ``query_rows``.
 
     Each query's own column must already be +inf (excluded); it is dropped from the
-    ranking here.
+    ranking here. NaN marks items an approximate index did not return: they earn nothing,
+    while recall still counts every relevant item of the collection.
     """
     d = np.asarray(distances, dtype=np.float64)
     q, n = d.shape
@@ -147,6 +155,8 @@ def evaluate_distances(
     qlab = lab[rows]
     order = np.argsort(d, axis=1, kind="stable")[:, : n - 1]  # the excluded query sorts last
     rel = relevance_matrix(order, lab, qlab)
+    # NaN: not returned by an approximate index (sorted last): no credit, so AP is AP@depth
+    rel &= ~np.isnan(np.take_along_axis(d, order, axis=1))
     counts = {c: int((lab == c).sum()) for c in set(lab.tolist())}
     n_rel = np.array([counts[c] - 1 for c in qlab])
     ap = average_precision(rel, n_rel)

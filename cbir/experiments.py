@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 
 from .distances import PreparedIndex, normalise_metric
-from .errors import CollectionError
+from .errors import CBIRError, CollectionError
 from .evaluation import EvaluationReport, evaluate_distances, merge_reports
 from .fusion import fuse
 from .rerank import Rerank, alpha_query_expansion, check_metric, rocchio
@@ -73,6 +73,32 @@ def _database_and_queries(engine: Engine, model: str, ids: list[str], rerank: Re
     return db, alpha_query_expansion(db, db, rerank.n, rerank.alpha, exclude=np.arange(len(ids)))
 
 
+class _Candidates:
+    """An approximate index seen as a distance matrix: each query's ``depth`` candidates,
+    NaN for the rest (so the report is mAP@depth)."""
+
+    def __init__(self, index, rows: list[int] | None, n: int, depth: int):
+        self.index, self.rows, self.n, self.depth = index, rows, n, depth
+
+    def distances(self, queries: np.ndarray) -> np.ndarray:
+        found, dist = self.index.search(queries, self.depth)
+        full = np.full((len(queries), self.index_size), np.nan)
+        ok = found >= 0
+        full[np.nonzero(ok)[0], found[ok]] = dist[ok]
+        return full if self.rows is None else full[:, self.rows]
+
+    @property
+    def index_size(self) -> int:
+        return self.n
+
+
+def _searcher(engine: Engine, model: str, metric: str, db: np.ndarray, ids: list[str], backend: str, depth: int):
+    if backend == "exact":
+        return PreparedIndex(db, metric)
+    store = engine.store(model)
+    return _Candidates(engine.vector_index(model, metric, backend), store.rows_for(ids), len(store), depth)
+
+
 def evaluate(
     engine: Engine,
     models: Sequence[str],
@@ -81,18 +107,23 @@ def evaluate(
     weights: Mapping[str, float] | None = None,
     progress: Progress | None = None,
     rerank: Rerank | None = None,
+    backend: str = "exact",
+    depth: int = 1000,
 ) -> EvaluationReport:
-    """Every labelled image as a query against the rest, for one model or a fusion."""
+    """Every labelled image as a query against the rest, for one model or a fusion; with
+    an approximate ``backend``, over each query's ``depth`` candidates (mAP@depth)."""
     t_start = time.perf_counter()
     metric = normalise_metric(metric)
     rerank = rerank or Rerank()
     if rerank.active:
         check_metric(metric)
+        if backend != "exact":
+            raise CBIRError("re-ranked evaluation runs on the exact index: use --backend exact")
     if len(models) > 1 and method is None:
         method = "average"
     ids, labels = _labelled_ids(engine, models)
     data = {m: _database_and_queries(engine, m, ids, rerank) for m in models}
-    prepared = {m: PreparedIndex(db, metric) for m, (db, _) in data.items()}
+    prepared = {m: _searcher(engine, m, metric, db, ids, backend, depth) for m, (db, _) in data.items()}
     n, chunks = len(ids), []
     for start in range(0, n, EVAL_CHUNK):
         rows = np.arange(start, min(start + EVAL_CHUNK, n))
@@ -108,8 +139,11 @@ def evaluate(
     name = models[0] if len(models) == 1 else f"{method}({'+'.join(models)})"
     if rerank.active:
         name += f" + {rerank.label}"
+    if backend != "exact":
+        name += f" [{backend}, mAP@{depth}]"
     report = merge_reports(chunks, labels, name, metric)
     report.seconds = time.perf_counter() - t_start
+    report.depth = None if backend == "exact" else depth
     return report
 
 

@@ -76,17 +76,22 @@ def average_fusion(mats: list[np.ndarray], weights: np.ndarray, excluded: np.nda
 
 
 def weighted_fusion(mats: list[np.ndarray], weights: np.ndarray, excluded: np.ndarray, rrf_k: int = RRF_K) -> np.ndarray:
-    """sum_m w_m minmax(d_m) / sum_m w_m, excluded items counting 0 before they are reset."""
-    normalised = [np.where(excluded, 0.0, minmax_normalise(m)) for m in mats]
+    """sum_m w_m minmax(d_m) / sum_m w_m, excluded items counting 0 before they are reset.
+    An item a model did not return (NaN, approximate search) gets that model's worst
+    normalised distance, 1."""
+    normalised = [np.where(excluded, 0.0, np.where(np.isnan(m), 1.0, minmax_normalise(np.where(np.isnan(m), np.inf, m))))
+                  for m in mats]
     return sum(w * n for w, n in zip(weights, normalised)) / weights.sum()
 
 
 def rrf_fusion(mats: list[np.ndarray], weights: np.ndarray, excluded: np.ndarray, rrf_k: int = RRF_K) -> np.ndarray:
     """-sum_m w_m / (k + rank_m), ranks from 1 (Cormack et al., SIGIR 2009); negated so
-    that lower is closer. k = 0 is allowed (rank 1 scores w_m)."""
+    that lower is closer. k = 0 is allowed (rank 1 scores w_m). A model that did not
+    return an item (NaN) adds no term for it."""
     if rrf_k < 0:
         raise CBIRError("rrf k must be >= 0")
-    score = sum(w / (rrf_k + ranks_from_distances(m)) for w, m in zip(weights, mats))
+    score = sum(np.where(np.isnan(m), 0.0, w / (rrf_k + ranks_from_distances(np.where(np.isnan(m), np.inf, m))))
+                for w, m in zip(weights, mats))
     return -np.asarray(score, dtype=np.float64)
 
 
@@ -107,7 +112,9 @@ def fuse(
     * ``weighted``: sum_m w_m d_m / sum_m w_m over normalised distances.
     * ``rrf``: returns ``-sum_m w_m / (k + rank_m)`` (negated so lower is closer);
       with no weights every model counts 1.
-    Items that are +inf (excluded) in any model stay +inf.
+    Items that are +inf (excluded) in any model stay +inf. NaN marks an item a model did
+    not return (approximate search: only its top candidates); the fusion covers the union
+    of the candidates, and items no model returned are +inf.
     """
     if not distances:
         raise CBIRError("nothing to fuse: choose at least one model")
@@ -121,9 +128,11 @@ def fuse(
     if len(shapes) != 1:
         raise CBIRError(f"models disagree on the collection: distance shapes {sorted(shapes)}")
     excluded = np.zeros(mats[0].shape, dtype=bool)
+    nowhere = np.ones(mats[0].shape, dtype=bool)
     for m in mats:
-        excluded |= ~np.isfinite(m)
+        excluded |= np.isinf(m)
+        nowhere &= np.isnan(m)
     w = np.ones(len(models)) if method == "average" else check_weights(models, weights)
     out = FUSERS[method](mats, w, excluded, rrf_k)
-    out[excluded] = np.inf
+    out[excluded | nowhere] = np.inf
     return out

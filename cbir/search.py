@@ -45,6 +45,7 @@ class RankedList:
     pr_precision: list[float] = field(default_factory=list)
     pr_11: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    depth: int | None = None  # approximate search: AP and the PR curve are computed at this depth
 
     @property
     def has_metrics(self) -> bool:
@@ -62,6 +63,8 @@ class RankedList:
             "relevant_in_collection": self.n_relevant,
             "pr_curve": {"recall": self.pr_recall[::step], "precision": self.pr_precision[::step]},
             "pr_11_point": self.pr_11,
+            "ap_depth": self.depth,
+            "ap_label": "AP" if self.depth is None else f"AP@{self.depth}",
             "seconds": round(self.seconds, 5),
         }
 
@@ -84,8 +87,13 @@ def rank_distances(
     query_label: str | None,
     top_k: int,
     seconds: float = 0.0,
+    depth: int | None = None,
 ) -> RankedList:
-    """Turn one query's full distance row (+inf = excluded) into a ranked list with metrics."""
+    """Turn one query's full distance row (+inf = excluded) into a ranked list with metrics.
+
+    With ``depth`` (approximate search) the row holds NaN for items the index did not
+    return: the list is that depth's candidates, and recall, AP and the PR curve count
+    every relevant item of the collection (not only those returned), as "AP@depth"."""
     d = np.asarray(distances, dtype=np.float64)
     valid = np.isfinite(d)
     n_valid = int(valid.sum())
@@ -94,10 +102,10 @@ def rank_distances(
     ids_arr = np.asarray(ids)
     lab = None if labels is None else np.asarray(labels, dtype=object)
     rel = None
-    result = RankedList(name=name, hits=[], top_k=top_k, seconds=seconds)
+    result = RankedList(name=name, hits=[], top_k=top_k, seconds=seconds, depth=depth)
     if lab is not None and query_label is not None:
         rel = lab[order] == query_label
-        n_rel = int((lab[valid] == query_label).sum())
+        n_rel = int((lab[valid | np.isnan(d)] == query_label).sum())
         result.n_relevant = n_rel
         result.precision_at_k = float(rel[:k].sum() / k) if k else 0.0
         result.recall_at_k = float(rel[:k].sum() / n_rel) if n_rel else 0.0
@@ -151,6 +159,8 @@ class SearchResponse:
     rerank: Rerank | None = None
     feedback_rounds: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    backend: str = "exact"
+    depth: int | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -163,5 +173,7 @@ class SearchResponse:
             "weights": self.weights,
             "rerank": None if self.rerank is None or not self.rerank.active else {"method": self.rerank.method, "n": self.rerank.n, "alpha": self.rerank.alpha},
             "feedback_rounds": self.feedback_rounds,
+            "backend": self.backend,
+            "depth": self.depth,
             "timings": {k: round(v, 5) for k, v in self.timings.items()},
         }

@@ -30,6 +30,8 @@ class SearchService:
         rerank=None,
         feedback: list[dict] | None = None,
         use_cache: bool = True,
+        backend: str | None = None,
+        depth: int | None = None,
     ) -> dict:
         """The search response as a dict, with ``cached`` telling whether it came from Redis."""
         from .extractors import get_spec
@@ -46,6 +48,8 @@ class SearchService:
             "weights": dict(weights) if weights else None,
             "rerank": None if rerank is None or not rerank.active else [rerank.method, rerank.n, rerank.alpha],
             "feedback": feedback or None,
+            "backend": backend or self.engine.settings.index_backend,
+            "depth": depth,
         }
         key = None
         if use_cache and self.cache.enabled:
@@ -63,7 +67,7 @@ class SearchService:
                     return hit
         resp = self.engine.search(
             models, metric, top_k, query, exclude_query=exclude_query, method=method if len(models) > 1 else None,
-            weights=weights, rerank=rerank, feedback=feedback,
+            weights=weights, rerank=rerank, feedback=feedback, backend=backend, depth=depth,
         )
         metrics.observe_timings(resp.timings)
         out = resp.to_dict()

@@ -11,6 +11,7 @@ import streamlit as st
 from cbir.collection import LABELS_FILE, add_images
 from cbir.errors import CBIRError
 from cbir.extractors import MODELS
+from cbir.index import BACKEND_LABELS, backend_status
 from cbir.indexing import index_collection
 from pages.common import current_role, get_engine, model_label, reload_engine, show_error
 
@@ -31,6 +32,17 @@ table = pd.DataFrame(
       "Last indexed": m["last_indexed"] or "never"} for m in infos]
 )
 st.dataframe(table, hide_index=True, width="stretch")
+
+st.subheader("Vector indexes")
+backends = backend_status(settings)
+folders = {m["name"]: engine.store_folder(m["name"]) for m in infos if m["searchable"]}
+st.dataframe(pd.DataFrame([
+    {"Backend": BACKEND_LABELS[b], "Available": "✅" if ok else "❌", "Why": why,
+     "Built for": ", ".join(model_label(m) for m, f in folders.items() if list(f.glob(f"{b}-*.npz"))) if b == "faiss"
+     else ("every indexed model (in memory)" if b == "exact" else "synced when first searched"),
+     "Default": "●" if b == settings.index_backend else ""}
+    for b, (ok, why) in backends.items()
+]), hide_index=True, width="stretch")
 
 missing = [m for m in infos if not m["available"]]
 if missing:

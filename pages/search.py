@@ -9,6 +9,7 @@ import streamlit as st
 from cbir.distances import METRICS
 from cbir.extractors import MODELS, default_model
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS
+from cbir.index import BACKEND_LABELS, BACKENDS, backend_status
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, ROCCHIO_TEXT, Rerank
 from pages.common import (
     get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row,
@@ -42,6 +43,12 @@ with st.sidebar:
                 st.checkbox(model_label(n), value=False, disabled=True, key=f"search_na_{n}", help=infos[n]["reason"])
                 st.caption(infos[n]["reason"] if not infos[n]["available"] else "Not indexed yet: use the Collection page.")
     metric = st.selectbox("Metric", list(METRICS), index=list(METRICS).index("cosine"), format_func=metric_label, key="search_metric")
+    backends = backend_status(engine.settings)
+    usable = [b for b in BACKENDS if backends[b][0]]
+    default_backend = engine.settings.index_backend if engine.settings.index_backend in usable else "exact"
+    backend = st.selectbox("Index", usable, index=usable.index(default_backend), format_func=lambda b: BACKEND_LABELS[b],
+                           key="search_backend", help="Exact ranks the whole collection; FAISS and Milvus are approximate "
+                           "and return the top 1000 candidates per model (AP is then AP@1000).")
     top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="search_top_k") or 10
     method, weights = None, None
     if len(models) >= 2:
@@ -106,7 +113,7 @@ def do_search(feedback: list[dict]) -> None:
             result = service.search(
                 models, metric, int(top_k), image_id=image_id, image=image_bytes,
                 method=method if len(models) > 1 else None, weights=weights,
-                rerank=rerank if rerank.active else None, feedback=feedback or None,
+                rerank=rerank if rerank.active else None, feedback=feedback or None, backend=backend,
             )
     except Exception as exc:
         show_error(exc)
@@ -159,7 +166,7 @@ for tab, name in zip(tabs, names):
         k = result["top_k"]
         c1.metric(f"P@{k}", f"{ranked['precision_at_k']:.3f}" if has_metrics else "—")
         c2.metric(f"R@{k}", f"{ranked['recall_at_k']:.3f}" if has_metrics else "—")
-        c3.metric("AP", f"{ranked['average_precision']:.3f}" if has_metrics else "—")
+        c3.metric(ranked.get("ap_label", "AP"), f"{ranked['average_precision']:.3f}" if has_metrics else "—")
         c4.metric("Time", f"{1000 * ranked['seconds']:.1f} ms")
         result_grid(engine, ranked, columns=5, key=f"search_fb_{st.session_state.get('search_fb_gen', 0)}_{name}", feedback=True)
         if has_metrics:

@@ -24,10 +24,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_compose_file():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"redis", "app", "api", "nginx"}
+    core = {name for name, s in services.items() if not s.get("profiles")}
+    assert core == {"redis", "app", "api", "nginx"}
+    # the milvus profile: the official standalone layout, wired to the app and the API
+    milvus = {name for name, s in services.items() if s.get("profiles") == ["milvus"]}
+    assert milvus == {"etcd", "minio", "milvus"}
+    assert services["milvus"]["command"] == ["milvus", "run", "standalone"]
+    assert services["milvus"]["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
+    assert services["milvus"]["environment"]["MINIO_ADDRESS"] == "minio:9000"
+    assert all(services[n]["environment"]["CBIR_MILVUS_URI"] == "http://milvus:19530" for n in ("api", "app"))
+    assert not any(services[n].get("ports") for n in milvus)
     assert services["redis"]["image"].startswith("redis:7")
     assert "--appendonly" in services["redis"]["command"] and "redis_data:/data" in services["redis"]["volumes"]
-    assert set(compose["volumes"]) == {"redis_data", "models_cache", "features"}
+    assert set(compose["volumes"]) == {"redis_data", "models_cache", "features", "etcd_data", "minio_data", "milvus_data"}
     published = {name for name, s in services.items() if s.get("ports")}
     assert published == {"nginx"}
     assert services["nginx"]["ports"][0].endswith(":80")

@@ -65,3 +65,20 @@ def test_bad_weights(weights, message):
 def test_unknown_method():
     with pytest.raises(ValueError, match="average, rrf, weighted"):
         fuse({"a": np.ones((1, 2))}, method="borda")
+
+
+def test_fusion_over_the_union_of_candidates_hand_worked():
+    """NaN = a model did not return the item (approximate search)."""
+    a = np.array([[0.0, 1.0, np.nan, np.nan]])
+    b = np.array([[np.nan, 0.5, 0.0, np.nan]])
+    # average: a -> [0, 1, worst=1, -], b -> [worst=1, 1, 0, -]
+    np.testing.assert_allclose(fuse({"a": a, "b": b}, "average")[0, :3], [0.5, 1.0, 0.5])
+    assert fuse({"a": a, "b": b}, "average")[0, 3] == np.inf  # returned by no model
+    # rrf (k = 60): a ranks item0 1st, item1 2nd; b ranks item2 1st, item1 2nd; no term when missing
+    rrf = fuse({"a": a, "b": b}, "rrf")[0]
+    np.testing.assert_allclose(rrf[:3], [-1 / 61, -(1 / 62 + 1 / 62), -1 / 61])
+    assert rrf[3] == np.inf
+    # +inf (the excluded query) stays excluded
+    a2 = a.copy()
+    a2[0, 0] = np.inf
+    assert fuse({"a": a2, "b": b}, "average")[0, 0] == np.inf

@@ -121,6 +121,7 @@ def _run(service, params, image, method=None, weights=None) -> dict:
     return service.search(
         models, params.metric, params.top_k, image_id=params.image_id, image=image,
         exclude_query=params.exclude_query, method=method, weights=weights, rerank=rerank, feedback=feedback,
+        backend=params.backend, depth=params.depth,
     )
 
 
@@ -130,7 +131,8 @@ INLINE_MAX_IMAGES = 20_000
 async def _dispatch(service, params, image, method=None, weights=None) -> dict:
     """Searches by id over small stores take about a millisecond: run them on the event
     loop (a thread hop costs more). Uploads (decoding, a CNN) and big stores go to threads."""
-    if image is None and len(service.engine.collection) <= INLINE_MAX_IMAGES and not (params.rerank and params.rerank.method == "dba_aqe"):
+    inline = image is None and len(service.engine.collection) <= INLINE_MAX_IMAGES and params.backend in (None, "exact")
+    if inline and not (params.rerank and params.rerank.method == "dba_aqe"):
         return _run(service, params, image, method, weights)
     return await run_in_threadpool(_run, service, params, image, method, weights)
 

@@ -1,0 +1,91 @@
+"""Vector indexes behind one interface: ``exact`` (numpy, the reference), ``faiss`` (one
+machine, approximate) and ``milvus`` (a server or cluster). ``open_index`` builds or opens
+the chosen backend's index of a feature store for a metric; ``backend_status`` says which
+backends can run here and why not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import unknown
+from .base import IndexError_, UnsupportedMetric, VectorIndex, space_for
+
+BACKENDS = ("exact", "faiss", "milvus")
+BACKEND_LABELS = {"exact": "Exact (numpy)", "faiss": "FAISS (HNSW / IVF-PQ)", "milvus": "Milvus server"}
+
+
+def check_backend(name: str) -> str:
+    key = str(name or "exact").strip().lower()
+    if key not in BACKENDS:
+        raise unknown("index backend", name, BACKENDS)
+    return key
+
+
+def open_index(backend: str, store, folder: Path, metric: str, settings, labels=None, collection: str = "collection") -> VectorIndex:
+    """The ``backend``'s index of ``store`` for ``metric`` (built, loaded or synced)."""
+    backend = check_backend(backend)
+    if backend == "exact":
+        from .exact import ExactIndex
+
+        return ExactIndex(store.embeddings, metric)
+    if backend == "faiss":
+        from ..store import derived_array
+        from .faiss_backend import FaissIndex, build_faiss
+
+        kind = settings.faiss_kind
+        space_for(metric, "faiss")  # chi-square: a clear error before any work
+        data, _ = derived_array(store, folder, f"faiss-{kind}-{metric}",
+                                lambda: FaissIndex(build_faiss(store.embeddings, metric, kind), metric, kind).to_bytes())
+        return FaissIndex.from_bytes(data, metric, kind)
+    if not settings.milvus_uri:
+        raise IndexError_("the milvus backend needs a server: set CBIR_MILVUS_URI (e.g. http://localhost:19530)")
+    from .milvus_backend import MilvusIndex
+
+    labels = labels if labels is not None else [None] * len(store)
+    return MilvusIndex(store, labels, metric, settings.milvus_uri, settings.milvus_token, collection)
+
+
+def candidate_row(index: VectorIndex, query: np.ndarray, depth: int, n: int) -> np.ndarray:
+    """One query's distances over all ``n`` store rows: the ``depth`` candidates the index
+    returned, NaN for every other row ("not returned": fusion and ranking skip them)."""
+    rows, dist = index.search(query[None, :], depth)
+    out = np.full(n, np.nan)
+    ok = rows[0] >= 0
+    out[rows[0][ok]] = dist[0][ok]
+    return out
+
+
+def expanded_query(index: VectorIndex, vectors: np.ndarray, query: np.ndarray, n: int, alpha: float, own: int = -1) -> np.ndarray:
+    """αQE through the index: the query's top-n neighbours (itself excluded) come from a
+    first index search, their stored vectors are averaged in cosine space, and the caller
+    searches again with the result."""
+    from ..distances import l2_normalise
+
+    q = l2_normalise(query)[None, :]
+    rows, _ = index.search(q, n + 1)
+    rows = [r for r in rows[0] if r >= 0 and r != own][:n]
+    neighbours = l2_normalise(vectors[rows])
+    w = np.clip(neighbours @ q[0], 0.0, None) ** alpha
+    return l2_normalise(q[0] + w @ neighbours)
+
+
+def backend_status(settings) -> dict[str, tuple[bool, str]]:
+    """name -> (can run here, why) without building anything."""
+    import importlib.util
+
+    out = {"exact": (True, "numpy, always available")}
+    out["faiss"] = (True, f"faiss-cpu, {settings.faiss_kind.upper()}") if importlib.util.find_spec("faiss") else \
+        (False, "`pip install faiss-cpu`")
+    if importlib.util.find_spec("pymilvus") is None:
+        out["milvus"] = (False, "`pip install pymilvus`")
+    elif not settings.milvus_uri:
+        out["milvus"] = (False, "set CBIR_MILVUS_URI to a Milvus server")
+    else:
+        out["milvus"] = (True, f"server at {settings.milvus_uri}")
+    return out
+
+
+__all__ = ["BACKENDS", "BACKEND_LABELS", "IndexError_", "UnsupportedMetric", "VectorIndex", "backend_status", "candidate_row",
+           "check_backend", "expanded_query", "open_index"]
