@@ -6,7 +6,8 @@ image id (primary key), its label, the content signature of the image, and the v
 (transformed as in :mod:`cbir.index.base`), with an HNSW index. Opening it brings it in
 line with the feature store: rows whose signature changed are upserted, rows no longer
 in the store are deleted, so re-indexing a collection only sends what changed. Searches
-use strong consistency (what was just written is seen) and may filter by label.
+use bounded consistency after a strong read at sync (what was just written is seen) and may
+filter by label.
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ class MilvusIndex(VectorIndex):
                 {"id": ids[r], "label": self._labels[r] or "", "sig": sigs[r], "vector": vectors[start + j].tolist()}
                 for j, r in enumerate(rows)
             ])
+        if changed or gone:
+            self.client.flush(self.name)  # seal the segments so the HNSW index covers them
         self.client.load_collection(self.name)
+        len(self)  # a strong read: everything written above is visible from here on
         self.synced = {"upserted": len(changed), "deleted": len(gone)}
 
     def search(self, queries, k, rows=None):
@@ -108,7 +112,9 @@ class MilvusIndex(VectorIndex):
         if rows is not None:  # a label filter arrives as the rows of that label
             labels = sorted({self._labels[r] or "" for r in np.asarray(rows, dtype=int)})
             expr = " or ".join(f'label == "{_quoted(lab)}"' for lab in labels)
-        hits = self.client.search(self.name, data=q.tolist(), limit=k, filter=expr,
+        # Bounded consistency: a strong search waits for the next time tick (~200 ms); the
+        # sync above already made the store's rows visible.
+        hits = self.client.search(self.name, data=q.tolist(), limit=k, filter=expr, consistency_level="Bounded",
                                   search_params={"metric_type": ENGINE_METRIC[self.space.kind], "params": {"ef": max(64, 2 * k)}})
         found = np.full((len(q), k), -1, dtype=np.int64)
         scores = np.full((len(q), k), np.nan)
