@@ -190,7 +190,7 @@ def cmd_evaluate(args) -> int:
             print(f"round {r}: mAP={rep.map:.4f}  P@10={rep.p_at_10:.4f}  P@20={rep.p_at_20:.4f}{gain}")
         return 0
     report = engine.evaluate(models, args.metric, method=method, weights=weights, progress=_tqdm_progress(bar), rerank=rerank,
-                             backend=args.backend or engine.settings.index_backend, depth=args.depth)
+                             backend=args.backend or engine.settings.index_backend, depth=args.depth, queries=args.queries, seed=args.seed)
     bar.close()
     print(f"{report.name}  metric={report.metric}  queries={report.n_queries}  ({report.seconds:.1f} s)")
     print(f"{report.map_label}={report.map:.4f}  P@10={report.p_at_10:.4f}  P@20={report.p_at_20:.4f}  R-precision={report.r_precision:.4f}")
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
     _add_rerank_options(sp)
     _add_backend_options(sp)
+    sp.add_argument("--queries", type=int, default=None, help="evaluate a seeded random sample of N queries (default: every labelled image)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the --queries sample (default 0)")
     sp.add_argument("--feedback-rounds", type=int, default=0, help="simulate N rounds of Rocchio feedback with the true labels")
     sp.add_argument("--feedback-k", type=int, default=20, help="results judged per feedback round (default 20)")
     sp.add_argument("--json", metavar="FILE", help="also write the report as JSON")

@@ -234,12 +234,13 @@ class Engine:
     # -- experiments (cbir.experiments) ------------------------------------------------
     def evaluate(self, models: Sequence[str] | str, metric: str = "cosine", method: str | None = None,
                  weights: Mapping[str, float] | None = None, progress: Callable[[int, int], None] | None = None,
-                 rerank: Rerank | None = None, backend: str = "exact", depth: int | None = None) -> EvaluationReport:
-        """Every labelled image as a query against the rest, for one model or a fusion
-        (with an approximate backend: mAP at ``depth``, default CBIR_SEARCH_DEPTH)."""
+                 rerank: Rerank | None = None, backend: str = "exact", depth: int | None = None,
+                 queries: int | None = None, seed: int = 0) -> EvaluationReport:
+        """Every labelled image (or a seeded sample of ``queries``) as a query against the
+        rest, for one model or a fusion (approximate backend: mAP at ``depth``)."""
         models = [get_spec(m).name for m in ([models] if isinstance(models, str) else list(models))]
         return experiments.evaluate(self, models, metric, method, weights, progress, rerank, check_backend(backend),
-                                    int(depth or self.settings.search_depth))
+                                    int(depth or self.settings.search_depth), queries, seed)
 
     def evaluate_feedback(self, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:
         """Simulated Rocchio feedback with the true labels; the report before and after each round."""

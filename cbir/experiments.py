@@ -109,9 +109,12 @@ def evaluate(
     rerank: Rerank | None = None,
     backend: str = "exact",
     depth: int = 1000,
+    queries: int | None = None,
+    seed: int = 0,
 ) -> EvaluationReport:
-    """Every labelled image as a query against the rest, for one model or a fusion; with
-    an approximate ``backend``, over each query's ``depth`` candidates (mAP@depth)."""
+    """Every labelled image as a query against the rest (or a seeded sample of ``queries``
+    of them, said in the report's name), for one model or a fusion; with an approximate
+    ``backend``, over each query's ``depth`` candidates (mAP@depth)."""
     t_start = time.perf_counter()
     metric = normalise_metric(metric)
     rerank = rerank or Rerank()
@@ -125,8 +128,9 @@ def evaluate(
     data = {m: _database_and_queries(engine, m, ids, rerank) for m in models}
     prepared = {m: _searcher(engine, m, metric, db, ids, backend, depth) for m, (db, _) in data.items()}
     n, chunks = len(ids), []
-    for start in range(0, n, EVAL_CHUNK):
-        rows = np.arange(start, min(start + EVAL_CHUNK, n))
+    sample = np.arange(n) if not queries or queries >= n else np.sort(np.random.default_rng(seed).choice(n, queries, replace=False))
+    for start in range(0, sample.size, EVAL_CHUNK):
+        rows = sample[start : start + EVAL_CHUNK]
         per = {}
         for m, (_, queries) in data.items():
             d = prepared[m].distances(queries[rows]).astype(np.float64)
@@ -135,13 +139,15 @@ def evaluate(
         d = per[models[0]] if len(models) == 1 else fuse(per, method=method, weights=weights)
         chunks.append(evaluate_distances(d, labels, rows))
         if progress:
-            progress(int(rows[-1]) + 1, n)
+            progress(start + rows.size, sample.size)
     name = models[0] if len(models) == 1 else f"{method}({'+'.join(models)})"
+    if sample.size < n:
+        name += f" ({sample.size} of {n} queries, seeded sample, seed {seed})"
     if rerank.active:
         name += f" + {rerank.label}"
     if backend != "exact":
         name += f" [{backend}, mAP@{depth}]"
-    report = merge_reports(chunks, labels, name, metric)
+    report = merge_reports(chunks, [labels[r] for r in sample], name, metric)
     report.seconds = time.perf_counter() - t_start
     report.depth = None if backend == "exact" else depth
     return report

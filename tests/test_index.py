@@ -11,7 +11,7 @@ import pytest
 
 from cbir.collection import scan_collection
 from cbir.config import Settings
-from cbir.index import BACKENDS, IndexError_, UnsupportedMetric, backend_status, check_backend, open_index
+from cbir.index import BACKENDS, IndexBackendError, UnsupportedMetric, backend_status, check_backend, open_index
 from cbir.index.base import top_k
 from cbir.index.exact import ExactIndex
 from cbir.store import FeatureStore, load_store
@@ -169,9 +169,9 @@ def test_milvus_euclidean_and_bhattacharyya_units(tmp_path, wang, milvus_uri):
 def test_milvus_unreachable_is_one_clear_error(tmp_path, wang):
     store, labels = wang
     uri = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(IndexError_, match=f"Milvus at {uri}"):
+    with pytest.raises(IndexBackendError, match=f"Milvus at {uri}"):
         open_index("milvus", store, tmp_path, "cosine", settings(tmp_path, milvus_uri=uri), labels)
-    with pytest.raises(IndexError_, match="CBIR_MILVUS_URI"):
+    with pytest.raises(IndexBackendError, match="CBIR_MILVUS_URI"):
         open_index("milvus", store, tmp_path, "cosine", settings(tmp_path), labels)
 
 

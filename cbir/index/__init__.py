@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import unknown
-from .base import IndexError_, UnsupportedMetric, VectorIndex, space_for
+from .base import IndexBackendError, UnsupportedMetric, VectorIndex, space_for
 
 BACKENDS = ("exact", "faiss", "milvus")
 BACKEND_LABELS = {"exact": "Exact (numpy)", "faiss": "FAISS (HNSW / IVF-PQ)", "milvus": "Milvus server"}
@@ -40,7 +40,7 @@ def open_index(backend: str, store, folder: Path, metric: str, settings, labels=
                                 lambda: FaissIndex(build_faiss(store.embeddings, metric, kind), metric, kind).to_bytes())
         return FaissIndex.from_bytes(data, metric, kind)
     if not settings.milvus_uri:
-        raise IndexError_("the milvus backend needs a server: set CBIR_MILVUS_URI (e.g. http://localhost:19530)")
+        raise IndexBackendError("the milvus backend needs a server: set CBIR_MILVUS_URI (e.g. http://localhost:19530)")
     from .milvus_backend import MilvusIndex
 
     labels = labels if labels is not None else [None] * len(store)
@@ -87,5 +87,5 @@ def backend_status(settings) -> dict[str, tuple[bool, str]]:
     return out
 
 
-__all__ = ["BACKENDS", "BACKEND_LABELS", "IndexError_", "UnsupportedMetric", "VectorIndex", "backend_status", "candidate_row",
+__all__ = ["BACKENDS", "BACKEND_LABELS", "IndexBackendError", "UnsupportedMetric", "VectorIndex", "backend_status", "candidate_row",
            "check_backend", "expanded_query", "open_index"]

@@ -28,11 +28,11 @@ from ..distances import METRICS, _sqrt_histogram, l2_normalise
 from ..errors import CBIRError
 
 
-class IndexError_(CBIRError):
+class IndexBackendError(CBIRError):
     """A backend that cannot serve a request: unknown, unreachable, or the wrong metric."""
 
 
-class UnsupportedMetric(IndexError_):
+class UnsupportedMetric(IndexBackendError):
     pass
 
 

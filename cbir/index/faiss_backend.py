@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .base import IndexError_, VectorIndex, space_for
+from .base import IndexBackendError, VectorIndex, space_for
 
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
@@ -24,7 +24,7 @@ def _faiss():
     try:
         import faiss
     except ImportError as exc:  # pragma: no cover - a dependency
-        raise IndexError_("the faiss backend needs `pip install faiss-cpu`") from exc
+        raise IndexBackendError("the faiss backend needs `pip install faiss-cpu`") from exc
     return faiss
 
 
@@ -37,7 +37,7 @@ def build_faiss(vectors: np.ndarray, metric: str, kind: str = "hnsw"):
     """A FAISS index over the transformed ``vectors`` for ``metric``."""
     faiss = _faiss()
     if kind not in KINDS:
-        raise IndexError_(f"unknown FAISS index kind {kind!r}; choose one of: {', '.join(KINDS)}")
+        raise IndexBackendError(f"unknown FAISS index kind {kind!r}; choose one of: {', '.join(KINDS)}")
     space = space_for(metric, "faiss")
     x = np.ascontiguousarray(space.transform(vectors), dtype=np.float32)
     fmetric = faiss.METRIC_INNER_PRODUCT if space.kind == "ip" else faiss.METRIC_L2
@@ -86,7 +86,7 @@ class FaissIndex(VectorIndex):
 
     def remove(self, rows):
         if self.kind != "hnsw":
-            raise IndexError_("an IVF-PQ index keeps no exact vectors to rebuild from: rebuild it from the store")
+            raise IndexBackendError("an IVF-PQ index keeps no exact vectors to rebuild from: rebuild it from the store")
         keep = np.setdiff1d(np.arange(len(self)), np.asarray(rows, dtype=int))
         kept = self.index.reconstruct_n(0, len(self))[keep]  # HNSW keeps the (transformed) vectors
         index = _faiss().IndexHNSWFlat(kept.shape[1], HNSW_M, self.index.metric_type)

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from .base import IndexError_, VectorIndex, space_for
+from .base import IndexBackendError, VectorIndex, space_for
 
 ENGINE_METRIC = {"ip": "IP", "l2": "L2"}
 HNSW_PARAMS = {"M": 32, "efConstruction": 200}
@@ -27,11 +27,11 @@ def _client(uri: str, token: str | None):
     try:
         from pymilvus import MilvusClient
     except ImportError as exc:  # pragma: no cover - a dependency
-        raise IndexError_("the milvus backend needs `pip install pymilvus`") from exc
+        raise IndexBackendError("the milvus backend needs `pip install pymilvus`") from exc
     try:
         return MilvusClient(uri=uri, token=token or "", timeout=10)
     except Exception as exc:
-        raise IndexError_(f"Milvus at {uri} is unreachable ({type(exc).__name__}): start it or set CBIR_MILVUS_URI") from None
+        raise IndexBackendError(f"Milvus at {uri} is unreachable ({type(exc).__name__}): start it or set CBIR_MILVUS_URI") from None
 
 
 def _quoted(text: str) -> str:
@@ -58,10 +58,10 @@ class MilvusIndex(VectorIndex):
         self._labels = labels
         try:
             self._sync(store)
-        except IndexError_:
+        except IndexBackendError:
             raise
         except Exception as exc:
-            raise IndexError_(f"Milvus at {uri} failed ({type(exc).__name__}: {exc})") from None
+            raise IndexBackendError(f"Milvus at {uri} failed ({type(exc).__name__}: {exc})") from None
 
     def _create(self, dim: int) -> None:
         from pymilvus import DataType, MilvusClient
@@ -127,7 +127,7 @@ class MilvusIndex(VectorIndex):
         return found, dist
 
     def add(self, vectors):
-        raise IndexError_("the Milvus collection follows the feature store: re-index, then open it again")
+        raise IndexBackendError("the Milvus collection follows the feature store: re-index, then open it again")
 
     remove = add
 
