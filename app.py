@@ -128,9 +128,13 @@ def session_still_valid(authenticator: stauth.Authenticate) -> bool:
     return tuple(binding) == tuple(current)
 
 
+#: Session-state prefixes of what a user did; cleared when their session ends.
+USER_STATE = ("search_", "eval_", "coll_", "admin_", "auth_binding")
+
+
 def end_session(authenticator: stauth.Authenticate, why: str) -> None:
     authenticator.logout(location="unrendered")
-    for key in [k for k in st.session_state if k.startswith(("search_", "eval_", "coll_", "admin_", "auth_binding"))]:
+    for key in [k for k in st.session_state if k.startswith(USER_STATE)]:
         del st.session_state[key]
     st.session_state[why] = True
     st.rerun()
@@ -197,7 +201,7 @@ with st.sidebar:
 
     def _on_logout(info: dict) -> None:
         get_users().log("logout", info.get("username") or "", _login_source())
-        for key in [k for k in st.session_state if k.startswith(("search_", "eval_", "coll_", "admin_", "auth_binding"))]:
+        for key in [k for k in st.session_state if k.startswith(USER_STATE)]:
             del st.session_state[key]
 
     authenticator.logout("Log out", location="sidebar", key="auth_logout", callback=_on_logout)

@@ -30,27 +30,31 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def dba_caches(tmp: Path, requests: int = 200) -> None:
+def dba_growth(tmp: Path, requests: int = 200) -> dict:
+    """``requests`` DBA searches with distinct (n, alpha) on a copy of the Lite0 store, in a
+    process tuned as the API workers and the app are: RSS growth, DBA files beside the
+    store, matrices in memory, milliseconds per request."""
     from cbir.config import Settings
     from cbir.engine import Engine
     from cbir.process import return_large_buffers
     from cbir.rerank import Rerank
 
-    return_large_buffers()  # as in the API workers and the app
-
-    src = ROOT / "features" / "image.orig" / "efficientnet_lite0"
+    return_large_buffers()
     dst = tmp / "features" / "image.orig" / "efficientnet_lite0"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("dba-*"))
+    shutil.copytree(ROOT / "features" / "image.orig" / "efficientnet_lite0", dst, ignore=shutil.ignore_patterns("dba-*"))
     engine = Engine(ROOT / "image.orig", Settings(collection=ROOT / "image.orig", features_dir=tmp / "features", var_dir=tmp / "var"))
-    engine.search("efficientnet_lite0", image_id="5", rerank=Rerank("dba_aqe", 10, 3.0))
-    before = rss_mb()
-    t = time.perf_counter()
+    engine.search("efficientnet_lite0", image_id="5", rerank=Rerank("dba_aqe", 10, 3.0))  # warm: store, first matrix
+    before, t = rss_mb(), time.perf_counter()
     for i in range(requests):
         engine.search("efficientnet_lite0", image_id=str(i), rerank=Rerank("dba_aqe", 5 + i % 20, 3.0 + i * 1e-3))
-    seconds = time.perf_counter() - t
-    files = len(list(dst.glob("dba-*.npz")))
-    print(f"DBA, {requests} requests with distinct (n, alpha): RSS growth {rss_mb() - before:.1f} MB, "
-          f"{files} files beside the store, {len(engine._dba)} matrices in memory, {seconds / requests * 1000:.0f} ms per request")
+    return {"growth_mb": rss_mb() - before, "files": len(list(dst.glob("dba-*.npz"))), "in_memory": len(engine._dba),
+            "ms": (time.perf_counter() - t) / requests * 1000}
+
+
+def dba_caches(tmp: Path, requests: int = 200) -> None:
+    r = dba_growth(tmp, requests)
+    print(f"DBA, {requests} requests with distinct (n, alpha): RSS growth {r['growth_mb']:.1f} MB, "
+          f"{r['files']} files beside the store, {r['in_memory']} matrices in memory, {r['ms']:.0f} ms per request")
 
 
 def wide_png(path: Path) -> Path:

@@ -23,12 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from bench.hardening import rss_mb  # noqa: E402
 
 
 def clustered(n: int, d: int = 1280, centres: int = 1000, seed: int = 0) -> np.ndarray:

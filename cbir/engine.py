@@ -27,6 +27,7 @@ from .search import Query, SearchResponse, check_top_k, rank_distances
 from .store import FeatureStore, common_ids, derived_array, load_store, store_dir, store_exists
 
 DBA_IN_MEMORY = 2  # DBA matrices kept per process (each is the size of its store: 512 MB at 100k x 1280)
+INDEXES_IN_MEMORY = 8  # opened vector indexes (model, metric, backend) kept per process
 
 
 class Engine:
@@ -124,7 +125,7 @@ class Engine:
                 labels = [self.collection.label_of(i) if i in self.collection else None for i in store.ids.tolist()]
                 self._indexes[key] = open_index(backend, store, self.store_folder(model), metric, self.settings,
                                                 labels, self.collection.name)
-                while len(self._indexes) > DBA_IN_MEMORY * 4:
+                while len(self._indexes) > INDEXES_IN_MEMORY:
                     self._indexes.popitem(last=False)
             self._indexes.move_to_end(key)
             return self._indexes[key]

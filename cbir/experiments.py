@@ -82,14 +82,10 @@ class _Candidates:
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
         found, dist = self.index.search(queries, self.depth)
-        full = np.full((len(queries), self.index_size), np.nan)
+        full = np.full((len(queries), self.n), np.nan)
         ok = found >= 0
         full[np.nonzero(ok)[0], found[ok]] = dist[ok]
         return full if self.rows is None else full[:, self.rows]
-
-    @property
-    def index_size(self) -> int:
-        return self.n
 
 
 def _searcher(engine: Engine, model: str, metric: str, db: np.ndarray, ids: list[str], backend: str, depth: int):

@@ -159,11 +159,12 @@ def start_embedded(settings: Settings | None = None) -> Path:
 
 def release_embedded(settings: Settings | None = None) -> None:
     """Stop owning the embedded server (it stops when no owner is left)."""
-    folder = str(embedded_dir(settings or get_settings()))
+    folder = embedded_dir(settings or get_settings())
     with _lock:
-        fd = _owned.pop(folder, None)
-        for url in [u for u in _clients if folder in u or u.endswith(str(socket_path(Path(folder))))]:
-            _clients.pop(url).close()
+        fd = _owned.pop(str(folder), None)
+        client = _clients.pop(f"unix://{socket_path(folder)}", None)
+        if client is not None:
+            client.close()
     if fd is not None:
         os.close(fd)
 

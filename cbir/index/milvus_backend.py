@@ -53,13 +53,10 @@ class MilvusIndex(VectorIndex):
         self.metric, self.uri = metric, uri
         self.client = _client(uri, token)
         self.name = collection_name(collection, store.model, store.weights, metric)
-        self._ids = store.ids
         self._rows = {str(i): r for r, i in enumerate(store.ids.tolist())}
         self._labels = labels
         try:
             self._sync(store)
-        except IndexBackendError:
-            raise
         except Exception as exc:
             raise IndexBackendError(f"Milvus at {uri} failed ({type(exc).__name__}: {exc})") from None
 
