@@ -48,6 +48,27 @@ def logged_in(page, username="researcher", password="umons2024"):
     page.get_by_text("Images indexed").wait_for()
 
 
+def settled(page):
+    """Wait until Streamlit has finished its rerun (the "Running..." widget is gone)."""
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden")
+
+
+def choose(page, combobox, option: str) -> None:
+    """Pick `option` in a select box; a rerun landing while the list is open closes it, so retry."""
+    for attempt in range(3):
+        settled(page)
+        combobox.click()
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
+    page.keyboard.press("Escape")
+    settled(page)
+
+
 def run_search(page):
     page.get_by_role("button", name="Search", exact=True).click()
     page.get_by_text(re.compile("^Results for")).wait_for()
@@ -101,12 +122,9 @@ def test_upload_not_an_image_is_a_clear_error(page, tmp_path):
 def test_two_models_with_rrf_show_combined_tab(page):
     logged_in(page)
     sidebar = page.locator("section[data-testid='stSidebar']")
-    sidebar.get_by_role("combobox", name="Models").click()
-    page.get_by_role("option", name="EfficientNet-Lite1").click()
-    page.keyboard.press("Escape")
+    choose(page, sidebar.get_by_role("combobox", name="Models"), "EfficientNet-Lite1")
     sidebar.get_by_text("Fusion", exact=True).wait_for()
-    sidebar.get_by_role("combobox", name="Fusion").click()
-    page.get_by_role("option", name="Reciprocal rank fusion").click()
+    choose(page, sidebar.get_by_role("combobox", name="Fusion"), "Reciprocal rank fusion")
     run_search(page)
     tab = page.get_by_role("tab", name=re.compile("Combined"))
     tab.wait_for()
@@ -128,9 +146,7 @@ def test_evaluate_page(page):
     form = page.locator("[data-testid='stForm']")
 
     def pick(box: str, option: str) -> None:
-        form.get_by_role("combobox", name=box, exact=True).click()
-        page.get_by_role("option", name=option, exact=True).click()
-        page.keyboard.press("Escape")
+        choose(page, form.get_by_role("combobox", name=box, exact=True), option)
 
     pick("Models", "EfficientNet-Lite1")
     pick("Models", "EfficientNet-Lite2")
