@@ -34,15 +34,17 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {token}"
 math.randomseed({seed})
 request = function()
-  local id = math.random(0, 999)
+  local id = math.random(0, {max_id})
   return wrk.format(nil, nil, nil, '{{"image_id": "' .. id .. '", "models": {models}, "top_k": 10{extra}}}')
 end
 """
 
 
-def load_wrk(url: str, token: str, path: str, models: list[str], clients: int, seconds: int, tmp: Path, extra: str = "") -> dict:
+def load_wrk(url: str, token: str, path: str, models: list[str], clients: int, seconds: int, tmp: Path, extra: str = "",
+             max_id: int = 999) -> dict:
+    """wrk with ``clients`` connections searching random ids 0..max_id; req/s, p50, p99 (ms)."""
     script = tmp / "load.lua"
-    script.write_text(WRK_SCRIPT.format(token=token, seed=clients, models=json.dumps(models), extra=extra))
+    script.write_text(WRK_SCRIPT.format(token=token, seed=clients, models=json.dumps(models), extra=extra, max_id=max_id))
     out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", str(script), url + path],
                          capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out:
@@ -64,14 +66,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_api(redis_url: str, tmp: Path, cache: bool) -> tuple[subprocess.Popen, str]:
+def start_api(redis_url: str, tmp: Path, cache: bool, **env_overrides: str) -> tuple[subprocess.Popen, str]:
+    """`cbir api` on a free port (demo users), ready; ``env_overrides`` are CBIR_* settings."""
     port = free_port()
     env = {**os.environ, "CBIR_REDIS_URL": redis_url, "CBIR_DEMO": "1", "CBIR_CACHE": "1" if cache else "0",
-           "CBIR_VAR_DIR": str(tmp / "var"), "CBIR_COLLECTION": str(ROOT / "image.orig"), "CBIR_FEATURES_DIR": str(ROOT / "features")}
+           "CBIR_VAR_DIR": str(tmp / "var"), "CBIR_COLLECTION": str(ROOT / "image.orig"), "CBIR_FEATURES_DIR": str(ROOT / "features"),
+           **env_overrides}
     proc = subprocess.Popen([sys.executable, "-m", "cbir", "api", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    for _ in range(3000):
         try:
             if httpx.get(url + "/ready", timeout=1).status_code == 200:
                 return proc, url

@@ -47,7 +47,7 @@ def dba_growth(tmp: Path, requests: int = 200) -> dict:
     before, t = rss_mb(), time.perf_counter()
     for i in range(requests):
         engine.search("efficientnet_lite0", image_id=str(i), rerank=Rerank("dba_aqe", 5 + i % 20, 3.0 + i * 1e-3))
-    return {"growth_mb": rss_mb() - before, "files": len(list(dst.glob("dba-*.npz"))), "in_memory": len(engine._dba),
+    return {"growth_mb": rss_mb() - before, "files": len(list(dst.glob("dba-*.npz"))), "in_memory": len(engine.indexes._dba),
             "ms": (time.perf_counter() - t) / requests * 1000}
 
 

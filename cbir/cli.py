@@ -60,9 +60,10 @@ def _rerank_arg(args):
 
 
 def _add_backend_options(sp) -> None:
-    from .index import BACKENDS
+    from .index import CHOICES
 
-    sp.add_argument("--backend", default=None, help=f"vector index: {', '.join(BACKENDS)} (default: CBIR_INDEX_BACKEND, exact)")
+    sp.add_argument("--backend", default=None, help=f"vector index: {', '.join(CHOICES)} (default: CBIR_INDEX_BACKEND, auto = "
+                    "exact up to CBIR_EXACT_MAX vectors, FAISS above)")
     sp.add_argument("--depth", type=int, default=None, help="candidates per model from an approximate index (default 1000); AP is AP@depth")
 
 
@@ -124,7 +125,7 @@ def cmd_index(args) -> int:
         report = index_collection(
             collection, model, Path(args.features or settings.features_dir), weights=weights,
             batch_size=args.batch_size or settings.batch_size, threads=settings.decode_threads,
-            max_pixels=settings.max_image_pixels, progress=_tqdm_progress(bar),
+            max_pixels=settings.max_image_pixels, progress=_tqdm_progress(bar), dtype=args.dtype,
         )
         bar.close()
         print(report.summary())
@@ -190,7 +191,7 @@ def cmd_evaluate(args) -> int:
             print(f"round {r}: mAP={rep.map:.4f}  P@10={rep.p_at_10:.4f}  P@20={rep.p_at_20:.4f}{gain}")
         return 0
     report = engine.evaluate(models, args.metric, method=method, weights=weights, progress=_tqdm_progress(bar), rerank=rerank,
-                             backend=args.backend or engine.settings.index_backend, depth=args.depth, queries=args.queries, seed=args.seed)
+                             backend=args.backend, depth=args.depth, queries=args.queries, seed=args.seed)
     bar.close()
     print(f"{report.name}  metric={report.metric}  queries={report.n_queries}  ({report.seconds:.1f} s)")
     print(f"{report.map_label}={report.map:.4f}  P@10={report.p_at_10:.4f}  P@20={report.p_at_20:.4f}  R-precision={report.r_precision:.4f}")
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import get_settings
     from .distances import METRICS
     from .fusion import FUSION_METHODS
+    from .store import DTYPES
 
     settings = get_settings()
     metric_help = f"one of {', '.join(METRICS)} (default %(default)s)"
@@ -253,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", default="imagenet", help="imagenet (default), none (random init) or a weights file")
     sp.add_argument("--features", default=None, help=f"feature store folder (default: {settings.features_dir})")
     sp.add_argument("--batch-size", type=int, default=None)
+    sp.add_argument("--dtype", choices=DTYPES, default=None,
+                    help="vectors on disk: float32, or float16 (half the disk and memory); default: the store's, else float32")
     sp.set_defaults(func=cmd_index)
 
     sp = sub.add_parser("search", help="search by collection id or image file")

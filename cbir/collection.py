@@ -21,6 +21,7 @@ from .errors import CBIRError, CollectionError, UnknownImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 LABELS_FILE = "labels.csv"
+MAX_FIND_CHARS = 200  # a search text longer than any id or path is cut, not scanned
 
 
 LABEL_RE = re.compile(r"[\w .-]{1,40}")
@@ -39,6 +40,8 @@ class Collection:
     label_source: str  # "labels.csv", "folders" or "none"
     _index: dict[str, int] = field(default_factory=dict, repr=False)
     _labels_memo: dict[tuple, object] = field(default_factory=dict, repr=False)
+    _find_memo: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    _search_names: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self._index = {image_id: i for i, image_id in enumerate(self.ids)}
@@ -93,6 +96,36 @@ class Collection:
         if missing:
             shown = ", ".join(repr(i) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise CollectionError(f"{what} names {len(missing)} id(s) not in collection {self.name!r}: {shown}")
+
+    def matching_rows(self, text: str = "") -> range | list[int]:
+        """Rows whose id, relative file name or label contains ``text`` (case-insensitive;
+        an exact id first; every row for an empty text), memoised for paging."""
+        needle = str(text or "").strip().lower()[:MAX_FIND_CHARS]
+        if not needle:
+            return range(len(self.ids))
+        if needle not in self._find_memo:
+            if len(self._find_memo) >= 8:
+                self._find_memo.pop(next(iter(self._find_memo)))
+            labels = self.labels or [""] * len(self.ids)
+            rows = [i for i, (name, label) in enumerate(zip(self._names(), labels)) if needle in name or needle in str(label).lower()]
+            exact = self._index.get(str(text).strip())
+            if exact is not None:
+                rows = [exact] + [r for r in rows if r != exact]
+            self._find_memo[needle] = rows
+        return self._find_memo[needle]
+
+    def find(self, text: str = "", offset: int = 0, limit: int = 12) -> tuple[int, list[str]]:
+        """(number of matches of ``text``, the ``limit`` ids from ``offset``): the query
+        picker of a million-image collection pages through this instead of one long list."""
+        rows = self.matching_rows(text)
+        return len(rows), [self.ids[r] for r in rows[max(0, offset) : max(0, offset) + limit]]
+
+    def _names(self) -> list[str]:
+        """Lower-case "id relative/path.jpg" of every image, built once."""
+        if not self._search_names:
+            prefix = str(self.root).rstrip("/") + "/"
+            self._search_names = [f"{i} {str(p).removeprefix(prefix)}".lower() for i, p in zip(self.ids, self.paths)]
+        return self._search_names
 
     def class_counts(self) -> dict[str, int]:
         return dict(Counter(self.labels)) if self.labels else {}

@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     api_workers: int = Field(2, ge=1, le=32, description="API worker processes")
     app_host: str = "127.0.0.1"
     app_port: int = 8501
-    index_backend: str = Field("exact", description="Vector index: exact, faiss or milvus")
+    index_backend: str = Field("auto", description="Vector index: auto, exact, faiss or milvus")
+    exact_max: int = Field(200_000, ge=0, description="auto: exact search up to this many vectors per store, FAISS above")
     faiss_kind: str = Field("hnsw", description="FAISS index kind: hnsw, or ivfpq (low memory)")
     milvus_uri: str | None = Field(None, description="Milvus server, e.g. http://localhost:19530")
     milvus_token: str | None = Field(None, description="Milvus token (user:password or an API key)")

@@ -13,8 +13,12 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import unknown
+from .errors import CBIRError, unknown
 
+#: A stored matrix whose prepared float32 copy would be larger than this is not copied into
+#: memory: it is searched in row blocks read straight from its (memory-mapped) source.
+PREPARED_MAX_BYTES = 2 << 30
+_STREAM_ROWS = 32768  # rows per block of a streamed search (160 MiB of float32 at d = 1280)
 #: Elements of the (q, chunk, d) temporary used by the non-matmul kernels.
 _CHUNK_ELEMENTS = 1 << 23  # 8 Mi floats = 32 MiB in float32
 _EPS = 1e-12
@@ -126,34 +130,57 @@ class PreparedIndex:
     """Stored vectors prepared once for one metric, so each query costs one pass.
 
     Cosine keeps the L2-normalised matrix, Euclidean the squared norms, Bhattacharyya
-    the square roots of the sum-1 normalised vectors; chi-square has no shortcut.
+    the square roots of the sum-1 normalised vectors; chi-square has no shortcut. A matrix
+    whose float32 copy exceeds ``max_bytes`` (default :data:`PREPARED_MAX_BYTES`) is
+    *streamed*: each search prepares it block by block from the source (a memory-mapped
+    float16 or float32 store), so memory stays bounded at any size.
     """
 
-    def __init__(self, stored, metric: str):
+    def __init__(self, stored, metric: str, max_bytes: int | None = None):
         self.metric = normalise_metric(metric)
         self._spec = METRICS[self.metric]
-        x = np.asarray(stored)
+        x = np.asarray(stored)  # a memory map stays one
         if x.ndim != 2:
             raise ValueError(f"expected a 2-D (n, d) array of stored vectors; got shape {x.shape}")
+        self.dim, self._n = int(x.shape[1]), int(x.shape[0])
+        self.streamed = self._n * self.dim * 4 > (PREPARED_MAX_BYTES if max_bytes is None else max_bytes)
+        if self.streamed:
+            if not np.issubdtype(x.dtype, np.floating):
+                raise ValueError("features must be floating point")
+            self._source, self._x, self._aux = x, None, None
+            return
         _, x = _check(np.zeros((1, x.shape[1]), dtype=np.float32), x)
-        self.dim = x.shape[1]
         if self._spec.histogram:
             _check_non_negative(self._spec.label.lower(), x)
         self._x, self._aux = self._spec.prepare(x)
 
     def __len__(self) -> int:
-        return int(self._x.shape[0])
+        return self._n
 
     @property
     def vectors(self) -> np.ndarray:
         """The prepared matrix (for cosine: the L2-normalised vectors)."""
+        if self.streamed:
+            raise CBIRError(
+                f"this store ({self._n:,} x {self.dim}) is searched in streaming blocks, too large to prepare in memory "
+                "for re-ranking: use --backend faiss for αQE and DBA"
+            )
         return self._x
 
     def distances(self, queries) -> np.ndarray:
         q, _ = _check(queries, np.zeros((0, self.dim), dtype=np.float32))
         if self._spec.histogram:
             _check_non_negative(self._spec.label.lower(), q)
-        return self._spec.kernel(q, self._x, self._aux)
+        if not self.streamed:
+            return self._spec.kernel(q, self._x, self._aux)
+        out = np.empty((q.shape[0], self._n), dtype=np.float32)
+        for start in range(0, self._n, _STREAM_ROWS):
+            _, block = _check(q[:1], self._source[start : start + _STREAM_ROWS])
+            if self._spec.histogram:
+                _check_non_negative(self._spec.label.lower(), block)
+            x, aux = self._spec.prepare(block)
+            out[:, start : start + len(block)] = self._spec.kernel(q, x, aux)
+        return out
 
 
 def euclidean_distances(queries, stored) -> np.ndarray:

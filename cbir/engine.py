@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -15,19 +14,18 @@ import numpy as np
 from . import experiments, model_search
 from .collection import Collection, scan_collection
 from .config import Settings, get_settings
-from .distances import PreparedIndex, l2_normalise, normalise_metric
+from .distances import normalise_metric
 from .errors import CBIRError, StoreError, unknown
 from .evaluation import EvaluationReport
 from .extractors import MODELS, build_extractor, get_spec, model_status
 from .fusion import FUSION_METHODS, check_weights, fuse
-from .index import VectorIndex, candidate_row, check_backend, expanded_query, open_index
+from .index import resolve_backend
+from .index_cache import IndexCache
 from .images import image_from_array, open_image, resize_rgb
-from .rerank import FeedbackRound, Rerank, alpha_query_expansion, check_metric, database_augmentation, feedback_rounds, rocchio
+from .rerank import FeedbackRound, Rerank, check_metric, feedback_rounds
 from .search import Query, SearchResponse, check_top_k, rank_distances
-from .store import FeatureStore, common_ids, derived_array, load_store, store_dir, store_exists
+from .store import FeatureStore, load_store, store_dir, store_exists, store_stamp
 
-DBA_IN_MEMORY = 2  # DBA matrices kept per process (each is the size of its store: 512 MB at 100k x 1280)
-INDEXES_IN_MEMORY = 8  # opened vector indexes (model, metric, backend) kept per process
 
 
 class Engine:
@@ -40,9 +38,7 @@ class Engine:
         self._stores: dict[tuple[str, str], tuple[float, FeatureStore]] = {}
         self._extractors: dict[tuple[str, str], object] = {}
         self._lock = threading.RLock()
-        self._dba: OrderedDict[tuple, PreparedIndex] = OrderedDict()
-        self._indexes: OrderedDict[tuple, VectorIndex] = OrderedDict()
-        self.last_dba_seconds: dict[str, float] = {}
+        self.indexes = IndexCache(self)
 
     # -- loading --------------------------------------------------------------------
     def store_folder(self, model: str, weights: str = "imagenet") -> Path:
@@ -55,19 +51,18 @@ class Engine:
         """The model's store, reloaded when the file on disk changed."""
         spec = get_spec(model)
         folder = self.store_folder(spec.name, weights)
-        path = folder / "store.npz"
-        if not path.exists():
+        stamp = store_stamp(folder)
+        if stamp is None:
             raise StoreError(
                 f"{spec.label} has no features for collection {self.collection.name!r}; "
                 f"run `cbir index --model {spec.name}` (or use the Collection page)"
             )
-        mtime = path.stat().st_mtime_ns
         with self._lock:
             cached = self._stores.get((spec.name, weights))
-            if cached and cached[0] == mtime:
+            if cached and cached[0] == stamp:
                 return cached[1]
             store = load_store(folder)
-            self._stores[(spec.name, weights)] = (mtime, store)
+            self._stores[(spec.name, weights)] = (stamp, store)
             return store
 
     def extractor(self, model: str, weights: str = "imagenet"):
@@ -97,38 +92,9 @@ class Engine:
     def searchable_models(self) -> list[str]:
         return [m["name"] for m in self.model_info() if m["searchable"]]
 
-    def rerank_index(self, model: str, rerank: Rerank) -> PreparedIndex:
-        """Cosine index over the store, or over its DBA vectors (built once per store
-        version and (n, alpha), cached beside the store; the newest few in memory)."""
-        store = self.store(model)
-        if rerank.method != "dba_aqe":
-            return store.index("cosine")
-        key = (model, rerank.n, rerank.alpha, store.version)
-        with self._lock:
-            if key in self._dba:
-                self._dba.move_to_end(key)
-                return self._dba[key]
-            matrix, seconds = derived_array(store, self.store_folder(model), f"dba-n{rerank.n}-a{rerank.alpha:g}",
-                                            lambda: database_augmentation(store.embeddings, rerank.n, rerank.alpha))
-            self.last_dba_seconds[model] = seconds
-            self._dba[key] = PreparedIndex(matrix, "cosine")
-            while len(self._dba) > DBA_IN_MEMORY:  # least recently used first: memory stays bounded
-                self._dba.popitem(last=False)
-            return self._dba[key]
-
-    def vector_index(self, model: str, metric: str, backend: str) -> VectorIndex:
-        """The backend's index of the model's store for ``metric``, per store version."""
-        store = self.store(model)
-        key = (model, metric, backend, store.version)
-        with self._lock:
-            if key not in self._indexes:
-                labels = [self.collection.label_of(i) if i in self.collection else None for i in store.ids.tolist()]
-                self._indexes[key] = open_index(backend, store, self.store_folder(model), metric, self.settings,
-                                                labels, self.collection.name)
-                while len(self._indexes) > INDEXES_IN_MEMORY:
-                    self._indexes.popitem(last=False)
-            self._indexes.move_to_end(key)
-            return self._indexes[key]
+    def resolve_backend(self, backend: str | None, models: Sequence[str]) -> str:
+        """The backend a request uses (``auto``: by the size of the largest store)."""
+        return resolve_backend(backend or self.settings.index_backend, max(len(self.store(m)) for m in models), self.settings)
 
     # -- search ---------------------------------------------------------------------
     def _check_query(self, query: Query) -> Query:
@@ -170,10 +136,9 @@ class Engine:
         if rerank.active or feedback:
             check_metric(metric)
         stores = {m: self.store(m) for m in models}
-        ids = common_ids([s.ids for s in stores.values()])
-        if not ids:
-            raise StoreError("the chosen models share no indexed image; index them on the same collection")
-        position = ids.index(query.image_id) if exclude_query and query.image_id is not None and query.image_id in ids else None
+        space = self.indexes.id_space(models)
+        ids = space.ids
+        position = space.position.get(query.image_id) if exclude_query and query.image_id is not None else None
         image = self._decode(query, timings) if query.image is not None else None
         out: dict[str, np.ndarray] = {}
         for m, s in stores.items():
@@ -204,7 +169,7 @@ class Engine:
         if not models:
             raise CBIRError("choose at least one model")
         metric, top_k = normalise_metric(metric), check_top_k(top_k)
-        backend = check_backend(backend or self.settings.index_backend)
+        backend = self.resolve_backend(backend, models)
         depth = None if backend == "exact" else max(top_k, int(depth or self.settings.search_depth))
         query = self._check_query(query or Query(image_id=image_id, image=image))
         if method is not None and method not in FUSION_METHODS:
@@ -214,8 +179,9 @@ class Engine:
         feedback = feedback_rounds(feedback)
         self.collection.check_ids([i for r in feedback for i in (*r.relevant, *r.non_relevant)], "feedback")
         ids, dists, timings = self.full_distances(models, metric, query, exclude_query, rerank, feedback, backend, depth or 0)
-        labels = self.collection.labels_for(ids)
-        per_model = {m: rank_distances(m, d, ids, labels, query.label, top_k, depth=depth,
+        space = self.indexes.id_space(models)
+        labels, counts = space.labels, space.label_counts
+        per_model = {m: rank_distances(m, d, ids, labels, query.label, top_k, depth=depth, label_counts=counts,
                                        seconds=timings.get(f"search:{m}", 0.0) + timings.get(f"extract:{m}", 0.0))
                      for m, d in dists.items()}
         fused = None
@@ -223,7 +189,8 @@ class Engine:
             t0 = time.perf_counter()
             fd = fuse({m: d[None, :] for m, d in dists.items()}, method=method, weights=weights)[0]
             timings["fusion"] = time.perf_counter() - t0
-            fused = rank_distances("combined", fd, ids, labels, query.label, top_k, seconds=timings["fusion"], depth=depth)
+            fused = rank_distances("combined", fd, ids, labels, query.label, top_k, seconds=timings["fusion"], depth=depth,
+                                   label_counts=counts)
         timings["total"] = time.perf_counter() - start
         return SearchResponse(
             query=query, metric=metric, top_k=top_k, per_model=per_model, fused=fused,
@@ -235,12 +202,12 @@ class Engine:
     # -- experiments (cbir.experiments) ------------------------------------------------
     def evaluate(self, models: Sequence[str] | str, metric: str = "cosine", method: str | None = None,
                  weights: Mapping[str, float] | None = None, progress: Callable[[int, int], None] | None = None,
-                 rerank: Rerank | None = None, backend: str = "exact", depth: int | None = None,
+                 rerank: Rerank | None = None, backend: str | None = None, depth: int | None = None,
                  queries: int | None = None, seed: int = 0) -> EvaluationReport:
         """Every labelled image (or a seeded sample of ``queries``) as a query against the
         rest, for one model or a fusion (approximate backend: mAP at ``depth``)."""
         models = [get_spec(m).name for m in ([models] if isinstance(models, str) else list(models))]
-        return experiments.evaluate(self, models, metric, method, weights, progress, rerank, check_backend(backend),
+        return experiments.evaluate(self, models, metric, method, weights, progress, rerank, self.resolve_backend(backend, models),
                                     int(depth or self.settings.search_depth), queries, seed)
 
     def evaluate_feedback(self, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:

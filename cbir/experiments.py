@@ -69,7 +69,7 @@ def _database_and_queries(engine: Engine, model: str, ids: list[str], rerank: Re
     if not rerank.active:
         db = store.aligned(ids)
         return db, db
-    db = store.aligned(ids, engine.rerank_index(model, rerank).vectors)
+    db = store.aligned(ids, engine.indexes.rerank_index(model, rerank).vectors)
     return db, alpha_query_expansion(db, db, rerank.n, rerank.alpha, exclude=np.arange(len(ids)))
 
 
@@ -92,7 +92,7 @@ def _searcher(engine: Engine, model: str, metric: str, db: np.ndarray, ids: list
     if backend == "exact":
         return PreparedIndex(db, metric)
     store = engine.store(model)
-    return _Candidates(engine.vector_index(model, metric, backend), store.rows_for(ids), len(store), depth)
+    return _Candidates(engine.indexes.vector_index(model, metric, backend), store.rows_for(ids), len(store), depth)
 
 
 def evaluate(

@@ -14,7 +14,7 @@ import numpy as np
 from .collection import Collection
 from .errors import CBIRError, ImageError
 from .images import DEFAULT_MAX_PIXELS, load_resized
-from .store import FeatureStore, load_store, merge_update, save_store, store_dir, store_exists
+from .store import DTYPES, FeatureStore, load_store, merge_update, save_store, store_dir, store_exists
 
 Progress = Callable[[int, int], None]
 
@@ -107,15 +107,17 @@ class IndexReport:
         )
 
 
-def _reusable_store(folder: Path, dim: int, weights: str) -> FeatureStore | None:
-    """The existing store when its vectors can be kept (same width and weights), else None."""
+def _reusable_store(folder: Path, dim: int, weights: str, dtype: str | None) -> FeatureStore | None:
+    """The existing store when its vectors can be kept (same width and weights, and not
+    float16 vectors asked to become float32), else None."""
     if not store_exists(folder):
         return None
     try:
         old = load_store(folder)
     except CBIRError:
         return None  # unreadable: rebuild from scratch
-    return old if old.dim == dim and old.manifest.get("weights") == weights else None
+    narrower = old.dtype == "float16" and dtype == "float32"
+    return old if old.dim == dim and old.manifest.get("weights") == weights and not narrower else None
 
 
 def index_collection(
@@ -128,13 +130,18 @@ def index_collection(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Progress | None = None,
     extractor=None,
+    dtype: str | None = None,
 ) -> IndexReport:
-    """Extract only new or changed images, drop removed ones, and write the store atomically."""
+    """Extract only new or changed images, drop removed ones, and write the store atomically
+    as ``dtype`` (float32 or float16; default: the existing store's, else float32)."""
     from .extractors import build_extractor, get_spec
 
+    if dtype is not None and dtype not in DTYPES:
+        raise CBIRError(f"unknown store dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     spec = get_spec(model)
     folder = store_dir(features_dir, collection.name, spec.name, weights)
-    old = _reusable_store(folder, spec.dim, weights)
+    old = _reusable_store(folder, spec.dim, weights, dtype)
+    dtype = dtype or (old.dtype if old is not None else "float32")
     signatures = collection.signatures()
     todo, kept = merge_update(old, collection.ids, signatures)
     removed = 0 if old is None else len(set(old.ids.tolist()) - set(collection.ids))
@@ -156,7 +163,7 @@ def index_collection(
     if not ok.any():
         raise CBIRError(f"no image of {collection.root} could be read; {len(failures)} failed, e.g. {failures[0][1]}")
     keep = np.flatnonzero(ok)
-    if todo or removed or old is None or len(old) != len(keep):
+    if todo or removed or old is None or len(old) != len(keep) or old.dtype != dtype:
         store = FeatureStore(
             model=spec.name,
             weights=weights,
@@ -165,6 +172,6 @@ def index_collection(
             signatures=np.asarray(signatures)[keep],
             manifest={"collection": collection.name, "created": old.manifest.get("created") if old else None},
         )
-        save_store(store, folder)
+        save_store(store, folder, dtype)
     return IndexReport(model=spec.name, weights=weights, images=len(keep), extracted=len(todo) - len(failures),
                        reused=len(collection) - len(todo), removed=removed, failures=failures, seconds=seconds, path=folder)

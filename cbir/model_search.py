@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .distances import l2_normalise
-from .errors import CBIRError
 from .index import candidate_row, expanded_query
 from .rerank import FeedbackRound, Rerank, alpha_query_expansion, rocchio
 from .search import Query
@@ -32,16 +31,20 @@ def _marked(store, feedback_round: FeedbackRound) -> tuple[list[int], list[int]]
 def candidates(engine: Engine, model: str, metric: str, vec: np.ndarray, query: Query, rerank: Rerank,
                feedback: list[FeedbackRound], backend: str, depth: int) -> np.ndarray:
     """An approximate index's ``depth`` candidates over the store rows (NaN elsewhere);
-    feedback moves the query first, αQE issues a second index query."""
+    feedback moves the query first, αQE issues a second index query, DBA searches an
+    index over the augmented vectors (whose k-NN graph came from the store's index)."""
+    store = engine.store(model)
+    own = _own_row(store, query)
     if rerank.method == "dba_aqe":
-        raise CBIRError(f"DBA + αQE is computed on the exact index only: use --backend exact (or αQE with {backend})")
-    store, index = engine.store(model), engine.vector_index(model, metric, backend)
-    q = vec
+        db, index = engine.indexes.dba_index(model, rerank, backend)
+        q = db[own] if own >= 0 else l2_normalise(vec)
+    else:
+        db, index, q = store.embeddings, engine.indexes.vector_index(model, metric, backend), vec
     for rnd in feedback:
         rel, non = _marked(store, rnd)
-        q = rocchio(q[None, :], store.embeddings[rel], store.embeddings[non])[0]
+        q = rocchio(q[None, :], db[rel], db[non])[0]
     if rerank.active:
-        q = expanded_query(index, store.embeddings, q, rerank.n, rerank.alpha, _own_row(store, query))
+        q = expanded_query(index, db, q, rerank.n, rerank.alpha, own)
     return candidate_row(index, q, depth, len(store))
 
 
@@ -54,7 +57,7 @@ def distance_row(engine: Engine, model: str, metric: str, vec: np.ndarray, query
         return candidates(engine, model, metric, vec, query, rerank, feedback, backend, depth)
     if not (rerank.active or feedback):
         return store.index(metric).distances(vec[None, :])[0]
-    index = engine.rerank_index(model, rerank)
+    index = engine.indexes.rerank_index(model, rerank)
     db, own = index.vectors, _own_row(store, query)
     q = (db[own] if own >= 0 and rerank.method == "dba_aqe" else l2_normalise(vec))[None, :]
     for rnd in feedback:

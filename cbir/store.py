@@ -1,10 +1,15 @@
-"""Feature store: one float32 (n, d) matrix and its ids per collection and model, and the
-arrays derived from it (DBA vectors; later ANN indexes and maps), keyed by its version.
+"""Feature store: one (n, d) matrix (float32, or float16 to halve disk and memory) and its
+ids per collection and model, and the arrays derived from it (DBA vectors, ANN indexes,
+maps), keyed by its version.
 
-A store is a single ``.npz`` file (embeddings, ids, content signatures and a JSON
-manifest) plus a human-readable ``manifest.json`` beside it. Every write, the store's and
-a derived array's, goes through :func:`write_atomic`: a temporary file in the same folder
-renamed into place, so an interrupted writer always leaves the previous file readable.
+A store is a folder: ``manifest.json`` names the current version and its three ``.npy``
+files (``vectors-<version>.npy``, ``ids-<version>.npy``, ``signatures-<version>.npy``).
+The vectors are opened memory-mapped (``mmap_mode="r"``), so a store of a million images
+opens in well under a second and pages in only what a search touches. Every write goes
+through :func:`write_atomic`: the new version's files first, then the manifest renamed
+over the old one, so an interrupted writer always leaves the previous version readable;
+older versions' files are removed afterwards (a reader that has them mapped keeps them).
+Stores written before this layout (one ``store.npz``) are still read, whole into memory.
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ from typing import IO, Callable
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import CBIRError, StoreError
 
 #: Bump when preprocessing or pooling changes, so stale features are not mixed in.
 PREPROCESSING_VERSION = 1
-STORE_FILE = "store.npz"
+MANIFEST = "manifest.json"
+LEGACY_FILE = "store.npz"  # the single-file layout of earlier versions (read only)
+STORE_FORMAT = 2
+DTYPES = ("float32", "float16")
 DERIVED_FILES = 3  # derived files of one kind (e.g. "dba") kept beside a store, newest first
+_HASH_ROWS = 65536  # rows hashed at a time: the version of a memory-mapped store needs no full copy
 
 
 @dataclass
@@ -39,12 +48,13 @@ class FeatureStore:
     _indexes: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        e = self.embeddings
+        if not (isinstance(e, np.ndarray) and e.dtype.name in DTYPES):  # a memory map stays one
+            self.embeddings = np.ascontiguousarray(e, dtype=np.float32)
         self.ids = np.asarray(self.ids, dtype=str)
         self.signatures = np.asarray(self.signatures, dtype=str)
         if self.embeddings.ndim != 2 or self.embeddings.shape[0] != self.ids.shape[0]:
             raise StoreError(f"store shapes disagree: {self.embeddings.shape} vs {self.ids.shape} ids")
-        self._rows = {image_id: i for i, image_id in enumerate(self.ids.tolist())}
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -54,23 +64,34 @@ class FeatureStore:
         return int(self.embeddings.shape[1])
 
     @property
+    def dtype(self) -> str:
+        return self.embeddings.dtype.name
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """id -> row, built on first use (a million ids take a few hundred ms)."""
+        if not self._rows and len(self):
+            self._rows = {image_id: i for i, image_id in enumerate(self.ids.tolist())}
+        return self._rows
+
+    @property
     def version(self) -> str:
         """Changes whenever the content changes; keys the result cache."""
         return str(self.manifest.get("version", ""))
 
     def row_of(self, image_id: str) -> int:
         try:
-            return self._rows[str(image_id)]
+            return self.rows[str(image_id)]
         except KeyError:
             raise StoreError(
                 f"image {image_id!r} is not in the {self.model} feature store; run `cbir index --model {self.model}`"
             ) from None
 
     def __contains__(self, image_id: object) -> bool:
-        return str(image_id) in self._rows
+        return str(image_id) in self.rows
 
     def vector(self, image_id: str) -> np.ndarray:
-        return self.embeddings[self.row_of(image_id)]
+        return np.asarray(self.embeddings[self.row_of(image_id)], dtype=np.float32)
 
     def index(self, metric: str):
         """The vectors prepared for ``metric`` (built on first use, then reused)."""
@@ -117,28 +138,47 @@ def _weights_tag(weights: str) -> str:
     return "file-" + Path(weights).stem
 
 
-def save_store(store: FeatureStore, folder: Path) -> Path:
+def save_store(store: FeatureStore, folder: Path, dtype: str | None = None) -> Path:
+    """Write ``store`` (as ``dtype``, default its own) as a new version of ``folder``;
+    returns the manifest's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(folder)
+    vectors = _as_dtype(store.embeddings, dtype or store.dtype)
+    version = _content_version(vectors, store.ids)
     manifest = dict(store.manifest)
     manifest.update(
         model=store.model,
         weights=store.weights,
         preprocessing_version=PREPROCESSING_VERSION,
+        format=STORE_FORMAT,
         dim=store.dim,
+        dtype=vectors.dtype.name,
         images=len(store),
         created=manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        version=version,
+        files={part: f"{part}-{version}.npy" for part in ("vectors", "ids", "signatures")},
     )
-    manifest["version"] = _content_version(store)
-    store.manifest = manifest
-    target = folder / STORE_FILE
-    arrays = dict(embeddings=store.embeddings, ids=store.ids, signatures=store.signatures, manifest=np.array(json.dumps(manifest)))
-    write_atomic(target, lambda fh: np.savez(fh, **arrays), prefix=".store-")
+    for part, array in (("vectors", vectors), ("ids", store.ids), ("signatures", store.signatures)):
+        write_atomic(folder / manifest["files"][part], lambda fh, a=array: np.save(fh, a, allow_pickle=False), prefix=".store-")
     text = json.dumps(manifest, indent=2) + "\n"
-    write_atomic(folder / "manifest.json", lambda fh: fh.write(text.encode()), prefix=".tmp-", fsync=False)
-    return target
+    write_atomic(folder / MANIFEST, lambda fh: fh.write(text.encode()), prefix=".tmp-")  # the switch
+    store.manifest, store.embeddings = manifest, vectors
+    for old in [*folder.glob("vectors-*.npy"), *folder.glob("ids-*.npy"), *folder.glob("signatures-*.npy"), folder / LEGACY_FILE]:
+        if old.name not in manifest["files"].values():
+            old.unlink(missing_ok=True)
+    return folder / MANIFEST
+
+
+def _as_dtype(vectors: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype not in DTYPES:
+        raise CBIRError(f"unknown store dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
+        out = np.ascontiguousarray(vectors, dtype=dtype)
+    if dtype == "float16" and not all(np.isfinite(out[i : i + _HASH_ROWS]).all() for i in range(0, len(out), _HASH_ROWS)):
+        raise CBIRError("these features exceed the float16 range (|x| > 65504): keep --dtype float32")
+    return out
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], object], prefix: str = ".tmp-", fsync: bool = True) -> None:
@@ -213,19 +253,67 @@ def _remove_stale_temporaries(folder: Path, older_than: float = 600.0) -> None:
             pass
 
 
-def _content_version(store: FeatureStore) -> str:
+def _content_version(vectors: np.ndarray, ids: np.ndarray) -> str:
     import hashlib
 
     h = hashlib.blake2b(digest_size=8)
-    h.update(store.embeddings.tobytes())
-    h.update("\n".join(store.ids.tolist()).encode())
+    for i in range(0, len(vectors), _HASH_ROWS):
+        h.update(np.ascontiguousarray(vectors[i : i + _HASH_ROWS]).tobytes())
+    h.update("\n".join(ids.tolist()).encode())
     return h.hexdigest()
 
 
+def store_stamp(folder: Path) -> int | None:
+    """Changes when a new version of the store is written (None: no store)."""
+    for name in (MANIFEST, LEGACY_FILE):
+        try:
+            path = Path(folder) / name
+            if name == LEGACY_FILE or json.loads(path.read_text()).get("format") == STORE_FORMAT:
+                return path.stat().st_mtime_ns
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def load_store(folder: Path) -> FeatureStore:
-    path = Path(folder) / STORE_FILE
+    """The current version of the store in ``folder``, its vectors memory-mapped."""
+    folder = Path(folder)
+    for attempt in range(3):
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        if manifest.get("format") != STORE_FORMAT:
+            return _load_legacy(folder)
+        try:
+            return _load_version(folder, manifest)
+        except FileNotFoundError:  # a writer replaced this version between the two reads
+            if attempt == 2:
+                raise StoreError(f"feature store {folder} lacks the files its manifest names; run `cbir index` again") from None
+    raise AssertionError("unreachable")
+
+
+def _load_version(folder: Path, manifest: dict) -> FeatureStore:
+    try:
+        files = manifest["files"]
+        return FeatureStore(
+            model=manifest["model"],
+            weights=manifest["weights"],
+            embeddings=np.load(folder / files["vectors"], mmap_mode="r", allow_pickle=False),
+            ids=np.load(folder / files["ids"], allow_pickle=False),
+            signatures=np.load(folder / files["signatures"], mmap_mode="r", allow_pickle=False),
+            manifest=manifest,
+        )
+    except (StoreError, FileNotFoundError):
+        raise
+    except Exception as exc:  # a damaged or half-deleted store: say which and what to do
+        raise StoreError(f"feature store {folder} is unreadable ({exc}); delete the folder and run `cbir index`") from exc
+
+
+def _load_legacy(folder: Path) -> FeatureStore:
+    path = folder / LEGACY_FILE
     if not path.exists():
-        raise StoreError(f"no feature store at {path}; run `cbir index` first")
+        raise StoreError(f"no feature store at {folder}; run `cbir index` first")
     try:
         with np.load(path, allow_pickle=False) as data:
             manifest = json.loads(str(data["manifest"]))
@@ -244,7 +332,7 @@ def load_store(folder: Path) -> FeatureStore:
 
 
 def store_exists(folder: Path) -> bool:
-    return (Path(folder) / STORE_FILE).exists()
+    return store_stamp(folder) is not None
 
 
 def merge_update(
@@ -264,7 +352,7 @@ def merge_update(
     old_sig = dict(zip(old.ids.tolist(), old.signatures.tolist()))
     for i, (image_id, sig) in enumerate(zip(ids, signatures)):
         if old_sig.get(image_id) == sig:
-            kept[i] = old.embeddings[old.row_of(image_id)]
+            kept[i] = old.embeddings[old.row_of(image_id)]  # float16 rows widen exactly
         else:
             todo.append(i)
     return todo, kept

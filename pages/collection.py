@@ -10,7 +10,6 @@ import streamlit as st
 
 from cbir.collection import LABELS_FILE, add_images
 from cbir.errors import CBIRError
-from cbir.extractors import MODELS
 from cbir.index import BACKEND_LABELS, backend_status
 from cbir.indexing import index_collection
 from pages.common import current_role, get_engine, model_label, reload_engine, show_error
@@ -40,7 +39,8 @@ st.dataframe(pd.DataFrame([
     {"Backend": BACKEND_LABELS[b], "Available": "✅" if ok else "❌", "Why": why,
      "Built for": ", ".join(model_label(m) for m, f in folders.items() if list(f.glob(f"{b}-*.npz"))) if b == "faiss"
      else ("every indexed model (in memory)" if b == "exact" else "synced when first searched"),
-     "Default": "●" if b == settings.index_backend else ""}
+     "Default": "●" if b == (engine.resolve_backend(None, list(folders)) if folders and settings.index_backend == "auto"
+                             else settings.index_backend) else ""}
     for b, (ok, why) in backends.items()
 ]), hide_index=True, width="stretch")
 

@@ -6,7 +6,6 @@ Session-state keys carry the page's prefix (``auth_``, ``search_``, ``eval_``, .
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st

@@ -9,10 +9,10 @@ import streamlit as st
 from cbir.distances import METRICS
 from cbir.extractors import MODELS, default_model
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS
-from cbir.index import BACKEND_LABELS, BACKENDS, backend_status
+from cbir.index import AUTO, BACKEND_LABELS, BACKENDS, backend_status
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, ROCCHIO_TEXT, Rerank
 from pages.common import (
-    get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row,
+    get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row, thumbnail_of,
 )
 
 engine = get_engine()
@@ -44,11 +44,12 @@ with st.sidebar:
                 st.caption(infos[n]["reason"] if not infos[n]["available"] else "Not indexed yet: use the Collection page.")
     metric = st.selectbox("Metric", list(METRICS), index=list(METRICS).index("cosine"), format_func=metric_label, key="search_metric")
     backends = backend_status(engine.settings)
-    usable = [b for b in BACKENDS if backends[b][0]]
-    default_backend = engine.settings.index_backend if engine.settings.index_backend in usable else "exact"
+    usable = [AUTO] + [b for b in BACKENDS if backends[b][0]]
+    default_backend = engine.settings.index_backend if engine.settings.index_backend in usable else AUTO
     backend = st.selectbox("Index", usable, index=usable.index(default_backend), format_func=lambda b: BACKEND_LABELS[b],
-                           key="search_backend", help="Exact ranks the whole collection; FAISS and Milvus are approximate "
-                           "and return the top 1000 candidates per model (AP is then AP@1000).")
+                           key="search_backend", help=f"Automatic: exact up to {engine.settings.exact_max:,} images, FAISS above. "
+                           "Exact ranks the whole collection; FAISS and Milvus are approximate and return the top "
+                           f"{engine.settings.search_depth:,} candidates per model (AP is then AP@{engine.settings.search_depth}).")
     top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="search_top_k") or 10
     method, weights = None, None
     if len(models) >= 2:
@@ -73,24 +74,55 @@ with st.sidebar:
         st.warning(f"Re-ranking and feedback need the cosine metric; {metric_label(metric)} does not admit them.")
 
 # -- query ------------------------------------------------------------------------------
+PICKER_PAGE = 12  # thumbnails per page of the picker
+
+
+def query_picker(collection) -> str:
+    """Find by id, file name or label, page through the matches as thumbnails, or draw one
+    at random: usable at a million images, where a select box is not."""
+    state = st.session_state
+    if state.get("search_query_id") not in collection:
+        state["search_query_id"] = collection.ids[0]
+    c1, c2 = st.columns([4, 1])
+    with c2:
+        st.write("")
+        if st.button("🎲 Random", key="search_random", width="stretch"):
+            state["search_query_id"] = random.choice(collection.ids)
+    with c1:
+        text = st.text_input("Find an image", key="search_find", placeholder="id, file name or label — Enter to filter")
+    if state.get("search_find_text") != text:  # a new filter starts on its first page
+        state["search_find_text"], state["search_page"] = text, 0
+    total, _ = collection.find(text, 0, 0)
+    pages = max(1, -(-total // PICKER_PAGE))
+    page = min(state.get("search_page", 0), pages - 1)
+    _, shown = collection.find(text, page * PICKER_PAGE, PICKER_PAGE)
+    nav = st.columns([1, 4, 1])
+    if nav[0].button("◀", key="search_prev", disabled=page == 0, width="stretch"):
+        state["search_page"] = page - 1
+        st.rerun()
+    found = f"{total:,} image{'' if total == 1 else 's'}" + (f" match “{text.strip()}”" if text.strip() else "")
+    nav[1].caption(found + (f" · page {page + 1} of {pages:,}" if total else " — try another id, file name or label"))
+    if nav[2].button("▶", key="search_next", disabled=page >= pages - 1, width="stretch"):
+        state["search_page"] = page + 1
+        st.rerun()
+    for row in range(0, len(shown), 6):
+        for col, image_id in zip(st.columns(6), shown[row : row + 6]):
+            col.image(thumbnail_of(engine, image_id, 128), width="stretch")
+            chosen = image_id == state["search_query_id"]
+            if col.button(f"{'✓ ' if chosen else ''}{image_id}", key=f"search_pick_{image_id}", width="stretch",
+                          type="primary" if chosen else "secondary", help=collection.label_of(image_id)):
+                state["search_query_id"] = image_id
+                st.rerun()
+    return state["search_query_id"]
+
+
 st.subheader("Query")
 source = st.radio("Query from", ["Collection image", "Upload"], horizontal=True, key="search_source", label_visibility="collapsed")
 image_id, image_bytes = None, None
 qcol, pcol = st.columns([4, 1])
 with qcol:
     if source == "Collection image":
-        labels = collection.labels
-        def fmt(i: str) -> str:
-            return f"{i} · {collection.label_of(i)}" if labels else i
-        if "search_query_id" not in st.session_state:
-            st.session_state["search_query_id"] = collection.ids[0]
-        c1, c2 = st.columns([4, 1])
-        with c2:
-            st.write("")
-            if st.button("🎲 Random", key="search_random", width="stretch"):
-                st.session_state["search_query_id"] = random.choice(collection.ids)
-        with c1:
-            image_id = st.selectbox("Collection image", collection.ids, format_func=fmt, key="search_query_id")
+        image_id = query_picker(collection)
     else:
         upload = st.file_uploader("Upload an image", type=["jpg", "jpeg", "png", "bmp", "webp"], key="search_upload")
         if upload is not None:

@@ -180,6 +180,9 @@ def test_images(client):
     assert page["items"][0] == {"id": "95", "label": "africa", "url": "/api/images/95"}
     beach = client.get("/api/available_images?label=beach&limit=1000", headers=h).json()
     assert beach["total"] == 100
+    found = client.get("/api/available_images?q=BUS&offset=10&limit=3", headers=h).json()
+    assert found["total"] == 100 and [i["id"] for i in found["items"]] == ["310", "311", "312"]
+    assert client.get("/api/available_images?q=" + "x" * 201, headers=h).status_code == 422
     r = client.get("/api/images/95", headers=h)
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg" and r.content == (COLLECTION / "95.jpg").read_bytes()
     t = client.get("/api/images/95?thumb=64", headers=h)

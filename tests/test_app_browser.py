@@ -97,6 +97,25 @@ def test_search_by_collection_image(page):
     page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
 
 
+def test_query_picker_finds_pages_and_picks(page):
+    """The picker of a large collection: filter by text, page through thumbnails, pick one."""
+    logged_in(page)
+    page.get_by_label("Find an image").fill("bus")
+    page.keyboard.press("Enter")
+    page.get_by_text("100 images match “bus” · page 1 of 9").wait_for()
+    page.get_by_role("button", name="▶").click()
+    page.get_by_text("page 2 of 9").wait_for()
+    page.get_by_role("button", name="312", exact=True).click()
+    page.get_by_text("query 312 · buses").wait_for()
+    run_search(page)
+    page.get_by_text("Results for query 312").wait_for()
+    page.get_by_label("Find an image").fill("no-such-image")
+    page.keyboard.press("Enter")
+    page.get_by_text(re.compile("^0 images match “no-such-image”")).wait_for()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "picker.png"), full_page=False)
+
+
 def test_upload_search(page):
     logged_in(page)
     page.get_by_text("Upload", exact=True).click()

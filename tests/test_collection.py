@@ -19,6 +19,19 @@ def test_wang_collection(collection_dir):
     assert len(c.class_counts()) == 10
 
 
+def test_find_by_id_file_name_or_label_with_paging(tmp_path, collection_dir):
+    c = scan_collection(collection_dir)
+    assert c.find("", 995, 10) == (1000, ["995", "996", "997", "998", "999"])
+    assert c.find("41", 0, 3) == (20, ["41", "141", "241"])  # the exact id first, then in order
+    assert c.find("412") == (1, ["412"])
+    assert c.find("Dinosaurs", 95, 10) == (100, ["495", "496", "497", "498", "499"])  # a label, last page
+    assert c.find(".JPG", 0, 0)[0] == 1000 and c.find("nothing-like-this") == (0, [])
+    nested = tmp_path / "nested"
+    (nested / "cats").mkdir(parents=True)
+    shutil.copy(collection_dir / "1.jpg", nested / "cats" / "tabby.jpg")
+    assert scan_collection(nested).find("cats/tab") == (1, ["cats/tabby"])  # the relative path
+
+
 def test_folder_labels_and_recursion(tmp_path, collection_dir):
     for cls, i in (("beach", 100), ("buses", 300)):
         (tmp_path / cls).mkdir()

@@ -37,8 +37,13 @@ def settings(tmp_path, **kw) -> Settings:
 
 def test_backend_names_and_status(tmp_path):
     assert check_backend("FAISS") == "faiss"
-    with pytest.raises(ValueError, match="unknown index backend 'annoy'; choose one of: exact, faiss, milvus"):
+    with pytest.raises(ValueError, match="unknown index backend 'annoy'; choose one of: auto, exact, faiss, milvus"):
         check_backend("annoy")
+    from cbir.index import resolve_backend
+
+    small = settings(tmp_path, exact_max=1000)
+    assert [resolve_backend("auto", n, small) for n in (1000, 1001)] == ["exact", "faiss"]  # by size
+    assert resolve_backend("milvus", 10, small) == "milvus" and resolve_backend(None, 10, small) == "exact"
     status = backend_status(settings(tmp_path))
     assert set(status) == set(BACKENDS) and status["exact"][0] and status["faiss"][0]
     assert status["milvus"] == (False, "set CBIR_MILVUS_URI to a Milvus server")
@@ -204,12 +209,40 @@ def test_search_with_faiss_reports_ap_at_depth(engine):
     assert approx["combined"]["ap_label"] == "AP@100" and exact["combined"]["ap_label"] == "AP"
     assert [h["id"] for h in approx["combined"]["results"][:5]] == [h["id"] for h in exact["combined"]["results"][:5]]
     assert approx["models"]["efficientnet_lite0"]["relevant_in_collection"] == 99  # recall over all relevant
-    with pytest.raises(Exception, match="DBA"):
-        from cbir.rerank import Rerank
+    from cbir.rerank import Rerank
 
-        engine.search("efficientnet_lite0", image_id="3", backend="faiss", rerank=Rerank("dba_aqe"))
     aqe = engine.search("efficientnet_lite0", image_id="3", backend="faiss", rerank=Rerank("aqe"))
     assert aqe.per_model["efficientnet_lite0"].hits
+
+
+def test_neighbour_graph_of_the_exact_index_gives_brute_force_dba(wang):
+    from cbir.index import neighbour_graph
+    from cbir.rerank import database_augmentation
+
+    store, _ = wang
+    x = np.asarray(store.embeddings[:300])
+    graph = neighbour_graph(ExactIndex(x, "cosine"), x, 10, batch=128)
+    assert graph[0].shape == (300, 10) and not (graph[0] == np.arange(300)[:, None]).any()  # never itself
+    np.testing.assert_allclose(database_augmentation(x, 10, 3.0, graph), database_augmentation(x, 10, 3.0), atol=1e-5)
+
+
+def test_dba_with_faiss_uses_the_hnsw_graph_and_matches_exact(engine):
+    from cbir.rerank import Rerank
+
+    dba = Rerank("dba_aqe")
+    exact = engine.indexes.rerank_index("efficientnet_lite0", dba).vectors
+    approx = engine.indexes.rerank_index("efficientnet_lite0", dba, "faiss").vectors  # k-NN graph from HNSW
+    assert float(np.mean(np.sum(exact * approx, axis=1))) > 0.999  # the same augmented vectors
+    folder = engine.store_folder("efficientnet_lite0")
+    assert (folder / "dba-n10-a3-faiss.npz").exists()
+    for image_id in ("3", "412", "777"):
+        a = engine.search("efficientnet_lite0", image_id=image_id, rerank=dba).per_model["efficientnet_lite0"]
+        b = engine.search("efficientnet_lite0", image_id=image_id, rerank=dba, backend="faiss").per_model["efficientnet_lite0"]
+        assert [h.id for h in b.hits[:5]] == [h.id for h in a.hits[:5]]
+        assert abs(b.average_precision - a.average_precision) < 0.02, (image_id, a.average_precision, b.average_precision)
+    assert (folder / "faissdba-hnsw-n10-a3.npz").exists()  # the index over the DBA vectors, cached
+    with pytest.raises(IndexBackendError, match="backend faiss or exact"):
+        engine.indexes.dba_index("efficientnet_lite0", dba, "milvus")
 
 
 @pytest.mark.redis

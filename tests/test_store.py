@@ -11,6 +11,8 @@ from cbir.collection import scan_collection
 from cbir.errors import StoreError
 from cbir.store import FeatureStore, load_store, merge_update, save_store
 
+from tests.conftest import COLLECTION, ROOT
+
 
 def _store(n=5, d=4, seed=0):
     rng = np.random.default_rng(seed)
@@ -41,6 +43,82 @@ def test_missing_and_damaged(tmp_path):
     (tmp_path / "store.npz").write_bytes(b"garbage")
     with pytest.raises(StoreError, match="unreadable"):
         load_store(tmp_path)
+
+
+def test_store_opens_memory_mapped_and_reads_the_legacy_file(tmp_path):
+    s = _store(n=50, d=8)
+    np.savez(tmp_path / "store.npz", embeddings=s.embeddings, ids=s.ids, signatures=s.signatures,
+             manifest=np.array('{"model": "m", "weights": "none", "version": "old"}'))
+    legacy = load_store(tmp_path)  # the single-file layout of earlier versions
+    assert not isinstance(legacy.embeddings, np.memmap) and legacy.version == "old"
+    save_store(legacy, tmp_path)  # rewritten in the folder layout, the old file gone
+    assert not (tmp_path / "store.npz").exists()
+    t = load_store(tmp_path)
+    assert isinstance(t.embeddings, np.memmap) and t.embeddings.flags.writeable is False
+    np.testing.assert_array_equal(t.embeddings, s.embeddings)
+    assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.npy")) == ["ids", "signatures", "vectors"]
+
+
+def test_float16_store_halves_the_file_and_keeps_ranking(tmp_path):
+    s = _store(n=200, d=64)
+    save_store(s, tmp_path / "f32")
+    save_store(FeatureStore("m", "none", s.embeddings, s.ids, s.signatures), tmp_path / "f16", dtype="float16")
+    a, b = load_store(tmp_path / "f32"), load_store(tmp_path / "f16")
+    assert (a.dtype, b.dtype) == ("float32", "float16") and b.manifest["dtype"] == "float16"
+    size = {k: next((tmp_path / k).glob("vectors-*.npy")).stat().st_size for k in ("f32", "f16")}
+    assert size["f16"] - 128 == (size["f32"] - 128) // 2  # .npy header + half the bytes
+    np.testing.assert_allclose(b.embeddings, a.embeddings, atol=1e-3)
+    assert b.vector("3").dtype == np.float32
+    with pytest.raises(Exception, match="float16 range"):
+        save_store(FeatureStore("m", "none", np.full((2, 2), 1e6), ["a", "b"], ["x", "y"]), tmp_path / "big", dtype="float16")
+
+
+def test_writer_killed_before_the_manifest_switch_keeps_the_previous_version(tmp_path, monkeypatch):
+    save_store(_store(seed=1), tmp_path)
+    before = load_store(tmp_path).embeddings.copy()
+    real_replace = os.replace
+
+    def fail_at_manifest(src, dst):
+        if str(dst).endswith("manifest.json"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_at_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        save_store(_store(seed=2), tmp_path)  # the new version's .npy files are written
+    monkeypatch.undo()
+    np.testing.assert_array_equal(load_store(tmp_path).embeddings, before)
+    save_store(_store(seed=3), tmp_path)  # the next write clears the orphaned version
+    assert len(list(tmp_path.glob("vectors-*.npy"))) == 1
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "chi_square", "bhattacharyya"])
+def test_streamed_search_equals_prepared(metric, monkeypatch):
+    import cbir.distances as distances
+
+    monkeypatch.setattr(distances, "_STREAM_ROWS", 37)  # several blocks, the last one short
+    x = np.random.default_rng(0).random((500, 16)).astype(np.float16)
+    q = np.random.default_rng(1).random((3, 16))
+    streamed = distances.PreparedIndex(x, metric, max_bytes=0)
+    assert streamed.streamed
+    np.testing.assert_allclose(streamed.distances(q), distances.PreparedIndex(x, metric).distances(q), atol=1e-6)
+    with pytest.raises(Exception, match="backend faiss"):
+        streamed.vectors  # re-ranking needs the prepared matrix: a clear error
+
+
+def test_wang_float16_changes_map_by_less_than_a_thousandth(tmp_path):
+    from cbir.config import Settings
+    from cbir.engine import Engine
+
+    src = load_store(ROOT / "features" / "image.orig" / "efficientnet_lite0")
+    save_store(FeatureStore(src.model, src.weights, src.embeddings, src.ids, src.signatures, dict(src.manifest)),
+               tmp_path / "image.orig" / "efficientnet_lite0", dtype="float16")
+    maps = {}
+    for name, features in (("float32", ROOT / "features"), ("float16", tmp_path)):
+        engine = Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=features, var_dir=tmp_path / "var"))
+        assert engine.store("efficientnet_lite0").dtype == name
+        maps[name] = engine.evaluate("efficientnet_lite0", "cosine").map
+    assert abs(maps["float16"] - maps["float32"]) < 0.001
 
 
 def test_merge_update_reuses_unchanged():

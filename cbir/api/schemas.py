@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..distances import METRICS
 from ..fusion import FUSION_METHODS
-from ..index import BACKENDS
+from ..index import CHOICES
 from ..rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, MAX_FEEDBACK_ROUNDS, N_RANGE, RERANK_METHODS, FeedbackRound
 from ..search import MAX_TOP_K
 from ..users import ROLES
@@ -56,7 +56,8 @@ class SearchRequest(BaseModel):
     exclude_query: bool = True
     rerank: RerankParams | None = Field(None, description="re-ranking (cosine only)")
     feedback: list[FeedbackRound] | None = Field(None, max_length=MAX_FEEDBACK_ROUNDS, description="Rocchio relevance-feedback rounds (cosine only)")
-    backend: Literal[BACKENDS] | None = Field(None, description="vector index: exact, faiss or milvus (default: the server's CBIR_INDEX_BACKEND)")
+    backend: Literal[CHOICES] | None = Field(None, description="vector index: auto, exact, faiss or milvus (default: the server's "
+                                             "CBIR_INDEX_BACKEND; auto = exact up to CBIR_EXACT_MAX vectors, FAISS above)")
     depth: int | None = Field(None, ge=1, le=100_000, description="candidates per model from an approximate index (default max(top_k, CBIR_SEARCH_DEPTH)); AP is AP@depth")
 
     @field_validator("models")

@@ -15,7 +15,7 @@ class ExactIndex(VectorIndex):
 
     def __init__(self, vectors: np.ndarray, metric: str):
         self.metric = metric
-        self._vectors = np.asarray(vectors, dtype=np.float32)
+        self._vectors = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors, dtype=np.float32)
         self._prepared = PreparedIndex(self._vectors, metric)
 
     def distances(self, queries: np.ndarray) -> np.ndarray:

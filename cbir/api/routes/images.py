@@ -21,9 +21,10 @@ def available_images(
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     label: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[str | None, Query(max_length=200, description="id, file name or label contains this (case-insensitive)")] = None,
 ) -> dict:
     c = service.engine.collection
-    rows = [i for i in range(len(c)) if label is None or (c.labels and c.labels[i] == label)]
+    rows = [i for i in c.matching_rows(q or "") if label is None or (c.labels and c.labels[i] == label)]
     page = rows[offset : offset + limit]
     return {
         "total": len(rows),

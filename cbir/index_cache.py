@@ -1,0 +1,115 @@
+"""What a process derives from the feature stores and keeps, each cache bounded: opened
+vector indexes (per model, metric, backend and store version), DBA vectors and the FAISS
+indexes over them, and the id spaces (ids, positions, labels, label counts) shared by a
+set of models, so that a search at a million images does no per-request O(n) Python work."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+
+from .distances import PreparedIndex
+from .errors import StoreError
+from .index import IndexBackendError, VectorIndex, faiss_index, neighbour_graph, open_index
+from .rerank import Rerank, database_augmentation
+from .store import common_ids, derived_array
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+DBA_IN_MEMORY = 2  # DBA matrices kept per process (each is the size of its store: 512 MB at 100k x 1280)
+INDEXES_IN_MEMORY = 8  # opened vector indexes (model, metric, backend) kept per process
+
+
+@dataclass(frozen=True)
+class IdSpace:
+    """The images several stores share: ids in order, id -> position, labels, label counts."""
+
+    ids: list[str]
+    position: Mapping[str, int]
+    labels: np.ndarray | None
+    label_counts: dict[str, int]
+
+
+class IndexCache:
+    """The engine's derived objects, built on first use and kept least-recently-used."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._lock = threading.RLock()
+        self._dba: OrderedDict[tuple, PreparedIndex] = OrderedDict()
+        self._indexes: OrderedDict[tuple, VectorIndex] = OrderedDict()
+        self._spaces: OrderedDict[tuple, IdSpace] = OrderedDict()
+        self.last_dba_seconds: dict[str, float] = {}
+
+    def _keep(self, cache: OrderedDict, key: tuple, build, bound: int = INDEXES_IN_MEMORY):
+        """``cache[key]``, built by ``build()`` when missing; the least recently used go first."""
+        with self._lock:
+            if key not in cache:
+                cache[key] = build()
+                while len(cache) > bound:
+                    cache.popitem(last=False)
+            cache.move_to_end(key)
+            return cache[key]
+
+    def rerank_index(self, model: str, rerank: Rerank, backend: str = "exact") -> PreparedIndex:
+        """Cosine index over the store, or over its DBA vectors (built once per store
+        version, (n, alpha) and backend, cached beside the store; the newest few in memory).
+        The exact backend finds each vector's neighbours by brute force (the reference);
+        an approximate one reads them from its index's k-NN graph."""
+        store = self.engine.store(model)
+        if rerank.method != "dba_aqe":
+            return store.index("cosine")
+
+        def build() -> PreparedIndex:
+            name, graph = f"dba-n{rerank.n}-a{rerank.alpha:g}", None
+            if backend != "exact":
+                name, index = f"{name}-{backend}", self.vector_index(model, "cosine", backend)
+                graph = lambda: neighbour_graph(index, store.embeddings, rerank.n)  # noqa: E731
+            matrix, seconds = derived_array(store, self.engine.store_folder(model), name, lambda: database_augmentation(
+                store.embeddings, rerank.n, rerank.alpha, graph() if graph else None))
+            self.last_dba_seconds[model] = seconds
+            return PreparedIndex(matrix, "cosine")
+
+        return self._keep(self._dba, (model, rerank.n, rerank.alpha, backend, store.version), build, DBA_IN_MEMORY)
+
+    def dba_index(self, model: str, rerank: Rerank, backend: str) -> tuple[np.ndarray, VectorIndex]:
+        """An approximate backend's DBA vectors and its index over them (FAISS only)."""
+        if backend != "faiss":
+            raise IndexBackendError(
+                f"DBA + αQE needs an index over the augmented vectors: use --backend faiss or exact (or αQE with {backend})")
+        store, db = self.engine.store(model), self.rerank_index(model, rerank, backend).vectors
+        kind = self.engine.settings.faiss_kind
+        index = self._keep(self._indexes, (model, "dba", rerank.n, rerank.alpha, backend, store.version), lambda: faiss_index(
+            store, self.engine.store_folder(model), f"faissdba-{kind}-n{rerank.n}-a{rerank.alpha:g}", db, "cosine", kind))
+        return db, index
+
+    def vector_index(self, model: str, metric: str, backend: str) -> VectorIndex:
+        """The backend's index of the model's store for ``metric``, per store version."""
+        engine, store = self.engine, self.engine.store(model)
+
+        def build() -> VectorIndex:
+            labels = [engine.collection.label_of(i) if i in engine.collection else None for i in store.ids.tolist()]
+            return open_index(backend, store, engine.store_folder(model), metric, engine.settings, labels, engine.collection.name)
+
+        return self._keep(self._indexes, (model, metric, backend, store.version), build)
+
+    def id_space(self, models: Sequence[str]) -> IdSpace:
+        """The ids the models have in common, with positions, labels and label counts, once
+        per set of store versions (a search at 10^6 images rebuilds no million-entry list)."""
+        stores = [self.engine.store(m) for m in models]
+
+        def build() -> IdSpace:
+            ids = common_ids([s.ids for s in stores])
+            if not ids:
+                raise StoreError("the chosen models share no indexed image; index them on the same collection")
+            position = stores[0].rows if stores[0].rows_for(ids) is None else {image_id: i for i, image_id in enumerate(ids)}
+            labels = self.engine.collection.labels_for(ids)
+            counts = {} if labels is None else Counter(label for label in labels.tolist() if label is not None)
+            return IdSpace(ids, position, labels, dict(counts))
+
+        return self._keep(self._spaces, tuple((m, s.version, len(s)) for m, s in zip(models, stores)), build)
