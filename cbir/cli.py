@@ -102,38 +102,60 @@ def cmd_models(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from tqdm import tqdm
+    import contextlib
 
     from .collection import scan_collection
     from .config import get_settings
-    from .extractors import get_spec, model_status, normalise_weights
-    from .indexing import index_collection
+    from .extractors import MODELS, model_status, normalise_weights
 
     settings = get_settings()
     collection = scan_collection(args.collection)
     weights = normalise_weights(args.weights)
-    models = _models_arg(args.model) if args.model != "all" else [m for m in __import__("cbir.extractors", fromlist=["MODELS"]).MODELS if model_status(m, weights)[0]]
+    models = _models_arg(args.model) if args.model != "all" else [m for m in MODELS if model_status(m, weights)[0]]
+    scheduler = args.scheduler or (None if args.workers else settings.dask_scheduler)
+    if args.workers is not None and args.workers < 1:
+        return _fail("--workers must be at least 1")
     status = 0
-    for model in models:
-        ok, reason = model_status(model, weights)
-        if not ok:
-            print(f"cbir: error: {model} unavailable: {reason}", file=sys.stderr)
-            status = 2
-            continue
-        bar = tqdm(total=len(collection), unit="img", desc=get_spec(model).label, disable=args.quiet, file=sys.stderr)
-
-        report = index_collection(
-            collection, model, Path(args.features or settings.features_dir), weights=weights,
-            batch_size=args.batch_size or settings.batch_size, threads=settings.decode_threads,
-            max_pixels=settings.max_image_pixels, progress=_tqdm_progress(bar), dtype=args.dtype,
-        )
-        bar.close()
-        print(report.summary())
-        for path, reason in report.failures[:20]:
-            print(f"  skipped {reason}")
-        if len(report.failures) > 20:
-            print(f"  ... and {len(report.failures) - 20} more")
+    with _dask_runner(args.workers, scheduler, args.chunk) if (args.workers or scheduler) else contextlib.nullcontext() as runner:
+        if runner is not None and not args.quiet:
+            print(f"Dask: {'local cluster of ' + str(args.workers) + ' workers' if args.workers else scheduler}, "
+                  f"dashboard {runner.dashboard}", file=sys.stderr)
+        for model in models:
+            ok, reason = model_status(model, weights)
+            if not ok:
+                print(f"cbir: error: {model} unavailable: {reason}", file=sys.stderr)
+                status = 2
+                continue
+            _index_one(args, settings, collection, model, weights, runner)
     return status
+
+
+def _dask_runner(workers: int | None, scheduler: str | None, chunk: int):
+    from .distributed import DaskRunner
+
+    return DaskRunner(workers=workers, scheduler=None if workers else scheduler, chunk=chunk)
+
+
+def _index_one(args, settings, collection, model: str, weights: str, runner) -> None:
+    from tqdm import tqdm
+
+    from .extractors import get_spec
+    from .indexing import index_collection
+
+    bar = tqdm(total=len(collection), unit="img", desc=get_spec(model).label, disable=args.quiet, file=sys.stderr)
+    report = index_collection(
+        collection, model, Path(args.features or settings.features_dir), weights=weights,
+        batch_size=args.batch_size or settings.batch_size, threads=settings.decode_threads,
+        max_pixels=settings.max_image_pixels, progress=_tqdm_progress(bar), dtype=args.dtype, runner=runner,
+    )
+    bar.close()
+    if runner is not None and runner.resumed:
+        print(f"resumed {runner.resumed} images from the shards of an interrupted run")
+    print(report.summary())
+    for path, reason in report.failures[:20]:
+        print(f"  skipped {reason}")
+    if len(report.failures) > 20:
+        print(f"  ... and {len(report.failures) - 20} more")
 
 
 def cmd_search(args) -> int:
@@ -232,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import get_settings
     from .distances import METRICS
     from .fusion import FUSION_METHODS
+    from .distributed import CHUNK
     from .store import DTYPES
 
     settings = get_settings()
@@ -255,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", default="imagenet", help="imagenet (default), none (random init) or a weights file")
     sp.add_argument("--features", default=None, help=f"feature store folder (default: {settings.features_dir})")
     sp.add_argument("--batch-size", type=int, default=None)
+    sp.add_argument("--workers", type=int, default=None, help="extract on a local Dask cluster of N worker processes")
+    sp.add_argument("--scheduler", default=None, help="extract on the Dask cluster at tcp://host:8786 (default: CBIR_DASK_SCHEDULER); "
+                    "the workers must see the collection at the same path")
+    sp.add_argument("--chunk", type=int, default=CHUNK, help="images per Dask task (default %(default)s)")
     sp.add_argument("--dtype", choices=DTYPES, default=None,
                     help="vectors on disk: float32, or float16 (half the disk and memory); default: the store's, else float32")
     sp.set_defaults(func=cmd_index)

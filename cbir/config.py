@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     faiss_kind: str = Field("hnsw", description="FAISS index kind: hnsw, or ivfpq (low memory)")
     milvus_uri: str | None = Field(None, description="Milvus server, e.g. http://localhost:19530")
     milvus_token: str | None = Field(None, description="Milvus token (user:password or an API key)")
+    dask_scheduler: str | None = Field(None, description="Dask scheduler for `cbir index` (tcp://host:8786); unset = in process")
     search_depth: int = Field(1000, ge=1, le=100_000, description="Candidates per model from an approximate index")
     trusted_proxies: str = Field("127.0.0.1,::1", description="Comma-separated proxy IPs whose X-Forwarded-For is believed ('*' = any)")
     login_rate: int = Field(10, ge=1, description="Login attempts per client per minute (API)")

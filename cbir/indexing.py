@@ -120,6 +120,13 @@ def _reusable_store(folder: Path, dim: int, weights: str, dtype: str | None) -> 
     return old if old.dim == dim and old.manifest.get("weights") == weights and not narrower else None
 
 
+def _extract_here(model: str, weights: str, extractor, paths, batch_size, threads, max_pixels, progress) -> Extraction:
+    """The one-process path: the model built here (or the one given), decoding in threads."""
+    from .extractors import build_extractor
+
+    return extract_paths(extractor or build_extractor(model, weights), paths, batch_size, threads, max_pixels, progress)
+
+
 def index_collection(
     collection: Collection,
     model: str,
@@ -131,10 +138,12 @@ def index_collection(
     progress: Progress | None = None,
     extractor=None,
     dtype: str | None = None,
+    runner=None,
 ) -> IndexReport:
     """Extract only new or changed images, drop removed ones, and write the store atomically
-    as ``dtype`` (float32 or float16; default: the existing store's, else float32)."""
-    from .extractors import build_extractor, get_spec
+    as ``dtype`` (float32 or float16; default: the existing store's, else float32).
+    ``runner`` (a :class:`cbir.distributed.DaskRunner`) extracts on a Dask cluster."""
+    from .extractors import get_spec
 
     if dtype is not None and dtype not in DTYPES:
         raise CBIRError(f"unknown store dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
@@ -150,10 +159,11 @@ def index_collection(
     embeddings = kept if kept is not None else np.zeros((len(collection), spec.dim), dtype=np.float32)
     ok = np.ones(len(collection), dtype=bool)
     if todo:
-        extractor = extractor or build_extractor(spec.name, weights)
-        ext = extract_paths(
-            extractor, [collection.paths[i] for i in todo], batch_size, threads, max_pixels, progress
-        )
+        paths = [collection.paths[i] for i in todo]
+        if runner is not None:
+            ext = runner.extract(spec.name, weights, folder, paths, [signatures[i] for i in todo], batch_size, max_pixels, progress)
+        else:
+            ext = _extract_here(spec.name, weights, extractor, paths, batch_size, threads, max_pixels, progress)
         embeddings[todo] = ext.features
         ok[todo] = ext.ok
         failures = ext.failures
@@ -173,5 +183,9 @@ def index_collection(
             manifest={"collection": collection.name, "created": old.manifest.get("created") if old else None},
         )
         save_store(store, folder, dtype)
+    if runner is not None:
+        from .distributed import clear_shards
+
+        clear_shards(folder)
     return IndexReport(model=spec.name, weights=weights, images=len(keep), extracted=len(todo) - len(failures),
                        reused=len(collection) - len(todo), removed=removed, failures=failures, seconds=seconds, path=folder)

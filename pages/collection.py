@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -52,10 +53,18 @@ if missing:
 
 st.subheader("Index or update")
 available = [m["name"] for m in infos if m["available"]]
-c1, c2 = st.columns([3, 1])
+c1, c2, c3 = st.columns([3, 1, 1])
 chosen = c1.multiselect("Models to index", available, default=[m["name"] for m in infos if m["available"] and m["indexed"] != len(collection)][:1], format_func=model_label, key="coll_models")
-c2.write("")
-if c2.button("Index / update", type="primary", key="coll_index", disabled=not chosen):
+where = c2.selectbox("Run on", ["This process", "Local Dask cluster"] + (["Dask scheduler"] if settings.dask_scheduler else []),
+                     key="coll_where", help="A local Dask cluster runs one worker process per core; the Dask scheduler is "
+                     f"{settings.dask_scheduler or 'unset (CBIR_DASK_SCHEDULER)'}. Workers must see the collection at the same path.")
+workers = c3.number_input("Workers", 1, 64, max(1, os.cpu_count() or 1), key="coll_workers", disabled=where != "Local Dask cluster")
+
+
+def index_models(runner) -> None:
+    """Index each chosen model with a progress bar (and the Dask dashboard's address)."""
+    if runner is not None:
+        st.markdown(f"Dask dashboard: [{runner.dashboard}]({runner.dashboard}) (reachable from this machine)")
     for name in chosen:
         bar = st.progress(0.0, text=f"{model_label(name)}: starting…")
         started = time.perf_counter()
@@ -64,20 +73,33 @@ if c2.button("Index / update", type="primary", key="coll_index", disabled=not ch
             rate = done / max(time.perf_counter() - started, 1e-6)
             bar.progress(done / max(total, 1), text=f"{model_label(name)}: {done}/{total} images · {rate:.1f} images/s")
 
-        try:
-            with st.spinner(f"Loading {model_label(name)}…"):
-                extractor = engine.extractor(name)
-            report = index_collection(collection, name, settings.features_dir, batch_size=settings.batch_size,
-                                      threads=settings.decode_threads, max_pixels=settings.max_image_pixels,
-                                      progress=progress, extractor=extractor)
-            bar.progress(1.0, text=report.summary())
-            if report.failures:
-                with st.expander(f"{len(report.failures)} image(s) skipped"):
-                    for path, reason in report.failures:
-                        st.text(reason)
-        except Exception as exc:
-            show_error(exc)
-    st.success("Indexing finished. Searches use the new features right away.")
+        with st.spinner(f"Loading {model_label(name)}…"):
+            extractor = engine.extractor(name) if runner is None else None
+        report = index_collection(collection, name, settings.features_dir, batch_size=settings.batch_size,
+                                  threads=settings.decode_threads, max_pixels=settings.max_image_pixels,
+                                  progress=progress, extractor=extractor, runner=runner)
+        bar.progress(1.0, text=report.summary())
+        if report.failures:
+            with st.expander(f"{len(report.failures)} image(s) skipped"):
+                for path, reason in report.failures:
+                    st.text(reason)
+
+
+if st.button("Index / update", type="primary", key="coll_index", disabled=not chosen):
+    from cbir.distributed import DaskRunner
+
+    try:
+        if where == "Local Dask cluster":
+            runner = DaskRunner(workers=int(workers))
+        elif where == "Dask scheduler":
+            runner = DaskRunner(scheduler=settings.dask_scheduler)
+        else:
+            runner = contextlib.nullcontext()
+        with st.spinner("Indexing…" if where == "This process" else f"Indexing on the {where.lower()}…"), runner as dask:
+            index_models(dask)
+        st.success("Indexing finished. Searches use the new features right away.")
+    except Exception as exc:
+        show_error(exc)
 
 st.subheader("Add images")
 if current_role() not in ("admin", "researcher"):

@@ -182,6 +182,19 @@ def test_evaluate_page(page):
     page.screenshot(path=str(SHOTS / "evaluate.png"), full_page=True)
 
 
+def test_collection_page_indexes_on_a_local_dask_cluster(page):
+    """The Collection page starts a local Dask cluster, links its dashboard, reports, and
+    stops the workers (the stores are up to date: every vector is reused)."""
+    logged_in(page)
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Collection").click()
+    choose(page, page.get_by_role("combobox", name="Models to index"), "EfficientNet-Lite0")
+    choose(page, page.get_by_role("combobox", name="Run on"), "Local Dask cluster")
+    page.get_by_role("button", name="Index / update").click()
+    page.get_by_text(re.compile(r"^Dask dashboard: http://127\.0\.0\.1:\d+/status")).wait_for()
+    page.get_by_text("Indexing finished").wait_for()
+    page.get_by_text(re.compile("efficientnet_lite0: 1000 images in store \\(0 extracted, 1000 reused")).wait_for()
+
+
 def test_admin_adds_user_who_can_log_in(page, browser, app_server):
     logged_in(page, "admin", "password123")
     page.locator("[data-testid='stSidebarNav']").get_by_text("Admin").click()

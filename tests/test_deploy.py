@@ -34,6 +34,16 @@ def test_compose_file():
     assert services["milvus"]["environment"]["MINIO_ADDRESS"] == "minio:9000"
     assert all(services[n]["environment"]["CBIR_MILVUS_URI"] == "http://milvus:19530" for n in ("api", "app"))
     assert not any(services[n].get("ports") for n in milvus)
+    # the dask profile: a scheduler and workers from the project's image, dashboard unpublished
+    dask = {name for name, s in services.items() if s.get("profiles") == ["dask"]}
+    assert dask == {"scheduler", "dask-worker"}
+    assert all(services[n]["image"] == services["api"]["image"] for n in dask)  # same image, same non-root user
+    assert services["scheduler"]["command"][:2] == ["dask", "scheduler"] and not services["scheduler"].get("ports")
+    worker = services["dask-worker"]
+    assert worker["command"][:3] == ["dask", "worker", "tcp://scheduler:8786"]
+    assert "./image.orig:/app/image.orig:ro" in worker["volumes"]  # the collection at the app's path
+    assert worker["environment"]["TF_NUM_INTEROP_THREADS"] == "1"
+    assert all(services[n]["environment"]["CBIR_DASK_SCHEDULER"] == "tcp://scheduler:8786" for n in ("api", "app"))
     assert services["redis"]["image"].startswith("redis:7")
     assert "--appendonly" in services["redis"]["command"] and "redis_data:/data" in services["redis"]["volumes"]
     assert set(compose["volumes"]) == {"redis_data", "models_cache", "features", "etcd_data", "minio_data", "milvus_data"}
