@@ -143,7 +143,7 @@ class DaskRunner:
                    "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
             with _blank_main():
                 self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                            dashboard_address="127.0.0.1:0", env=env, silence_logs=40)
+                                            dashboard_address="127.0.0.1:0", env=env, silence_logs=50)
             self.client = Client(self.cluster)
         return self
 
