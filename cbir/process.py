@@ -4,8 +4,8 @@
   raises its mmap threshold after the first large free and then serves multi-megabyte
   arrays (distance rows, DBA matrices) from the heap, where freed memory stays resident.
   A fixed threshold (``M_MMAP_THRESHOLD``) keeps RSS tied to what is really in use.
-* One BLAS thread per request: requests run concurrently, and one query is a
-  memory-bound matrix-vector product anyway.
+* One BLAS thread (and one FAISS OpenMP thread) per request: requests run concurrently,
+  and one query is a memory-bound matrix-vector product or one graph walk anyway.
 """
 
 from __future__ import annotations
@@ -27,9 +27,16 @@ def return_large_buffers() -> bool:
 
 
 def limit_blas_threads() -> None:
+    """One BLAS thread, and one OpenMP thread for FAISS (its idle threads would spin)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except ImportError:  # pragma: no cover - a dependency
+        pass
 
 
 def tune_server_process() -> None:

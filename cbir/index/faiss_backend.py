@@ -70,8 +70,8 @@ class FaissIndex(VectorIndex):
     def _params(self, k: int, rows):
         faiss = _faiss()
         selector = None if rows is None else faiss.IDSelectorBatch(np.asarray(rows, dtype=np.int64))
-        if self.kind == "hnsw":
-            return faiss.SearchParametersHNSW(efSearch=max(64, 2 * k), sel=selector)
+        if self.kind == "hnsw":  # the candidate list must hold k; past 64 its cost grows with it
+            return faiss.SearchParametersHNSW(efSearch=max(64, k), sel=selector)
         return faiss.SearchParametersIVF(nprobe=min(self.index.nlist, 32), sel=selector)
 
     def search(self, queries, k, rows=None):

@@ -112,7 +112,7 @@ class MilvusIndex(VectorIndex):
         # Bounded consistency: a strong search waits for the next time tick (~200 ms); the
         # sync above already made the store's rows visible.
         hits = self.client.search(self.name, data=q.tolist(), limit=k, filter=expr, consistency_level="Bounded",
-                                  search_params={"metric_type": ENGINE_METRIC[self.space.kind], "params": {"ef": max(64, 2 * k)}})
+                                  search_params={"metric_type": ENGINE_METRIC[self.space.kind], "params": {"ef": max(64, k)}})
         found = np.full((len(q), k), -1, dtype=np.int64)
         scores = np.full((len(q), k), np.nan)
         for qi, row in enumerate(hits):
