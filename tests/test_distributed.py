@@ -70,6 +70,8 @@ def test_local_cluster_equals_in_process_and_a_killed_worker_loses_nothing(tmp_p
     seen, killed = [], []
     with DaskRunner(workers=2, chunk=4) as runner:
         assert runner.threads == 1 and runner.dashboard.startswith("http://127.0.0.1:")
+        with pytest.raises(DistributedError, match=r"Dask worker tcp://127\.0\.0\.1:\d+ cannot read the collection at /nowhere"):
+            runner.check_workers(Path("/nowhere"), [root / "0.jpg"])
         pids = list(runner.worker_pids().values())
         assert len(pids) == 2
 
@@ -85,13 +87,6 @@ def test_local_cluster_equals_in_process_and_a_killed_worker_loses_nothing(tmp_p
     assert seen[-1] == 65 and seen == sorted(seen)  # the bar is fed by finished chunks
     _assert_same_store(load_store(report.path), reference)
     assert not (report.path / SHARDS).exists()  # shards are removed once the store is written
-
-
-def test_unreadable_collection_names_the_worker_and_the_path(tmp_path, images):
-    root, _ = images
-    with DaskRunner(workers=1) as runner:
-        with pytest.raises(DistributedError, match=r"Dask worker tcp://127\.0\.0\.1:\d+ cannot read the collection at /nowhere"):
-            runner.check_workers(Path("/nowhere"), [root / "0.jpg"])
 
 
 def test_an_existing_cluster_by_address_and_an_unreachable_one(tmp_path, images):
