@@ -227,6 +227,44 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_tune_weights(args) -> int:
+    from tqdm import tqdm
+
+    from .tuning import sweep_weights
+
+    engine = _engine(args)
+    models = _models_arg(args.model)
+    bar = tqdm(unit="point", desc="weight sweep", disable=args.quiet, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    result = sweep_weights(engine, models, args.method, args.step, args.metric, progress)
+    bar.close()
+    out = result.to_dict()
+    if args.json:
+        text = json.dumps(out, indent=2) + "\n"
+        if args.json == "-":
+            sys.stdout.write(text)
+            return 0
+        Path(args.json).write_text(text)
+    order = sorted(range(len(result.map)), key=lambda i: -result.map[i])
+    print(f"{args.method} fusion of {', '.join(models)}, {result.metric}, step {args.step:g}: {len(result.map)} weightings x "
+          f"{result.queries} queries in {result.seconds:.1f} s")
+    print("".join(f"{m[:18]:>20}" for m in models) + f"{'mAP':>9}{'P@20':>9}")
+    for i in order[: args.top]:
+        print("".join(f"{w:>20.2f}" for w in result.weights[i]) + f"{result.map[i]:>9.4f}{result.p_at_20[i]:>9.4f}")
+    best, equal = out["best"], out["equal_weights"]
+    print(f"best: {', '.join(f'{m}={w:g}' for m, w in best['weights'].items())}  mAP={best['mAP']:.4f}  P@20={best['P@20']:.4f}")
+    print(f"equal weights: mAP={equal['mAP']:.4f}  P@20={equal['P@20']:.4f}  -> gain {out['gain_over_equal']:+.4f} mAP"
+          + ("  (equal weights are as good, within 0.001)" if abs(out["gain_over_equal"]) < 0.001 else ""))
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_weights_download(args) -> int:
     from .errors import WeightsUnavailableError
     from .extractors import MODELS, ensure_keras_home, get_spec, keras_models_dir
@@ -315,6 +353,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--feedback-k", type=int, default=20, help="results judged per feedback round (default 20)")
     sp.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     sp.set_defaults(func=cmd_evaluate)
+
+    from .tuning import DEFAULT_STEP, SWEEP_METHODS
+
+    sp = sub.add_parser("tune-weights", help="mAP and P@20 of fusion over a grid of weights (2-3 models)")
+    common(sp)
+    sp.add_argument("--model", "-m", required=True, help="two or three comma-separated models")
+    sp.add_argument("--method", default="weighted", choices=SWEEP_METHODS, help="fusion method (default %(default)s)")
+    sp.add_argument("--step", type=float, default=DEFAULT_STEP, help="grid step on the weight simplex (default %(default)s)")
+    sp.add_argument("--metric", default="cosine", help=metric_help)
+    sp.add_argument("--top", type=int, default=10, help="rows of the table, best first (default %(default)s)")
+    sp.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the whole sweep as JSON (to FILE, or stdout alone)")
+    sp.set_defaults(func=cmd_tune_weights)
 
     sp = sub.add_parser("weights", help="manage model weights")
     wsub = sp.add_subparsers(dest="weights_command", required=True)

@@ -51,7 +51,7 @@ def plan_runs(models: Sequence[str], metrics: Sequence[str], fusions: Sequence[s
     return runs
 
 
-def _labelled_ids(engine: Engine, models: Sequence[str]) -> tuple[list[str], list[str]]:
+def labelled_ids(engine: Engine, models: Sequence[str]) -> tuple[list[str], list[str]]:
     if not engine.collection.has_labels:
         raise CollectionError(
             f"collection {engine.collection.name!r} has no labels; add a labels.csv (id,label) "
@@ -120,7 +120,7 @@ def evaluate(
             raise CBIRError("re-ranked evaluation runs on the exact index: use --backend exact")
     if len(models) > 1 and method is None:
         method = "average"
-    ids, labels = _labelled_ids(engine, models)
+    ids, labels = labelled_ids(engine, models)
     data = {m: _database_and_queries(engine, m, ids, rerank) for m in models}
     prepared = {m: _searcher(engine, m, metric, db, ids, backend, depth) for m, (db, _) in data.items()}
     n, chunks = len(ids), []
@@ -153,7 +153,7 @@ def evaluate_feedback(engine: Engine, model: str, rounds: int = 1, k: int = 20, 
     """Simulated relevance feedback: each round, the true labels of the top k of every
     query are given as Rocchio feedback. The report before and after each round."""
     rerank = rerank or Rerank()
-    ids, labels = _labelled_ids(engine, [model])
+    ids, labels = labelled_ids(engine, [model])
     db, queries = _database_and_queries(engine, model, ids, rerank)
     index, lab = PreparedIndex(db, "cosine"), np.asarray(labels, dtype=object)
     reports = []

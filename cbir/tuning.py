@@ -1,0 +1,107 @@
+"""Fusion weights tuned on the labels: mAP and P@20 of weighted fusion (or weighted RRF)
+for every point of a grid on the weight simplex, every labelled image as a query.
+
+Each model's (n, n) distance matrix is computed once; a grid point costs one fusion and
+one evaluation of the fused matrix. Weights on the simplex sum to 1 (only their ratios
+matter to both methods), so two models give a line and three a triangle.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from .distances import PreparedIndex, normalise_metric
+from .errors import CBIRError
+from .evaluation import evaluate_distances
+from .fusion import fuse
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+SWEEP_METHODS = ("weighted", "rrf")  # the methods whose result depends on the weights
+MODELS_RANGE = (2, 3)
+MAX_POINTS = 2000  # grid points per sweep (step 0.05 with three models is 231)
+DEFAULT_STEP = 0.1
+
+
+def simplex_grid(models: int, step: float = DEFAULT_STEP) -> np.ndarray:
+    """(P, models) weights, multiples of ``step`` summing to 1, in lexicographic order."""
+    if not MODELS_RANGE[0] <= models <= MODELS_RANGE[1]:
+        raise CBIRError(f"a weight sweep takes {MODELS_RANGE[0]} or {MODELS_RANGE[1]} models, got {models}")
+    if not 0 < step <= 0.5 or abs(round(1 / step) * step - 1) > 1e-9:
+        raise CBIRError(f"the step must divide 1 (e.g. 0.1, 0.05, 0.25), got {step:g}")
+    k = round(1 / step)
+    count = (k + 1) * (k + 2) // 2 if models == 3 else k + 1
+    if count > MAX_POINTS:
+        raise CBIRError(f"step {step:g} gives {count} weight combinations; at most {MAX_POINTS}: use a larger step")
+    points = [c for c in itertools.product(range(k + 1), repeat=models - 1) if sum(c) <= k]
+    return np.array([[*c, k - sum(c)] for c in points], dtype=float) / k
+
+
+@dataclass
+class SweepResult:
+    models: list[str]
+    method: str
+    metric: str
+    step: float
+    weights: np.ndarray  # (P, models)
+    map: np.ndarray  # (P,)
+    p_at_20: np.ndarray  # (P,)
+    equal: dict = field(default_factory=dict)  # mAP and P@20 with equal weights
+    queries: int = 0
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> int:
+        """Index of the best point by mAP (ties: the first, i.e. the lexicographically smallest)."""
+        return int(np.argmax(self.map))
+
+    def best_weights(self) -> dict[str, float]:
+        return {m: round(float(w), 6) for m, w in zip(self.models, self.weights[self.best])}
+
+    def to_dict(self) -> dict:
+        b = self.best
+        return {
+            "models": self.models, "method": self.method, "metric": self.metric, "step": self.step, "queries": self.queries,
+            "points": [{"weights": dict(zip(self.models, map(float, w))), "mAP": round(float(m), 6), "P@20": round(float(p), 6)}
+                       for w, m, p in zip(self.weights, self.map, self.p_at_20)],
+            "best": {"weights": self.best_weights(), "mAP": round(float(self.map[b]), 6), "P@20": round(float(self.p_at_20[b]), 6)},
+            "equal_weights": {k: round(v, 6) for k, v in self.equal.items()},
+            "gain_over_equal": round(float(self.map[b]) - self.equal["mAP"], 6),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def sweep_weights(engine: Engine, models: Sequence[str], method: str = "weighted", step: float = DEFAULT_STEP,
+                  metric: str = "cosine", progress: Callable[[int, int], None] | None = None) -> SweepResult:
+    """mAP and P@20 of ``method`` fusion at every grid point, all labelled images as queries."""
+    from .experiments import labelled_ids
+
+    start = time.perf_counter()
+    if method not in SWEEP_METHODS:
+        raise CBIRError(f"a weight sweep needs a weighted method ({', '.join(SWEEP_METHODS)}); {method!r} ignores the weights")
+    models = list(dict.fromkeys(models))
+    grid = simplex_grid(len(models), step)
+    metric = normalise_metric(metric)
+    ids, labels = labelled_ids(engine, models)
+    dists = {}
+    for m in models:  # each model's full distance matrix, once
+        db = engine.store(m).aligned(ids)
+        d = PreparedIndex(db, metric).distances(db).astype(np.float64)
+        np.fill_diagonal(d, np.inf)
+        dists[m] = d
+    result = SweepResult(models, method, metric, step, grid, np.zeros(len(grid)), np.zeros(len(grid)), queries=len(ids))
+    for i, w in enumerate(grid):
+        report = evaluate_distances(fuse(dists, method, dict(zip(models, w))), labels)
+        result.map[i], result.p_at_20[i] = report.map, report.p_at_20
+        if progress:
+            progress(i + 1, len(grid))
+    equal = evaluate_distances(fuse(dists, method, {m: 1.0 for m in models}), labels)
+    result.equal = {"mAP": equal.map, "P@20": equal.p_at_20}
+    result.seconds = time.perf_counter() - start
+    return result

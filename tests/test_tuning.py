@@ -1,0 +1,54 @@
+"""The weight sweep of fusion on the real Wang features."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cbir.config import Settings
+from cbir.engine import Engine
+from cbir.errors import CBIRError
+from cbir.tuning import simplex_grid, sweep_weights
+from tests.conftest import COLLECTION, ROOT
+
+LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=ROOT / "features", var_dir=tmp_path_factory.mktemp("var")))
+
+
+def test_simplex_grid():
+    two, three = simplex_grid(2, 0.1), simplex_grid(3, 0.1)
+    assert two.shape == (11, 2) and three.shape == (66, 3)
+    assert np.allclose(three.sum(1), 1.0) and (three >= 0).all() and len({tuple(p) for p in three.round(6)}) == 66
+    assert simplex_grid(2, 0.5).tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    for models, step, message in ((1, 0.1, "2 or 3 models"), (4, 0.1, "2 or 3 models"), (2, 0.3, "must divide 1"),
+                                  (3, 0.01, "at most 2000")):
+        with pytest.raises(CBIRError, match=message):
+            simplex_grid(models, step)
+
+
+def test_sweep_endpoints_are_the_single_models_and_the_middle_is_equal_weights(engine):
+    r = sweep_weights(engine, LITE[:2], "weighted", 0.5)
+    assert r.queries == 1000 and r.weights.tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    assert r.map[0] == pytest.approx(engine.evaluate(LITE[1]).map, abs=1e-9)  # weight 0: that model has no say
+    assert r.map[2] == pytest.approx(engine.evaluate(LITE[0]).map, abs=1e-9)
+    assert r.map[1] == pytest.approx(r.equal["mAP"]) == pytest.approx(engine.evaluate(LITE[:2], method="weighted").map)
+    out = r.to_dict()
+    assert out["best"]["mAP"] == pytest.approx(r.map.max(), abs=1e-6) and set(out["best"]["weights"]) == set(LITE[:2])
+    with pytest.raises(CBIRError, match="ignores the weights"):
+        sweep_weights(engine, LITE[:2], "average")
+
+
+def test_cli_three_models_rrf_json():
+    out = subprocess.run([sys.executable, "-m", "cbir", "tune-weights", "-q", "-m", ",".join(LITE), "--method", "rrf",
+                          "--step", "0.5", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert len(data["points"]) == 6 and data["method"] == "rrf" and data["queries"] == 1000
+    assert data["best"]["mAP"] == max(p["mAP"] for p in data["points"])
+    assert data["gain_over_equal"] == pytest.approx(data["best"]["mAP"] - data["equal_weights"]["mAP"], abs=1e-5)
