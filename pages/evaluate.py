@@ -9,6 +9,7 @@ import streamlit as st
 from cbir.distances import METRICS
 from cbir.experiments import plan_runs
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS, FUSION_SHORT
+from cbir.tuning import SWEEP_METHODS, sweep_weights
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, Rerank
 from pages.common import get_engine, interpolated_figure, metric_label, model_label, protocol_note, show_error
 
@@ -73,6 +74,69 @@ if go:
             results.append({**rep, "label": f"{name} · {metric_label(metric)}", "model": name, "metric_label": metric_label(metric)})
         bar.progress(1.0, text=f"Done: {len(results)} evaluation(s) over {results[0]['queries'] if results else 0} queries each")
         st.session_state["eval_results"] = results
+
+def sweep_figure(sweep: dict):
+    """Two models: mAP and P@20 against the first model's weight; three: a ternary map of
+    mAP. The best point is a star, equal weights a dashed line or a ring."""
+    import plotly.graph_objects as pgo
+
+    models, points, best = sweep["models"], sweep["points"], sweep["best"]
+    labels = [model_label(m).replace("EfficientNet-", "") for m in models]
+    maps = [p["mAP"] for p in points]
+    if len(models) == 2:
+        x = [p["weights"][models[0]] for p in points]
+        fig = pgo.Figure([pgo.Scatter(x=x, y=maps, mode="lines+markers", name="mAP"),
+                          pgo.Scatter(x=x, y=[p["P@20"] for p in points], mode="lines+markers", name="P@20", line=dict(dash="dot")),
+                          pgo.Scatter(x=[best["weights"][models[0]]], y=[best["mAP"]], mode="markers", name="best",
+                                      marker=dict(symbol="star", size=18, color="#d62728"))])
+        fig.add_hline(y=sweep["equal_weights"]["mAP"], line_dash="dash", annotation_text="equal weights", line_color="grey")
+        fig.update_layout(xaxis_title=f"weight of {labels[0]} (the rest to {labels[1]})", yaxis_title="score")
+    else:
+        w = {m: [p["weights"][m] for p in points] for m in models}
+        fig = pgo.Figure([pgo.Scatterternary(a=w[models[0]], b=w[models[1]], c=w[models[2]], mode="markers", name="mAP",
+                                             text=[f"mAP {m:.4f}" for m in maps],
+                                             marker=dict(color=maps, colorscale="Viridis", size=13, symbol="hexagon",
+                                                         colorbar=dict(title="mAP"))),
+                          pgo.Scatterternary(a=[best["weights"][models[0]]], b=[best["weights"][models[1]]],
+                                             c=[best["weights"][models[2]]], mode="markers", name="best",
+                                             marker=dict(symbol="star", size=20, color="#d62728")),
+                          pgo.Scatterternary(a=[1 / 3], b=[1 / 3], c=[1 / 3], mode="markers", name="equal weights",
+                                             marker=dict(symbol="circle-open", size=20, color="black"))])
+        fig.update_layout(ternary=dict(aaxis_title=labels[0], baxis_title=labels[1], caxis_title=labels[2]))
+    fig.update_layout(title=f"{FUSION_LABELS[sweep['method']]} fusion over the weight simplex (step {sweep['step']:g})",
+                      height=460, margin=dict(l=40, r=40, t=60, b=40))
+    return fig
+
+
+st.subheader("Tune fusion weights")
+with st.form("sweep_form"):
+    c1, c2, c3 = st.columns([3, 1.3, 1])
+    sweep_models = c1.multiselect("Models (2 or 3)", searchable, default=searchable[:2], max_selections=3,
+                                  format_func=model_label, key="sweep_models")
+    sweep_method = c2.selectbox("Fusion", SWEEP_METHODS, format_func=lambda m: FUSION_LABELS[m], key="sweep_method")
+    sweep_step = c3.selectbox("Step", [0.25, 0.2, 0.1, 0.05], index=2, key="sweep_step")
+    run_sweep = st.form_submit_button("Sweep the weights")
+if run_sweep:
+    bar = st.progress(0.0, text="Sweeping…")
+    try:
+        st.session_state["eval_sweep"] = sweep_weights(
+            engine, sweep_models, sweep_method, float(sweep_step),
+            progress=lambda done, total: bar.progress(done / total, text=f"Weightings evaluated: {done}/{total}")).to_dict()
+    except Exception as exc:
+        show_error(exc)
+sweep = st.session_state.get("eval_sweep")
+if sweep:
+    best, equal = sweep["best"], sweep["equal_weights"]
+    st.plotly_chart(sweep_figure(sweep), key="eval_sweep_plot")
+    c1, c2 = st.columns([4, 1])
+    verdict = "equal weights are as good (within 0.001 mAP)" if abs(sweep["gain_over_equal"]) < 0.001 else \
+        f"{sweep['gain_over_equal']:+.4f} mAP over equal weights"
+    c1.markdown(f"**Best:** {', '.join(f'{model_label(m)} {w:g}' for m, w in best['weights'].items())} · mAP {best['mAP']:.4f} · "
+                f"P@20 {best['P@20']:.4f} — {verdict} (mAP {equal['mAP']:.4f}); {len(sweep['points'])} weightings × "
+                f"{sweep['queries']} queries in {sweep['seconds']:.1f} s.")
+    if c2.button("Use these weights", key="eval_use_weights", type="primary"):
+        st.session_state["search_apply"] = {"models": sweep["models"], "method": sweep["method"], "weights": best["weights"]}
+        st.switch_page("pages/search.py")
 
 results = st.session_state.get("eval_results")
 if not results:

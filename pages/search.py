@@ -25,6 +25,18 @@ stats_slot = st.container()  # filled after this run's search, so the counter in
 # -- sidebar: models, metric, k, fusion ---------------------------------------------------
 infos = {m["name"]: m for m in engine.model_info()}
 searchable = [n for n, m in infos.items() if m["searchable"]]
+applied = st.session_state.pop("search_apply", None)  # "Use these weights" on the Evaluate page
+if applied:
+    st.session_state.update({"search_models": applied["models"], "search_method": applied["method"],
+                             **{f"search_w_{m}": w for m, w in applied["weights"].items()}})
+    st.success("Weights from the sweep: " + ", ".join(f"{model_label(m)} {w:g}" for m, w in applied["weights"].items())
+               + f" ({applied['method']} fusion). Press **Search**.")
+
+
+def _initial(key: str, value) -> dict:
+    """A widget's starting value, unless the session already holds one for its key."""
+    return {} if key in st.session_state else {"value": value}
+
 with st.sidebar:
     st.header("Search settings")
     if not searchable:
@@ -33,7 +45,8 @@ with st.sidebar:
     preferred = default_model()
     default_choice = [preferred] if preferred in searchable else searchable[:1]
     models = st.multiselect(
-        "Models", searchable, default=default_choice, format_func=model_label, key="search_models",
+        "Models", searchable, default=None if "search_models" in st.session_state else default_choice,
+        format_func=model_label, key="search_models",
         help="Feature extractors with features for this collection.",
     )
     unavailable = [n for n in MODELS if n not in searchable]
@@ -56,7 +69,8 @@ with st.sidebar:
         method = st.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSION_LABELS[m], key="search_method")
         st.caption("Weights (used by weighted fusion and weighted RRF)")
         weights = {
-            m: st.slider(model_label(m), 0.0, 1.0, 1.0, 0.05, key=f"search_w_{m}", disabled=method == "average")
+            m: st.slider(model_label(m), 0.0, 1.0, step=0.05, key=f"search_w_{m}", disabled=method == "average",
+                         **_initial(f"search_w_{m}", 1.0))
             for m in models
         }
         if method == "average":

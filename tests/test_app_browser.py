@@ -182,6 +182,22 @@ def test_evaluate_page(page):
     page.screenshot(path=str(SHOTS / "evaluate.png"), full_page=True)
 
 
+def test_weight_sweep_and_use_these_weights(page):
+    logged_in(page)
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Evaluate").click()
+    page.get_by_role("button", name="Sweep the weights").click()
+    page.get_by_text(re.compile(r"^Best: EfficientNet-Lite0 [\d.]+, EfficientNet-Lite1 [\d.]+ · mAP 0\.8")).wait_for()
+    page.get_by_text("11 weightings × 1000 queries").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    page.wait_for_timeout(1000)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "sweep.png"), full_page=False)
+    page.get_by_role("button", name="Use these weights").click()
+    page.get_by_text(re.compile("^Weights from the sweep: EfficientNet-Lite0")).wait_for()
+    run_search(page)
+    page.get_by_role("tab", name="Combined (Weighted)").wait_for()
+
+
 def test_collection_page_indexes_on_a_local_dask_cluster(page):
     """The Collection page starts a local Dask cluster, links its dashboard, reports, and
     stops the workers (the stores are up to date: every vector is reused)."""
