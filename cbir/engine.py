@@ -18,12 +18,12 @@ from .distances import normalise_metric
 from .errors import CBIRError, StoreError, unknown
 from .evaluation import EvaluationReport
 from .extractors import MODELS, build_extractor, get_spec, model_status
-from .fusion import FUSION_METHODS, check_weights, fuse
+from .fusion import FUSION_METHODS, check_weights
 from .index import resolve_backend
 from .index_cache import IndexCache
 from .images import image_from_array, open_image, resize_rgb
 from .rerank import FeedbackRound, Rerank, check_metric, feedback_rounds
-from .search import Query, SearchResponse, check_top_k, rank_distances
+from .search import FusionInputs, Query, SearchResponse, check_top_k, rank_distances
 from .store import FeatureStore, load_store, store_dir, store_exists, store_stamp
 
 
@@ -180,23 +180,20 @@ class Engine:
         self.collection.check_ids([i for r in feedback for i in (*r.relevant, *r.non_relevant)], "feedback")
         ids, dists, timings = self.full_distances(models, metric, query, exclude_query, rerank, feedback, backend, depth or 0)
         space = self.indexes.id_space(models)
-        labels, counts = space.labels, space.label_counts
-        per_model = {m: rank_distances(m, d, ids, labels, query.label, top_k, depth=depth, label_counts=counts,
+        inputs = FusionInputs(ids, dists, space.labels, space.label_counts, query.label, top_k, depth)
+        per_model = {m: rank_distances(m, d, ids, space.labels, query.label, top_k, depth=depth, label_counts=space.label_counts,
                                        seconds=timings.get(f"search:{m}", 0.0) + timings.get(f"extract:{m}", 0.0))
                      for m, d in dists.items()}
         fused = None
         if method and len(models) > 1:
-            t0 = time.perf_counter()
-            fd = fuse({m: d[None, :] for m, d in dists.items()}, method=method, weights=weights)[0]
-            timings["fusion"] = time.perf_counter() - t0
-            fused = rank_distances("combined", fd, ids, labels, query.label, top_k, seconds=timings["fusion"], depth=depth,
-                                   label_counts=counts)
+            fused = inputs.fuse(method, weights)
+            timings["fusion"] = fused.seconds
         timings["total"] = time.perf_counter() - start
         return SearchResponse(
             query=query, metric=metric, top_k=top_k, per_model=per_model, fused=fused,
             method=method if fused is not None else None,
             weights=dict(weights) if (weights and fused is not None and method == "weighted") else None,
-            rerank=rerank, feedback_rounds=len(feedback), timings=timings, backend=backend, depth=depth,
+            rerank=rerank, feedback_rounds=len(feedback), timings=timings, backend=backend, depth=depth, inputs=inputs,
         )
 
     # -- experiments (cbir.experiments) ------------------------------------------------

@@ -7,6 +7,7 @@ evaluation figures work on full rankings) and then keeps the top k for display.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -153,6 +154,29 @@ class Query:
 
 
 @dataclass
+class FusionInputs:
+    """What a fusion of one query needs: every model's distance row over the shared ids.
+    Kept after a search, so new weights or another method re-fuse without searching again."""
+
+    ids: list[str]
+    distances: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    label_counts: dict[str, int]
+    query_label: str | None
+    top_k: int
+    depth: int | None = None
+
+    def fuse(self, method: str, weights: Mapping[str, float] | None = None) -> RankedList:
+        """The combined ranked list (and its metrics) for ``method`` and ``weights``."""
+        from .fusion import fuse
+
+        start = time.perf_counter()
+        fused = fuse({m: d[None, :] for m, d in self.distances.items()}, method=method, weights=weights)[0]
+        return rank_distances("combined", fused, self.ids, self.labels, self.query_label, self.top_k,
+                              seconds=time.perf_counter() - start, depth=self.depth, label_counts=self.label_counts)
+
+
+@dataclass
 class SearchResponse:
     query: Query
     metric: str
@@ -166,6 +190,7 @@ class SearchResponse:
     timings: dict[str, float] = field(default_factory=dict)
     backend: str = "exact"
     depth: int | None = None
+    inputs: FusionInputs | None = field(default=None, repr=False)  # for re-fusion; not part of the JSON
 
     def to_dict(self) -> dict:
         return {

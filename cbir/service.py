@@ -32,8 +32,12 @@ class SearchService:
         use_cache: bool = True,
         backend: str | None = None,
         depth: int | None = None,
+        with_inputs: bool = False,
     ) -> dict:
-        """The search response as a dict, with ``cached`` telling whether it came from Redis."""
+        """The search response as a dict, with ``cached`` telling whether it came from Redis.
+        ``with_inputs`` (the app, for live re-fusion) adds the per-model distance rows under
+        ``"_inputs"`` (a :class:`cbir.search.FusionInputs`, not JSON); such a search is
+        computed, never read from the cache."""
         from .extractors import get_spec
 
         models = [get_spec(m).name for m in models]
@@ -52,7 +56,7 @@ class SearchService:
             "depth": depth,
         }
         key = None
-        if use_cache and self.cache.enabled:
+        if use_cache and self.cache.enabled and not with_inputs:
             try:
                 versions = {m: self.engine.store(m).version for m in models}
             except Exception:
@@ -75,6 +79,8 @@ class SearchService:
         if key is not None:
             self.cache.set(key, out)
         self.cache.count_search()
+        if with_inputs:
+            out["_inputs"] = resp.inputs
         return out
 
     def stats(self) -> dict:

@@ -32,11 +32,6 @@ if applied:
     st.success("Weights from the sweep: " + ", ".join(f"{model_label(m)} {w:g}" for m, w in applied["weights"].items())
                + f" ({applied['method']} fusion). Press **Search**.")
 
-
-def _initial(key: str, value) -> dict:
-    """A widget's starting value, unless the session already holds one for its key."""
-    return {} if key in st.session_state else {"value": value}
-
 with st.sidebar:
     st.header("Search settings")
     if not searchable:
@@ -45,7 +40,7 @@ with st.sidebar:
     preferred = default_model()
     default_choice = [preferred] if preferred in searchable else searchable[:1]
     models = st.multiselect(
-        "Models", searchable, default=None if "search_models" in st.session_state else default_choice,
+        "Models", searchable, default=None if applied else default_choice,
         format_func=model_label, key="search_models",
         help="Feature extractors with features for this collection.",
     )
@@ -69,8 +64,8 @@ with st.sidebar:
         method = st.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSION_LABELS[m], key="search_method")
         st.caption("Weights (used by weighted fusion and weighted RRF)")
         weights = {
-            m: st.slider(model_label(m), 0.0, 1.0, step=0.05, key=f"search_w_{m}", disabled=method == "average",
-                         **_initial(f"search_w_{m}", 1.0))
+            m: st.slider(model_label(m), 0.0, 1.0, None if applied and m in applied["weights"] else 1.0, 0.05,
+                         key=f"search_w_{m}", disabled=method == "average")
             for m in models
         }
         if method == "average":
@@ -153,6 +148,29 @@ with pcol:
             show_error(exc)
             image_bytes = None
 
+def fusion_state() -> tuple:
+    """The fusion the sidebar asks for: models, method and the weights it uses."""
+    used = None if method in (None, "average") else tuple(sorted((weights or {}).items()))
+    return tuple(models), method, used
+
+
+def refuse_live(result: dict) -> tuple[dict, float | None]:
+    """With the same models, a new fusion method or weights re-fuses the distance rows of
+    the last search (no new search); returns the result shown and the re-fusion time."""
+    inputs, shown = st.session_state.get("search_inputs"), st.session_state.get("search_fusion")
+    now = fusion_state()
+    if inputs is None or not method or now == shown or set(models) != set(result["models"]):
+        return result, None
+    try:
+        combined = inputs.fuse(method, weights)
+    except Exception as exc:
+        show_error(exc)
+        return result, None
+    result = {**result, "combined": combined.to_dict(), "method": method, "weights": dict(weights or {}) if method != "average" else None}
+    st.session_state.update(search_result=result, search_fusion=now)
+    return result, combined.seconds
+
+
 def do_search(feedback: list[dict]) -> None:
     try:
         with st.spinner("Searching…"):
@@ -160,6 +178,7 @@ def do_search(feedback: list[dict]) -> None:
                 models, metric, int(top_k), image_id=image_id, image=image_bytes,
                 method=method if len(models) > 1 else None, weights=weights,
                 rerank=rerank if rerank.active else None, feedback=feedback or None, backend=backend,
+                with_inputs=len(models) > 1,
             )
     except Exception as exc:
         show_error(exc)
@@ -168,6 +187,8 @@ def do_search(feedback: list[dict]) -> None:
         st.session_state["search_rounds"] = []
     st.session_state["search_rounds"] = st.session_state.get("search_rounds", []) + [result]
     st.session_state["search_feedback"] = feedback
+    st.session_state["search_inputs"] = result.pop("_inputs", None)
+    st.session_state["search_fusion"] = fusion_state()
     st.session_state["search_result"] = result
     # fresh toggle widgets for the new results: a new key generation, the old keys dropped
     st.session_state["search_fb_gen"] = st.session_state.get("search_fb_gen", 0) + 1
@@ -188,6 +209,7 @@ if not result:
     st.stop()
 
 # -- results -----------------------------------------------------------------------------
+result, live = refuse_live(result)
 query = result["query"]
 title = f"query {query['id']}" if query["id"] else "uploaded image"
 st.subheader(f"Results for {title}")
@@ -196,6 +218,8 @@ st.caption(
     f"{1000 * result['timings'].get('total', 0):.1f} ms" + (" · from cache" if result.get("cached") else "")
 )
 rounds = st.session_state.get("search_rounds", [result])
+if live is not None:
+    st.caption(f"Re-fused live with {FUSION_LABELS[result['method']]} in {1000 * live:.1f} ms, from the rankings already computed")
 if result.get("rerank"):
     st.caption(f"Re-ranked with {RERANK_LABELS[result['rerank']['method']]} (n={result['rerank']['n']}, α={result['rerank']['alpha']:g})")
 if len(rounds) > 1:
@@ -212,7 +236,13 @@ for tab, name in zip(tabs, names):
         k = result["top_k"]
         c1.metric(f"P@{k}", f"{ranked['precision_at_k']:.3f}" if has_metrics else "—")
         c2.metric(f"R@{k}", f"{ranked['recall_at_k']:.3f}" if has_metrics else "—")
-        c3.metric(ranked.get("ap_label", "AP"), f"{ranked['average_precision']:.3f}" if has_metrics else "—")
+        singles = [r["average_precision"] for r in result["models"].values() if r["average_precision"] is not None]
+        fused_gain = ranked["average_precision"] - max(singles) if name == "combined" and has_metrics and singles else None
+        c3.metric(ranked.get("ap_label", "AP"), f"{ranked['average_precision']:.3f}" if has_metrics else "—",
+                  delta=None if fused_gain is None else f"{fused_gain:+.3f} vs the best model")
+        if fused_gain is not None:
+            st.caption("AP per model: " + " · ".join(f"{model_label(m)} {r['average_precision']:.3f}" for m, r in result["models"].items())
+                       + f" → fused {ranked['average_precision']:.3f}")
         c4.metric("Time", f"{1000 * ranked['seconds']:.1f} ms")
         result_grid(engine, ranked, columns=5, key=f"search_fb_{st.session_state.get('search_fb_gen', 0)}_{name}", feedback=True)
         if has_metrics:

@@ -150,6 +150,13 @@ def test_two_models_with_rrf_show_combined_tab(page):
     tab.click()
     page.get_by_text("every model and the fusion").wait_for()
     assert page.get_by_role("tab").count() == 3
+    page.get_by_text(re.compile(r"^AP per model: EfficientNet-Lite0 0\.\d{3} · EfficientNet-Lite1 0\.\d{3} → fused")).wait_for()
+    # another method re-fuses the rankings already computed, without a new search
+    searches = page.get_by_text("Searches performed").locator("xpath=..").inner_text()
+    choose(page, sidebar.get_by_role("combobox", name="Fusion"), "Weighted")
+    page.get_by_text(re.compile(r"^Re-fused live with Weighted in [\d.]+ ms")).wait_for()
+    page.get_by_role("tab", name="Combined (Weighted)").wait_for()
+    assert page.get_by_text("Searches performed").locator("xpath=..").inner_text() == searches
 
 
 def test_student_does_not_see_admin(page):
