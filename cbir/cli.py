@@ -173,6 +173,11 @@ def cmd_search(args) -> int:
     weights = _weights_arg(args.weights, models)
     resp = engine.search(models, args.metric, args.top_k, image_id=args.id, image=image, method=method, weights=weights,
                          exclude_query=not args.include_query, rerank=_rerank_arg(args), backend=args.backend, depth=args.depth)
+    if args.csv:
+        from .export import search_csv
+
+        Path(args.csv).write_text(search_csv(resp.to_dict()))
+        print(f"wrote {args.csv}", file=sys.stderr)
     if args.json:
         print(json.dumps(resp.to_dict(), indent=2))
         return 0
@@ -195,6 +200,8 @@ def cmd_evaluate(args) -> int:
 
     from .evaluation import PROTOCOL
 
+    if args.plot and Path(args.plot).suffix.lower() not in (".html", ".png"):
+        return _fail(f"--plot writes .html or .png, not {args.plot}")
     engine = _engine(args)
     models = _models_arg(args.model)
     weights = _weights_arg(args.weights, models)
@@ -221,10 +228,23 @@ def cmd_evaluate(args) -> int:
     for c, v in report.per_class_ap.items():
         print(f"{c:<16}{v:>8.4f}")
     print(f"protocol: {PROTOCOL}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        print(f"wrote {args.json}")
+    _write_report(args, report.to_dict())
     return 0
+
+
+def _write_report(args, report: dict) -> None:
+    """--json, --csv and --plot (.html or .png) of an evaluation report."""
+    from .export import report_curves, reports_csv, write_figure
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.csv:
+        Path(args.csv).write_text(reports_csv([report]))
+        print(f"wrote {args.csv}")
+    if args.plot:
+        write_figure(args.plot, report_curves([report]), f"Mean 11-point interpolated PR: {report['name']}")
+        print(f"wrote {args.plot}")
 
 
 def cmd_tune_weights(args) -> int:
@@ -336,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--include-query", action="store_true", help="keep the query in its own results")
     _add_rerank_options(sp)
     _add_backend_options(sp)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the response as JSON (with the parameters used)")
+    sp.add_argument("--csv", metavar="FILE", help="also write the results as CSV, one row per hit of every list")
     sp.set_defaults(func=cmd_search)
 
     sp = sub.add_parser("evaluate", help="mAP, P@10, P@20, R-precision and per-class AP")
@@ -352,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--feedback-rounds", type=int, default=0, help="simulate N rounds of Rocchio feedback with the true labels")
     sp.add_argument("--feedback-k", type=int, default=20, help="results judged per feedback round (default 20)")
     sp.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    sp.add_argument("--csv", metavar="FILE", help="also write the report as CSV (summary and per-class AP)")
+    sp.add_argument("--plot", metavar="FILE", help="also write the PR figure: FILE.html (interactive, offline) or FILE.png")
     sp.set_defaults(func=cmd_evaluate)
 
     from .tuning import DEFAULT_STEP, SWEEP_METHODS

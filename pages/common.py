@@ -15,13 +15,13 @@ from cbir.config import get_settings
 from cbir.distances import METRIC_LABELS
 from cbir.engine import Engine
 from cbir.errors import CBIRError
-from cbir.evaluation import PROTOCOL, RECALL_LEVELS
+from cbir.evaluation import PROTOCOL
+from cbir.export import pr_figure, report_curves
 from cbir.extractors import MODELS
 from cbir.redisdb import ServiceUnavailable, get_redis
 from cbir.service import SearchService
 from cbir.users import UserStore
 
-PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04", "#db2777", "#65a30d"]
 
 
 @st.cache_resource(show_spinner="Loading the collection and its feature stores…")
@@ -124,26 +124,8 @@ def result_grid(engine: Engine, ranked: dict, columns: int = 5, key: str = "", f
                     st.segmented_control("Feedback", ["👍", "👎"], key=f"{key}::{h['id']}", label_visibility="collapsed")
 
 
-def pr_figure(curves: list[tuple[str, list[float], list[float]]], title: str = "Precision–recall") -> go.Figure:
-    fig = go.Figure()
-    for i, (name, recall, precision) in enumerate(curves):
-        fig.add_trace(
-            go.Scatter(
-                x=recall, y=precision, mode="lines", name=name,
-                line=dict(color=PALETTE[i % len(PALETTE)], width=3 if name.startswith("Combined") else 2),
-                hovertemplate="recall %{x:.2f}<br>precision %{y:.3f}<extra>" + name + "</extra>",
-            )
-        )
-    fig.update_layout(
-        title=title, xaxis_title="Recall", yaxis_title="Precision", height=380, margin=dict(l=10, r=10, t=50, b=10),
-        xaxis=dict(range=[0, 1.0]), yaxis=dict(range=[0, 1.05]), legend=dict(orientation="h", y=-0.2),
-        template="plotly_white",
-    )
-    return fig
-
-
 def interpolated_figure(reports: list[dict], title: str = "Mean 11-point interpolated PR") -> go.Figure:
-    return pr_figure([(r["label"], list(RECALL_LEVELS), r["pr_11_point"]) for r in reports], title)
+    return pr_figure(report_curves(reports), title)
 
 
 def protocol_note() -> None:

@@ -8,6 +8,7 @@ import streamlit as st
 
 from cbir.distances import METRICS
 from cbir.experiments import plan_runs
+from cbir.export import pr_html, pr_png, report_curves, reports_csv, reports_json
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS, FUSION_SHORT
 from cbir.tuning import SWEEP_METHODS, sweep_weights
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, Rerank
@@ -153,6 +154,13 @@ st.dataframe(
     column_config={c: st.column_config.ProgressColumn(c, format="%.3f", min_value=0, max_value=1) for c in ("mAP", "P@10", "P@20", "R-precision")},
 )
 st.plotly_chart(interpolated_figure(results), key="eval_pr")
+downloads = st.columns([1, 1, 1, 1, 4])
+for col, (label, make, ext, mime) in zip(downloads, (
+        ("⬇ CSV", lambda: reports_csv(results), "csv", "text/csv"),
+        ("⬇ JSON", lambda: reports_json(results), "json", "application/json"),
+        ("⬇ PR figure (HTML)", lambda: pr_html(report_curves(results), "Mean 11-point interpolated PR"), "html", "text/html"),
+        ("⬇ PR figure (PNG)", lambda: pr_png(report_curves(results), "Mean 11-point interpolated PR"), "png", "image/png"))):
+    col.download_button(label, make, f"evaluation.{ext}", mime, key=f"eval_dl_{ext}", on_click="ignore")
 
 st.subheader("Average precision per class")
 classes = list(results[0]["per_class_AP"])

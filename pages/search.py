@@ -7,6 +7,7 @@ import random
 import streamlit as st
 
 from cbir.distances import METRICS
+from cbir.export import search_csv, search_json
 from cbir.extractors import MODELS, default_model
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS
 from cbir.index import AUTO, BACKEND_LABELS, BACKENDS, backend_status
@@ -218,6 +219,12 @@ st.caption(
     f"{1000 * result['timings'].get('total', 0):.1f} ms" + (" · from cache" if result.get("cached") else "")
 )
 rounds = st.session_state.get("search_rounds", [result])
+d1, d2, _ = st.columns([1, 1, 6])
+name = f"search-{query['id'] or 'upload'}-{result['metric']}"
+d1.download_button("⬇ CSV", lambda r=result: search_csv(r), f"{name}.csv", "text/csv", key="search_dl_csv", on_click="ignore",
+                   help="Every list's hits with the parameters used")
+d2.download_button("⬇ JSON", lambda r=result: search_json(r), f"{name}.json", "application/json", key="search_dl_json",
+                   on_click="ignore", help="The whole response, as the API returns it")
 if live is not None:
     st.caption(f"Re-fused live with {FUSION_LABELS[result['method']]} in {1000 * live:.1f} ms, from the rankings already computed")
 if result.get("rerank"):

@@ -92,6 +92,10 @@ def test_search_by_collection_image(page):
     page.locator(".js-plotly-plot").first.wait_for()  # drawn after the grid
     assert page.locator(".cbir-hit").count() == 10
     assert page.get_by_text("P@10").count() >= 1 and page.get_by_text("AP", exact=True).count() >= 1
+    with page.expect_download() as download:
+        page.get_by_role("button", name="⬇ CSV").click()
+    rows = open(download.value.path()).read().splitlines()
+    assert rows[0].startswith("query_id,query_label,metric,backend,method,list,rank,id") and len(rows) == 11
     page.wait_for_timeout(1000)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
@@ -183,6 +187,12 @@ def test_evaluate_page(page):
     page.locator(".js-plotly-plot").nth(1).wait_for()  # PR curves and the per-class heatmap
     page.get_by_text("Done: 8 evaluation(s) over 1000 queries each").wait_for()
     assert page.get_by_text("mAP").count() >= 1
+    for label, check in (("⬇ CSV", lambda b: b.startswith(b"name,metric,queries,mAP") and b.count(b"\n") == 9),
+                         ("⬇ PR figure (PNG)", lambda b: b.startswith(b"\x89PNG")),
+                         ("⬇ PR figure (HTML)", lambda b: b"plotly" in b and b"Mean 11-point interpolated PR" in b)):
+        with page.expect_download() as download:
+            page.get_by_role("button", name=label).click()
+        assert check(open(download.value.path(), "rb").read()), label
     assert page.get_by_text("Protocol.").count() >= 1
     page.wait_for_timeout(1000)
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -52,3 +52,15 @@ def test_cli_three_models_rrf_json():
     assert len(data["points"]) == 6 and data["method"] == "rrf" and data["queries"] == 1000
     assert data["best"]["mAP"] == max(p["mAP"] for p in data["points"])
     assert data["gain_over_equal"] == pytest.approx(data["best"]["mAP"] - data["equal_weights"]["mAP"], abs=1e-5)
+
+
+def test_live_refusion_equals_a_new_search(engine):
+    """What the Search page does when a slider moves: the rows of the last search, fused anew."""
+    weights = {"efficientnet_lite0": 0.2, "efficientnet_lite1": 0.8}
+    first = engine.search(LITE[:2], image_id="412", method="rrf")
+    for method in ("weighted", "rrf", "average"):
+        again = first.inputs.fuse(method, weights)
+        fresh = engine.search(LITE[:2], image_id="412", method=method, weights=weights).fused
+        assert [h.id for h in again.hits] == [h.id for h in fresh.hits]
+        assert again.average_precision == pytest.approx(fresh.average_precision)
+    assert "inputs" not in first.to_dict()  # the rows stay out of the JSON

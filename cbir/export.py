@@ -1,0 +1,118 @@
+"""Results and reports as files: search results (CSV, and JSON with the parameters used),
+evaluation reports (CSV, JSON) and precision-recall figures (one self-contained HTML file
+with Plotly inside, or a PNG drawn with matplotlib, no browser needed). The app offers
+them as downloads, the CLI writes them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Sequence
+
+import plotly.graph_objects as go
+
+PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04", "#db2777", "#65a30d"]
+Curve = tuple[str, Sequence[float], Sequence[float]]  # name, recall, precision
+SEARCH_FIELDS = ["query_id", "query_label", "metric", "backend", "method", "list", "rank", "id", "label", "score", "relevant"]
+
+
+def search_json(result: dict) -> str:
+    """The search response with its parameters (metric, top k, fusion, weights, re-ranking,
+    backend, depth), as the API returns it."""
+    return json.dumps({k: v for k, v in result.items() if not k.startswith("_")}, indent=2) + "\n"
+
+
+def search_csv(result: dict) -> str:
+    """One row per hit of every list (each model, then the fusion), with the parameters."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=SEARCH_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    lists = list(result["models"].items()) + ([("combined", result["combined"])] if result.get("combined") else [])
+    for name, ranked in lists:
+        for hit in ranked["results"]:
+            writer.writerow({"query_id": result["query"]["id"] or "(upload)", "query_label": result["query"]["label"] or "",
+                             "metric": result["metric"], "backend": result.get("backend", "exact"), "method": result.get("method") or "",
+                             "list": name, **{k: hit[k] for k in ("rank", "id", "label", "score", "relevant")}})
+    return out.getvalue()
+
+
+def reports_json(reports: Sequence[dict]) -> str:
+    return json.dumps(list(reports), indent=2) + "\n"
+
+
+def reports_csv(reports: Sequence[dict]) -> str:
+    """One row per evaluation: the summary figures, then the AP of every class."""
+    classes = sorted({c for r in reports for c in r.get("per_class_AP", {})})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["name", "metric", "queries", "mAP", "P@10", "P@20", "R-precision", *[f"AP {c}" for c in classes]])
+    for r in reports:
+        writer.writerow([r["name"], r["metric"], r["queries"], r["mAP"], r["P@10"], r["P@20"], r["R-precision"],
+                         *[r.get("per_class_AP", {}).get(c, "") for c in classes]])
+    return out.getvalue()
+
+
+def pr_figure(curves: Sequence[Curve], title: str = "Precision–recall") -> go.Figure:
+    """The Plotly PR figure of the app (a fused curve, named "Combined…", drawn thicker)."""
+    fig = go.Figure()
+    for i, (name, recall, precision) in enumerate(curves):
+        fig.add_trace(go.Scatter(
+            x=list(recall), y=list(precision), mode="lines", name=name,
+            line=dict(color=PALETTE[i % len(PALETTE)], width=3 if name.startswith("Combined") else 2),
+            hovertemplate="recall %{x:.2f}<br>precision %{y:.3f}<extra>" + name + "</extra>",
+        ))
+    fig.update_layout(
+        title=title, xaxis_title="Recall", yaxis_title="Precision", height=380, margin=dict(l=10, r=10, t=50, b=10),
+        xaxis=dict(range=[0, 1.0]), yaxis=dict(range=[0, 1.05]), legend=dict(orientation="h", y=-0.2), template="plotly_white",
+    )
+    return fig
+
+
+def report_curves(reports: Sequence[dict]) -> list[Curve]:
+    """The mean 11-point interpolated PR curve of each evaluation report."""
+    from .evaluation import RECALL_LEVELS
+
+    return [(r.get("label") or r["name"], list(RECALL_LEVELS), r["pr_11_point"]) for r in reports]
+
+
+def pr_html(curves: Sequence[Curve], title: str = "Precision–recall") -> str:
+    """A self-contained interactive page (Plotly's script inside: opens offline)."""
+    return pr_figure(curves, title).to_html(include_plotlyjs=True, full_html=True)
+
+
+def pr_png(curves: Sequence[Curve], title: str = "Precision–recall") -> bytes:
+    """The same curves as a PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    try:
+        for i, (name, recall, precision) in enumerate(curves):
+            ax.plot(recall, precision, label=name, color=PALETTE[i % len(PALETTE)], linewidth=2.5 if name.startswith("Combined") else 1.6)
+        ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="Recall", ylabel="Precision", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def write_figure(path: str, curves: Sequence[Curve], title: str) -> None:
+    """``path`` ending in .html or .png; anything else is a clear error."""
+    from pathlib import Path
+
+    from .errors import CBIRError
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".html", ".png"):
+        raise CBIRError(f"the figure is written as .html or .png, not {suffix or 'a file without extension'}: {path}")
+    if suffix == ".html":
+        Path(path).write_text(pr_html(curves, title))
+    else:
+        Path(path).write_bytes(pr_png(curves, title))
