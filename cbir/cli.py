@@ -285,6 +285,18 @@ def cmd_tune_weights(args) -> int:
     return 0
 
 
+def cmd_import_features(args) -> int:
+    from .collection import scan_collection
+    from .config import get_settings
+    from .importing import import_features
+
+    report = import_features(Path(args.file), args.name, scan_collection(args.collection),
+                             Path(args.features or get_settings().features_dir))
+    print(report.summary())
+    print(f"search with it: cbir search --id ID -m {report.model}   (fuse it: -m {report.model},efficientnet_lite0)")
+    return 0
+
+
 def cmd_weights_download(args) -> int:
     from .errors import WeightsUnavailableError
     from .extractors import MODELS, ensure_keras_home, get_spec, keras_models_dir
@@ -388,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top", type=int, default=10, help="rows of the table, best first (default %(default)s)")
     sp.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the whole sweep as JSON (to FILE, or stdout alone)")
     sp.set_defaults(func=cmd_tune_weights)
+
+    sp = sub.add_parser("import-features", help="import features computed elsewhere as the model imported:NAME")
+    common(sp)
+    sp.add_argument("file", help=".npz (ids + vectors), .npy, .parquet, .csv, or a .pkl list of (image path, vector)")
+    sp.add_argument("--name", required=True, help="the model becomes imported:NAME (lower-case letters, digits, _)")
+    sp.add_argument("--features", default=None, help=f"feature store folder (default: {settings.features_dir})")
+    sp.set_defaults(func=cmd_import_features)
 
     sp = sub.add_parser("weights", help="manage model weights")
     wsub = sp.add_subparsers(dest="weights_command", required=True)

@@ -19,6 +19,7 @@ from .errors import CBIRError, StoreError, unknown
 from .evaluation import EvaluationReport
 from .extractors import MODELS, build_extractor, get_spec, model_status
 from .fusion import FUSION_METHODS, check_weights
+from .importing import imported_models
 from .index import resolve_backend
 from .index_cache import IndexCache
 from .images import image_from_array, open_image, resize_rgb
@@ -74,16 +75,17 @@ class Engine:
             return self._extractors[key]
 
     def model_info(self) -> list[dict]:
-        """Every registered model: availability, why, and its store."""
+        """Every registered model and every imported one: availability, why, and its store."""
         out = []
-        for name, spec in MODELS.items():
-            available, reason = model_status(name)
+        for name in [*MODELS, *imported_models(self.settings.features_dir, self.collection.name)]:
+            spec = get_spec(name)
+            available, reason = model_status(name) if spec.family != "imported" else (True, "imported features (never re-extracted)")
             info = dict(name=name, label=spec.label, dim=spec.dim, input_size=spec.input_size, available=available,
                         reason=reason, indexed=0, last_indexed=None, searchable=False)
             if self.has_store(name):
                 try:
                     s = self.store(name)
-                    info.update(indexed=len(s), last_indexed=s.manifest.get("updated"), searchable=True)
+                    info.update(indexed=len(s), last_indexed=s.manifest.get("updated"), searchable=True, dim=s.dim)
                 except CBIRError as exc:
                     info["reason"] = str(exc)
             out.append(info)
@@ -144,7 +146,8 @@ class Engine:
         for m, s in stores.items():
             vec = self._query_vector(m, query, image, timings)
             t0 = time.perf_counter()
-            d = s.aligned(ids, model_search.distance_row(self, m, metric, vec, query, rerank, feedback, backend, depth)).astype(np.float64)
+            row = model_search.distance_row(self, m, metric, vec, query, rerank, feedback, backend, depth)
+            d = np.asarray(s.aligned(ids, row), dtype=np.float64)  # a fresh row: no copy when already float64
             if position is not None:
                 d[position] = np.inf
             timings[f"search:{m}"] = time.perf_counter() - t0

@@ -98,7 +98,8 @@ def rank_distances(
     every relevant item of the collection (not only those returned), as "AP@depth".
     ``label_counts`` (images per label among ``ids``) spares a pass over every label."""
     d = np.asarray(distances, dtype=np.float64)
-    ranked = np.flatnonzero(np.isfinite(d))  # an approximate row: only its candidates are sorted
+    finite = np.isfinite(d)
+    ranked = np.flatnonzero(finite)  # an approximate row: only its candidates are sorted
     order = ranked[np.argsort(d[ranked], kind="stable")]
     k = min(top_k, order.size)
     lab = None if labels is None else np.asarray(labels, dtype=object)
@@ -106,7 +107,7 @@ def rank_distances(
     result = RankedList(name=name, hits=[], top_k=top_k, seconds=seconds, depth=depth)
     if lab is not None and query_label is not None:
         rel = lab[order] == query_label
-        excluded = np.flatnonzero(np.isposinf(d))
+        excluded = np.flatnonzero(d == np.inf) if ranked.size < d.size else np.empty(0, dtype=int)
         if label_counts is None:
             n_rel = int((lab == query_label).sum())
         else:

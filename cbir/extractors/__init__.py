@@ -68,8 +68,17 @@ DEFAULT_PREFERENCE = ("resnet50", "efficientnet_lite0", "mobilenet", "vgg16", "e
 BUNDLED = tuple(n for n, s in MODELS.items() if s.family == "efficientnet_lite")
 
 
+IMPORTED = "imported:"  # features computed elsewhere (cbir.importing): a model without an extractor
+
+
 def get_spec(name: str) -> ModelSpec:
     key = str(name).strip().lower().replace("-", "_")
+    if key.startswith(IMPORTED):
+        from ..importing import check_name
+
+        key = check_name(key)
+        return ModelSpec(key, f"Imported: {key[len(IMPORTED):]}", "imported", 0, 0, "", "",
+                         description="features computed elsewhere, imported with `cbir import-features`")
     if key not in MODELS:
         raise unknown("model", name, MODELS)
     return MODELS[key]
@@ -207,7 +216,6 @@ def build_extractor(name: str, weights: str | None = "imagenet") -> Extractor:
     """Build a model (imports Keras). Raises WeightsUnavailableError naming the missing file."""
     spec = get_spec(name)
     weights = normalise_weights(weights)
-    ensure_keras_home()
     return FAMILIES[spec.family].build(spec, weights)
 
 
@@ -222,12 +230,14 @@ def _bundled_status(spec: ModelSpec) -> tuple[bool, str]:
 
 
 def _build_keras(spec: ModelSpec, weights: str) -> Extractor:
+    ensure_keras_home()
     from .keras_apps import build_keras_app  # imports Keras: only when a model is built
 
     return build_keras_app(spec, weights)
 
 
 def _build_bundled(spec: ModelSpec, weights: str) -> Extractor:
+    ensure_keras_home()
     from .efficientnet_lite import build_efficientnet_lite
 
     return build_efficientnet_lite(spec, weights)
@@ -242,8 +252,18 @@ class Family:
     build: Callable[[ModelSpec, str], Extractor]
 
 
+def _imported_help(spec: ModelSpec) -> str:
+    return (f"{spec.name} holds features computed elsewhere: it has no extractor here, so it is never re-extracted and cannot "
+            "embed an uploaded image; search it by collection id, or run `cbir import-features` again to update it")
+
+
+def _build_imported(spec: ModelSpec, weights: str) -> Extractor:
+    raise WeightsUnavailableError(_imported_help(spec))
+
+
 #: model family -> (weights status, what to do when missing, builder)
 FAMILIES: dict[str, Family] = {
     "keras": Family(_keras_status, _keras_help, _build_keras),
     "efficientnet_lite": Family(_bundled_status, _bundled_help, _build_bundled),
+    "imported": Family(lambda spec: (False, _imported_help(spec)), _imported_help, _build_imported),
 }
