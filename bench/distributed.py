@@ -38,7 +38,9 @@ def rate(collection, model: str, runner=None) -> float:
 
 
 def _payload(_: int) -> np.ndarray:
-    return np.zeros((64, 1280), dtype=np.float32)  # what a chunk of 64 images returns
+    from cbir.distributed import CHUNK
+
+    return np.zeros((CHUNK, 1280), dtype=np.float32)  # what a chunk returns
 
 
 def overhead_per_chunk(runner, tasks: int = 1000) -> float:
@@ -79,7 +81,7 @@ def main() -> None:
         print(f"{model:<20}{here:>12.1f}{r1:>10.1f}{r2:>11.1f}{r2 / here:>17.2f}", flush=True)
     with DaskRunner(workers=2, threads=1) as two:
         o = statistics.median(overhead_per_chunk(two) for _ in range(3))
-    print(f"scheduler overhead per chunk (a task returning 64 x 1280 float32): {1000 * o:.2f} ms", flush=True)
+    print(f"scheduler overhead per chunk (a task returning {CHUNK} x 1280 float32): {1000 * o:.2f} ms", flush=True)
     print(f"projection, chunk = {CHUNK} images, each worker as fast as one here (one core), scheduler bound 1/overhead:")
     print(f"{'model':<20}" + "".join(f"{w:>12} w" for w in (8, 32, 128)) + "   (images/s)")
     for model, r1 in per_worker.items():
