@@ -129,7 +129,7 @@ def session_still_valid(authenticator: stauth.Authenticate) -> bool:
 
 
 #: Session-state prefixes of what a user did; cleared when their session ends.
-USER_STATE = ("search_", "eval_", "coll_", "admin_", "auth_binding")
+USER_STATE = ("search_", "eval_", "map_", "coll_", "admin_", "auth_binding")
 
 
 def end_session(authenticator: stauth.Authenticate, why: str) -> None:
@@ -143,6 +143,7 @@ def end_session(authenticator: stauth.Authenticate, why: str) -> None:
 PAGES = [  # (file, title, icon, roles allowed; None = every role)
     ("pages/search.py", "Search", "🔎", None),
     ("pages/evaluate.py", "Evaluate", "📈", None),
+    ("pages/map.py", "Map", "🗺️", None),
     ("pages/collection.py", "Collection", "🗂️", None),
     ("pages/admin.py", "Admin", "🛡️", {"admin"}),
 ]

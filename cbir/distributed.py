@@ -134,7 +134,7 @@ class DaskRunner:
             raise DistributedError("distributed extraction needs `pip install dask distributed`") from exc
         if self.scheduler:
             try:
-                self.client = Client(self.scheduler, timeout="10s")
+                self.client = Client(self.scheduler, timeout="5s")
             except (OSError, TimeoutError) as exc:
                 raise DistributedError(f"no Dask scheduler answers at {self.scheduler} ({exc}); start one or check "
                                        "CBIR_DASK_SCHEDULER") from None

@@ -128,6 +128,12 @@ class Engine:
         timings[f"extract:{model}"] = time.perf_counter() - t1
         return vec
 
+    def query_vector(self, model: str, image_id: str | None = None, image: bytes | None = None) -> np.ndarray:
+        """The model's feature vector of a collection image or of an uploaded one."""
+        query = self._check_query(Query(image_id=image_id, image=image))
+        timings: dict[str, float] = {}
+        return self._query_vector(get_spec(model).name, query, self._decode(query, timings) if image is not None else None, timings)
+
     def full_distances(
         self, models: Sequence[str], metric: str, query: Query, exclude_query: bool = True,
         rerank: Rerank | None = None, feedback: list[FeedbackRound] | None = None, backend: str = "exact", depth: int = 0,

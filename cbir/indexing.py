@@ -120,6 +120,11 @@ def _reusable_store(folder: Path, dim: int, weights: str, dtype: str | None) -> 
     return old if old.dim == dim and old.manifest.get("weights") == weights and not narrower else None
 
 
+def _check_dtype(dtype: str | None) -> None:
+    if dtype is not None and dtype not in DTYPES:
+        raise CBIRError(f"unknown store dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+
+
 def _extract_here(model: str, weights: str, extractor, paths, batch_size, threads, max_pixels, progress) -> Extraction:
     """The one-process path: the model built here (or the one given), decoding in threads."""
     from .extractors import build_extractor
@@ -145,8 +150,7 @@ def index_collection(
     ``runner`` (a :class:`cbir.distributed.DaskRunner`) extracts on a Dask cluster."""
     from .extractors import get_spec
 
-    if dtype is not None and dtype not in DTYPES:
-        raise CBIRError(f"unknown store dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    _check_dtype(dtype)
     spec = get_spec(model)
     folder = store_dir(features_dir, collection.name, spec.name, weights)
     old = _reusable_store(folder, spec.dim, weights, dtype)
@@ -160,10 +164,8 @@ def index_collection(
     ok = np.ones(len(collection), dtype=bool)
     if todo:
         paths = [collection.paths[i] for i in todo]
-        if runner is not None:
-            ext = runner.extract(spec.name, weights, folder, paths, [signatures[i] for i in todo], batch_size, max_pixels, progress)
-        else:
-            ext = _extract_here(spec.name, weights, extractor, paths, batch_size, threads, max_pixels, progress)
+        ext = runner.extract(spec.name, weights, folder, paths, [signatures[i] for i in todo], batch_size, max_pixels, progress) \
+            if runner is not None else _extract_here(spec.name, weights, extractor, paths, batch_size, threads, max_pixels, progress)
         embeddings[todo] = ext.features
         ok[todo] = ext.ok
         failures = ext.failures

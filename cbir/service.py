@@ -55,20 +55,14 @@ class SearchService:
             "backend": backend or self.engine.settings.index_backend,
             "depth": depth,
         }
-        key = None
-        if use_cache and self.cache.enabled and not with_inputs:
-            try:
-                versions = {m: self.engine.store(m).version for m in models}
-            except Exception:
-                versions = None  # the engine call below reports the real problem
-            if versions is not None:
-                key = self.cache.key(request, versions)
-                hit = self.cache.get(key)
-                metrics.CACHE.labels("miss" if hit is None else "hit").inc()
-                if hit is not None:
-                    self.cache.count_search()
-                    hit["cached"] = True
-                    return hit
+        key = self._cache_key(models, request) if use_cache and self.cache.enabled and not with_inputs else None
+        hit = None if key is None else self.cache.get(key)
+        if key is not None:
+            metrics.CACHE.labels("miss" if hit is None else "hit").inc()
+        if hit is not None:
+            self.cache.count_search()
+            hit["cached"] = True
+            return hit
         resp = self.engine.search(
             models, metric, top_k, query, exclude_query=exclude_query, method=method if len(models) > 1 else None,
             weights=weights, rerank=rerank, feedback=feedback, backend=backend, depth=depth,
@@ -82,6 +76,13 @@ class SearchService:
         if with_inputs:
             out["_inputs"] = resp.inputs
         return out
+
+    def _cache_key(self, models: Sequence[str], request: dict) -> str | None:
+        """The result-cache key of a request (None when a store is missing: the search says why)."""
+        try:
+            return self.cache.key(request, {m: self.engine.store(m).version for m in models})
+        except Exception:
+            return None
 
     def stats(self) -> dict:
         from .distances import DISTANCES

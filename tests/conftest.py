@@ -46,24 +46,6 @@ def small_collection(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def indexed_features(session_tmp):
-    """Index image.orig with the three bundled models once per session (real inference)."""
-    from cbir.collection import scan_collection
-    from cbir.indexing import index_collection
-
-    features = session_tmp / "features"
-    collection = scan_collection(COLLECTION)
-    reports = {}
-
-    def get(model: str):
-        if model not in reports:
-            reports[model] = index_collection(collection, model, features, batch_size=32, threads=2)
-        return features
-
-    return get
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

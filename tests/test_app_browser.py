@@ -111,13 +111,14 @@ def test_query_picker_finds_pages_and_picks(page):
     page.get_by_text("page 2 of 9").wait_for()
     page.get_by_role("button", name="312", exact=True).click()
     page.get_by_text("query 312 · buses").wait_for()
+    page.wait_for_timeout(500)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "picker.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 1000})
     run_search(page)
     page.get_by_text("Results for query 312").wait_for()
     page.get_by_label("Find an image").fill("no-such-image")
     page.keyboard.press("Enter")
     page.get_by_text(re.compile("^0 images match “no-such-image”")).wait_for()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "picker.png"), full_page=False)
 
 
 def test_upload_search(page):
@@ -213,6 +214,20 @@ def test_weight_sweep_and_use_these_weights(page):
     page.get_by_text(re.compile("^Weights from the sweep: EfficientNet-Lite0")).wait_for()
     run_search(page)
     page.get_by_role("tab", name="Combined (Weighted)").wait_for()
+
+
+def test_map_page_places_an_uploaded_image_and_rings_its_top_10(page):
+    logged_in(page)
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Map").click()
+    page.get_by_text(re.compile(r"^PCA of 1,000 images · (computed in|read from the cache in)")).wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    page.locator("input[type=file]").set_input_files(str(ROOT / "image.orig" / "412.jpg"))
+    page.get_by_text("Top 10 for the uploaded image").wait_for()
+    assert page.locator(".cbir-hit").count() == 10
+    assert "id 412" in page.locator(".cbir-hit").first.inner_text()
+    page.wait_for_timeout(1000)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "map.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 1100})
 
 
 def test_collection_page_indexes_on_a_local_dask_cluster(page):

@@ -83,29 +83,26 @@ def test_local_cluster_equals_in_process_and_a_killed_worker_loses_nothing(tmp_p
 
         report = index_collection(collection, MODEL, tmp_path / "features", progress=progress, runner=runner)
         assert killed  # and the run went on: its chunks were re-run on the other worker or the restarted one
+        # an existing cluster by its address (what --scheduler does): its workers keep their own threads
+        few = tmp_path / "few"
+        few.mkdir()
+        for f in sorted(root.glob("*.jpg"))[:6]:
+            shutil.copy(f, few / f.name)
+        with DaskRunner(scheduler=runner.cluster.scheduler_address) as remote:
+            assert remote.threads is None and remote.cluster is None
+            small = index_collection(scan_collection(few), MODEL, tmp_path / "f2", runner=remote)
+    store = load_store(small.path)
+    rows = [reference.row_of(i) for i in store.ids.tolist()]
+    assert len(store) == 6 and float(np.abs(np.asarray(store.embeddings) - np.asarray(reference.embeddings)[rows]).max()) < 1e-5
     assert report.images == 64 and report.extracted == 64 and [p for p, _ in report.failures] == [str(root / "corrupt.jpg")]
     assert seen[-1] == 65 and seen == sorted(seen)  # the bar is fed by finished chunks
     _assert_same_store(load_store(report.path), reference)
     assert not (report.path / SHARDS).exists()  # shards are removed once the store is written
 
 
-def test_an_existing_cluster_by_address_and_an_unreachable_one(tmp_path, images):
-    from distributed import LocalCluster
-
-    root, reference = images
-    few = tmp_path / "few"
-    few.mkdir()
-    for f in sorted(root.glob("*.jpg"))[:6]:
-        shutil.copy(f, few / f.name)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with DaskRunner(scheduler=cluster.scheduler_address) as runner:
-            assert runner.threads is None  # a cluster's workers keep their own thread settings
-            report = index_collection(scan_collection(few), MODEL, tmp_path / "features", runner=runner)
-    store = load_store(report.path)
-    assert len(store) == len([f for f in few.glob("*.jpg") if f.name != "corrupt.jpg"])
-    rows = [reference.row_of(i) for i in store.ids.tolist()]
-    assert float(np.abs(np.asarray(store.embeddings) - np.asarray(reference.embeddings)[rows]).max()) < 1e-5
-    out = subprocess.run([sys.executable, "-m", "cbir", "index", "-q", "--collection", str(few), "-m", MODEL,
+def test_an_unreachable_scheduler_is_one_clear_line(tmp_path, images):
+    root, _ = images
+    out = subprocess.run([sys.executable, "-m", "cbir", "index", "-q", "--collection", str(root), "-m", MODEL,
                           "--scheduler", "tcp://127.0.0.1:9"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, CBIR_FEATURES_DIR=str(tmp_path / "f2")))
     assert out.returncode != 0

@@ -70,9 +70,14 @@ def test_bad_parameters_and_metric():
 
 
 @pytest.fixture(scope="module")
-def engine(indexed_features):
+def engine(tmp_path_factory):
+    """The shipped features (test_bundled checks that they match a fresh extraction), copied
+    so that the DBA files this writes stay out of the checkout."""
+    import shutil
+
+    features = tmp_path_factory.mktemp("features")
     for m in LITE:
-        features = indexed_features(m)
+        shutil.copytree(ROOT / "features" / "image.orig" / m, features / "image.orig" / m, ignore=shutil.ignore_patterns("dba-*", "faiss*", "map-*"))
     return Engine(scan_collection(ROOT / "image.orig"), Settings(features_dir=features))
 
 

@@ -1,13 +1,14 @@
-"""The collection's images: a paged list, files and thumbnails."""
+"""The collection's images: a paged list, files, thumbnails, and the 2-D feature map."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
 
 from ...errors import CollectionError
+from ...maps import MAP_METHODS, embedding_map
 from ..deps import APIError, CurrentUser, Service
 from ..schemas import ErrorBody
 
@@ -51,3 +52,23 @@ def image(service: Service, user: CurrentUser, image_id: str, thumb: Annotated[i
     from ...images import thumbnail_jpeg
 
     return Response(thumbnail_jpeg(path, thumb, square=False), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/map", responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+            summary="2-D map of one model's features (PCA, UMAP, t-SNE), computed once per store version")
+def feature_map(
+    service: Service,
+    user: CurrentUser,
+    model: Annotated[str | None, Query(max_length=80)] = None,
+    method: Annotated[Literal[MAP_METHODS], Query()] = "pca",
+    n_neighbors: Annotated[int | None, Query(ge=2, le=200, description="UMAP")] = None,
+    min_dist: Annotated[float | None, Query(ge=0, le=1, description="UMAP")] = None,
+    perplexity: Annotated[float | None, Query(ge=2, le=100, description="t-SNE")] = None,
+) -> dict:
+    from ...extractors import default_model
+
+    given = {"n_neighbors": n_neighbors, "min_dist": min_dist, "perplexity": perplexity}
+    params = {k: v for k, v in given.items() if v is not None}
+    emap = embedding_map(service.engine, model or default_model(), method, params)
+    c = service.engine.collection
+    return {**emap.to_dict(), "labels": [c.label_of(i) if i in c else None for i in emap.ids]}

@@ -1,0 +1,46 @@
+"""Embedding maps of Wang-1000 (EfficientNet-Lite0): time to compute PCA, UMAP and t-SNE
+(UMAP's first run includes numba's compilation), and to open a cached map.
+
+    python bench/maps.py
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    from cbir.config import Settings
+    from cbir.engine import Engine
+    from cbir.maps import MAP_LABELS, embedding_map, map_status
+
+    with tempfile.TemporaryDirectory(prefix="cbir-maps-") as d:
+        shutil.copytree(ROOT / "features" / "image.orig" / "efficientnet_lite0", Path(d) / "image.orig" / "efficientnet_lite0",
+                        ignore=shutil.ignore_patterns("dba-*", "faiss*", "map-*"))
+        engine = Engine(ROOT / "image.orig", Settings(collection=ROOT / "image.orig", features_dir=d, var_dir=Path(d) / "var"))
+        for method, ok in ((m, s[0]) for m, s in map_status().items()):
+            if not ok:
+                print(f"{MAP_LABELS[method]}: not installed")
+                continue
+            first = embedding_map(engine, "efficientnet_lite0", method)
+            opens = []
+            for _ in range(5):
+                engine_again = Engine(ROOT / "image.orig", Settings(collection=ROOT / "image.orig", features_dir=d, var_dir=Path(d) / "var"))
+                t = time.perf_counter()
+                cached = embedding_map(engine_again, "efficientnet_lite0", method)
+                opens.append(time.perf_counter() - t)
+                assert cached.seconds == 0
+            print(f"{MAP_LABELS[method]:<6} 1000 x 1280: computed in {first.seconds:.2f} s; a cached map opens in "
+                  f"{1000 * statistics.median(opens):.0f} ms (a fresh engine: store and map read from disk)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""2-D maps of the real Wang features: PCA, UMAP, t-SNE, the cache, placing a new point,
+bad parameters, and the API."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from cbir.config import Settings
+from cbir.engine import Engine
+from cbir.errors import CBIRError
+from cbir.maps import check_params, embedding_map, map_status
+from cbir.store import FeatureStore, load_store, save_store
+from tests.conftest import COLLECTION, ROOT
+
+LITE0 = ROOT / "features" / "image.orig" / "efficientnet_lite0"
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    features = tmp_path_factory.mktemp("features")
+    shutil.copytree(LITE0, features / "image.orig" / "efficientnet_lite0", ignore=shutil.ignore_patterns("dba-*", "faiss*", "map-*"))
+    return Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=features, var_dir=features / "var"))
+
+
+def _class_separation(coords: np.ndarray, labels: list[str]) -> float:
+    """Mean distance to the own class's centre over mean distance to the map's centre."""
+    lab = np.array(labels)
+    centres = {c: coords[lab == c].mean(0) for c in set(labels)}
+    own = np.mean([np.linalg.norm(coords[i] - centres[c]) for i, c in enumerate(labels)])
+    return float(own / np.linalg.norm(coords - coords.mean(0), axis=1).mean())
+
+
+def test_pca_map_is_cached_and_places_a_stored_vector_on_itself(engine):
+    first = embedding_map(engine, "efficientnet_lite0", "pca")
+    assert first.coords.shape == (1000, 2) and first.seconds > 0
+    labels = [engine.collection.label_of(i) for i in first.ids]
+    assert _class_separation(first.coords, labels) < 0.8  # classes gather
+    again = embedding_map(engine, "efficientnet_lite0", "pca")
+    assert again.seconds == 0 and np.array_equal(again.coords, first.coords)  # read from the cache
+    assert list(engine.store_folder("efficientnet_lite0").glob("map-pca.npz"))
+    store = engine.store("efficientnet_lite0")
+    x, y = first.place(store.embeddings, store.vector("412"))
+    assert (x, y) == pytest.approx(tuple(first.coords[first.ids.index("412")]), abs=1e-4)
+
+
+@pytest.mark.skipif(not (map_status()["umap"][0] and map_status()["tsne"][0]), reason="umap-learn and openTSNE")
+def test_umap_and_tsne_separate_classes_and_place_new_points_near_their_neighbours(tmp_path):
+    src = load_store(LITE0)
+    rows = [i for i, image_id in enumerate(src.ids.tolist()) if int(image_id) % 100 < 30]  # 30 of each class
+    folder = tmp_path / "image.orig" / "efficientnet_lite0"
+    save_store(FeatureStore(src.model, src.weights, np.asarray(src.embeddings)[rows], src.ids[rows], src.signatures[rows]), folder)
+    engine = Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=tmp_path, var_dir=tmp_path / "var"))
+    for method, params in (("umap", {"n_neighbors": 10}), ("tsne", {"perplexity": 20})):
+        ticks = []
+        emap = embedding_map(engine, "efficientnet_lite0", method, params, progress=lambda d, t: ticks.append(d / t))
+        labels = [engine.collection.label_of(i) for i in emap.ids]
+        assert emap.coords.shape == (300, 2) and _class_separation(emap.coords, labels) < 0.6, method
+        assert ticks and ticks[-1] == 1.0
+        store = engine.store("efficientnet_lite0")
+        own = emap.coords[emap.ids.index("412")]
+        placed = np.array(emap.place(store.embeddings, store.vector("412")))
+        spread = np.linalg.norm(emap.coords - emap.coords.mean(0), axis=1).mean()
+        assert np.linalg.norm(placed - own) < 0.5 * spread, method
+
+
+def test_bad_map_requests_are_clear():
+    with pytest.raises(ValueError, match="unknown map method 'mds'"):
+        check_params("mds", None)
+    with pytest.raises(CBIRError, match="n_neighbors must be between 2 and 200"):
+        check_params("umap", {"n_neighbors": 1})
+    with pytest.raises(CBIRError, match="PCA takes no parameters; not perplexity"):
+        check_params("pca", {"perplexity": 30})
+
+
+@pytest.mark.redis
+def test_api_map(fresh_redis, tmp_path, engine):
+    from fastapi.testclient import TestClient
+
+    from cbir.api.app import create_app
+    from tests.conftest import make_settings
+
+    with TestClient(create_app(make_settings(fresh_redis.url, tmp_path, features_dir=engine.settings.features_dir), warm_up=False)) as c:
+        token = c.post("/api/login", json={"username": "student", "password": "multimedia"}).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        r = c.get("/api/map?model=efficientnet_lite0&method=pca", headers=auth)
+        assert r.status_code == 200
+        body = r.json()
+        assert len(body["x"]) == len(body["y"]) == len(body["ids"]) == len(body["labels"]) == 1000 and body["method"] == "pca"
+        assert c.get("/api/map?method=mds", headers=auth).status_code == 422
+        r = c.get("/api/map?method=pca&perplexity=30", headers=auth)
+        assert r.status_code == 400 and "PCA takes no parameters" in r.json()["error"]
+        assert c.get("/api/map").status_code == 401
