@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(None, description="Signs login cookies; unset = random per install (var/secret_key)")
     admin_password: str | None = Field(None, description="Password of the admin user outside demo mode")
     default_model: str | None = Field(None, description="Default model; unset = best available")
+    preload_model: bool = Field(True, description="Build the default model at API start, so the first upload search is fast")
     batch_size: int = Field(32, ge=1, le=512)
     decode_threads: int = Field(2, ge=1, le=32)
     cache: bool = Field(True, description="Cache search results in Redis")

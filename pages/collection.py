@@ -52,7 +52,7 @@ if missing:
             st.markdown(f"**{model_label(m['name'])}**: {m['reason']}")
 
 st.subheader("Index or update")
-available = [m["name"] for m in infos if m["available"]]
+available = [m["name"] for m in infos if m["available"] and not m["name"].startswith("imported:")]  # imports are never extracted
 c1, c2, c3 = st.columns([3, 1, 1])
 chosen = c1.multiselect("Models to index", available, default=[m["name"] for m in infos if m["available"] and m["indexed"] != len(collection)][:1], format_func=model_label, key="coll_models")
 where = c2.selectbox("Run on", ["This process", "Local Dask cluster"] + (["Dask scheduler"] if settings.dask_scheduler else []),
@@ -100,6 +100,36 @@ if st.button("Index / update", type="primary", key="coll_index", disabled=not ch
         st.success("Indexing finished. Searches use the new features right away.")
     except Exception as exc:
         show_error(exc)
+
+st.subheader("Import features computed elsewhere")
+if current_role() in ("admin", "researcher"):
+    with st.form("coll_import", clear_on_submit=True):
+        c1, c2 = st.columns([3, 1])
+        features_file = c1.file_uploader("Features file", type=["npz", "npy", "parquet", "csv", "pkl", "pickle"], key="coll_import_file",
+                                         help="ids (or paths / file names) and vectors; the legacy pickled list of (path, vector) is read "
+                                              "by a restricted unpickler")
+        import_name = c2.text_input("Name", key="coll_import_name", placeholder="e.g. clip")
+        imported = st.form_submit_button("Import")
+    if imported and features_file is not None:
+        import tempfile
+        from pathlib import Path
+
+        from cbir.importing import import_features
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="cbir-import-") as d:
+                path = Path(d) / f"upload{Path(features_file.name).suffix.lower()}"
+                path.write_bytes(features_file.getvalue())
+                report = import_features(path, import_name, collection, settings.features_dir)
+            reload_engine()
+            st.session_state["coll_import_done"] = report.summary() + f". It is now the model **{report.model}** on every page."
+            st.rerun()  # the tables above list the new model
+        except CBIRError as exc:
+            show_error(exc)
+    if "coll_import_done" in st.session_state:
+        st.success(st.session_state.pop("coll_import_done"))
+else:
+    st.caption("Researchers and admins can import features (`.npz`, `.npy`, Parquet, CSV, or a pickled list of (path, vector)).")
 
 st.subheader("Add images")
 if current_role() not in ("admin", "researcher"):

@@ -17,7 +17,7 @@ from cbir.engine import Engine
 from cbir.errors import CBIRError
 from cbir.evaluation import PROTOCOL
 from cbir.export import pr_figure, report_curves
-from cbir.extractors import MODELS
+from cbir.extractors import IMPORTED, MODELS
 from cbir.redisdb import ServiceUnavailable, get_redis
 from cbir.service import SearchService
 from cbir.users import UserStore
@@ -52,6 +52,8 @@ def reload_engine() -> None:
 
 def model_label(name: str) -> str:
     spec = MODELS.get(name)
+    if spec is None and name.startswith(IMPORTED):
+        return f"Imported: {name[len(IMPORTED):]}"
     return spec.label if spec else ("Combined" if name == "combined" else name)
 
 

@@ -198,17 +198,12 @@ def test_evaluate_page(page):
     page.wait_for_timeout(1000)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "evaluate.png"), full_page=True)
-
-
-def test_weight_sweep_and_use_these_weights(page):
-    logged_in(page)
-    page.locator("[data-testid='stSidebarNav']").get_by_text("Evaluate").click()
+    # the weight sweep, on the same page, then its weights sent to Search
     page.get_by_role("button", name="Sweep the weights").click()
     page.get_by_text(re.compile(r"^Best: EfficientNet-Lite0 [\d.]+, EfficientNet-Lite1 [\d.]+ · mAP 0\.8")).wait_for()
     page.get_by_text("11 weightings × 1000 queries").wait_for()
-    page.locator(".js-plotly-plot").first.wait_for()
+    page.get_by_role("heading", name="Tune fusion weights").scroll_into_view_if_needed()
     page.wait_for_timeout(1000)
-    SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "sweep.png"), full_page=False)
     page.get_by_role("button", name="Use these weights").click()
     page.get_by_text(re.compile("^Weights from the sweep: EfficientNet-Lite0")).wait_for()
@@ -230,11 +225,28 @@ def test_map_page_places_an_uploaded_image_and_rings_its_top_10(page):
     page.screenshot(path=str(SHOTS / "map.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 1100})
 
 
-def test_collection_page_indexes_on_a_local_dask_cluster(page):
-    """The Collection page starts a local Dask cluster, links its dashboard, reports, and
-    stops the workers (the stores are up to date: every vector is reused)."""
-    logged_in(page)
-    page.locator("[data-testid='stSidebarNav']").get_by_text("Collection").click()
+def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(page, tmp_path):
+    """Import features as imported:NAME; then index on a local Dask cluster (the stores are up
+    to date: every vector is reused), with the dashboard linked and the workers stopped."""
+    import shutil
+
+    import numpy as np
+
+    from cbir.store import load_store
+
+    store = load_store(ROOT / "features" / "image.orig" / "efficientnet_lite0")
+    np.savez(tmp_path / "mine.npz", ids=store.ids, vectors=np.asarray(store.embeddings)[:, :32])
+    created = ROOT / "features" / "image.orig" / "imported:browsertest"
+    try:
+        logged_in(page)
+        page.locator("[data-testid='stSidebarNav']").get_by_text("Collection").click()
+        form = page.locator("[data-testid='stForm']").filter(has_text="Features file")
+        form.locator("input[type=file]").set_input_files(str(tmp_path / "mine.npz"))
+        form.get_by_label("Name").fill("browsertest")
+        form.get_by_role("button", name="Import").click()
+        page.get_by_text(re.compile(r"^imported 1000 vectors of d=32 as imported:browsertest")).wait_for()
+    finally:
+        shutil.rmtree(created, ignore_errors=True)  # the app's features are the checkout's
     choose(page, page.get_by_role("combobox", name="Models to index"), "EfficientNet-Lite0")
     choose(page, page.get_by_role("combobox", name="Run on"), "Local Dask cluster")
     page.get_by_role("button", name="Index / update").click()

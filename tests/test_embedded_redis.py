@@ -142,7 +142,7 @@ def test_kept_server_is_reused_and_stopped_on_request(tmp_path):
 def _env(var: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "CBIR_REDIS_URL"}
     env.update(CBIR_DEMO="1", CBIR_COLLECTION=str(COLLECTION), CBIR_FEATURES_DIR=str(ROOT / "features"),
-               CBIR_VAR_DIR=str(var), PYTHONUNBUFFERED="1", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+               CBIR_VAR_DIR=str(var), CBIR_PRELOAD_MODEL="0", PYTHONUNBUFFERED="1", PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     return env
 
 

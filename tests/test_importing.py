@@ -123,3 +123,36 @@ def test_cli_import(tmp_path, wang):
     out = subprocess.run([sys.executable, "-m", "cbir", "import-features", str(tmp_path / "missing.npz"), "--name", "x"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.strip().startswith("cbir: error: no file")
+
+
+@pytest.mark.redis
+def test_api_import_sweep_and_csv(fresh_redis, tmp_path, wang):
+    from fastapi.testclient import TestClient
+
+    from cbir.api.app import create_app
+    from tests.conftest import make_settings
+
+    _, ids, vectors = wang
+    features = _features(tmp_path)
+    np.savez(tmp_path / "f.npz", ids=np.array(ids), vectors=vectors[:, :64])
+    with TestClient(create_app(make_settings(fresh_redis.url, tmp_path, features_dir=features), warm_up=False)) as c:
+        def auth(user, password):
+            token = c.post("/api/login", json={"username": user, "password": password}).json()["access_token"]
+            return {"Authorization": f"Bearer {token}"}
+
+        researcher, student = auth("researcher", "umons2024"), auth("student", "multimedia")
+        upload = {"file": ("f.npz", (tmp_path / "f.npz").read_bytes(), "application/octet-stream")}
+        r = c.post("/api/import_features", data={"name": "head64"}, files=upload, headers=student)
+        assert r.status_code == 403 and "researchers and admins" in r.json()["error"]
+        r = c.post("/api/import_features", data={"name": "head64"}, files=upload, headers=researcher)
+        assert r.status_code == 201 and r.json()["model"] == "imported:head64" and r.json()["dim"] == 64
+        r = c.post("/api/import_features", data={"name": "x"}, files={"file": ("f.exe", b"MZ", "application/octet-stream")}, headers=researcher)
+        assert r.status_code == 400 and "unknown features file type .exe" in r.json()["error"]
+        assert "imported:head64" in [m["name"] for m in c.get("/api/models", headers=student).json()["models"]]
+        r = c.post("/api/tune_weights", json={"models": ["imported:head64", "efficientnet_lite0"], "step": 0.5}, headers=student)
+        assert r.status_code == 200 and len(r.json()["points"]) == 3 and r.json()["queries"] == 1000
+        r = c.post("/api/tune_weights", json={"models": ["efficientnet_lite0"]}, headers=student)
+        assert r.status_code == 422
+        r = c.post("/api/search?format=csv", json={"image_id": "412", "models": ["imported:head64"], "top_k": 3}, headers=student)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+        assert r.text.splitlines()[0].startswith("query_id,query_label") and len(r.text.splitlines()) == 4

@@ -49,7 +49,8 @@ def _warm_up(service: SearchService) -> None:
     try:
         for name in service.engine.searchable_models():
             service.engine.store(name)
-        service.engine.extractor(default_model())
+        if service.engine.settings.preload_model:
+            service.engine.extractor(default_model())
     except Exception as exc:  # a missing model is reported per request
         log.warning("warm-up incomplete: %s", exc)
 
@@ -126,9 +127,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
 
     _install_error_handlers(app)
 
-    from .routes import admin, auth, images, meta, search
+    from .routes import admin, auth, images, meta, search, tools
 
-    for module in (meta, auth, search, images, admin):
+    for module in (meta, auth, search, images, tools, admin):
         app.include_router(module.router)
     # Outermost last: forwarded headers (only from trusted proxies) -> headers -> limits -> metrics.
     app.add_middleware(RequestMetrics)

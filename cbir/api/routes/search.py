@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -17,6 +17,7 @@ from ...extractors import default_model
 from ..deps import APIError, CurrentUser, Service
 from ..middleware import loads_bounded
 from ..schemas import CombinedSearchRequest, ErrorBody, SearchRequest
+from .tools import csv_response
 
 router = APIRouter(prefix="/api", tags=["search"])
 
@@ -138,10 +139,12 @@ async def _dispatch(service, params, image, method=None, weights=None) -> dict:
 
 
 @router.post("/search", responses=ERRORS, openapi_extra=_openapi_body(SearchRequest), summary="Search with one or more models")
-async def search(service: Service, user: CurrentUser, given: Annotated[tuple, Depends(search_input(SearchRequest))]) -> dict:
+async def search(service: Service, user: CurrentUser, given: Annotated[tuple, Depends(search_input(SearchRequest))],
+                 format: Annotated[Literal["json", "csv"], Query(description="csv: one row per hit, with the parameters")] = "json") -> dict:
     """Per model: ranked results (id, score, label, relevant), P@k, R@k, AP, PR points and time taken."""
     params, image = given
-    return JSONResponse(await _dispatch(service, params, image))
+    result = await _dispatch(service, params, image)
+    return csv_response(result) if format == "csv" else JSONResponse(result)
 
 
 @router.post(

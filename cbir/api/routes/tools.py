@@ -1,0 +1,67 @@
+"""Research tools over HTTP: the fusion weight sweep, features import, and search results
+as CSV."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...distances import METRICS
+from ...tuning import DEFAULT_STEP, MODELS_RANGE, SWEEP_METHODS
+from ..deps import APIError, CurrentUser, Service
+from ..schemas import ErrorBody
+
+router = APIRouter(prefix="/api", tags=["research"])
+ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+IMPORT_SUFFIXES = (".npz", ".npy", ".parquet", ".csv", ".pkl", ".pickle")
+
+
+class TuneWeightsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: list[str] = Field(min_length=MODELS_RANGE[0], max_length=MODELS_RANGE[1])
+    method: Literal[SWEEP_METHODS] = "weighted"
+    step: float = Field(DEFAULT_STEP, gt=0, le=0.5, description="grid step on the weight simplex; must divide 1")
+    metric: Literal[tuple(METRICS)] = "cosine"
+
+
+@router.post("/tune_weights", responses=ERRORS, summary="mAP and P@20 of fusion over a grid of weights (2-3 models)")
+async def tune_weights(service: Service, user: CurrentUser, body: TuneWeightsRequest) -> dict:
+    """Every labelled image as a query; each model's distance matrix computed once."""
+    from ...tuning import sweep_weights
+
+    result = await run_in_threadpool(sweep_weights, service.engine, body.models, body.method, body.step, body.metric)
+    return result.to_dict()
+
+
+@router.post("/import_features", status_code=201, responses=ERRORS,
+             summary="Import features computed elsewhere as the model imported:NAME (researchers and admins)")
+async def import_features_route(service: Service, user: CurrentUser, name: Annotated[str, Form(max_length=48)],
+                                file: Annotated[UploadFile, File(description=".npz, .npy, .parquet, .csv or a .pkl list of (path, vector)")]) -> dict:
+    """The file's keys are matched to the collection by id, relative path or file name;
+    bigger files than the upload limit go through `cbir import-features`."""
+    from ...importing import import_features
+
+    if user.role not in ("admin", "researcher"):
+        raise APIError(403, f"only researchers and admins may import features (you are {user.role})")
+    suffix = Path(file.filename or "").suffix.lower()
+    if suffix not in IMPORT_SUFFIXES:
+        raise APIError(400, f"unknown features file type {suffix or '(none)'}: use one of {', '.join(IMPORT_SUFFIXES)}")
+    with tempfile.TemporaryDirectory(prefix="cbir-import-") as d:
+        path = Path(d) / f"upload{suffix}"
+        path.write_bytes(await file.read())
+        engine = service.engine
+        report = await run_in_threadpool(import_features, path, name, engine.collection, engine.settings.features_dir)
+    return {"model": report.model, "vectors": report.vectors, "dim": report.dim, "unmatched": report.unmatched[:100],
+            "unmatched_count": len(report.unmatched), "missing_count": len(report.missing), "summary": report.summary()}
+
+
+def csv_response(result: dict) -> Response:
+    from ...export import search_csv
+
+    return Response(search_csv(result), media_type="text/csv", headers={"Content-Disposition": "attachment; filename=search.csv"})
