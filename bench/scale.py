@@ -91,11 +91,11 @@ def bench_api(root: Path, features: Path, n: int, seconds: int) -> None:
     8 wrk clients searching random ids; the FAISS index was built by bench_faiss."""
     import httpx
 
-    from bench.api import load_wrk, start_api
+    from bench.api import free_port, load_wrk, start_api
 
     with tempfile.TemporaryDirectory(prefix="cbir-api-") as d:
         tmp = Path(d)
-        port = __import__("bench.api", fromlist=["free_port"]).free_port()
+        port = free_port()
         redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", d],
                                  stdout=subprocess.DEVNULL)
         try:

@@ -17,7 +17,7 @@ from cbir.engine import Engine
 from cbir.errors import CBIRError
 from cbir.evaluation import PROTOCOL
 from cbir.export import pr_figure, report_curves
-from cbir.extractors import IMPORTED, MODELS
+from cbir.extractors import IMPORTED, MODELS, get_spec
 from cbir.redisdb import ServiceUnavailable, get_redis
 from cbir.service import SearchService
 from cbir.users import UserStore
@@ -51,10 +51,9 @@ def reload_engine() -> None:
 
 
 def model_label(name: str) -> str:
-    spec = MODELS.get(name)
-    if spec is None and name.startswith(IMPORTED):
-        return f"Imported: {name[len(IMPORTED):]}"
-    return spec.label if spec else ("Combined" if name == "combined" else name)
+    if name in MODELS or name.startswith(IMPORTED):
+        return get_spec(name).label  # the registry's label, imported models included
+    return "Combined" if name == "combined" else name
 
 
 def metric_label(name: str) -> str:
