@@ -1,5 +1,6 @@
 """Embedding maps of Wang-1000 (EfficientNet-Lite0): time to compute PCA, UMAP and t-SNE
-(UMAP's first run includes numba's compilation), and to open a cached map.
+(UMAP's first run includes numba's compilation), to open a cached map, and to make the
+hover thumbnails (64 px JPEG data URLs) the Map page sends with the chart.
 
     python bench/maps.py
 """
@@ -20,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from cbir.config import Settings
     from cbir.engine import Engine
+    from cbir.images import thumbnail_data_url
     from cbir.maps import MAP_LABELS, embedding_map, map_status
 
     with tempfile.TemporaryDirectory(prefix="cbir-maps-") as d:
@@ -40,6 +42,10 @@ def main() -> None:
                 assert cached.seconds == 0
             print(f"{MAP_LABELS[method]:<6} 1000 x 1280: computed in {first.seconds:.2f} s; a cached map opens in "
                   f"{1000 * statistics.median(opens):.0f} ms (a fresh engine: store and map read from disk)", flush=True)
+        t = time.perf_counter()
+        urls = [thumbnail_data_url(engine.collection.path_of(i)) for i in first.ids]
+        print(f"hover thumbnails: {len(urls)} in {time.perf_counter() - t:.2f} s (once; cached by the page), "
+              f"{sum(map(len, urls)) / 1e6:.2f} MB in all, {statistics.mean(map(len, urls)) / 1e3:.2f} KB each", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 The key covers the full request and the version of every feature store involved, so
 re-indexing invalidates old entries by itself. Redis being away never breaks a
-search: the cache is bypassed, counters are skipped and a warning is logged.
+search: the cache is bypassed, counters are skipped and a warning is logged; after a
+failure the cache leaves Redis alone for ``DOWN_SECONDS`` (a search makes three round trips:
+with a server that does not answer, each would wait for the socket timeout).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .redisdb import KEY_PREFIX as P, REDIS_DOWN
 log = logging.getLogger("cbir.cache")
 CACHE_TTL = 24 * 3600
 FLUSH_SECONDS = 0.5
+DOWN_SECONDS = 5.0
 
 
 class ResultCache:
@@ -30,13 +33,19 @@ class ResultCache:
         self._warned_at = 0.0
         self._pending = 0
         self._flushed_at = 0.0
+        self._down_until = 0.0
         self._lock = threading.Lock()
 
     def _down(self, exc: Exception) -> None:
         now = time.time()
+        self._down_until = time.monotonic() + DOWN_SECONDS
         if now - self._warned_at > 30:  # one warning per outage, not one per request
-            log.warning("Redis unavailable, cache and counters bypassed: %s", exc)
+            log.warning("Redis unavailable, cache and counters bypassed for %g s at a time: %s", DOWN_SECONDS, exc)
             self._warned_at = now
+
+    def _up(self) -> bool:
+        """Is Redis worth a try (not failed within the last DOWN_SECONDS)?"""
+        return self.r is not None and time.monotonic() >= self._down_until
 
     @staticmethod
     def key(request: dict, store_versions: dict[str, str]) -> str:
@@ -44,7 +53,7 @@ class ResultCache:
         return f"{P}cache:" + hashlib.sha256(blob.encode()).hexdigest()
 
     def get(self, key: str) -> dict | None:
-        if not self.enabled:
+        if not self.enabled or not self._up():
             return None
         try:
             raw = self.r.get(key)
@@ -55,7 +64,7 @@ class ResultCache:
         return json.loads(raw) if raw else None
 
     def set(self, key: str, value: dict) -> None:
-        if not self.enabled:
+        if not self.enabled or not self._up():
             return
         try:
             self.r.set(key, json.dumps(value), ex=self.ttl)
@@ -72,7 +81,7 @@ class ResultCache:
             self.flush()
 
     def flush(self) -> None:
-        if self.r is None:
+        if not self._up():
             return
         with self._lock:
             pending, self._pending = self._pending, 0
@@ -86,7 +95,7 @@ class ResultCache:
 
     def stats(self) -> dict:
         self.flush()
-        if self.r is None:
+        if not self._up():
             return {"searches_performed": None, "cache_hit_rate": None, "redis": False}
         try:
             searches, hits, misses = self.r.mget(f"{P}stats:searches", f"{P}stats:cache_hits", f"{P}stats:cache_misses")

@@ -106,12 +106,12 @@ def cmd_index(args) -> int:
 
     from .collection import scan_collection
     from .config import get_settings
-    from .extractors import MODELS, model_status, normalise_weights
+    from .extractors import MODELS, can_extract, normalise_weights
 
     settings = get_settings()
     collection = scan_collection(args.collection)
     weights = normalise_weights(args.weights)
-    models = _models_arg(args.model) if args.model != "all" else [m for m in MODELS if model_status(m, weights)[0]]
+    models = _models_arg(args.model) if args.model != "all" else [m for m in MODELS if can_extract(m, weights)[0]]
     scheduler = args.scheduler or (None if args.workers else settings.dask_scheduler)
     if args.workers is not None and args.workers < 1:
         return _fail("--workers must be at least 1")
@@ -121,9 +121,9 @@ def cmd_index(args) -> int:
             print(f"Dask: {'local cluster of ' + str(args.workers) + ' workers' if args.workers else scheduler}, "
                   f"dashboard {runner.dashboard}", file=sys.stderr)
         for model in models:
-            ok, reason = model_status(model, weights)
+            ok, reason = can_extract(model, weights)
             if not ok:
-                print(f"cbir: error: {model} unavailable: {reason}", file=sys.stderr)
+                print(f"cbir: error: {model} cannot be extracted: {reason}", file=sys.stderr)
                 status = 2
                 continue
             _index_one(args, settings, collection, model, weights, runner)

@@ -185,11 +185,7 @@ class PreparedIndex:
         qn = l2_normalise(q) if self.metric == "cosine" else q
         q_sq = (q * q).sum(1)[:, None]
         out = np.empty((q.shape[0], self._n), dtype=np.float32)
-        buf = np.empty((_STREAM_ROWS, self.dim), dtype=np.float32)
-        for start in range(0, self._n, _STREAM_ROWS):
-            block = self._source[start : start + _STREAM_ROWS]
-            x = buf[: len(block)]
-            np.copyto(x, block)  # float16 -> float32 in a small, cache-resident buffer
+        for start, x in self._blocks():
             if not fast:
                 if not _all_finite(x):
                     raise ValueError("features contain NaN or infinity")
@@ -205,13 +201,20 @@ class PreparedIndex:
                 out[:, start : start + len(x)] = np.sqrt(np.maximum(q_sq + sq - 2.0 * dots, 0.0))
         return out
 
+    def _blocks(self):
+        """(first row, float32 block) over the source, through one small reused buffer
+        (float16 -> float32 in cache); a block is valid until the next one is read."""
+        buf = np.empty((_STREAM_ROWS, self.dim), dtype=np.float32)
+        for start in range(0, self._n, _STREAM_ROWS):
+            block = self._source[start : start + _STREAM_ROWS]
+            x = buf[: len(block)]
+            np.copyto(x, block)
+            yield start, x
+
     def _row_norms(self) -> np.ndarray:
         """Squared L2 norm of every stored row, read block by block (NaN or inf refused)."""
         sq = np.empty(self._n, dtype=np.float32)
-        buf = np.empty((_STREAM_ROWS, self.dim), dtype=np.float32)
-        for start in range(0, self._n, _STREAM_ROWS):
-            x = buf[: len(self._source[start : start + _STREAM_ROWS])]
-            np.copyto(x, self._source[start : start + _STREAM_ROWS])
+        for start, x in self._blocks():
             sq[start : start + len(x)] = np.einsum("ij,ij->i", x, x)
         if not np.isfinite(sq).all():
             raise ValueError("features contain NaN or infinity")

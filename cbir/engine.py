@@ -17,7 +17,7 @@ from .config import Settings, get_settings
 from .distances import normalise_metric
 from .errors import CBIRError, StoreError, unknown
 from .evaluation import EvaluationReport
-from .extractors import MODELS, build_extractor, get_spec, model_status
+from .extractors import FAMILIES, MODELS, build_extractor, get_spec, model_status
 from .fusion import FUSION_METHODS, check_weights
 from .importing import imported_models
 from .index import resolve_backend
@@ -79,9 +79,9 @@ class Engine:
         out = []
         for name in [*MODELS, *imported_models(self.settings.features_dir, self.collection.name)]:
             spec = get_spec(name)
-            available, reason = model_status(name) if spec.family != "imported" else (True, "imported features (never re-extracted)")
+            available, reason = model_status(name)
             info = dict(name=name, label=spec.label, dim=spec.dim, input_size=spec.input_size, available=available,
-                        reason=reason, indexed=0, last_indexed=None, searchable=False)
+                        extracts=FAMILIES[spec.family].extracts, reason=reason, indexed=0, last_indexed=None, searchable=False)
             if self.has_store(name):
                 try:
                     s = self.store(name)

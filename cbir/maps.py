@@ -6,12 +6,15 @@ beside the store as a derived array keyed by the store version, the method and i
 parameters, so a second view only reads it. A new point (an uploaded query) is placed,
 not recomputed: PCA projects it exactly; UMAP and t-SNE put it at the similarity-weighted
 mean position of its 10 nearest stored neighbours, the initialisation openTSNE itself
-uses for new points.
+uses for new points. A store of more than MAP_MAX_POINTS images is mapped through a seeded
+random sample of that many (said wherever the map is shown).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -34,6 +37,11 @@ MAP_PARAMS: dict[str, dict[str, tuple[float, float, float]]] = {
 }
 _PACKAGES = {"umap": "umap", "tsne": "openTSNE"}
 _PLACE_K = 10
+#: a larger store is mapped through a seeded random sample of this many images (a scatter of
+#: more points is unreadable and unresponsive in a browser; UMAP and t-SNE would take hours)
+MAP_MAX_POINTS = 20_000
+#: above this many images a map's hover shows id and label without the thumbnail (about 1.5 KB each)
+MAP_THUMBNAILS_MAX = 5_000
 SEED = 0
 
 Progress = Callable[[int, int], None]
@@ -73,11 +81,28 @@ def _pca(x: np.ndarray) -> np.ndarray:
     return centred @ vt[:2].T
 
 
-def _umap(x: np.ndarray, n_neighbors: int, min_dist: float) -> np.ndarray:
+class _EpochSink(io.TextIOBase):
+    """A file for umap-learn's tqdm bar (``bar_format`` "{desc}|{n}/{total}") that turns each
+    refresh of the "Epochs completed" bar into a progress call."""
+
+    def __init__(self, progress: Progress | None):
+        self.progress = progress
+
+    def write(self, text: str) -> int:
+        found = re.findall(r"Epochs completed\|(\d+)/(\d+)", text)
+        if found and self.progress:
+            done, total = map(int, found[-1])
+            self.progress(done, max(total, 1))
+        return len(text)
+
+
+def _umap(x: np.ndarray, n_neighbors: int, min_dist: float, progress: Progress | None = None) -> np.ndarray:
     import umap
 
+    bar = {"disable": False, "file": _EpochSink(progress), "desc": "Epochs completed", "bar_format": "{desc}|{n}/{total}",
+           "mininterval": 0.2}
     return umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), min_dist=min_dist, metric="cosine", random_state=SEED,
-                     n_jobs=1).fit_transform(x)
+                     n_jobs=1, tqdm_kwds=bar).fit_transform(x)
 
 
 def _tsne(x: np.ndarray, perplexity: float, progress: Progress | None) -> np.ndarray:
@@ -103,7 +128,7 @@ def compute_map(vectors: np.ndarray, method: str, params: dict, progress: Progre
     if method == "pca":
         out = _pca(x)
     elif method == "umap":
-        out = _umap(x, **params)
+        out = _umap(x, **params, progress=progress)
     else:
         out = _tsne(x, params["perplexity"], progress)
     if progress:
@@ -120,10 +145,12 @@ class EmbeddingMap:
     coords: np.ndarray  # (n, 2)
     seconds: float  # to compute; 0 when read from the cache
     load_seconds: float = 0.0
+    rows: np.ndarray | None = None  # the store rows mapped, when a sample; None: all of them
+    total: int = 0  # images in the store
 
     def place(self, vectors: np.ndarray, query: np.ndarray) -> tuple[float, float]:
-        """Where a new vector goes on this map (``vectors``: the store's, aligned with ids)."""
-        x = l2_normalise(np.asarray(vectors, dtype=np.float32))
+        """Where a new vector goes on this map (``vectors``: the whole store's)."""
+        x = l2_normalise(np.asarray(vectors if self.rows is None else vectors[self.rows], dtype=np.float32))
         q = l2_normalise(np.asarray(query, dtype=np.float32)[None, :])[0]
         if self.method == "pca":
             mean = x.mean(0)
@@ -140,7 +167,7 @@ class EmbeddingMap:
     def to_dict(self) -> dict:
         return {"model": self.model, "method": self.method, "params": self.params, "ids": self.ids,
                 "x": self.coords[:, 0].round(5).tolist(), "y": self.coords[:, 1].round(5).tolist(),
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "total": self.total, "sampled": self.rows is not None}
 
 
 def embedding_map(engine: Engine, model: str, method: str = "pca", params: dict | None = None,
@@ -152,9 +179,18 @@ def embedding_map(engine: Engine, model: str, method: str = "pca", params: dict 
     model = get_spec(model).name
     params = check_params(method, params)
     store = engine.store(model)
-    name = "map-" + "-".join([method, *(f"{k}{v:g}" for k, v in params.items())])
+    rows = map_rows(len(store))
+    name = "map-" + "-".join([method, *(f"{k}{v:g}" for k, v in params.items()), *([f"sample{len(rows)}"] if rows is not None else [])])
     start = time.perf_counter()
-    coords, seconds = derived_array(store, engine.store_folder(model), name,
-                                    lambda: compute_map(store.embeddings, method, params, progress))
-    return EmbeddingMap(model, method, params, store.ids.tolist(), np.asarray(coords, dtype=np.float32), seconds,
-                        time.perf_counter() - start)
+    vectors = (lambda: store.embeddings) if rows is None else (lambda: np.asarray(store.embeddings[rows]))
+    coords, seconds = derived_array(store, engine.store_folder(model), name, lambda: compute_map(vectors(), method, params, progress))
+    ids = store.ids if rows is None else store.ids[rows]
+    return EmbeddingMap(model, method, params, ids.tolist(), np.asarray(coords, dtype=np.float32), seconds,
+                        time.perf_counter() - start, rows, len(store))
+
+
+def map_rows(n: int) -> np.ndarray | None:
+    """The store rows a map shows: all (None) up to MAP_MAX_POINTS, else a seeded sample."""
+    if n <= MAP_MAX_POINTS:
+        return None
+    return np.sort(np.random.default_rng(SEED).choice(n, MAP_MAX_POINTS, replace=False))

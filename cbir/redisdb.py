@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .config import Settings, get_settings
 from .errors import CBIRError
@@ -266,7 +268,9 @@ def _shutdown(server: subprocess.Popen, sock: Path) -> None:
 
 # -- clients ---------------------------------------------------------------------------
 def get_redis(settings: Settings | None = None) -> redis.Redis:
-    """A shared client; commands fail fast (2 s) while Redis is away and reconnect when it returns."""
+    """A shared client; commands fail fast while Redis is away (one immediate retry, for a
+    pooled connection the server closed; redis-py's default is three retries with
+    exponential back-off, 4 s or more per command) and reconnect when it returns."""
     settings = settings or get_settings()
     url = settings.redis_url or embedded_url(settings)
     with _lock:
@@ -278,7 +282,7 @@ def get_redis(settings: Settings | None = None) -> redis.Redis:
                 socket_timeout=2,
                 socket_connect_timeout=2,
                 health_check_interval=15,
-                retry_on_timeout=False,
+                retry=Retry(NoBackoff(), 1),
             )
             _clients[url] = client
         return client

@@ -263,13 +263,29 @@ def _content_version(vectors: np.ndarray, ids: np.ndarray) -> str:
     return h.hexdigest()
 
 
+#: (manifest path, mtime, size, inode) -> is it a current-format manifest; bounded
+_MANIFESTS_SEEN: dict[tuple, bool] = {}
+_MANIFESTS_SEEN_MAX = 256
+
+
 def store_stamp(folder: Path) -> int | None:
-    """Changes when a new version of the store is written (None: no store)."""
+    """Changes when a new version of the store is written (None: no store). Called several
+    times per search: a manifest is parsed once per version, then only stat-ed."""
     for name in (MANIFEST, LEGACY_FILE):
+        path = Path(folder) / name
         try:
-            path = Path(folder) / name
-            if name == LEGACY_FILE or json.loads(path.read_text()).get("format") == STORE_FORMAT:
-                return path.stat().st_mtime_ns
+            st = path.stat()
+            if name == LEGACY_FILE:
+                return st.st_mtime_ns
+            key = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+            current = _MANIFESTS_SEEN.get(key)
+            if current is None:
+                current = json.loads(path.read_text()).get("format") == STORE_FORMAT
+                if len(_MANIFESTS_SEEN) >= _MANIFESTS_SEEN_MAX:
+                    _MANIFESTS_SEEN.clear()
+                _MANIFESTS_SEEN[key] = current
+            if current:
+                return st.st_mtime_ns
         except (OSError, ValueError):
             continue
     return None

@@ -11,7 +11,6 @@ import streamlit as st
 
 from cbir.collection import LABELS_FILE, add_images
 from cbir.errors import CBIRError
-from cbir.extractors import IMPORTED
 from cbir.index import BACKEND_LABELS, backend_status
 from cbir.indexing import index_collection
 from pages.common import current_role, get_engine, model_label, reload_engine, show_error
@@ -53,7 +52,7 @@ if missing:
             st.markdown(f"**{model_label(m['name'])}**: {m['reason']}")
 
 st.subheader("Index or update")
-available = [m["name"] for m in infos if m["available"] and not m["name"].startswith(IMPORTED)]  # imports are never extracted
+available = [m["name"] for m in infos if m["available"] and m["extracts"]]  # imported features are never extracted
 c1, c2, c3 = st.columns([3, 1, 1])
 chosen = c1.multiselect("Models to index", available, default=[m["name"] for m in infos if m["available"] and m["indexed"] != len(collection)][:1], format_func=model_label, key="coll_models")
 where = c2.selectbox("Run on", ["This process", "Local Dask cluster"] + (["Dask scheduler"] if settings.dask_scheduler else []),

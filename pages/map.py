@@ -4,18 +4,51 @@ placed on the map without recomputing it."""
 
 from __future__ import annotations
 
-import plotly.graph_objects as go
+import altair as alt
+import pandas as pd
 import streamlit as st
 
-from cbir.maps import MAP_LABELS, MAP_METHODS, MAP_PARAMS, embedding_map, map_status
+from cbir.errors import CBIRError
+from cbir.images import thumbnail_data_url
+from cbir.maps import MAP_LABELS, MAP_METHODS, MAP_PARAMS, MAP_THUMBNAILS_MAX, embedding_map, map_status
 from pages.common import get_engine, get_service, model_label, result_grid, show_error, thumbnail_of
+
+#: a five-pointed star as an SVG path in Vega's unit square, for the query
+STAR = "M0,-1L0.22,-0.31L0.95,-0.31L0.36,0.12L0.59,0.81L0,0.38L-0.59,0.81L-0.36,0.12L-0.95,-0.31L-0.22,-0.31Z"
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _data_urls(files: tuple[tuple[str, float], ...]) -> list[str | None]:
+    out = []
+    for path, _mtime in files:
+        try:
+            out.append(thumbnail_data_url(path))
+        except (CBIRError, OSError):  # a removed or unreadable image: the hover shows id and label only
+            out.append(None)
+    return out
+
+
+def map_thumbnails(engine, ids: list[str]) -> list[str | None] | None:
+    """Hover thumbnails (data URLs, about 1.5 KB each) for a map of up to MAP_THUMBNAILS_MAX images."""
+    if len(ids) > MAP_THUMBNAILS_MAX:
+        return None
+    files = []
+    for i in ids:
+        try:
+            path = engine.collection.path_of(i)
+            files.append((str(path), path.stat().st_mtime))
+        except (CBIRError, OSError):
+            files.append(("", 0.0))
+    return _data_urls(tuple(files))
+
 
 engine = get_engine()
 service = get_service()
 collection = engine.collection
 st.title("🗺️ Map")
 st.caption("Each dot is an image, placed by its features (L2-normalised, cosine geometry). Close dots look alike to the "
-           "model; colours are the collection's labels. Click a dot to search with that image.")
+           "model; colours are the collection's labels. Hover a dot to see the image, click it to search with it; "
+           "scroll to zoom, drag to pan, double-click to reset.")
 
 searchable = engine.searchable_models()
 if not searchable:
@@ -45,41 +78,50 @@ except Exception as exc:
     show_error(exc)
     st.stop()
 bar.empty()
-st.caption(f"{MAP_LABELS[method]} of {len(emap.ids):,} images · " + (f"computed in {emap.seconds:.1f} s" if emap.seconds else
+shown = f"{len(emap.ids):,} images" if emap.rows is None else f"a random sample of {len(emap.ids):,} of {emap.total:,} images"
+st.caption(f"{MAP_LABELS[method]} of {shown} · " + (f"computed in {emap.seconds:.1f} s" if emap.seconds else
            f"read from the cache in {1000 * emap.load_seconds:.0f} ms"))
 
-labels = [collection.label_of(i) if i in collection else None for i in emap.ids]
-query = st.session_state.get("map_query")
+labels = [str(collection.label_of(i)) if i in collection and collection.label_of(i) is not None else "—" for i in emap.ids]
 result = st.session_state.get("map_result")
-fig = go.Figure()
-for label in sorted({str(v) for v in labels}):
-    rows = [i for i, v in enumerate(labels) if str(v) == label]
-    fig.add_trace(go.Scattergl(
-        x=emap.coords[rows, 0], y=emap.coords[rows, 1], mode="markers", name=label, customdata=[emap.ids[r] for r in rows],
-        marker=dict(size=6, opacity=0.75), hovertemplate="id %{customdata}<br>" + label + "<extra></extra>"))
+images = map_thumbnails(engine, emap.ids)
+if images is None:
+    st.caption(f"Hover shows id and label; thumbnails in the hover stop above {MAP_THUMBNAILS_MAX:,} images (a click still shows the image).")
+table = pd.DataFrame({"x": emap.coords[:, 0], "y": emap.coords[:, 1], "id": emap.ids, "label": labels})
+if images is not None:
+    table["image"] = images
+pick = alt.selection_point(name="pick", fields=["id"], on="click")
+zoom = alt.selection_interval(name="zoom", bind="scales")
+axis = dict(axis=None, scale=alt.Scale(zero=False))
+points = alt.Chart(table).mark_circle(size=36, opacity=0.75).encode(
+    x=alt.X("x:Q", **axis), y=alt.Y("y:Q", **axis), color=alt.Color("label:N", title="label", scale=alt.Scale(scheme="tableau20")),
+    tooltip=[*(["image"] if images is not None else []), "id", "label"]).add_params(pick, zoom)
+layers = [points]
 if result and result.get("model") == model:
-    pos = {i: r for r, i in enumerate(emap.ids)}
-    top = [pos[h["id"]] for h in result["hits"] if h["id"] in pos]
-    fig.add_trace(go.Scatter(x=emap.coords[top, 0], y=emap.coords[top, 1], mode="markers", name=f"top {len(top)}",
-                             marker=dict(size=14, color="rgba(0,0,0,0)", line=dict(width=2, color="black")), hoverinfo="skip"))
+    top = table[table["id"].isin([h["id"] for h in result["hits"]])]
     qx, qy = result["point"]
-    fig.add_trace(go.Scatter(x=[qx], y=[qy], mode="markers", name="query", hoverinfo="skip",
-                             marker=dict(size=20, symbol="star", color="#d62728", line=dict(width=1, color="white"))))
-fig.update_layout(height=620, margin=dict(l=10, r=10, t=10, b=10), legend=dict(itemsizing="constant"), template="plotly_white",
-                  xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False), clickmode="event+select")
-event = st.plotly_chart(fig, key=f"map_plot_{model}_{method}", on_select="rerun", selection_mode="points")
+    layers += [alt.Chart(top).mark_point(size=260, filled=False, color="black", strokeWidth=2).encode(x="x:Q", y="y:Q"),
+               alt.Chart(pd.DataFrame({"x": [qx], "y": [qy]})).mark_point(
+                   shape=STAR, size=900, filled=True, color="#d62728", stroke="white", strokeWidth=1).encode(x="x:Q", y="y:Q")]
+chart = alt.layer(*layers).properties(height=620).configure_view(strokeWidth=0)
+event = st.altair_chart(chart, key=f"map_plot_{model}_{method}", on_select="rerun", width="stretch")
 
-picked = [p.get("customdata") for p in (event.selection.points if event and event.selection else []) if p.get("customdata")]
+picked = [p.get("id") for p in ((event.selection or {}).get("pick") or [] if event else []) if p.get("id")]
 upload = st.file_uploader("…or place an uploaded image on the map", type=["jpg", "jpeg", "png", "bmp", "webp"], key="map_upload")
-new_query = ("id", picked[0]) if picked else (("upload", upload.getvalue()) if upload is not None else None)
-if new_query and new_query != query:
+# act on what changed since the last run: a click on a dot, or a new upload (either may stay set)
+seen = st.session_state.setdefault("map_seen", {"pick": None, "upload": None})
+now = {"pick": picked[0] if picked else None, "upload": upload.file_id if upload is not None else None}
+new_query = (("id", now["pick"]) if now["pick"] and now["pick"] != seen["pick"] else
+             ("upload", upload.getvalue()) if now["upload"] and now["upload"] != seen["upload"] else None)
+seen.update(now)
+if new_query:
     try:
         kind, value = new_query
         res = service.search([model], "cosine", 10, image_id=value if kind == "id" else None, image=value if kind == "upload" else None)
         vec = engine.query_vector(model, image_id=value if kind == "id" else None, image=value if kind == "upload" else None)
         point = emap.place(engine.store(model).embeddings, vec)
-        st.session_state.update(map_query=new_query, map_result={"model": model, "point": point, "hits": res["models"][model]["results"],
-                                                                  "ranked": res["models"][model], "query": kind, "id": value if kind == "id" else None})
+        st.session_state.update(map_result={"model": model, "point": point, "hits": res["models"][model]["results"],
+                                            "ranked": res["models"][model], "query": kind, "id": value if kind == "id" else None})
         st.rerun()
     except Exception as exc:
         show_error(exc)

@@ -9,6 +9,7 @@ from pathlib import Path
 import redis as redis_lib
 
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
 
@@ -211,16 +212,41 @@ def test_evaluate_page(page):
     page.get_by_role("tab", name="Combined (Weighted)").wait_for()
 
 
-def test_map_page_places_an_uploaded_image_and_rings_its_top_10(page):
+def hover_a_dot(page, canvas):
+    """Move over the map until Vega's tooltip shows a dot; its (x, y) on the page."""
+    box = canvas.bounding_box()
+    tooltip = page.locator("#vg-tooltip-element")
+    for fy in (0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8):
+        for fx in [i / 40 for i in range(4, 37)]:
+            x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+            page.mouse.move(x, y)
+            page.wait_for_timeout(40)
+            if tooltip.is_visible() and "id" in tooltip.inner_text():
+                return x, y
+    raise AssertionError("no dot answered a hover on the map")
+
+
+def test_map_page_hover_thumbnail_click_search_and_uploaded_image(page):
+    """Hover shows the image's thumbnail, id and label; a click searches with that dot's image;
+    an uploaded image is placed and its top 10 ringed."""
     logged_in(page)
     page.locator("[data-testid='stSidebarNav']").get_by_text("Map").click()
     page.get_by_text(re.compile(r"^PCA of 1,000 images · (computed in|read from the cache in)")).wait_for()
-    page.locator(".js-plotly-plot").first.wait_for()
+    canvas = page.locator("[data-testid='stVegaLiteChart'] svg.marks").first
+    canvas.wait_for()
+    x, y = hover_a_dot(page, canvas)
+    tooltip = page.locator("#vg-tooltip-element")
+    assert tooltip.locator("img").get_attribute("src").startswith("data:image/jpeg;base64,")
+    assert tooltip.locator("img").evaluate("img => img.complete && img.naturalWidth") == 64
+    hovered = re.search(r"id\s+(\S+)", tooltip.inner_text()).group(1)
+    page.mouse.click(x, y)
+    page.get_by_text(f"Top 10 for {hovered}").wait_for()
+    expect(page.locator(".cbir-hit")).to_have_count(10, timeout=TIMEOUT)  # the grid streams in after the heading
     page.locator("input[type=file]").set_input_files(str(ROOT / "image.orig" / "412.jpg"))
     page.get_by_text("Top 10 for the uploaded image").wait_for()
-    assert page.locator(".cbir-hit").count() == 10
-    assert "id 412" in page.locator(".cbir-hit").first.inner_text()
+    expect(page.locator(".cbir-hit").first).to_contain_text("id 412", timeout=TIMEOUT)
     page.wait_for_timeout(1000)
+    hover_a_dot(page, canvas)  # the README's screenshot shows a hover
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "map.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 1100})
 

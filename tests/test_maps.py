@@ -44,6 +44,20 @@ def test_pca_map_is_cached_and_places_a_stored_vector_on_itself(engine):
     assert (x, y) == pytest.approx(tuple(first.coords[first.ids.index("412")]), abs=1e-4)
 
 
+def test_a_store_above_the_map_bound_is_mapped_through_a_seeded_sample(engine, monkeypatch):
+    import cbir.maps
+
+    monkeypatch.setattr(cbir.maps, "MAP_MAX_POINTS", 300)
+    store = engine.store("efficientnet_lite0")
+    emap = embedding_map(engine, "efficientnet_lite0", "pca")
+    assert emap.coords.shape == (300, 2) and emap.total == 1000 and len(set(emap.ids)) == 300
+    assert emap.ids == store.ids[emap.rows].tolist()  # the sample's rows, in store order
+    assert embedding_map(engine, "efficientnet_lite0", "pca").ids == emap.ids  # seeded: the same sample, from the cache
+    assert emap.to_dict()["sampled"] is True and emap.to_dict()["total"] == 1000
+    one = emap.ids[0]
+    assert emap.place(store.embeddings, store.vector(one)) == pytest.approx(tuple(emap.coords[0]), abs=1e-4)
+
+
 @pytest.mark.skipif(not (map_status()["umap"][0] and map_status()["tsne"][0]), reason="umap-learn and openTSNE")
 def test_umap_and_tsne_separate_classes_and_place_new_points_near_their_neighbours(tmp_path):
     src = load_store(LITE0)
@@ -56,7 +70,7 @@ def test_umap_and_tsne_separate_classes_and_place_new_points_near_their_neighbou
         emap = embedding_map(engine, "efficientnet_lite0", method, params, progress=lambda d, t: ticks.append(d / t))
         labels = [engine.collection.label_of(i) for i in emap.ids]
         assert emap.coords.shape == (300, 2) and _class_separation(emap.coords, labels) < 0.6, method
-        assert ticks and ticks[-1] == 1.0
+        assert len(set(ticks)) > 3 and ticks[-1] == 1.0 and ticks == sorted(ticks), method  # moves while it runs
         store = engine.store("efficientnet_lite0")
         own = emap.coords[emap.ids.index("412")]
         placed = np.array(emap.place(store.embeddings, store.vector("412")))
@@ -87,6 +101,7 @@ def test_api_map(fresh_redis, tmp_path, engine):
         assert r.status_code == 200
         body = r.json()
         assert len(body["x"]) == len(body["y"]) == len(body["ids"]) == len(body["labels"]) == 1000 and body["method"] == "pca"
+        assert body["total"] == 1000 and body["sampled"] is False
         assert c.get("/api/map?method=mds", headers=auth).status_code == 422
         r = c.get("/api/map?method=pca&perplexity=30", headers=auth)
         assert r.status_code == 400 and "PCA takes no parameters" in r.json()["error"]

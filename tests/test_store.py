@@ -37,6 +37,28 @@ def test_round_trip(tmp_path):
         t.row_of("nope")
 
 
+def test_store_stamp_parses_a_manifest_once_per_version(tmp_path, monkeypatch):
+    """The stamp is asked for several times per search: it stats the manifest and parses it
+    only when a new version was written (before: a read and a JSON parse every time)."""
+    from pathlib import Path
+
+    from cbir.store import store_stamp
+
+    save_store(_store(), tmp_path)
+    reads = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (reads.append(self.name), real(self, *a, **k))[1])
+    first = store_stamp(tmp_path)
+    assert [store_stamp(tmp_path) for _ in range(5)] == [first] * 5
+    assert reads.count("manifest.json") == 1
+    time.sleep(0.01)
+    save_store(_store(seed=1), tmp_path)
+    assert store_stamp(tmp_path) != first
+    assert reads.count("manifest.json") == 2
+    (tmp_path / "manifest.json").unlink()
+    assert store_stamp(tmp_path) is None
+
+
 def test_missing_and_damaged(tmp_path):
     with pytest.raises(StoreError, match="run `cbir index`"):
         load_store(tmp_path)

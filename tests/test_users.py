@@ -129,15 +129,50 @@ def test_tokens_slide_and_expire(users):
 
 
 def test_dead_redis_is_a_clear_error(tmp_path):
-    client = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
-    users = UserStore(client)
-    with pytest.raises(ServiceUnavailable, match="unavailable"):
-        users.authenticate("admin", "password123")
-    cache = ResultCache(client)
-    assert cache.get("k") is None  # bypassed, no exception
-    cache.set("k", {"a": 1})
-    cache.count_search()
-    assert cache.stats()["redis"] is False
+    """A Redis that drops every connection: a clear error for users, the cache bypassed; each
+    command makes one immediate retry (redis-py's default makes three, with back-off: 4 s a
+    command, 12 s a search; 16 connections here), and after a failure the cache leaves Redis
+    alone for a while."""
+    import socket
+    import threading
+
+    from cbir import redisdb
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    attempts = []
+
+    def drop_every_connection():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            attempts.append(1)
+            conn.close()
+
+    threading.Thread(target=drop_every_connection, daemon=True).start()
+    try:
+        client = get_redis(Settings(redis_url=f"redis://127.0.0.1:{server.getsockname()[1]}/0", var_dir=tmp_path))
+        with pytest.raises(ServiceUnavailable, match="unavailable"):
+            UserStore(client).authenticate("admin", "password123")
+        assert 1 <= len(attempts) <= 4  # (connect + command) x (try + one retry)
+        cache = ResultCache(client)
+        assert cache.get("k") is None  # bypassed, no exception
+        tried = len(attempts)
+        assert tried <= 8
+        cache.set("k", {"a": 1})
+        cache.count_search()
+        assert cache.stats()["redis"] is False
+        assert cache.get("k") is None
+        assert len(attempts) == tried  # skipped while down
+        cache._down_until = 0.0  # the pause is over: Redis is tried again
+        cache.get("k")
+        assert len(attempts) > tried
+    finally:
+        server.close()
+        redisdb.reset_clients()
 
 
 def test_cache_and_counters(fresh_redis):

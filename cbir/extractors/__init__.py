@@ -149,12 +149,22 @@ def _bundled_help(spec: ModelSpec) -> str:
 def model_status(name: str, weights: str = "imagenet") -> tuple[bool, str]:
     """(available, reason) without building the model or touching the network."""
     spec = get_spec(name)
+    if not FAMILIES[spec.family].extracts:
+        return FAMILIES[spec.family].status(spec)
     if weights == "none":
         return True, "random initialisation (weights=none)"
     if weights != "imagenet":
         p = Path(weights)
         return (p.exists(), f"weights file {p}" if p.exists() else f"weights file {p} does not exist")
     return FAMILIES[spec.family].status(spec)
+
+
+def can_extract(name: str, weights: str = "imagenet") -> tuple[bool, str]:
+    """(can ``cbir index`` extract this model here, why not)."""
+    spec = get_spec(name)
+    if not FAMILIES[spec.family].extracts:
+        return False, FAMILIES[spec.family].help(spec)
+    return model_status(name, weights)
 
 
 def available_models(weights: str = "imagenet") -> list[str]:
@@ -250,6 +260,7 @@ class Family:
     status: Callable[[ModelSpec], tuple[bool, str]]
     help: Callable[[ModelSpec], str]
     build: Callable[[ModelSpec, str], Extractor]
+    extracts: bool = True  # False: features come from elsewhere; searchable, never extracted here
 
 
 def _imported_help(spec: ModelSpec) -> str:
@@ -265,5 +276,6 @@ def _build_imported(spec: ModelSpec, weights: str) -> Extractor:
 FAMILIES: dict[str, Family] = {
     "keras": Family(_keras_status, _keras_help, _build_keras),
     "efficientnet_lite": Family(_bundled_status, _bundled_help, _build_bundled),
-    "imported": Family(lambda spec: (False, _imported_help(spec)), _imported_help, _build_imported),
+    "imported": Family(lambda spec: (True, "features imported with `cbir import-features`: searchable, never extracted here"),
+                       _imported_help, _build_imported, extracts=False),
 }
