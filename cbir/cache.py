@@ -91,7 +91,9 @@ class ResultCache:
         try:
             self.r.incrby(f"{P}stats:searches", pending)
         except REDIS_DOWN as exc:
-            self._down(exc)  # counts made while Redis is away are skipped
+            self._down(exc)
+            with self._lock:  # kept for the next flush, when Redis is back
+                self._pending += pending
 
     def stats(self) -> dict:
         self.flush()

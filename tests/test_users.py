@@ -128,7 +128,7 @@ def test_tokens_slide_and_expire(users):
     assert users.user_for_token("made-up") is None
 
 
-def test_dead_redis_is_a_clear_error(tmp_path):
+def test_dead_redis_is_a_clear_error(tmp_path, fresh_redis):
     """A Redis that drops every connection: a clear error for users, the cache bypassed; each
     command makes one immediate retry (redis-py's default makes three, with back-off: 4 s a
     command, 12 s a search; 16 connections here), and after a failure the cache leaves Redis
@@ -170,6 +170,10 @@ def test_dead_redis_is_a_clear_error(tmp_path):
         cache._down_until = 0.0  # the pause is over: Redis is tried again
         cache.get("k")
         assert len(attempts) > tried
+        cache._down_until, cache._flushed_at = 0.0, 0.0
+        cache.count_search()  # a flush that fails keeps its counts
+        cache.r, cache._down_until = redis_lib.Redis.from_url(fresh_redis.url, decode_responses=True), 0.0  # Redis is back
+        assert cache.stats()["searches_performed"] == 2
     finally:
         server.close()
         redisdb.reset_clients()
