@@ -94,7 +94,7 @@ pick = alt.selection_point(name="pick", fields=["id"], on="click")
 zoom = alt.selection_interval(name="zoom", bind="scales")
 axis = dict(axis=None, scale=alt.Scale(zero=False))
 points = alt.Chart(table).mark_circle(size=36, opacity=0.75).encode(
-    x=alt.X("x:Q", **axis), y=alt.Y("y:Q", **axis), color=alt.Color("label:N", title="label", scale=alt.Scale(scheme="tableau20")),
+    x=alt.X("x:Q", **axis), y=alt.Y("y:Q", **axis), color=alt.Color("label:N", title="label", scale=alt.Scale(scheme="tableau10")),
     tooltip=[*(["image"] if images is not None else []), "id", "label"]).add_params(pick, zoom)
 layers = [points]
 if result and result.get("model") == model:
