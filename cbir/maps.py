@@ -40,7 +40,7 @@ _PLACE_K = 10
 #: a larger store is mapped through a seeded random sample of this many images (a scatter of
 #: more points is unreadable and unresponsive in a browser; UMAP and t-SNE would take hours)
 MAP_MAX_POINTS = 20_000
-#: above this many images a map's hover shows id and label without the thumbnail (about 1.5 KB each)
+#: above this many images a map's hover shows id and label without the thumbnail (about 2 KB each)
 MAP_THUMBNAILS_MAX = 5_000
 SEED = 0
 

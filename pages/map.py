@@ -29,7 +29,7 @@ def _data_urls(files: tuple[tuple[str, float], ...]) -> list[str | None]:
 
 
 def map_thumbnails(engine, ids: list[str]) -> list[str | None] | None:
-    """Hover thumbnails (data URLs, about 1.5 KB each) for a map of up to MAP_THUMBNAILS_MAX images."""
+    """Hover thumbnails (data URLs, about 2 KB each) for a map of up to MAP_THUMBNAILS_MAX images."""
     if len(ids) > MAP_THUMBNAILS_MAX:
         return None
     files = []
