@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 import time
@@ -176,7 +177,7 @@ class UserStore:
         self.token_ttl = token_ttl
         self.login_rate = login_rate
         self._recent: dict[str, tuple[User, float]] = {}
-        self._local_rate: dict[str, tuple[int, int]] = {}  # used while Redis is away
+        self._local_rate: dict[str, list[float]] = {}  # attempt times, used while Redis is away
 
     # -- helpers ----------------------------------------------------------------------
     def _call(self, fn, *args, **kwargs):
@@ -218,29 +219,49 @@ class UserStore:
     def login_allowed(self, source: str) -> int:
         """0 when ``source`` (a client address) may try a login now, else seconds to wait.
 
-        A fixed one-minute window per client, shared by every process through Redis (an
-        in-process count while Redis is away). The first refusal of a window is logged."""
-        now = int(time.time())
-        window = now // RATE_WINDOW
-        retry = RATE_WINDOW - now % RATE_WINDOW
-        key = f"{P}rate:login:{source}:{window}"
+        A sliding window: at most ``login_rate`` attempts in any RATE_WINDOW seconds (a fixed
+        per-minute window let a client make twice as many across a minute's boundary), kept
+        per client in a Redis sorted set shared by every process (in this process while Redis
+        is away). Refused attempts are not recorded, so the set holds at most ``login_rate``
+        entries; the first refusal of a block is logged."""
+        now = time.time()
         try:
-            pipe = self.r.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, RATE_WINDOW + 1)
-            count = pipe.execute()[0]
+            return self._rate_redis(source, now)
         except REDIS_DOWN:
-            w, c = self._local_rate.get(source, (window, 0))
-            count = (c if w == window else 0) + 1
-            self._local_rate[source] = (window, count)
-            if len(self._local_rate) > 10_000:
-                self._local_rate.clear()
+            return self._rate_local(source, now)
+
+    def _rate_redis(self, source: str, now: float) -> int:
+        key, member = f"{P}rate:login:{source}", f"{now:.6f}:{secrets.token_hex(4)}"
+        pipe = self.r.pipeline()  # MULTI/EXEC: trim, record, count in one step
+        pipe.zremrangebyscore(key, 0, now - RATE_WINDOW)
+        pipe.zadd(key, {member: now})
+        pipe.zcard(key)
+        pipe.expire(key, RATE_WINDOW + 1)
+        count = pipe.execute()[2]
         if count <= self.login_rate:
             return 0
+        pipe = self.r.pipeline()
+        pipe.zrem(key, member)  # a refused attempt does not extend the block
+        pipe.zrange(key, 0, 0, withscores=True)
+        pipe.set(f"{key}:logged", 1, nx=True, ex=RATE_WINDOW)
+        _, oldest, first = pipe.execute()
+        return self._refused(source, now, oldest[0][1] if oldest else now, bool(first))
+
+    def _rate_local(self, source: str, now: float) -> int:
+        recent = [t for t in self._local_rate.get(source, ()) if t > now - RATE_WINDOW]
+        if len(recent) < self.login_rate:
+            if len(self._local_rate) > 10_000:
+                self._local_rate.clear()
+            self._local_rate[source] = [*recent, now]
+            return 0
+        self._local_rate[source] = recent
+        return self._refused(source, now, recent[0], False)
+
+    def _refused(self, source: str, now: float, oldest: float, first: bool) -> int:
         metrics.RATE_LIMITED.inc()
-        if count == self.login_rate + 1:
+        if first:
             self.log("rate_limited", "", source, f"over {self.login_rate} logins/min")
-        return retry
+        return max(1, math.ceil(oldest + RATE_WINDOW - now))
 
     # -- users ------------------------------------------------------------------------
     def get(self, username: str) -> User | None:

@@ -209,14 +209,17 @@ def app_server(session_tmp):
     import sys
 
     redis = RedisServer(session_tmp / "redis-app").start()
+    features = session_tmp / "app-features"  # its own copy: what the app writes (imports) never reaches the checkout
+    shutil.copytree(ROOT / "features", features)
     port = free_port()
     server = ServiceProcess(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
         # many tests log in from 127.0.0.1 within a minute: the login rate limit is tested on the API
-        port, service_env(redis.url, session_tmp / "app", CBIR_LOGIN_RATE="1000"), session_tmp / "app.log", ready_path="/_stcore/health",
+        port, service_env(redis.url, session_tmp / "app", CBIR_LOGIN_RATE="1000", CBIR_FEATURES_DIR=str(features)),
+        session_tmp / "app.log", ready_path="/_stcore/health",
     ).start()
-    server.redis = redis
+    server.redis, server.features = redis, features
     yield server
     server.stop()
     redis.stop()

@@ -251,7 +251,7 @@ def test_map_page_hover_thumbnail_click_search_and_uploaded_image(page):
     page.screenshot(path=str(SHOTS / "map.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 1100})
 
 
-def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(page, tmp_path):
+def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(page, app_server, tmp_path):
     """Import features as imported:NAME; then index on a local Dask cluster (the stores are up
     to date: every vector is reused), with the dashboard linked and the workers stopped."""
     import shutil
@@ -262,7 +262,7 @@ def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(pa
 
     store = load_store(ROOT / "features" / "image.orig" / "efficientnet_lite0")
     np.savez(tmp_path / "mine.npz", ids=store.ids, vectors=np.asarray(store.embeddings)[:, :32])
-    created = ROOT / "features" / "image.orig" / "imported:browsertest"
+    created = app_server.features / "image.orig" / "imported:browsertest"
     try:
         logged_in(page)
         page.locator("[data-testid='stSidebarNav']").get_by_text("Collection").click()
@@ -271,8 +271,9 @@ def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(pa
         form.get_by_label("Name").fill("browsertest")
         form.get_by_role("button", name="Import").click()
         page.get_by_text(re.compile(r"^imported 1000 vectors of d=32 as imported:browsertest")).wait_for()
+        assert (created / "manifest.json").exists() and not (ROOT / "features" / "image.orig" / "imported:browsertest").exists()
     finally:
-        shutil.rmtree(created, ignore_errors=True)  # the app's features are the checkout's
+        shutil.rmtree(created, ignore_errors=True)  # later tests see the models they expect
     choose(page, page.get_by_role("combobox", name="Models to index"), "EfficientNet-Lite0")
     choose(page, page.get_by_role("combobox", name="Run on"), "Local Dask cluster")
     page.get_by_role("button", name="Index / update").click()

@@ -151,6 +151,27 @@ def test_login_rate_limit_per_client(settings):
         assert "too many login attempts" in r.json()["error"]
 
 
+@pytest.mark.parametrize("redis_up", [True, False])
+def test_login_rate_is_a_sliding_window_across_a_minute_boundary(fresh_redis, monkeypatch, redis_up):
+    """5 attempts at 11:59:58 and 5 more at 12:00:01 from one client, with 5 allowed a minute:
+    the fixed per-minute window allowed all 10 (its counter reset at 12:00:00)."""
+    import cbir.users
+
+    client = redis_lib.Redis.from_url(fresh_redis.url if redis_up else "redis://127.0.0.1:1/0", decode_responses=True)
+    users = UserStore(client, login_rate=5)
+    boundary = 60 * 29_000_000.0  # a whole minute
+    clock = [boundary - 2.0]
+    monkeypatch.setattr(cbir.users.time, "time", lambda: clock[0])
+    before = [users.login_allowed("api:9.9.9.9") for _ in range(5)]
+    clock[0] = boundary + 1.0
+    after = [users.login_allowed("api:9.9.9.9") for _ in range(5)]
+    assert before == [0] * 5 and all(wait > 0 for wait in after), (before, after)
+    assert after[0] == 57  # the oldest attempt leaves the window at 12:00:58
+    assert users.login_allowed("api:1.1.1.1") == 0  # per client
+    clock[0] = boundary + 58.5
+    assert users.login_allowed("api:9.9.9.9") == 0  # refused attempts did not extend the block
+
+
 def test_forwarded_for_only_from_trusted_proxies(settings, users):
     with TestClient(create_app(settings, warm_up=False)) as c:  # the test client is not a trusted proxy
         c.post("/api/login", json={"username": "student", "password": "wrong"}, headers={"X-Forwarded-For": "6.6.6.6"})
