@@ -42,11 +42,11 @@ run: install
 api: install
 	CBIR_DEMO=$${CBIR_DEMO:-1} $(BIN)/cbir api
 
-# Two workers, a group of tests at a time (tests/conftest.py: a file per group, the browser
-# and deployment files together): most tests wait on servers, browsers and subprocesses,
-# so two workers share 2 cores well.
+# Two workers, a whole test file at a time (--dist loadfile: a file's module and session
+# servers start once; pytest 9.2 ignores xdist's group marks): most tests wait on servers,
+# browsers and subprocesses, so two workers share 2 cores well.
 test: $(TEST_STAMP) system-deps
-	$(BIN)/python -m pytest -p no:cacheprovider --timeout=900 --durations=15 -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -p no:cacheprovider --timeout=900 --durations=15 -n 2 --dist loadfile
 
 # Refresh the README's screenshots (the only target that writes to docs/screenshots).
 screenshots: $(TEST_STAMP) system-deps

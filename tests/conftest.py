@@ -18,20 +18,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.pop("CBIR_REDIS_URL", None)
 
 
-#: test files that drive a browser or a whole deployment run one after another on one
-#: xdist worker: two cold Streamlit apps, chromium and a `make run` install at once
-#: starve each other of the 2 cores
-_SERIAL_GROUP = {"test_app_browser.py": "browser", "test_deploy.py": "browser"}
-
-
-def pytest_collection_modifyitems(config, items):
-    """`make test` runs with ``-n 2 --dist loadgroup``: a file is one group (its module and
-    session servers start once), except the browser and deployment files, which share one."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group(_SERIAL_GROUP.get(name, name)))
-
-
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
