@@ -37,6 +37,8 @@ from .store import FeatureStore, save_store, store_dir
 PREFIX = "imported:"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
 MAX_FILE_BYTES = 4 << 30
+#: the file types read_features reads (an upload form offers these)
+IMPORT_SUFFIXES = (".npz", ".npy", ".parquet", ".csv", ".pkl", ".pickle")
 _KEY_NAMES = ("ids", "id", "paths", "path", "files", "file")
 _VECTOR_NAMES = ("vectors", "vector", "features", "embeddings")
 _PICKLE_ALLOWED = {
@@ -207,6 +209,17 @@ def import_features(path: Path, name: str, collection: Collection, features_dir:
     have = set(ids)
     missing = [i for i in collection.ids if i not in have]
     return ImportReport(model, len(ids), store.dim, unmatched, missing, folder)
+
+
+def import_upload(data: bytes, filename: str, name: str, collection: Collection, features_dir: Path) -> ImportReport:
+    """:func:`import_features` of an uploaded file's bytes (the app's form, the API): read
+    from a temporary file that keeps the upload's suffix, which says how to read it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cbir-import-") as d:
+        path = Path(d) / f"upload{Path(filename or '').suffix.lower()}"
+        path.write_bytes(data)
+        return import_features(path, name, collection, features_dir)
 
 
 def imported_models(features_dir: Path, collection_name: str) -> list[str]:

@@ -153,11 +153,11 @@ class EmbeddingMap:
         x = l2_normalise(np.asarray(vectors if self.rows is None else vectors[self.rows], dtype=np.float32))
         q = l2_normalise(np.asarray(query, dtype=np.float32)[None, :])[0]
         if self.method == "pca":
+            # the map's own axes, no second SVD: coords[:, k] = (x - mean) v_k = u_k s_k, so
+            # (x - mean)^T coords[:, k] = v_k s_k^2 and ||coords[:, k]||^2 = s_k^2 (signs included)
             mean = x.mean(0)
-            _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-            sign = np.sign((((x - mean) @ vt[:2].T) * self.coords).sum(0))  # an SVD's signs are arbitrary
-            sign[sign == 0] = 1
-            point = ((q - mean) @ vt[:2].T) * sign
+            axes = ((x - mean).T @ self.coords) / np.maximum((self.coords ** 2).sum(0), 1e-12)
+            point = (q - mean) @ axes
             return float(point[0]), float(point[1])
         sims = x @ q
         near = np.argsort(-sims)[:_PLACE_K]

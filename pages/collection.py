@@ -11,6 +11,7 @@ import streamlit as st
 
 from cbir.collection import LABELS_FILE, add_images
 from cbir.errors import CBIRError
+from cbir.importing import IMPORT_SUFFIXES
 from cbir.index import BACKEND_LABELS, backend_status
 from cbir.indexing import index_collection
 from pages.common import current_role, get_engine, model_label, reload_engine, show_error
@@ -54,7 +55,7 @@ if missing:
 st.subheader("Index or update")
 available = [m["name"] for m in infos if m["available"] and m["extracts"]]  # imported features are never extracted
 c1, c2, c3 = st.columns([3, 1, 1])
-chosen = c1.multiselect("Models to index", available, default=[m["name"] for m in infos if m["available"] and m["indexed"] != len(collection)][:1], format_func=model_label, key="coll_models")
+chosen = c1.multiselect("Models to index", available, default=[m["name"] for m in infos if m["name"] in available and m["indexed"] != len(collection)][:1], format_func=model_label, key="coll_models")
 where = c2.selectbox("Run on", ["This process", "Local Dask cluster"] + (["Dask scheduler"] if settings.dask_scheduler else []),
                      key="coll_where", help="A local Dask cluster runs one worker process per core; the Dask scheduler is "
                      f"{settings.dask_scheduler or 'unset (CBIR_DASK_SCHEDULER)'}. Workers must see the collection at the same path.")
@@ -105,22 +106,16 @@ st.subheader("Import features computed elsewhere")
 if current_role() in ("admin", "researcher"):
     with st.form("coll_import", clear_on_submit=True):
         c1, c2 = st.columns([3, 1])
-        features_file = c1.file_uploader("Features file", type=["npz", "npy", "parquet", "csv", "pkl", "pickle"], key="coll_import_file",
+        features_file = c1.file_uploader("Features file", type=[t[1:] for t in IMPORT_SUFFIXES], key="coll_import_file",
                                          help="ids (or paths / file names) and vectors; the legacy pickled list of (path, vector) is read "
                                               "by a restricted unpickler")
         import_name = c2.text_input("Name", key="coll_import_name", placeholder="e.g. clip")
         imported = st.form_submit_button("Import")
     if imported and features_file is not None:
-        import tempfile
-        from pathlib import Path
-
-        from cbir.importing import import_features
+        from cbir.importing import import_upload
 
         try:
-            with tempfile.TemporaryDirectory(prefix="cbir-import-") as d:
-                path = Path(d) / f"upload{Path(features_file.name).suffix.lower()}"
-                path.write_bytes(features_file.getvalue())
-                report = import_features(path, import_name, collection, settings.features_dir)
+            report = import_upload(features_file.getvalue(), features_file.name, import_name, collection, settings.features_dir)
             reload_engine()
             st.session_state["coll_import_done"] = report.summary() + f". It is now the model **{report.model}** on every page."
             st.rerun()  # the tables above list the new model

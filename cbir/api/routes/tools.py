@@ -3,8 +3,6 @@ as CSV."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, UploadFile
@@ -19,7 +17,6 @@ from ..schemas import ErrorBody
 
 router = APIRouter(prefix="/api", tags=["research"])
 ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}}
-IMPORT_SUFFIXES = (".npz", ".npy", ".parquet", ".csv", ".pkl", ".pickle")
 
 
 class TuneWeightsRequest(BaseModel):
@@ -45,18 +42,12 @@ async def import_features_route(service: Service, user: CurrentUser, name: Annot
                                 file: Annotated[UploadFile, File(description=".npz, .npy, .parquet, .csv or a .pkl list of (path, vector)")]) -> dict:
     """The file's keys are matched to the collection by id, relative path or file name;
     bigger files than the upload limit go through `cbir import-features`."""
-    from ...importing import import_features
+    from ...importing import import_upload
 
     if user.role not in ("admin", "researcher"):
         raise APIError(403, f"only researchers and admins may import features (you are {user.role})")
-    suffix = Path(file.filename or "").suffix.lower()
-    if suffix not in IMPORT_SUFFIXES:
-        raise APIError(400, f"unknown features file type {suffix or '(none)'}: use one of {', '.join(IMPORT_SUFFIXES)}")
-    with tempfile.TemporaryDirectory(prefix="cbir-import-") as d:
-        path = Path(d) / f"upload{suffix}"
-        path.write_bytes(await file.read())
-        engine = service.engine
-        report = await run_in_threadpool(import_features, path, name, engine.collection, engine.settings.features_dir)
+    engine = service.engine
+    report = await run_in_threadpool(import_upload, await file.read(), file.filename, name, engine.collection, engine.settings.features_dir)
     return {"model": report.model, "vectors": report.vectors, "dim": report.dim, "unmatched": report.unmatched[:100],
             "unmatched_count": len(report.unmatched), "missing_count": len(report.missing), "summary": report.summary()}
 
