@@ -1,6 +1,8 @@
 """Embedding maps of Wang-1000 (EfficientNet-Lite0): time to compute PCA, UMAP and t-SNE
-(UMAP's first run includes numba's compilation), to open a cached map, and to make the
-hover thumbnails (64 px JPEG data URLs) the Map page sends with the chart.
+(UMAP's first run includes numba's compilation), to open a cached map, to place a new
+image on it (with the fitted model kept in memory, and in a process that has to fit it
+again first), and to make the hover thumbnails (64 px JPEG data URLs) the Map page sends
+with the chart.
 
     python bench/maps.py
 """
@@ -22,6 +24,7 @@ def main() -> None:
     from cbir.config import Settings
     from cbir.engine import Engine
     from cbir.images import thumbnail_data_url
+    import cbir.maps
     from cbir.maps import MAP_LABELS, embedding_map, map_status
 
     with tempfile.TemporaryDirectory(prefix="cbir-maps-") as d:
@@ -42,6 +45,20 @@ def main() -> None:
                 assert cached.seconds == 0
             print(f"{MAP_LABELS[method]:<6} 1000 x 1280: computed in {first.seconds:.2f} s; a cached map opens in "
                   f"{1000 * statistics.median(opens):.0f} ms (a fresh engine: store and map read from disk)", flush=True)
+            store = engine.store("efficientnet_lite0")
+            queries = [store.vector(i) for i in ("12", "250", "412", "777", "901")]
+            places = []
+            for q in queries:
+                t = time.perf_counter()
+                first.place(store.embeddings, q)
+                places.append(time.perf_counter() - t)
+            cbir.maps._FITTED.clear()  # as in a process that read the map from the cache
+            t = time.perf_counter()
+            cached.place(store.embeddings, queries[0])
+            refit = time.perf_counter() - t
+            print(f"{'':<6} placing a new image: first {1000 * places[0]:.0f} ms, then {1000 * statistics.median(places[1:]):.0f} ms "
+                  "(median of 4); " + ("PCA needs no fitted model" if method == "pca" else
+                                       f"with no fitted model in the process {refit:.2f} s (fit again, then place)"), flush=True)
         t = time.perf_counter()
         urls = [thumbnail_data_url(engine.collection.path_of(i)) for i in first.ids]
         print(f"hover thumbnails: {len(urls)} in {time.perf_counter() - t:.2f} s (once; cached by the page), "

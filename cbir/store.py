@@ -218,13 +218,19 @@ def derived_array(store: FeatureStore, folder: Path, name: str, build: Callable[
     t = time.perf_counter()
     array = build()
     seconds = time.perf_counter() - t
-    meta = np.array(json.dumps({"store_version": store.version, "name": name, "seconds": seconds}))
+    save_derived(folder, name, store.version, array, seconds)
+    return array, seconds
+
+
+def save_derived(folder: Path, name: str, version: str, array: np.ndarray, seconds: float = 0.0) -> None:
+    """Write (or replace) the derived array ``name`` of store ``version`` (see derived_array)."""
+    path = Path(folder) / f"{name}.npz"
+    meta = np.array(json.dumps({"store_version": version, "name": name, "seconds": seconds}))
     try:
         write_atomic(path, lambda fh: np.savez(fh, array=array, meta=meta), prefix=f".{name}-", fsync=False)
-        _prune_derived(Path(folder), name.split("-", 1)[0], store.version, keep=path)
+        _prune_derived(Path(folder), name.split("-", 1)[0], version, keep=path)
     except OSError:
         pass
-    return array, seconds
 
 
 def _prune_derived(folder: Path, kind: str, version: str, keep: Path) -> None:

@@ -4,6 +4,8 @@ placed on the map without recomputing it."""
 
 from __future__ import annotations
 
+import time
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -97,6 +99,30 @@ points = alt.Chart(table).mark_circle(size=36, opacity=0.75).encode(
     x=alt.X("x:Q", **axis), y=alt.Y("y:Q", **axis), color=alt.Color("label:N", title="label", scale=alt.Scale(scheme="tableau10")),
     tooltip=[*(["image"] if images is not None else []), "id", "label"]).add_params(pick, zoom)
 layers = [points]
+
+
+def query_point(query: dict) -> tuple[tuple[float, float], str]:
+    """Where the query goes on this map, and how it got there: a collection image is its own
+    dot; an upload (or an image a sampled map left out) is placed by the map's own fit."""
+    if query["id"] is not None and (point := emap.point_of(query["id"])) is not None:
+        return point, "its own dot"
+    vector = query["vector"] if query["id"] is None else engine.query_vector(model, image_id=query["id"])
+    placing = st.progress(0.0, text=f"Placing the image on the {MAP_LABELS[method]} map…")
+    start = time.perf_counter()
+    point = emap.place(engine.store(model).embeddings, vector, progress=lambda done, total: placing.progress(
+        min(done / max(total, 1), 1.0), text=f"Fitting {MAP_LABELS[method]} once in this process to place new images: {done}/{total}"))
+    placing.empty()
+    how = "projected on the map's PCA axes" if method == "pca" else f"placed by {MAP_LABELS[method]}'s transform"
+    return point, f"{how} in {1000 * (time.perf_counter() - start):.0f} ms"
+
+
+if result and result.get("model") == model and result.get("map") != emap.key:  # another method or parameters
+    try:
+        result["point"], result["how"] = query_point(result)
+        result["map"] = emap.key
+    except Exception as exc:
+        show_error(exc)
+        result = None
 if result and result.get("model") == model:
     top = table[table["id"].isin([h["id"] for h in result["hits"]])]
     qx, qy = result["point"]
@@ -118,10 +144,11 @@ if new_query:
     try:
         kind, value = new_query
         res = service.search([model], "cosine", 10, image_id=value if kind == "id" else None, image=value if kind == "upload" else None)
-        vec = engine.query_vector(model, image_id=value if kind == "id" else None, image=value if kind == "upload" else None)
-        point = emap.place(engine.store(model).embeddings, vec)
-        st.session_state.update(map_result={"model": model, "point": point, "hits": res["models"][model]["results"],
-                                            "ranked": res["models"][model], "query": kind, "id": value if kind == "id" else None})
+        query = {"model": model, "query": kind, "id": value if kind == "id" else None,
+                 "vector": engine.query_vector(model, image=value) if kind == "upload" else None,
+                 "hits": res["models"][model]["results"], "ranked": res["models"][model], "map": emap.key}
+        query["point"], query["how"] = query_point(query)
+        st.session_state.update(map_result=query)
         st.rerun()
     except Exception as exc:
         show_error(exc)
@@ -133,4 +160,5 @@ if result and result.get("model") == model:
         c2.markdown(f"**Top 10 for {result['id']}** (ringed on the map; the star is the query)")
     else:
         st.markdown("**Top 10 for the uploaded image** (the star is where it lands: placed, not recomputed)")
+    st.caption(f"The star: {result['how']}.")
     result_grid(engine, result["ranked"], columns=5, key="map_grid")

@@ -253,10 +253,16 @@ def test_map_page_hover_thumbnail_click_search_and_uploaded_image(page):
     page.locator("input[type=file]").set_input_files(str(ROOT / "image.orig" / "412.jpg"))
     page.get_by_text("Top 10 for the uploaded image").wait_for()
     expect(page.locator(".cbir-hit").first).to_contain_text("id 412", timeout=TIMEOUT)
+    page.get_by_text(re.compile(r"The star: projected on the map's PCA axes in \d+ ms")).wait_for()
     page.wait_for_timeout(1000)
     hover_a_dot(page, canvas)  # the README's screenshot shows a hover
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "map.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 1100})
+    # another method: the same upload is placed again, by openTSNE's transform of the new map
+    choose(page, page.get_by_role("combobox", name="Method"), "t-SNE")
+    page.get_by_text(re.compile(r"^t-SNE of 1,000 images · ")).wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"The star: placed by t-SNE's transform in \d+ ms")).wait_for()
+    page.get_by_text("Top 10 for the uploaded image").wait_for()
 
 
 def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(page, app_server, tmp_path):

@@ -2,15 +2,17 @@
 bad parameters, and the API."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cbir.config import Settings
 from cbir.engine import Engine
+from cbir.distances import l2_normalise
 from cbir.errors import CBIRError
 from cbir.maps import check_params, embedding_map, map_status
-from cbir.store import FeatureStore, load_store, save_store
+from cbir.store import FeatureStore, load_store, save_derived, save_store
 from tests.conftest import COLLECTION, ROOT
 
 LITE0 = ROOT / "features" / "image.orig" / "efficientnet_lite0"
@@ -59,23 +61,56 @@ def test_a_store_above_the_map_bound_is_mapped_through_a_seeded_sample(engine, m
 
 
 @pytest.mark.skipif(not (map_status()["umap"][0] and map_status()["tsne"][0]), reason="umap-learn and openTSNE")
-def test_umap_and_tsne_separate_classes_and_place_new_points_near_their_neighbours(tmp_path):
+def test_umap_and_tsne_separate_classes_and_place_new_points_with_their_fitted_model(tmp_path, monkeypatch):
+    import cbir.maps
+
     src = load_store(LITE0)
     rows = [i for i, image_id in enumerate(src.ids.tolist()) if int(image_id) % 100 < 30]  # 30 of each class
+    held_out = [i for i, image_id in enumerate(src.ids.tolist()) if int(image_id) % 100 == 50]  # one of each, not mapped
     folder = tmp_path / "image.orig" / "efficientnet_lite0"
     save_store(FeatureStore(src.model, src.weights, np.asarray(src.embeddings)[rows], src.ids[rows], src.signatures[rows]), folder)
     engine = Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=tmp_path, var_dir=tmp_path / "var"))
-    for method, params in (("umap", {"n_neighbors": 10}), ("tsne", {"perplexity": 20})):
+    monkeypatch.setattr(cbir.maps, "_FITTED", type(cbir.maps._FITTED)())
+    for method, params, kind in (("umap", {"n_neighbors": 10}, "UMAP"), ("tsne", {"perplexity": 20}, "TSNEEmbedding")):
         ticks = []
         emap = embedding_map(engine, "efficientnet_lite0", method, params, progress=lambda d, t: ticks.append(d / t))
-        labels = [engine.collection.label_of(i) for i in emap.ids]
-        assert emap.coords.shape == (300, 2) and _class_separation(emap.coords, labels) < 0.6, method
+        labels = np.array([engine.collection.label_of(i) for i in emap.ids])
+        assert emap.coords.shape == (300, 2) and _class_separation(emap.coords, list(labels)) < 0.6, method
         assert len(set(ticks)) > 3 and ticks[-1] == 1.0 and ticks == sorted(ticks), method  # moves while it runs
+        assert type(cbir.maps._FITTED[emap.key]).__name__ == kind  # the fit is kept for placing
         store = engine.store("efficientnet_lite0")
-        own = emap.coords[emap.ids.index("412")]
-        placed = np.array(emap.place(store.embeddings, store.vector("412")))
         spread = np.linalg.norm(emap.coords - emap.coords.mean(0), axis=1).mean()
-        assert np.linalg.norm(placed - own) < 0.5 * spread, method
+        # a mapped image's own vector, transformed, lands on its own dot (the map's frame: no shift)
+        placed = np.array(emap.place(store.embeddings, store.vector("412")))
+        assert np.linalg.norm(placed - emap.coords[emap.ids.index("412")]) < 0.1 * spread, method
+        # images the map never saw land where their nearest images in feature space are: among
+        # the label most of those have (their own class, but for monument 250, which looks like food)
+        mapped = l2_normalise(np.asarray(store.embeddings, dtype=np.float32))
+        for i in held_out:
+            vector = np.asarray(src.embeddings[i])
+            point = np.array(emap.place(store.embeddings, vector))
+            on_map = labels[np.argsort(np.linalg.norm(emap.coords - point, axis=1))[:10]]
+            in_features = labels[np.argsort(-(mapped @ l2_normalise(vector[None])[0]))[:10]]
+            majority = max(set(in_features), key=list(in_features).count)
+            assert (on_map == majority).sum() >= 5, (method, src.ids[i], on_map, majority)
+        # a map read from the disk cache in a fresh process has no fitted model: placing fits it
+        # again (seeded), and the point is the same, in the same frame
+        cbir.maps._FITTED.clear()
+        again = embedding_map(engine, "efficientnet_lite0", method, params)
+        assert again.seconds == 0 and emap.key not in cbir.maps._FITTED
+        assert np.array(again.place(store.embeddings, store.vector("412"))) == pytest.approx(placed, abs=1e-3), method
+        assert emap.key in cbir.maps._FITTED
+        if method == "tsne":
+            # a cached map the fit does not reproduce (made by other library versions) is
+            # replaced by the refit one, so the point and the dots share one frame
+            folder, version, name = emap.key
+            save_derived(Path(folder), name, version, emap.coords + 5.0)
+            cbir.maps._FITTED.clear()
+            stale = embedding_map(engine, "efficientnet_lite0", method, params)
+            assert stale.coords == pytest.approx(emap.coords + 5.0)
+            assert np.array(stale.place(store.embeddings, store.vector("412"))) == pytest.approx(placed, abs=1e-3)
+            assert embedding_map(engine, "efficientnet_lite0", method, params).coords == pytest.approx(emap.coords, abs=1e-4)
+    assert len(cbir.maps._FITTED) <= cbir.maps.FITTED_MAX
 
 
 def test_bad_map_requests_are_clear():
