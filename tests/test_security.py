@@ -2,6 +2,7 @@
 request limits, login abuse, password policy, headers, metrics. Real Redis, real images."""
 
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -90,6 +91,25 @@ def test_deeply_nested_json_is_a_400(client):
         assert r.status_code == 400 and "nested deeper" in r.json()["error"], (field, r.text)
 
 
+def _read_response(sock) -> str:
+    """One HTTP response, head and body (a loaded machine may send them in separate
+    segments), or what came before the server closed the connection."""
+    data = b""
+    try:
+        while True:
+            head, sep, body = data.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            if sep and length and len(body) >= int(length.group(1)):
+                break
+            more = sock.recv(65536)
+            if not more:
+                break
+            data += more
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data.decode(errors="replace")
+
+
 def test_streamed_body_over_the_limit_is_refused_while_streaming(api_server):
     """100 MB chunked, no Content-Length, to the real server: 413 once past the 10 MB limit."""
     import select
@@ -112,7 +132,7 @@ def test_streamed_body_over_the_limit_is_refused_while_streaming(api_server):
             sent += 2**20
     except (BrokenPipeError, ConnectionResetError):
         pass
-    head = sock.recv(65536).decode(errors="replace")
+    head = _read_response(sock)
     sock_sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     sock.close()
     assert head.startswith("HTTP/1.1 413"), head[:200]
@@ -144,9 +164,12 @@ def test_unknown_user_costs_as_much_as_a_wrong_password(users):
         return time.perf_counter() - t
 
     timed("nobody")  # the dummy hash is made once
-    known = statistics.median(timed("student") for _ in range(3))
-    users.r.delete("cbir:auth:fail:student")
-    unknown = statistics.median(timed(f"ghost{i}") for i in range(3))
+    known, unknown = [], []
+    for i in range(4):  # interleaved, so a burst of load on a shared machine slows both alike
+        known.append(timed("student"))
+        users.r.delete("cbir:auth:fail:student")  # never reach the lockout
+        unknown.append(timed(f"ghost{i}"))
+    known, unknown = statistics.median(known), statistics.median(unknown)
     assert unknown > 0.5 * known, f"unknown {unknown * 1000:.1f} ms vs known {known * 1000:.1f} ms"
 
 
