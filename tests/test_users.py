@@ -117,13 +117,13 @@ def test_tokens_slide_and_expire(users):
     import time
 
     users.create("tok", "copper-lantern-9x")
-    users.token_ttl = 2
+    users.token_ttl = 3
     t = users.issue_token("tok")
-    time.sleep(1.2)
-    assert users.user_for_token(t).username == "tok"  # sliding: ttl back to 2 s
-    time.sleep(1.2)
+    time.sleep(1.8)
+    assert users.user_for_token(t).username == "tok"  # sliding: ttl back to 3 s
+    time.sleep(1.8)  # 3.6 s after issue: alive only because the use above slid it
     assert users.user_for_token(t) is not None
-    time.sleep(2.2)
+    time.sleep(3.3)
     assert users.user_for_token(t) is None
     assert users.user_for_token("made-up") is None
 
