@@ -1,7 +1,7 @@
 """Embedding maps of Wang-1000 (EfficientNet-Lite0): time to compute PCA, UMAP and t-SNE
 (UMAP's first run includes numba's compilation), to open a cached map, to place a new
 image on it (with the fitted model kept in memory, and in a process that has to fit it
-again first), and to make the hover thumbnails (64 px JPEG data URLs) the Map page sends
+again first), to get an uploaded query's vector after its search, and to make the hover thumbnails (64 px JPEG data URLs) the Map page sends
 with the chart.
 
     python bench/maps.py
@@ -59,6 +59,19 @@ def main() -> None:
             print(f"{'':<6} placing a new image: first {1000 * places[0]:.0f} ms, then {1000 * statistics.median(places[1:]):.0f} ms "
                   "(median of 4); " + ("PCA needs no fitted model" if method == "pca" else
                                        f"with no fitted model in the process {refit:.2f} s (fit again, then place)"), flush=True)
+        # the Map page searches with an upload, then places it: the second needs its vector
+        uploads = [engine.collection.path_of(str(i)).read_bytes() for i in range(100, 130)]
+        engine.query_vector("efficientnet_lite0", image=uploads[0])  # the model is loaded
+        extracted, reused = [], []
+        for data in uploads[1:]:
+            t = time.perf_counter()
+            engine.search("efficientnet_lite0", image=data)
+            extracted.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            engine.query_vector("efficientnet_lite0", image=data)
+            reused.append(time.perf_counter() - t)
+        print(f"an uploaded query: search {1000 * statistics.median(extracted):.1f} ms (decode + extract + rank), then its "
+              f"vector for placing {1000 * statistics.median(reused):.2f} ms (reused, not extracted again; median of 29)", flush=True)
         t = time.perf_counter()
         urls = [thumbnail_data_url(engine.collection.path_of(i)) for i in first.ids]
         print(f"hover thumbnails: {len(urls)} in {time.perf_counter() - t:.2f} s (once; cached by the page), "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -27,6 +28,10 @@ from .rerank import FeedbackRound, Rerank, check_metric, feedback_rounds
 from .search import FusionInputs, Query, SearchResponse, check_top_k, rank_distances
 from .store import FeatureStore, load_store, store_dir, store_exists, store_stamp
 
+#: vectors of the most recent uploaded queries kept per engine, so a page that searches with
+#: an upload and then needs its vector (the Map), or searches it again with other settings,
+#: does not extract it again (a 1280-d vector is 5 KB)
+QUERY_VECTORS_MAX = 32
 
 
 class Engine:
@@ -38,6 +43,7 @@ class Engine:
         self.collection = root if isinstance(root, Collection) else scan_collection(root)
         self._stores: dict[tuple[str, str], tuple[float, FeatureStore]] = {}
         self._extractors: dict[tuple[str, str], object] = {}
+        self._query_vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (model, upload hash)
         self._lock = threading.RLock()
         self.indexes = IndexCache(self)
 
@@ -116,9 +122,21 @@ class Engine:
         timings["decode"] = time.perf_counter() - t0
         return image
 
+    def _recent_vector(self, key: tuple[str, str]) -> np.ndarray | None:
+        with self._lock:
+            vec = self._query_vectors.get(key)
+            if vec is not None:
+                self._query_vectors.move_to_end(key)
+            return vec
+
     def _query_vector(self, model: str, query: Query, image, timings: dict) -> np.ndarray:
         if query.image_id is not None:
             return self.store(model).vector(query.image_id)
+        key = (model, query.cache_key())
+        recent = self._recent_vector(key)
+        if recent is not None:
+            timings[f"extract:{model}"] = 0.0  # extracted for an earlier search of the same upload
+            return recent
         t0 = time.perf_counter()
         extractor = self.extractor(model)
         arr = resize_rgb(image, extractor.input_size)[None]
@@ -126,13 +144,22 @@ class Engine:
         vec = extractor.features(arr)[0]
         timings["decode"] += t1 - t0  # the resize belongs to decoding
         timings[f"extract:{model}"] = time.perf_counter() - t1
+        vec.setflags(write=False)  # shared by the searches that reuse it
+        with self._lock:
+            self._query_vectors[key] = vec
+            while len(self._query_vectors) > QUERY_VECTORS_MAX:
+                self._query_vectors.popitem(last=False)
         return vec
 
     def query_vector(self, model: str, image_id: str | None = None, image: bytes | None = None) -> np.ndarray:
-        """The model's feature vector of a collection image or of an uploaded one."""
+        """The model's feature vector of a collection image or of an uploaded one (an upload
+        searched a moment ago is neither decoded nor extracted again)."""
         query = self._check_query(Query(image_id=image_id, image=image))
+        model = get_spec(model).name
+        if image is not None and (recent := self._recent_vector((model, query.cache_key()))) is not None:
+            return recent
         timings: dict[str, float] = {}
-        return self._query_vector(get_spec(model).name, query, self._decode(query, timings) if image is not None else None, timings)
+        return self._query_vector(model, query, self._decode(query, timings) if image is not None else None, timings)
 
     def full_distances(
         self, models: Sequence[str], metric: str, query: Query, exclude_query: bool = True,

@@ -84,7 +84,7 @@ shown = f"{len(emap.ids):,} images" if emap.rows is None else f"a random sample 
 st.caption(f"{MAP_LABELS[method]} of {shown} · " + (f"computed in {emap.seconds:.1f} s" if emap.seconds else
            f"read from the cache in {1000 * emap.load_seconds:.0f} ms"))
 
-labels = [str(collection.label_of(i)) if i in collection and collection.label_of(i) is not None else "—" for i in emap.ids]
+labels = ["—" if (label := collection.label_of(i) if i in collection else None) is None else str(label) for i in emap.ids]
 result = st.session_state.get("map_result")
 images = map_thumbnails(engine, emap.ids)
 if images is None:

@@ -128,3 +128,29 @@ def test_search_by_array_matches_search_by_file():
     assert by_array.hits[0].id == "612"
     with pytest.raises(CBIRError, match="shape"):
         engine.search("efficientnet_lite0", "cosine", 5, image=np.zeros((4, 4, 2)))
+
+
+def test_an_upload_searched_again_is_not_extracted_again(monkeypatch):
+    """The Map page searches with an upload and then places its vector; the Search page
+    searches the same upload again with other settings: one extraction, bounded memory."""
+    import cbir.engine
+
+    engine = Engine(scan_collection(ROOT / "image.orig"), Settings(features_dir=ROOT / "features"))
+    extractor = engine.extractor("efficientnet_lite0")
+    calls = []
+    real = extractor.features
+    monkeypatch.setattr(extractor, "features", lambda arr: calls.append(len(arr)) or real(arr))
+    data = (ROOT / "image.orig" / "612.jpg").read_bytes()
+    first = engine.search("efficientnet_lite0", "cosine", 5, image=data)
+    vector = engine.query_vector("efficientnet_lite0", image=data)
+    again = engine.search("efficientnet_lite0", "cosine", 10, image=data)
+    assert len(calls) == 1
+    assert [h.id for h in again.per_model["efficientnet_lite0"].hits[:5]] == [h.id for h in first.per_model["efficientnet_lite0"].hits]
+    fresh = Engine(scan_collection(ROOT / "image.orig"), Settings(features_dir=ROOT / "features"))
+    np.testing.assert_allclose(vector, fresh.query_vector("efficientnet_lite0", image=data), atol=1e-6)
+    assert not vector.flags.writeable  # shared by the searches that reuse it
+    monkeypatch.setattr(cbir.engine, "QUERY_VECTORS_MAX", 2)
+    for name in ("613.jpg", "614.jpg"):  # two newer uploads push 612 out
+        engine.query_vector("efficientnet_lite0", image=(ROOT / "image.orig" / name).read_bytes())
+    engine.query_vector("efficientnet_lite0", image=data)
+    assert len(calls) == 4 and len(engine._query_vectors) == 2
