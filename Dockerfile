@@ -23,7 +23,7 @@ RUN mkdir -p cbir && touch cbir/__init__.py \
 
 COPY cbir ./cbir
 COPY app.py ./
-COPY pages ./pages
+COPY app_pages ./app_pages
 COPY .streamlit ./.streamlit
 RUN pip install --no-deps .
 

@@ -13,7 +13,7 @@ import streamlit_authenticator as stauth  # noqa: E402
 from cbir.config import get_settings, install_secret  # noqa: E402
 from cbir.redisdb import ServiceUnavailable  # noqa: E402
 from cbir.users import DEMO_USERS, AuthError, ConfigError, LockedError, bootstrap, check_production_settings  # noqa: E402
-from pages.common import get_users, show_error, touch_activity  # noqa: E402
+from app_pages.common import get_users, show_error, touch_activity  # noqa: E402
 
 settings = get_settings()
 
@@ -141,11 +141,11 @@ def end_session(authenticator: stauth.Authenticate, why: str) -> None:
 
 
 PAGES = [  # (file, title, icon, roles allowed; None = every role)
-    ("pages/search.py", "Search", "🔎", None),
-    ("pages/evaluate.py", "Evaluate", "📈", None),
-    ("pages/map.py", "Map", "🗺️", None),
-    ("pages/collection.py", "Collection", "🗂️", None),
-    ("pages/admin.py", "Admin", "🛡️", {"admin"}),
+    ("app_pages/search.py", "Search", "🔎", None),
+    ("app_pages/evaluate.py", "Evaluate", "📈", None),
+    ("app_pages/map.py", "Map", "🗺️", None),
+    ("app_pages/collection.py", "Collection", "🗂️", None),
+    ("app_pages/admin.py", "Admin", "🛡️", {"admin"}),
 ]
 
 def url_page() -> str:
@@ -172,9 +172,11 @@ if not st.session_state.get("authentication_status"):
     except Exception:  # a cookie for a deleted user, a damaged cookie: show the form
         pass
 if not st.session_state.get("authentication_status"):
-    # st.navigation on every run, so Streamlit never falls back to listing pages/ (which
-    # would let a visitor open /search without logging in): before login, every page URL
-    # shows the login form, and after login the same URL shows its page (deep links).
+    # st.navigation on every run, and no folder named pages/ beside this script: Streamlit
+    # runs a pages/ script named by the URL *instead of* this one until some session has
+    # called st.navigation (an anonymous /evaluate on a fresh server opened the page, and
+    # the first "Log in" was dropped because its form belonged to that other navigation).
+    # Before login, every page URL shows the login form; after it, the same URL its page.
     login_pages = [
         st.Page(lambda: login_page(authenticator), title="Log in", icon="🔒", url_path=Path(f).stem, default=i == 0)
         for i, (f, *_rest) in enumerate(PAGES)

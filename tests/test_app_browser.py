@@ -42,7 +42,8 @@ def logged_in(page, username="researcher", password="umons2024"):
     heading = page.get_by_role("heading", name="🔎 Search", exact=True)
     for attempt in range(3):
         login(page, username, password)
-        try:  # a click that lands while a cold app is still on its first run can be dropped
+        try:  # on a loaded machine a click landing while a rerun redraws the page can be lost
+            # (the first click on a fresh server is tested alone in test_app_login_gate.py)
             heading.wait_for(timeout=20_000)
             break
         except Exception:

@@ -14,7 +14,9 @@ from cbir.errors import CBIRError
 from cbir.importing import IMPORT_SUFFIXES
 from cbir.index import BACKEND_LABELS, backend_status
 from cbir.indexing import index_collection
-from pages.common import current_role, get_engine, model_label, reload_engine, show_error
+from app_pages.common import require_login, current_role, get_engine, model_label, reload_engine, show_error
+
+require_login()  # first: this page also runs if Streamlit ever reaches it without app.py
 
 engine = get_engine()
 collection = engine.collection

@@ -12,9 +12,12 @@ from cbir.extractors import MODELS, default_model
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS
 from cbir.index import AUTO, BACKEND_LABELS, BACKENDS, backend_status
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, ROCCHIO_TEXT, Rerank
-from pages.common import (
+from app_pages.common import (
+    require_login,
     get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row, thumbnail_of,
 )
+
+require_login()  # first: this page also runs if Streamlit ever reaches it without app.py
 
 engine = get_engine()
 service = get_service()

@@ -65,6 +65,35 @@ def current_role() -> str:
     return roles[0]
 
 
+def require_login(roles: set[str] | None = None) -> str:
+    """The first call of every page: stop unless this session holds a login that is still valid.
+
+    ``app.py`` checks the login before it runs any page; this is the second lock (defence in
+    depth), for a page that runs without ``app.py`` before it (Streamlit runs the scripts of a
+    folder named ``pages/`` by URL until some session calls ``st.navigation``, which is why the
+    pages live in ``app_pages/``). A login is valid when the session's binding (uid, credential
+    version), recorded at the password or cookie login, is the user's binding in Redis now.
+    Returns the user's role; ``roles`` restricts the page to those roles."""
+    username = st.session_state.get("username")
+    binding = st.session_state.get("auth_binding")
+    valid = bool(st.session_state.get("authentication_status") and username and binding)
+    if valid:
+        try:
+            current = get_users().binding(username)
+            valid = current is not None and tuple(current) == tuple(binding)
+        except ServiceUnavailable:
+            pass  # as in app.py: a login made before Redis went away stays valid until it is back
+    if not valid:
+        st.warning("Please log in first.", icon="🔒")
+        st.markdown("[Go to the login page](/)")
+        st.stop()
+    role = current_role()
+    if roles is not None and role not in roles:
+        st.error(f"This page is for {' and '.join(sorted(roles))} accounts only.", icon="🔒")
+        st.stop()
+    return role
+
+
 def show_error(exc: Exception) -> None:
     """One clear message, never a stack trace."""
     if isinstance(exc, ServiceUnavailable):

@@ -12,7 +12,9 @@ from cbir.export import pr_html, pr_png, report_curves, reports_csv, reports_jso
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS, FUSION_SHORT
 from cbir.tuning import SWEEP_METHODS, sweep_weights
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, Rerank
-from pages.common import get_engine, interpolated_figure, metric_label, model_label, protocol_note, show_error
+from app_pages.common import require_login, get_engine, interpolated_figure, metric_label, model_label, protocol_note, show_error
+
+require_login()  # first: this page also runs if Streamlit ever reaches it without app.py
 
 engine = get_engine()
 st.title("📈 Evaluate")
@@ -137,7 +139,7 @@ if sweep:
                 f"{sweep['queries']} queries in {sweep['seconds']:.1f} s.")
     if c2.button("Use these weights", key="eval_use_weights", type="primary"):
         st.session_state["search_apply"] = {"models": sweep["models"], "method": sweep["method"], "weights": best["weights"]}
-        st.switch_page("pages/search.py")
+        st.switch_page("app_pages/search.py")
 
 results = st.session_state.get("eval_results")
 if not results:

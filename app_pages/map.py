@@ -13,7 +13,7 @@ import streamlit as st
 from cbir.errors import CBIRError
 from cbir.images import thumbnail_data_url
 from cbir.maps import MAP_LABELS, MAP_METHODS, MAP_PARAMS, MAP_THUMBNAILS_MAX, embedding_map, map_status
-from pages.common import get_engine, get_service, model_label, result_grid, show_error, thumbnail_of
+from app_pages.common import require_login, get_engine, get_service, model_label, result_grid, show_error, thumbnail_of
 
 #: a five-pointed star as an SVG path in Vega's unit square, for the query
 STAR = "M0,-1L0.22,-0.31L0.95,-0.31L0.36,0.12L0.59,0.81L0,0.38L-0.59,0.81L-0.36,0.12L-0.95,-0.31L-0.22,-0.31Z"
@@ -43,6 +43,8 @@ def map_thumbnails(engine, ids: list[str]) -> list[str | None] | None:
             files.append(("", 0.0))
     return _data_urls(tuple(files))
 
+
+require_login()  # first: this page also runs if Streamlit ever reaches it without app.py
 
 engine = get_engine()
 service = get_service()

@@ -8,11 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from cbir.users import ROLES
-from pages.common import current_role, get_users, show_error
+from app_pages.common import get_users, require_login, show_error
 
-if current_role() != "admin":
-    st.error("Admins only.")
-    st.stop()
+require_login(roles={"admin"})  # first: the session, then the role
 
 users = get_users()
 me = st.session_state.get("username") or ""

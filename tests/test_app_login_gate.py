@@ -1,0 +1,166 @@
+"""No page of the app is reachable without a login, whatever the first URL and whatever restarted.
+
+Each browser test starts its own Streamlit server, so the request under test is the first one
+that server ever sees: Streamlit discovers a folder named ``pages/`` beside the entry script by
+itself and, until some session has called ``st.navigation``, runs the page a URL names without
+running ``app.py`` (its login gate) at all. The pages also check the session themselves
+(``require_login``), tested without a browser through Streamlit's own ``AppTest``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from tests.conftest import ROOT, RedisServer, ServiceProcess, free_port, service_env
+
+PAGE_TITLES = {"search": "🔎 Search", "evaluate": "📈 Evaluate", "map": "🗺️ Map",
+               "collection": "🗂️ Collection", "admin": "🛡️ Admin"}
+ANY_PAGE = re.compile("|".join(re.escape(t) for t in PAGE_TITLES.values()))
+TIMEOUT = 60_000
+
+
+@pytest.fixture(scope="module")
+def gate_redis(tmp_path_factory):
+    redis = RedisServer(tmp_path_factory.mktemp("redis-gate")).start()
+    yield redis
+    redis.stop()
+
+
+class FreshApp:
+    """A Streamlit server that has seen no request yet; ``restart`` keeps its port."""
+
+    def __init__(self, redis_url: str, tmp: Path):
+        features = tmp / "features"  # its own copy: a page that ran would write map caches there
+        shutil.copytree(ROOT / "features", features)
+        self.tmp, self.port, self.starts = tmp, free_port(), 0
+        self.env = service_env(redis_url, tmp / "app", CBIR_LOGIN_RATE="1000", CBIR_FEATURES_DIR=str(features))
+        self.server: ServiceProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / f"app-{self.starts}.log"
+
+    def start(self) -> "FreshApp":
+        self.starts += 1
+        argv = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(self.port),
+                "--server.address", "127.0.0.1", "--server.headless", "true", "--logger.level", "debug"]
+        self.server = ServiceProcess(argv, self.port, self.env, self.log, ready_path="/_stcore/health").start()
+        return self
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.stop()
+
+    def runs(self) -> int:
+        """Script runs this server has started (Streamlit logs each at debug level)."""
+        return self.log.read_text(errors="replace").count("Running script")
+
+
+@pytest.fixture
+def fresh_app(gate_redis, tmp_path):
+    app = FreshApp(gate_redis.url, tmp_path).start()
+    yield app
+    app.stop()
+
+
+@pytest.fixture
+def context(browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield ctx
+    ctx.close()
+
+
+def idle(page) -> None:
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden")
+
+
+def assert_only_the_login_form(page, where: str) -> None:
+    """The login form shows, and nothing of any page: no page title, no figures, no page list."""
+    username = page.get_by_label("Username")
+    username.or_(page.get_by_role("heading", name=ANY_PAGE)).first.wait_for()
+    idle(page)
+    titles = [t for t in PAGE_TITLES.values() if page.get_by_role("heading", name=t, exact=True).count()]
+    assert not titles, f"{where}: an anonymous visitor sees {titles}"
+    assert page.get_by_text("Images indexed").count() == 0, where
+    assert page.locator("[data-testid='stSidebarNav']").count() == 0, f"{where}: the sidebar lists pages"
+    assert username.count() == 1, f"{where}: no login form"
+
+
+@pytest.mark.browser
+@pytest.mark.redis
+@pytest.mark.parametrize("name", list(PAGE_TITLES))
+def test_deep_link_as_first_request_and_reconnect_after_restart_show_only_the_login(fresh_app, context, name):
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.goto(f"{fresh_app.url}/{name}")
+    assert_only_the_login_form(page, f"first request /{name}")
+
+    # The tab stays open while the server restarts; it reconnects and reruns its page on a
+    # server that, again, has seen no other session.
+    fresh_app.stop()
+    fresh_app.start()
+    deadline = time.time() + 60
+    while fresh_app.runs() == 0:  # wait for the tab's rerun on the new server
+        assert time.time() < deadline, f"the tab did not reconnect: {fresh_app.log.read_text()[-1500:]}"
+        page.wait_for_timeout(250)
+    assert_only_the_login_form(page, f"/{name} reconnected after a restart")
+
+
+@pytest.mark.browser
+@pytest.mark.redis
+@pytest.mark.parametrize("path", ["/", "/evaluate"])
+def test_first_login_after_a_server_start_is_not_dropped(fresh_app, context, path):
+    """One click on "Log in", the first this server sees, logs in (and opens the page of the URL)."""
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.goto(fresh_app.url + path)
+    page.get_by_label("Username").wait_for()
+    idle(page)
+    page.get_by_label("Username").fill("student")
+    page.get_by_label("Password", exact=True).fill("multimedia")
+    page.get_by_role("button", name="Log in").click()
+    title = PAGE_TITLES["search" if path == "/" else path.strip("/")]
+    try:
+        page.get_by_role("heading", name=title, exact=True).wait_for()
+    except PlaywrightTimeout:
+        raise AssertionError(f"one click on Log in did not log in; the page shows: {page.inner_text('body')[:500]}")
+
+
+# -- defence in depth: each page checks the session itself -----------------------------------
+@pytest.mark.parametrize("name", list(PAGE_TITLES))
+def test_a_page_run_without_a_login_stops_at_its_first_line(name):
+    """Run as Streamlit would run a page it found by itself (no app.py before it, empty session)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app_pages" / f"{name}.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == [], f"{name} rendered its page without a login"
+    assert any("log in" in w.value.lower() for w in at.warning), [w.value for w in at.warning]
+
+
+def test_a_page_with_a_forged_session_state_stops():
+    """``authentication_status`` alone does not open a page: the login binding must match Redis's."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app_pages" / "evaluate.py"), default_timeout=60)
+    at.session_state["authentication_status"] = True
+    at.session_state["username"] = "admin"
+    at.session_state["roles"] = ["admin"]
+    at.run()
+    assert [t.value for t in at.title] == [], "a session that only says it is logged in opened the page"
+
+
+def test_no_folder_streamlit_would_discover_by_itself():
+    """Streamlit runs any script in a ``pages/`` folder beside the entry script by URL."""
+    assert not (ROOT / "pages").exists()
