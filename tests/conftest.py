@@ -237,3 +237,57 @@ def browser():
         b = p.chromium.launch(executable_path=_shutil.which("chromium") or "/usr/bin/chromium", args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+# -- comparing what two computation paths return ---------------------------------------
+#: Scores closer than this are ties. A float32 matrix product of the same rows differs in the
+#: last bits with the batch size and with the BLAS kernel OpenBLAS picks for the CPU (Haswell
+#: and Zen kernels differ from SkylakeX ones), which is enough to swap two images whose
+#: distances agree to ~1e-7. Tests of two paths (chunked vs one pass, batch sizes, backends)
+#: compare rankings up to such ties and figures within a stated tolerance, never bit for bit.
+TIE = 1e-6
+
+
+def _pairs(hits) -> list[tuple[str, float]]:
+    out = []
+    for h in hits:
+        if isinstance(h, dict):
+            out.append((h["id"], float(h["score"])))
+        else:
+            out.append((h.id, float(h.score)))
+    return out
+
+
+def assert_same_ranking(hits_a, hits_b, tie: float = TIE) -> None:
+    """Two top-k lists (``Hit`` objects or their dicts) agree except where scores are tied.
+
+    Where the ids at a rank differ, each of the two images has, in the other list, a score
+    within ``tie`` of the score found at that rank. Scores are compared within each list, so
+    two lists on different scales (a fused list and one model's) can be compared; an image
+    pushed past the end of the other list is compared across the lists (same scale)."""
+    a, b = _pairs(hits_a), _pairs(hits_b)
+    assert len(a) == len(b), (len(a), len(b))
+    rank_a = {i: r for r, (i, _) in enumerate(a)}
+    rank_b = {i: r for r, (i, _) in enumerate(b)}
+    for r, ((ia, _), (ib, _)) in enumerate(zip(a, b)):
+        if ia == ib:
+            continue
+        for image, ranks, scores, other in ((ia, rank_b, b, a), (ib, rank_a, a, b)):
+            elsewhere = ranks.get(image)
+            if elsewhere is None:  # pushed past the end: its score in its own list vs this one's here
+                here, there = scores[r][1], other[r][1]
+            else:
+                here, there = scores[r][1], scores[elsewhere][1]
+            assert abs(there - here) <= tie, (
+                f"rank {r + 1}: {ia!r} vs {ib!r} are not tied (scores {here:.9g} vs {there:.9g}, tie {tie})")
+
+
+def assert_same_figures(ap_a, ap_b, map_tol: float = 1e-5, share: float = 0.01) -> None:
+    """Per-query average precision of two paths: mAP within ``map_tol``, and at most ``share``
+    of the queries differ at all (a near tie swapped; one swap at rank r moves a query's AP by
+    at most 1/(R*r), R relevant images)."""
+    ap_a, ap_b = np.asarray(ap_a, float), np.asarray(ap_b, float)
+    assert ap_a.shape == ap_b.shape
+    assert abs(ap_a.mean() - ap_b.mean()) <= map_tol, (ap_a.mean(), ap_b.mean())
+    differ = np.flatnonzero(np.abs(ap_a - ap_b) > 1e-12)
+    assert differ.size <= max(1, int(share * ap_a.size)), (differ[:10], (ap_a - ap_b)[differ[:10]])

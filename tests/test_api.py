@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cbir.api.app import create_app
-from tests.conftest import COLLECTION, RedisServer, make_settings
+from tests.conftest import COLLECTION, RedisServer, assert_same_ranking, make_settings
 
 pytestmark = pytest.mark.redis
 
@@ -112,7 +112,7 @@ def test_search_combined(client):
     assert data["combined"]["precision_at_k"] >= 0.9
     w = client.post("/api/search_combined", json={**body, "method": "weighted", "weights": {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 0}}, headers=h).json()
     # all weight on Lite1: the fused ranking is Lite1's ranking
-    assert [x["id"] for x in w["combined"]["results"]] == [x["id"] for x in w["models"]["efficientnet_lite1"]["results"]]
+    assert_same_ranking(w["combined"]["results"], w["models"]["efficientnet_lite1"]["results"])
     bad = client.post("/api/search_combined", json={**body, "method": "weighted", "weights": {"efficientnet_lite0": -1}}, headers=h)
     assert bad.status_code == 400 and "non-negative" in bad.json()["error"]
     one = client.post("/api/search_combined", json={**body, "models": ["efficientnet_lite0"]}, headers=h)

@@ -6,7 +6,7 @@ import pytest
 from cbir.config import Settings
 from cbir.engine import Engine
 from cbir.experiments import EVAL_CHUNK, Run, plan_runs
-from tests.conftest import COLLECTION, ROOT
+from tests.conftest import COLLECTION, ROOT, assert_same_figures
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,7 @@ def test_sampled_evaluation_is_the_full_one_restricted(engine):
     part = engine.evaluate("efficientnet_lite0", queries=100, seed=3)
     rows = np.sort(np.random.default_rng(3).choice(1000, 100, replace=False))
     assert part.n_queries == 100 and "100 of 1000 queries, seeded sample, seed 3" in part.name
-    np.testing.assert_allclose(part.ap, full.ap[rows])
-    assert part.map == pytest.approx(full.ap[rows].mean())
+    assert_same_figures(part.ap, full.ap[rows])  # 100 queries ranked in one chunk vs 1000 in two
     assert engine.evaluate("efficientnet_lite0", queries=5000).n_queries == 1000  # more than there are: all
 
 
@@ -42,6 +41,6 @@ def test_feedback_simulation_chunks_agree_with_one_pass(engine, monkeypatch):
     monkeypatch.setattr(ex, "EVAL_CHUNK", 7)  # many small chunks: same figures
     chunked = engine.evaluate_feedback("efficientnet_lite0", rounds=1, k=20)
     assert EVAL_CHUNK == 512
-    for a, b in zip(whole, chunked):
-        np.testing.assert_allclose(a.ap, b.ap, atol=1e-12)
+    for a, b in zip(whole, chunked):  # chunks of 7 vs 512 rows: near ties may swap (tests/conftest.py, TIE)
+        assert_same_figures(a.ap, b.ap)
     assert whole[1].map > whole[0].map + 0.05  # Rocchio with true labels helps (0.8556 -> 0.9190)

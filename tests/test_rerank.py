@@ -9,6 +9,7 @@ from cbir.engine import Engine
 from cbir.errors import CBIRError
 from cbir.rerank import Rerank, alpha_query_expansion, database_augmentation, l2_normalise, rocchio
 from cbir.store import FeatureStore, derived_array, save_store
+from tests.conftest import assert_same_ranking
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -124,7 +125,7 @@ def test_search_by_array_matches_search_by_file():
     arr = np.asarray(Image.open(ROOT / "image.orig" / "612.jpg").convert("RGB"))
     by_array = engine.search("efficientnet_lite0", "cosine", 5, image=arr).per_model["efficientnet_lite0"]
     by_file = engine.search("efficientnet_lite0", "cosine", 5, image=(ROOT / "image.orig" / "612.jpg").read_bytes()).per_model["efficientnet_lite0"]
-    assert [h.id for h in by_array.hits] == [h.id for h in by_file.hits]
+    assert_same_ranking(by_array.hits, by_file.hits)
     assert by_array.hits[0].id == "612"
     with pytest.raises(CBIRError, match="shape"):
         engine.search("efficientnet_lite0", "cosine", 5, image=np.zeros((4, 4, 2)))

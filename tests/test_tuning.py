@@ -35,8 +35,9 @@ def test_simplex_grid():
 def test_sweep_endpoints_are_the_single_models_and_the_middle_is_equal_weights(engine):
     r = sweep_weights(engine, LITE[:2], "weighted", 0.5)
     assert r.queries == 1000 and r.weights.tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
-    assert r.map[0] == pytest.approx(engine.evaluate(LITE[1]).map, abs=1e-9)  # weight 0: that model has no say
-    assert r.map[2] == pytest.approx(engine.evaluate(LITE[0]).map, abs=1e-9)
+    # weight 0: that model has no say (two paths: near ties may swap, so mAP within 1e-5)
+    assert r.map[0] == pytest.approx(engine.evaluate(LITE[1]).map, abs=1e-5)
+    assert r.map[2] == pytest.approx(engine.evaluate(LITE[0]).map, abs=1e-5)
     assert r.map[1] == pytest.approx(r.equal["mAP"]) == pytest.approx(engine.evaluate(LITE[:2], method="weighted").map)
     out = r.to_dict()
     assert out["best"]["mAP"] == pytest.approx(r.map.max(), abs=1e-6) and set(out["best"]["weights"]) == set(LITE[:2])
