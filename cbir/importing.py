@@ -32,6 +32,7 @@ from __future__ import annotations
 import getpass
 import io
 import math
+import os
 import pickle
 import re
 import time
@@ -116,7 +117,11 @@ class Importer:
     @classmethod
     def local(cls) -> "Importer":
         """The command line's user: it can write the features folder anyway, so it may replace."""
-        return cls(f"{getpass.getuser()} (command line)", admin=True)
+        try:
+            user = getpass.getuser()
+        except Exception:  # no login name (a container without a passwd entry)
+            user = f"uid {os.getuid()}"
+        return cls(f"{user} (command line)", admin=True)
 
 
 @dataclass
@@ -177,9 +182,11 @@ class _BoundedUnpickler(pickle._Unpickler):
         return self._checked_reconstruct(found) if name == "_reconstruct" else found
 
     def _checked_reconstruct(self, reconstruct):
-        def checked(cls, shape, dtype):  # numpy allocates ``shape`` before __setstate__ fills it
-            n = math.prod(int(s) for s in np.atleast_1d(shape))
-            self._over(n * max(np.dtype(dtype).itemsize // 8, 1))
+        def checked(cls, shape, dtype):
+            # numpy allocates ``shape`` here, before __setstate__ fills it from the pickle's
+            # bytes; numpy itself always asks for (0,), and one vector is at most max_dim
+            n = math.prod(int(s) for s in np.atleast_1d(shape)) * max(np.dtype(dtype).itemsize // 8, 1)
+            self.limits.check("an array of the pickle", dim=n)
             return reconstruct(cls, shape, dtype)
 
         return checked
@@ -461,7 +468,11 @@ def _from_parquet(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarr
         raise FeatureImportError(f"{path.name} is not a readable Parquet file ({_one_line(exc)})") from None
     rows = meta.num_rows
     groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
-    values = sum(g.column(c).num_values for g in groups for c in range(g.num_columns))
+    values: dict[str, int] = {}  # leaf values per top-level column (a list column's leaves are its elements)
+    for g in groups:
+        for c in range(g.num_columns):
+            top = g.column(c).path_in_schema.split(".")[0]
+            values[top] = values.get(top, 0) + g.column(c).num_values
     uncompressed = sum(g.total_byte_size for g in groups)
     vector_fields = [f for f in schema if f.name.lower() not in _KEY_NAMES and not f.name.startswith("__index_level_")]
     numeric = lambda t: pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)  # noqa: E731
@@ -469,17 +480,25 @@ def _from_parquet(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarr
     if len(vector_fields) == 1 and lists:
         if not numeric(lists[0].type.value_type):
             raise FeatureImportError(f"{what}: column {lists[0].name!r} must hold lists of numbers; got {lists[0].type}")
-        dim = math.ceil(values / rows) if rows else 0  # a mean: no row's length is known without reading
+        dim = math.ceil(values.get(lists[0].name, 0) / rows) if rows else 0  # a mean: a row's own length is known only once read
     else:
         bad = [f for f in vector_fields if not numeric(f.type)]
         if bad:
             raise FeatureImportError(f"{what}: every column but the id must hold numbers; {bad[0].name!r} is {bad[0].type}")
         dim = len(vector_fields)
-    limits.check(what, rows=rows, dim=dim, nbytes=max(values * 8, uncompressed))
+    limits.check(what, rows=rows, dim=dim, nbytes=max(sum(values.values()) * 8, uncompressed))
+    tables, decoded = [], 0
     try:
-        frame = pf.read().to_pandas()
+        for g in range(pf.num_row_groups):  # a footer that understates its sizes is caught one row group late
+            tables.append(pf.read_row_group(g))
+            decoded += tables[-1].nbytes
+            limits.check(what, nbytes=decoded)
+        frame = (pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas()
+    except FeatureImportError:
+        raise
     except Exception as exc:
         raise FeatureImportError(f"{what} cannot be read ({_one_line(exc)})") from None
+    del tables
     keys, vectors = _from_table(frame)
     limits.check(what, dim=vectors.shape[1] if vectors.ndim == 2 else None)
     return keys, vectors
@@ -489,8 +508,6 @@ def _from_csv(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarray]:
     """The header gives the dimension; no more rows than the limits allow are parsed."""
     import csv
 
-    import pandas as pd
-
     what = f"the CSV file {path.name}"
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         line = fh.readline(64 * (limits.max_dim + 2))
@@ -499,6 +516,8 @@ def _from_csv(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarray]:
     columns = len(next(csv.reader([line]), []))
     limits.check(what, dim=max(columns - 1, 0))
     most = min(limits.max_rows, limits.max_bytes // (8 * max(columns, 1)))
+    import pandas as pd
+
     try:
         frame = pd.read_csv(path, nrows=most + 1)
     except Exception as exc:

@@ -65,6 +65,22 @@ class _Allocates:
         return bytearray, (self.n,)
 
 
+class _Reconstructs:
+    """Pickles as numpy's own _reconstruct asked for an array of ``n`` bytes, never filled."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __reduce__(self):
+        reconstruct = getattr(np, "_core", np.core).multiarray._reconstruct
+        return reconstruct, (np.ndarray, (self.n,), b"b")
+
+
+def _pickle_reconstruct(tmp_path, n=1 << 24):
+    (tmp_path / "r.pkl").write_bytes(pickle.dumps([("0", _Reconstructs(n))], protocol=4))
+    return tmp_path / "r.pkl"
+
+
 def _pickle_memo(tmp_path, rows=200, width=10):
     """200 rows all referencing one memoised list of ``width`` lists of 1000 floats."""
     inner = [float(i) for i in range(1000)]
@@ -91,11 +107,20 @@ def _parquet_zeros(tmp_path, rows=200, width=9000):
     return tmp_path / "z.parquet"
 
 
+def _csv_wide(tmp_path, rows=2, width=9000):
+    """A CSV whose header declares ``width`` value columns (36 KB)."""
+    lines = ["id," + ",".join(f"f{i}" for i in range(width))] + [f"{r}," + ",".join("0" * width) for r in range(rows)]
+    (tmp_path / "w.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path / "w.csv"
+
+
 BOMBS = {
     "pickle-bytearray": (_pickle_bytearray, r"refused: the pickle asks for builtins\.bytearray"),
     "pickle-memo": (_pickle_memo, r"CBIR_IMPORT_MAX_DIM"),
+    "pickle-reconstruct": (_pickle_reconstruct, r"d = 16777216; the limit is CBIR_IMPORT_MAX_DIM"),
     "npz-deflated-zeros": (_npz_zeros, r"d = 9000; the limit is CBIR_IMPORT_MAX_DIM = 8192"),
     "parquet-zstd-zeros": (_parquet_zeros, r"CBIR_IMPORT_MAX_DIM = 8192"),
+    "csv-wide": (_csv_wide, r"d = 9000; the limit is CBIR_IMPORT_MAX_DIM = 8192"),
 }
 
 
@@ -137,6 +162,10 @@ def test_rows_and_bytes_limits_read_from_headers(tmp_path, collection):
     assert isinstance(error, FeatureImportError) and error.http_status == 413, repr(error)
     assert "10^12" in str(error) or "1000000000000" in str(error)
     assert "CBIR_IMPORT_MAX_ROWS" in str(error) and peak < 4 * MiB
+    (tmp_path / "long.csv").write_text("id,a\n" + "".join(f"{i % 1000},1\n" for i in range(1500)))
+    with pytest.raises(FeatureImportError, match=r"declares 1001 rows; the limit is CBIR_IMPORT_MAX_ROWS = 1000") as info:
+        import_features(tmp_path / "long.csv", "long", collection, tmp_path / "f")  # parsing stops at the limit + 1
+    assert info.value.http_status == 413
     np.savez(tmp_path / "wide.npz", ids=np.array([str(i) for i in range(1000)]), vectors=np.ones((1000, 300), np.float32))
     limits = ImportLimits(max_dim=8192, max_rows=1000, max_bytes=MiB)
     with pytest.raises(FeatureImportError, match=r"CBIR_IMPORT_MAX_BYTES = 1048576") as info:
