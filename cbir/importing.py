@@ -350,8 +350,9 @@ def _npy_header(fh, what: str) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(int(s) for s in shape), dtype, fh.tell()
 
 
-def _check_array(shape, dtype: np.dtype, data_bytes: int, what: str, limits: ImportLimits, role: str) -> None:
-    """Bounds and dtype of an array from its header, then that its data is all there."""
+def _check_array(shape, dtype: np.dtype, data_bytes: int, what: str, limits: ImportLimits, role: str) -> int:
+    """Bounds and dtype of an array from its header, then that its data is all there; the
+    bytes it decodes to (vectors counted as float64)."""
     if role == "ids":
         _check_ids(dtype, what)
         if len(shape) != 1:
@@ -373,6 +374,7 @@ def _check_array(shape, dtype: np.dtype, data_bytes: int, what: str, limits: Imp
     need = math.prod(shape) * dtype.itemsize
     if data_bytes < need:
         raise FeatureImportError(f"{what} is truncated: its header declares {shape} {dtype} ({need} bytes), the file holds {data_bytes}")
+    return need if role == "ids" else max(need, math.prod(shape) * 8)
 
 
 def _read_array(fh, what: str) -> np.ndarray:
@@ -408,7 +410,7 @@ def _from_npz(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarray]:
         members = {Path(i.filename).stem: i for i in archive.infolist() if i.filename.endswith(".npy")}
         picked = {role: members[_named(list(members), names, what)]
                   for role, names, what in (("ids", _KEY_NAMES, "ids array"), ("vectors", _VECTOR_NAMES, "vectors array"))}
-        arrays = {}
+        arrays, decoded = {}, 0
         for role, info in picked.items():  # every header checked before any data is read
             what = f"{info.filename} of {path.name}"
             try:
@@ -418,7 +420,8 @@ def _from_npz(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarray]:
                 raise
             except Exception as exc:
                 raise FeatureImportError(f"{what} cannot be read ({_one_line(exc)})") from None
-            _check_array(shape, dtype, info.file_size - offset, what, limits, role)
+            decoded += _check_array(shape, dtype, info.file_size - offset, what, limits, role)
+        limits.check(path.name, nbytes=decoded)
         for role, info in picked.items():
             what = f"{info.filename} of {path.name}"
             try:
