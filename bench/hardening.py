@@ -229,16 +229,57 @@ def import_bombs(tmp: Path) -> None:
         path.unlink()
 
 
+def import_race(tmp: Path, writers: int = 8) -> None:
+    """``writers`` threads import different files under one name at once, without and then
+    with replace: outcomes, and whether the store then loads (every file it names exists)."""
+    import threading
+
+    from cbir.collection import scan_collection
+    from cbir.importing import Importer, import_features
+    from cbir.store import load_store
+
+    collection = scan_collection(ROOT / "image.orig")
+    files = []
+    for i in range(writers):
+        files.append(tmp / f"race{i}.npz")
+        np.savez(files[-1], ids=np.array(collection.ids), vectors=np.random.default_rng(i).random((len(collection), 64)) * (i + 1))
+    for replace in (False, True):
+        outcomes, barrier = [], threading.Barrier(writers)
+
+        def run(path: Path) -> None:
+            barrier.wait()
+            try:
+                import_features(path, "race", collection, tmp / "features", by=Importer("bench"), replace=replace)
+                outcomes.append("ok")
+            except Exception as exc:
+                outcomes.append(str(getattr(exc, "http_status", type(exc).__name__)))
+
+        threads = [threading.Thread(target=run, args=(f,)) for f in files]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            loads = f"the store loads ({len(load_store(tmp / 'features' / 'image.orig' / 'imported:race'))} vectors)"
+        except Exception as exc:
+            loads = f"the store does not load ({exc})"
+        counts = ", ".join(f"{outcomes.count(o)} x {o}" for o in sorted(set(outcomes)))
+        print(f"{writers} concurrent imports of one name{' with replace' if replace else ''}: before only manifest.json left, "
+              f"every search failing -> after {counts}; {loads}")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cbir-bench-") as d:
         tmp = Path(d)
         if sys.argv[1:] == ["imports"]:
             import_bombs(tmp)
+            import_race(tmp)
             return
         dba_caches(tmp)
         decoding(tmp)
         login_timing(tmp)
         import_bombs(tmp)
+        import_race(tmp)
 
 
 if __name__ == "__main__":

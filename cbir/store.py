@@ -158,7 +158,7 @@ def store_lock(folder: Path):
         yield
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDONLY | os.O_CREAT, 0o644)  # flock needs no write access
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         held.add(folder)
