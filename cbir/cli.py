@@ -290,8 +290,15 @@ def cmd_import_features(args) -> int:
     from .config import get_settings
     from .importing import import_features
 
+    settings = get_settings()
     report = import_features(Path(args.file), args.name, scan_collection(args.collection),
-                             Path(args.features or get_settings().features_dir), replace=args.replace)
+                             Path(args.features or settings.features_dir), replace=args.replace)
+    if settings.redis_url:  # the audit log, best effort (an embedded Redis is not started for one line)
+        from .redisdb import get_redis
+        from .users import UserStore
+
+        UserStore(get_redis(settings)).log("features_imported", report.model, "cli", "replaced" if report.replaced else "created",
+                                           report.imported_by)
     print(report.summary())
     print(f"search with it: cbir search --id ID -m {report.model}   (fuse it: -m {report.model},efficientnet_lite0)")
     return 0

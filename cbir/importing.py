@@ -133,6 +133,7 @@ class ImportReport:
     missing: list[str] = field(default_factory=list)  # collection ids without a vector
     path: Path | None = None
     replaced: bool = False
+    imported_by: str = ""
 
     def summary(self) -> str:
         def some(items: list[str]) -> str:
@@ -643,7 +644,7 @@ def import_features(path: Path, name: str, collection: Collection, features_dir:
         save_store(store, folder)
     have = set(ids)
     missing = [i for i in collection.ids if i not in have]
-    return ImportReport(model, len(ids), store.dim, unmatched, missing, folder, replaced)
+    return ImportReport(model, len(ids), store.dim, unmatched, missing, folder, replaced, by.name)
 
 
 def import_upload(data: bytes, filename: str, name: str, collection: Collection, features_dir: Path, **options) -> ImportReport:

@@ -395,3 +395,9 @@ def test_api_bounds_owner_and_metric_error(fresh_redis, tmp_path):
             ("admin", "imported:neg", "replaced"), ("researcher", "imported:neg", "replaced"), ("researcher", "imported:neg", "created")]
         r = c.post("/api/search", json={"image_id": "5", "models": ["imported:neg"], "metric": "chi_square"}, headers=student)
         assert r.status_code == 400 and "needs non-negative values" in r.json()["error"]
+        out = subprocess.run([sys.executable, "-m", "cbir", "import-features", str(neg), "--name", "neg", "--replace"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, CBIR_FEATURES_DIR=str(features), CBIR_REDIS_URL=fresh_redis.url))
+        assert out.returncode == 0, out.stderr
+        entry = next(e for e in c.get("/api/auth_log", headers=admin).json()["entries"] if e["event"] == "features_imported")
+        assert entry["actor"].endswith("(command line)") and entry["outcome"] == "replaced"
