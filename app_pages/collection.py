@@ -14,7 +14,7 @@ from cbir.errors import CBIRError
 from cbir.importing import IMPORT_SUFFIXES
 from cbir.index import BACKEND_LABELS, backend_status
 from cbir.indexing import index_collection
-from app_pages.common import require_login, current_role, get_engine, model_label, reload_engine, show_error
+from app_pages.common import current_role, get_engine, get_users, model_label, reload_engine, require_login, show_error
 
 require_login()  # first: this page also runs if Streamlit ever reaches it without app.py
 
@@ -112,12 +112,18 @@ if current_role() in ("admin", "researcher"):
                                          help="ids (or paths / file names) and vectors; the legacy pickled list of (path, vector) is read "
                                               "by a restricted unpickler")
         import_name = c2.text_input("Name", key="coll_import_name", placeholder="e.g. clip")
+        import_replace = c2.checkbox("Replace", key="coll_import_replace", help="overwrite an existing model of this name "
+                                     "(yours, or any as an admin)")
         imported = st.form_submit_button("Import")
     if imported and features_file is not None:
-        from cbir.importing import import_upload
+        from cbir.importing import ImportLimits, Importer, import_upload
 
         try:
-            report = import_upload(features_file.getvalue(), features_file.name, import_name, collection, settings.features_dir)
+            username = st.session_state.get("username") or "unknown"
+            report = import_upload(features_file.getvalue(), features_file.name, import_name, collection, settings.features_dir,
+                                   limits=ImportLimits.from_settings(settings, len(collection)),
+                                   by=Importer(username, admin=current_role() == "admin"), replace=import_replace)
+            get_users().log("features_imported", report.model, "app", "replaced" if report.replaced else "created", username)
             reload_engine()
             st.session_state["coll_import_done"] = report.summary() + f". It is now the model **{report.model}** on every page."
             st.rerun()  # the tables above list the new model

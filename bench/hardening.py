@@ -1,7 +1,9 @@
 """Figures of the hardening work: memory of DBA caches and of decoding a huge 16-bit PNG,
-and the time of a failed login for a known vs an unknown username.
+the time of a failed login for a known vs an unknown username, and the peak memory and
+outcome of importing the issue's feature-file bombs.
 
     python bench/hardening.py            # prints one line per figure
+    python bench/hardening.py imports    # only the feature-file bombs
 """
 
 from __future__ import annotations
@@ -123,12 +125,161 @@ def login_timing(tmp: Path) -> None:
         server.stop()
 
 
+# -- imported features: the issue's bombs, at the issue's sizes --------------------------
+class _Allocates:
+    def __init__(self, n: int):
+        self.n = n
+
+    def __reduce__(self):
+        return bytearray, (self.n,)
+
+
+def _bomb_pickle_bytearray(path: Path) -> Path:
+    import pickle
+
+    path.write_bytes(pickle.dumps([("0", _Allocates(2**31))], protocol=4))  # 44 bytes
+    return path
+
+
+def _bomb_pickle_memo(path: Path) -> Path:
+    import pickle
+
+    inner = [float(i) for i in range(1000)]
+    vector = [inner] * 1000  # memoised: 1000 references to one list
+    path.write_bytes(pickle.dumps([(str(i), vector) for i in range(200)], protocol=4))
+    return path
+
+
+def _bomb_npz(path: Path, shape=(1000, 250_000)) -> Path:
+    """Deflated zeros declaring ``shape`` float32, streamed into the zip 4 MB at a time."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    ids = io.BytesIO()
+    np.save(ids, np.array([str(i) for i in range(shape[0])]))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ids.npy", ids.getvalue())
+        with zf.open("vectors.npy", "w", force_zip64=True) as fh:
+            fh.write(header.getvalue())
+            chunk, left = bytes(4 << 20), shape[0] * shape[1] * 4
+            while left:
+                fh.write(chunk[: min(left, len(chunk))])
+                left -= min(left, len(chunk))
+    return path
+
+
+def _bomb_parquet(path: Path, rows=1000, width=50_000) -> Path:
+    """zstd Parquet of ``rows`` lists of ``width`` float64 zeros, written 50 rows at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float64()))])
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for start in range(0, rows, 50):
+            values = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(50 * width)), width).cast(pa.list_(pa.float64()))
+            writer.write_table(pa.table({"id": [str(i) for i in range(start, start + 50)], "vector": values}, schema=schema))
+    return path
+
+
+#: name, builder, the issue's "before" (worker peak growth, outcome)
+IMPORT_BOMBS = (
+    ("pickle [(\"0\", bytearray(2**31))]", _bomb_pickle_bytearray, "b.pkl", "OOM-killed"),
+    ("pickle, 200 rows x one memoised 1000x1000 list", _bomb_pickle_memo, "m.pkl", "+3.8 GB, 200 x 1,000,000 store (763 MB)"),
+    (".npz of deflated zeros, (1000, 250000) float32", _bomb_npz, "z.npz", "+4.8 GB, 954 MB store"),
+    ("zstd Parquet, 1000 x 50000 float64", _bomb_parquet, "z.parquet", "+2.1 GB, 1 GB held after"),
+)
+
+
+def import_probe(path: Path, features: Path) -> dict:
+    """Import ``path`` in a fresh process (numpy, pandas and pyarrow loaded first): extra
+    peak RSS (VmHWM reset before importing), milliseconds, outcome (HTTP status and message)."""
+    probe = textwrap.dedent(f"""
+        import json, time
+        from pathlib import Path
+        import numpy as np, pandas, pyarrow.parquet
+        from cbir.collection import scan_collection
+        from cbir.importing import import_features
+        def hwm():
+            return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        collection = scan_collection(Path("image.orig"))
+        open("/proc/self/clear_refs", "w").write("5")
+        base, t = hwm(), time.perf_counter()
+        try:
+            r = import_features(Path({str(path)!r}), "bomb", collection, Path({str(features)!r}))
+            outcome = f"imported {{r.vectors}} x {{r.dim}}"
+        except Exception as exc:
+            outcome = f"{{getattr(exc, 'http_status', 500)}}: {{exc}}"
+        print(json.dumps({{"peak_mb": (hwm() - base) / 1024, "ms": (time.perf_counter() - t) * 1000, "outcome": outcome}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout)
+
+
+def import_bombs(tmp: Path) -> None:
+    for label, build, name, before in IMPORT_BOMBS:
+        path = build(tmp / name)
+        r = import_probe(path, tmp / "features")
+        size = path.stat().st_size
+        print(f"import {label} ({size:,} bytes): before {before} -> after {r['outcome'][:110]}; "
+              f"extra peak RSS {r['peak_mb']:.1f} MB, {r['ms']:.0f} ms")
+        path.unlink()
+
+
+def import_race(tmp: Path, writers: int = 8) -> None:
+    """``writers`` threads import different files under one name at once, without and then
+    with replace: outcomes, and whether the store then loads (every file it names exists)."""
+    import threading
+
+    from cbir.collection import scan_collection
+    from cbir.importing import Importer, import_features
+    from cbir.store import load_store
+
+    collection = scan_collection(ROOT / "image.orig")
+    files = []
+    for i in range(writers):
+        files.append(tmp / f"race{i}.npz")
+        np.savez(files[-1], ids=np.array(collection.ids), vectors=np.random.default_rng(i).random((len(collection), 64)) * (i + 1))
+    for replace in (False, True):
+        outcomes, barrier = [], threading.Barrier(writers)
+
+        def run(path: Path) -> None:
+            barrier.wait()
+            try:
+                import_features(path, "race", collection, tmp / "features", by=Importer("bench"), replace=replace)
+                outcomes.append("ok")
+            except Exception as exc:
+                outcomes.append(str(getattr(exc, "http_status", type(exc).__name__)))
+
+        threads = [threading.Thread(target=run, args=(f,)) for f in files]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            loads = f"the store loads ({len(load_store(tmp / 'features' / 'image.orig' / 'imported:race'))} vectors)"
+        except Exception as exc:
+            loads = f"the store does not load ({exc})"
+        counts = ", ".join(f"{outcomes.count(o)} x {o}" for o in sorted(set(outcomes)))
+        print(f"{writers} concurrent imports of one name{' with replace' if replace else ''}: before only manifest.json left, "
+              f"every search failing -> after {counts}; {loads}")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cbir-bench-") as d:
         tmp = Path(d)
+        if sys.argv[1:] == ["imports"]:
+            import_bombs(tmp)
+            import_race(tmp)
+            return
         dba_caches(tmp)
         decoding(tmp)
         login_timing(tmp)
+        import_bombs(tmp)
+        import_race(tmp)
 
 
 if __name__ == "__main__":

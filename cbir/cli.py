@@ -290,8 +290,15 @@ def cmd_import_features(args) -> int:
     from .config import get_settings
     from .importing import import_features
 
+    settings = get_settings()
     report = import_features(Path(args.file), args.name, scan_collection(args.collection),
-                             Path(args.features or get_settings().features_dir))
+                             Path(args.features or settings.features_dir), replace=args.replace)
+    if settings.redis_url:  # the audit log, best effort (an embedded Redis is not started for one line)
+        from .redisdb import get_redis
+        from .users import UserStore
+
+        UserStore(get_redis(settings)).log("features_imported", report.model, "cli", "replaced" if report.replaced else "created",
+                                           report.imported_by)
     print(report.summary())
     print(f"search with it: cbir search --id ID -m {report.model}   (fuse it: -m {report.model},efficientnet_lite0)")
     return 0
@@ -406,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file", help=".npz (ids + vectors), .npy, .parquet, .csv, or a .pkl list of (image path, vector)")
     sp.add_argument("--name", required=True, help="the model becomes imported:NAME (lower-case letters, digits, _)")
     sp.add_argument("--features", default=None, help=f"feature store folder (default: {settings.features_dir})")
+    sp.add_argument("--replace", action="store_true", help="overwrite an existing imported:NAME (else it is an error)")
     sp.set_defaults(func=cmd_import_features)
 
     sp = sub.add_parser("weights", help="manage model weights")

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     search_depth: int = Field(1000, ge=1, le=100_000, description="Candidates per model from an approximate index")
     trusted_proxies: str = Field("127.0.0.1,::1", description="Comma-separated proxy IPs whose X-Forwarded-For is believed ('*' = any)")
     login_rate: int = Field(10, ge=1, description="Login attempts per client per minute (API)")
+    import_max_dim: int = Field(8192, ge=1, description="Imported features: the largest vector dimension accepted")
+    import_max_rows: int = Field(0, ge=0, description="Imported features: the most rows (keys) a file may hold; 0 = the collection's size")
+    import_max_bytes: int = Field(1 << 30, ge=1 << 20, description="Imported features: the most bytes a file may decode to (as float64)")
     metrics_token: str | None = Field(None, description="Bearer token for /metrics from non-loopback clients; unset = loopback only")
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import CBIRError, unknown
+from .errors import CBIRError, MetricError, unknown
 
 #: A stored matrix whose prepared float32 copy would be larger than this is not copied into
 #: memory: it is searched in row blocks read straight from its (memory-mapped) source.
@@ -38,7 +38,7 @@ def _check(queries: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndar
     q = np.ascontiguousarray(q, dtype=np.float32)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not (_all_finite(q) and _all_finite(x)):
-        raise ValueError("features contain NaN or infinity")
+        raise MetricError("features contain NaN or infinity")
     return q, x
 
 
@@ -51,7 +51,7 @@ def _all_finite(a: np.ndarray) -> bool:
 def _check_non_negative(name: str, *arrays: np.ndarray) -> None:
     for a in arrays:
         if a.size and a.min() < 0:
-            raise ValueError(
+            raise MetricError(
                 f"{name} treats features as histograms and needs non-negative values "
                 f"(min found {float(a.min()):.4g}); use cosine or euclidean for these features"
             )
@@ -188,7 +188,7 @@ class PreparedIndex:
         for start, x in self._blocks():
             if not fast:
                 if not _all_finite(x):
-                    raise ValueError("features contain NaN or infinity")
+                    raise MetricError("features contain NaN or infinity")
                 if self._spec.histogram:
                     _check_non_negative(self._spec.label.lower(), x)
                 out[:, start : start + len(x)] = self._spec.kernel(q, *self._spec.prepare(x))
@@ -217,7 +217,7 @@ class PreparedIndex:
         for start, x in self._blocks():
             sq[start : start + len(x)] = np.einsum("ij,ij->i", x, x)
         if not np.isfinite(sq).all():
-            raise ValueError("features contain NaN or infinity")
+            raise MetricError("features contain NaN or infinity")
         return sq
 
 

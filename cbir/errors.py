@@ -43,6 +43,10 @@ class WeightsUnavailableError(CBIRError):
     """Model weights that are not on disk and cannot be downloaded."""
 
 
+class MetricError(CBIRError, ValueError):
+    """Features a metric cannot use: negative values for a histogram metric, NaN or infinity."""
+
+
 class StoreError(CBIRError):
     """A feature store that does not exist or does not match."""
 

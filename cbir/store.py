@@ -9,14 +9,19 @@ opens in well under a second and pages in only what a search touches. Every writ
 through :func:`write_atomic`: the new version's files first, then the manifest renamed
 over the old one, so an interrupted writer always leaves the previous version readable;
 older versions' files are removed afterwards (a reader that has them mapped keeps them).
+Writers take turns (:func:`store_lock`): two writers interleaved would each delete the
+other's files, leaving a manifest that names files no longer there.
 Stores written before this layout (one ``store.npz``) are still read, whole into memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,10 +143,41 @@ def _weights_tag(weights: str) -> str:
     return "file-" + Path(weights).stem
 
 
+_LOCKS_HELD = threading.local()
+
+
+@contextlib.contextmanager
+def store_lock(folder: Path):
+    """One writer at a time per store, across threads and processes (``cbir index``, imports,
+    API workers): an exclusive ``flock`` on ``.<store>.lock`` beside the store's folder, held
+    until the block ends and released by the kernel if the writer dies. A thread that holds
+    it already (an import that checks, then saves) passes straight through."""
+    folder = Path(folder).absolute()
+    held = _LOCKS_HELD.__dict__.setdefault("folders", set())
+    if folder in held:
+        yield
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDONLY | os.O_CREAT, 0o644)  # flock needs no write access
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(folder)
+        try:
+            yield
+        finally:
+            held.discard(folder)
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def save_store(store: FeatureStore, folder: Path, dtype: str | None = None) -> Path:
-    """Write ``store`` (as ``dtype``, default its own) as a new version of ``folder``;
-    returns the manifest's path."""
-    folder = Path(folder)
+    """Write ``store`` (as ``dtype``, default its own) as a new version of ``folder``, under
+    the store's writer lock; returns the manifest's path."""
+    with store_lock(folder):
+        return _save_store(store, Path(folder), dtype)
+
+
+def _save_store(store: FeatureStore, folder: Path, dtype: str | None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(folder)
     vectors = _as_dtype(store.embeddings, dtype or store.dtype)

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...distances import METRICS
 from ...tuning import DEFAULT_STEP, MODELS_RANGE, SWEEP_METHODS
-from ..deps import APIError, CurrentUser, Service
+from ..deps import APIError, CurrentUser, Service, Users, client_source
 from ..schemas import ErrorBody
 
 router = APIRouter(prefix="/api", tags=["research"])
 ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+IMPORT_ERRORS = {**ERRORS, 409: {"model": ErrorBody}, 413: {"model": ErrorBody}}
 
 
 class TuneWeightsRequest(BaseModel):
@@ -36,20 +37,27 @@ async def tune_weights(service: Service, user: CurrentUser, body: TuneWeightsReq
     return result.to_dict()
 
 
-@router.post("/import_features", status_code=201, responses=ERRORS,
+@router.post("/import_features", status_code=201, responses=IMPORT_ERRORS,
              summary="Import features computed elsewhere as the model imported:NAME (researchers and admins)")
-async def import_features_route(service: Service, user: CurrentUser, name: Annotated[str, Form(max_length=48)],
-                                file: Annotated[UploadFile, File(description=".npz, .npy, .parquet, .csv or a .pkl list of (path, vector)")]) -> dict:
+async def import_features_route(service: Service, user: CurrentUser, users: Users, request: Request,
+                                name: Annotated[str, Form(max_length=48)],
+                                file: Annotated[UploadFile, File(description=".npz, .npy, .parquet, .csv or a .pkl list of (path, vector)")],
+                                replace: Annotated[bool, Form(description="overwrite an existing imported:NAME (its owner or an admin)")] = False) -> dict:
     """The file's keys are matched to the collection by id, relative path or file name;
-    bigger files than the upload limit go through `cbir import-features`."""
-    from ...importing import import_upload
+    bigger files than the upload limit go through `cbir import-features`. Sizes over the
+    CBIR_IMPORT_MAX_* limits are 413; an existing name without replace is 409."""
+    from ...importing import ImportLimits, Importer, import_upload
 
     if user.role not in ("admin", "researcher"):
         raise APIError(403, f"only researchers and admins may import features (you are {user.role})")
     engine = service.engine
-    report = await run_in_threadpool(import_upload, await file.read(), file.filename, name, engine.collection, engine.settings.features_dir)
+    limits = ImportLimits.from_settings(engine.settings, len(engine.collection))
+    report = await run_in_threadpool(import_upload, await file.read(), file.filename, name, engine.collection, engine.settings.features_dir,
+                                     limits=limits, by=Importer(user.username, admin=user.role == "admin"), replace=replace)
+    users.log("features_imported", report.model, client_source(request), "replaced" if report.replaced else "created", user.username)
     return {"model": report.model, "vectors": report.vectors, "dim": report.dim, "unmatched": report.unmatched[:100],
-            "unmatched_count": len(report.unmatched), "missing_count": len(report.missing), "summary": report.summary()}
+            "unmatched_count": len(report.unmatched), "missing_count": len(report.missing), "replaced": report.replaced,
+            "summary": report.summary()}
 
 
 def csv_response(result: dict) -> Response:
