@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
 DEBIAN_TEST_PACKAGES := redis-server nginx chromium fonts-noto-color-emoji
 
-.PHONY: install run test test-fast bench system-deps clean features api screenshots
+.PHONY: install run test test-other-kernel test-fast bench system-deps clean features api screenshots
 
 install: $(STAMP)
 
@@ -47,6 +47,19 @@ api: install
 # browsers and subprocesses, so two workers share 2 cores well.
 test: $(TEST_STAMP) system-deps
 	$(BIN)/python -m pytest -p no:cacheprovider --timeout=900 --durations=15 -n 2 --dist loadfile
+	@$(MAKE) --no-print-directory test-other-kernel
+
+# The numerical tests again on OpenBLAS's Haswell kernels (what an AMD EPYC machine gets; an
+# AVX-512 Xeon picks SkylakeX ones): float32 products differ in the last bits by kernel and
+# batch size, so tests of two computation paths compare within stated tolerances, and this
+# pass keeps them honest on a second kernel. Needs AVX2; skipped on CPUs without it.
+NUMERIC_TESTS := tests/test_experiments.py tests/test_tuning.py tests/test_comparisons.py tests/test_evaluation.py \
+	tests/test_fusion.py tests/test_rerank.py tests/test_distances.py
+test-other-kernel: $(TEST_STAMP)
+	@if grep -qw avx2 /proc/cpuinfo; then \
+	  echo "numerical tests on OpenBLAS's Haswell kernels:"; \
+	  OPENBLAS_CORETYPE=Haswell $(BIN)/python -m pytest -p no:cacheprovider --timeout=900 -q -m "not milvus and not browser" $(NUMERIC_TESTS); \
+	else echo "no AVX2: the second-kernel pass is skipped"; fi
 
 # Refresh the README's screenshots (the only target that writes to docs/screenshots).
 screenshots: $(TEST_STAMP) system-deps
