@@ -155,6 +155,44 @@ def test_nan_weights_and_unknown_feedback_ids_are_400(client):
     assert r.status_code == 400 and "no-such-id" in r.json()["error"]
 
 
+# -- server paths ----------------------------------------------------------------------------
+def test_students_see_no_absolute_server_paths(fresh_redis, tmp_path):
+    """A model's status (the models cache is outside the project here) and an error about a
+    damaged store named absolute paths to anyone; now only to admins."""
+    import shutil
+
+    from tests.conftest import ROOT
+
+    features = tmp_path / "features" / "image.orig"
+    for model in ("efficientnet_lite0", "efficientnet_lite1"):
+        shutil.copytree(ROOT / "features" / "image.orig" / model, features / model)
+    next((features / "efficientnet_lite0").glob("vectors-*.npy")).unlink()  # damaged
+    settings = make_settings(fresh_redis.url, tmp_path, features_dir=tmp_path / "features")
+    absolute = re.compile(r"(?<![\w:/.])/(tmp|root|home|work|usr|opt|srv)/")
+    with TestClient(create_app(settings, warm_up=False)) as c:
+        student, admin = login(c, "student", "multimedia"), login(c, "admin", "password123")
+        shown = c.get("/api/models", headers=student).text
+        assert not absolute.search(shown), shown
+        assert "…/efficientnet_lite0" in shown or "lacks the files" in shown
+        r = c.post("/api/search", json={"image_id": "1", "models": ["efficientnet_lite0"]}, headers=student)
+        assert r.status_code >= 400 and "efficientnet_lite0" in r.json()["error"] and not absolute.search(r.json()["error"]), r.text
+        assert str(tmp_path) in c.get("/api/models", headers=admin).text  # an admin still sees where
+        r = c.post("/api/search", json={"image_id": "1", "models": ["efficientnet_lite0"]}, headers=admin)
+        assert str(features) in r.json()["error"]
+
+
+def test_public_paths_by_hand(tmp_path):
+    from cbir.errors import public_paths
+
+    root = tmp_path / "project"
+    assert public_paths(f"no feature store at {root}/features/x/m; run `cbir index` first", root) == \
+        "no feature store at features/x/m; run `cbir index` first"
+    assert public_paths(f"collection '{root}/images' holds no images.", root) == "collection 'images' holds no images."
+    assert public_paths(f"weights in {tmp_path}/cache/w.h5.", root) == "weights in …/w.h5."
+    for kept in ("missing bearer token: POST /api/login first", "no Dask scheduler answers at tcp://127.0.0.1:9"):
+        assert public_paths(kept, root) == kept  # a route and a URL are not server paths
+
+
 # -- 7. login abuse ------------------------------------------------------------------------
 def test_unknown_user_costs_as_much_as_a_wrong_password(users):
     def timed(name):

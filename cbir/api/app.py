@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +17,7 @@ from .. import __version__
 from ..cache import ResultCache
 from ..config import Settings, get_settings
 from ..engine import Engine
-from ..errors import CBIRError
+from ..errors import CBIRError, public_paths
 from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
 from ..service import SearchService
 from ..users import AuthError, ConfigError, LockedError, UserStore, bootstrap, check_production_settings
@@ -35,6 +36,14 @@ def status_for(exc: Exception) -> int:
 
 def error_response(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def shown_to(request: Request, message: str) -> str:
+    """A message as the requester may see it: server paths as they are for an admin, relative
+    to the project (or ``…/name`` outside it) for anyone else, a login form included."""
+    if getattr(request.state, "role", None) == "admin":  # set by the current_user dependency
+        return message
+    return public_paths(message, Path.cwd())
 
 
 def trusted_proxies(settings: Settings) -> list[str] | str:
@@ -60,7 +69,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.headers)
+        return error_response(exc.status, shown_to(request, exc.message), exc.headers)
 
     @app.exception_handler(CBIRError)
     async def _cbir_error(request: Request, exc: CBIRError):
@@ -68,7 +77,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": str(exc.seconds)} if isinstance(exc, LockedError) else None
         if isinstance(exc, AuthError) and not isinstance(exc, LockedError):
             headers = {"WWW-Authenticate": "Bearer"}
-        return error_response(status, str(exc), headers)
+        return error_response(status, shown_to(request, str(exc)), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -77,11 +86,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
         detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", "")} for e in errors]
-        return error_response(422, message, detail=detail)
+        return error_response(422, shown_to(request, message), detail=detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return error_response(exc.status_code, shown_to(request, str(exc.detail)), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

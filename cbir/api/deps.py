@@ -31,6 +31,7 @@ bearer = HTTPBearer(auto_error=False, description="token from POST /api/login")
 
 
 async def current_user(
+    request: Request,
     users: Annotated[UserStore, Depends(get_users)],
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
@@ -40,6 +41,7 @@ async def current_user(
     user = users.user_for_token(creds.credentials)
     if user is None:
         raise APIError(401, "token expired or invalid: log in again", {"WWW-Authenticate": "Bearer"})
+    request.state.role = user.role  # error messages show server paths to admins only
     return user
 
 
