@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     search_depth: int = Field(1000, ge=1, le=100_000, description="Candidates per model from an approximate index")
     trusted_proxies: str = Field("127.0.0.1,::1", description="Comma-separated proxy IPs whose X-Forwarded-For is believed ('*' = any)")
     login_rate: int = Field(10, ge=1, description="Login attempts per client per minute (API)")
+    login_proxy_failures: int = Field(30, ge=1, description="Failed logins per minute relayed by one trusted proxy, all "
+                                      "clients together (API); then 429 until the minute has passed")
     metrics_token: str | None = Field(None, description="Bearer token for /metrics from non-loopback clients; unset = loopback only")
 
 

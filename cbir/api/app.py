@@ -22,7 +22,7 @@ from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
 from ..service import SearchService
 from ..users import AuthError, ConfigError, LockedError, UserStore, bootstrap, check_production_settings
 from .deps import APIError
-from .middleware import RequestLimits, RequestMetrics, SecurityHeaders
+from .middleware import ForwardedFor, RequestLimits, RequestMetrics, SecurityHeaders
 
 log = logging.getLogger("cbir.api")
 
@@ -44,11 +44,6 @@ def shown_to(request: Request, message: str) -> str:
     if getattr(request.state, "role", None) == "admin":  # set by the current_user dependency
         return message
     return public_paths(message, Path.cwd())
-
-
-def trusted_proxies(settings: Settings) -> list[str] | str:
-    value = settings.trusted_proxies.strip()
-    return "*" if value == "*" else [h.strip() for h in value.split(",") if h.strip()]
 
 
 def _warm_up(service: SearchService) -> None:
@@ -129,7 +124,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     engine = engine or Engine(settings.collection, settings)
     client = get_redis(settings)
     app.state.settings = settings
-    app.state.users = UserStore(client, token_ttl=settings.session_minutes * 60, login_rate=settings.login_rate)
+    app.state.users = UserStore(client, token_ttl=settings.session_minutes * 60, login_rate=settings.login_rate,
+                                proxy_failures=settings.login_proxy_failures)
     app.state.service = SearchService(engine, ResultCache(client, enabled=settings.cache))
     app.state.redis = client
     app.state.started = time.time()
@@ -144,9 +140,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     app.add_middleware(RequestMetrics)
     app.add_middleware(RequestLimits, max_bytes=settings.max_upload_mb * 2**20 + 64 * 1024)
     app.add_middleware(SecurityHeaders)
-    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-
-    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted_proxies(settings))
+    app.add_middleware(ForwardedFor, trusted=settings.trusted_proxies)
     return app
 
 
@@ -177,6 +171,6 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     uvicorn.run(
         "cbir.api.app:app_factory", factory=True, host=host or settings.api_host, port=port or settings.api_port,
         workers=workers or settings.api_workers, log_level="info",
-        proxy_headers=False,  # ProxyHeadersMiddleware in create_app, with CBIR_TRUSTED_PROXIES
+        proxy_headers=False,  # ForwardedFor in create_app, with CBIR_TRUSTED_PROXIES
         server_header=False,
     )

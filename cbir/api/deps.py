@@ -52,9 +52,15 @@ async def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
 
 
 def client_host(request: Request) -> str:
-    """The client's address. X-Forwarded-For is applied by ProxyHeadersMiddleware, and only
-    when the connection comes from a proxy listed in CBIR_TRUSTED_PROXIES."""
+    """The client's address. X-Forwarded-For is applied by the ForwardedFor middleware (the
+    right-most hop that is not a proxy listed in CBIR_TRUSTED_PROXIES)."""
     return request.client.host if request.client else ""
+
+
+def client_proxy(request: Request) -> str:
+    """The trusted proxy that relayed the request, or "" for a direct connection."""
+    proxy = getattr(request.state, "proxy", "")
+    return f"api:{proxy}" if proxy else ""
 
 
 def client_source(request: Request) -> str:
