@@ -5,6 +5,7 @@ Session-state keys carry the page's prefix (``auth_``, ``search_``, ``eval_``, .
 
 from __future__ import annotations
 
+import html
 import time
 
 import plotly.graph_objects as go
@@ -127,6 +128,18 @@ def thumbnail_of(engine: Engine, image_id: str, size: int = 256) -> bytes:
     return thumbnail(str(path), path.stat().st_mtime, size)
 
 
+def hit_html(hit: dict) -> str:
+    """The caption under a result's thumbnail: rank, id, label, score, relevance. Ids and
+    labels come from file names and labels.csv (``<iframe srcdoc=...>.jpg`` is a legal file
+    name), so every value is escaped; numbers are formatted, never pasted."""
+    mark = "" if hit["relevant"] is None else ("✅ " if hit["relevant"] else "❌ ")
+    border = "#d1d5db" if hit["relevant"] is None else ("#16a34a" if hit["relevant"] else "#dc2626")
+    label = f" · {html.escape(str(hit['label']))}" if hit["label"] else ""
+    return (f"<div class='cbir-hit' style='border-left:4px solid {border};padding-left:6px;font-size:0.8rem'>"
+            f"{mark}<b>#{int(hit['rank'])}</b> id {html.escape(str(hit['id']))}{label}<br>"
+            f"<span style='color:#6b7280'>score {float(hit['score']):.4f}</span></div>")
+
+
 def result_grid(engine: Engine, ranked: dict, columns: int = 5, key: str = "", feedback: bool = False) -> None:
     """Thumbnails with rank, score and label; relevant ones marked green, others red."""
     hits = ranked["results"]
@@ -138,18 +151,11 @@ def result_grid(engine: Engine, ranked: dict, columns: int = 5, key: str = "", f
         cols = st.columns(columns)
         for col, h in zip(cols, row):
             with col:
-                mark = "" if h["relevant"] is None else ("✅ " if h["relevant"] else "❌ ")
-                border = "" if h["relevant"] is None else ("#16a34a" if h["relevant"] else "#dc2626")
                 try:
                     st.image(thumbnail_of(engine, h["id"]), width="stretch")
                 except (CBIRError, OSError):
                     st.caption("(image removed)")
-                label = f" · {h['label']}" if h["label"] else ""
-                st.markdown(
-                    f"<div class='cbir-hit' style='border-left:4px solid {border or '#d1d5db'};padding-left:6px;font-size:0.8rem'>"
-                    f"{mark}<b>#{h['rank']}</b> id {h['id']}{label}<br><span style='color:#6b7280'>score {h['score']:.4f}</span></div>",
-                    unsafe_allow_html=True,
-                )
+                st.markdown(hit_html(h), unsafe_allow_html=True)
                 if feedback:  # read back by the page from st.session_state
                     st.segmented_control("Feedback", ["👍", "👎"], key=f"{key}::{h['id']}", label_visibility="collapsed")
 

@@ -1,6 +1,7 @@
 """Figures of the hardening work: memory of DBA caches and of decoding a huge 16-bit PNG,
-the time of a failed login for a known vs an unknown username, and the peak memory and
-outcome of importing the issue's feature-file bombs.
+the time of a failed login for a known vs an unknown username, when a password spray that
+rotates X-Forwarded-For through a trusted proxy meets 429, and the peak memory and outcome
+of importing the issue's feature-file bombs. Needs no test packages.
 
     python bench/hardening.py            # prints one line per figure
     python bench/hardening.py imports    # only the feature-file bombs
@@ -8,6 +9,7 @@ outcome of importing the issue's feature-file bombs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import statistics
@@ -97,15 +99,26 @@ def decoding(tmp: Path) -> None:
           f"{r['ms']:.0f} ms, decoded to {tuple(r['size'])}")
 
 
-def login_timing(tmp: Path) -> None:
-    import redis
+@contextlib.contextmanager
+def embedded_users(tmp: Path, **options):
+    """A UserStore on the project's own embedded Redis in ``tmp`` (no test helpers: the
+    bench runs without pytest), stopped on exit."""
+    from cbir.config import Settings
+    from cbir.redisdb import get_redis, release_embedded, wait_stopped
+    from cbir.users import UserStore
 
-    from cbir.users import AuthError, UserStore
-    from tests.conftest import RedisServer
-
-    server = RedisServer(tmp / "redis").start()
+    settings = Settings(var_dir=tmp / "var", redis_url=None)
     try:
-        users = UserStore(redis.Redis(port=server.port, decode_responses=True))
+        yield UserStore(get_redis(settings), **options)
+    finally:
+        release_embedded(settings)
+        wait_stopped(settings)
+
+
+def login_timing(tmp: Path) -> None:
+    from cbir.users import AuthError
+
+    with embedded_users(tmp) as users:
         users.create("alice", "rabbit-hole-tea-7")
 
         def timed(name: str) -> float:
@@ -121,8 +134,30 @@ def login_timing(tmp: Path) -> None:
         known = statistics.median(timed("alice") for _ in range(4))
         unknown = statistics.median(timed(f"ghost{i}") for i in range(4))
         print(f"failed login: known user {known * 1000:.0f} ms, unknown user {unknown * 1000:.0f} ms (median of 4)")
-    finally:
-        server.stop()
+
+
+def spray_through_proxy(tmp: Path, tries: int = 40, budget: int = 30) -> int | None:
+    """A password spray from loopback (a trusted proxy) naming a new X-Forwarded-For and a
+    new username at every attempt, as the login route checks it: the attempt refused
+    first (429), or None when all ``tries`` were let through."""
+    from cbir.users import AuthError
+
+    with embedded_users(tmp, login_rate=10, proxy_failures=budget) as users:
+        for i in range(1, tries + 1):
+            source, via = f"api:10.0.{i // 250}.{i % 250}", "api:127.0.0.1"
+            if users.login_allowed(source) or users.proxy_wait(via):
+                return i
+            try:
+                users.authenticate(f"victim{i}", "Summer2024!", source, via)
+            except AuthError:
+                pass
+    return None
+
+
+def spray(tmp: Path) -> None:
+    first = spray_through_proxy(tmp)
+    print(f"password spray from loopback, new X-Forwarded-For and username each time: "
+          f"{'no 429 in 40 attempts' if first is None else f'429 at attempt {first}'} (budget 30 failures/min per proxy)")
 
 
 # -- imported features: the issue's bombs, at the issue's sizes --------------------------
@@ -278,6 +313,7 @@ def main() -> None:
         dba_caches(tmp)
         decoding(tmp)
         login_timing(tmp)
+        spray(tmp)
         import_bombs(tmp)
         import_race(tmp)
 

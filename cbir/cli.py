@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -477,7 +478,14 @@ def main(argv: list[str] | None = None) -> int:
 
         extractors.QUIET_IMPORT = True  # one-line errors: no TensorFlow banner on stderr
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone away (`cbir evaluate | head`) is caught below
+        return status
+    except BrokenPipeError:
+        # the Python docs' way (signal, "Note on SIGPIPE"): the rest of the output goes to
+        # /dev/null, so that the flush at exit does not fail again with a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except CBIRError as exc:
         return _fail(str(exc))
     except ValueError as exc:

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     import_max_dim: int = Field(8192, ge=1, description="Imported features: the largest vector dimension accepted")
     import_max_rows: int = Field(0, ge=0, description="Imported features: the most rows (keys) a file may hold; 0 = the collection's size")
     import_max_bytes: int = Field(1 << 30, ge=1 << 20, description="Imported features: the most bytes a file may decode to (as float64)")
+    login_proxy_failures: int = Field(30, ge=1, description="Failed logins per minute relayed by one trusted proxy, all "
+                                      "clients together (API); then 429 until the minute has passed")
     metrics_token: str | None = Field(None, description="Bearer token for /metrics from non-loopback clients; unset = loopback only")
 
 

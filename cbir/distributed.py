@@ -1,5 +1,7 @@
 """Feature extraction on Dask distributed: a ``LocalCluster`` of worker processes on this
-machine (``--workers N``) or an existing cluster (``--scheduler tcp://host:8786``).
+machine (``--workers N``) or an existing cluster (``--scheduler tcp://host:8786``). The local
+cluster speaks mutual TLS with a key made for the run, so no other local user's client can
+connect to it (and run code as the indexing user).
 
 The images to extract are cut into chunks of paths. Each chunk is a task: the worker
 builds the model once and keeps it for the following chunks (a per-process cache; models
@@ -117,7 +119,8 @@ class DaskRunner:
     """A Dask client for one indexing run: ``workers`` local processes, or the cluster at
     ``scheduler``. Use as a context manager; a local cluster is stopped on exit."""
 
-    def __init__(self, workers: int | None = None, scheduler: str | None = None, threads: int | None = None, chunk: int = CHUNK):
+    def __init__(self, workers: int | None = None, scheduler: str | None = None, threads: int | None = None, chunk: int = CHUNK,
+                 security=None):
         if not workers and not scheduler:
             raise DistributedError("give --workers N (a local cluster) or --scheduler tcp://host:8786")
         if chunk < 1:
@@ -125,6 +128,8 @@ class DaskRunner:
         self.workers, self.scheduler, self.chunk = workers, scheduler, chunk
         self.threads = threads or (_threads_for(workers) if workers else None)  # a cluster's workers keep their own
         self.client = self.cluster = None
+        # a local cluster makes its own (see __enter__); an existing one: this, or Dask's config (distributed.comm.tls.*)
+        self.security = security
         self.resumed = 0  # images of the last run read from an interrupted run's shards
 
     def __enter__(self) -> DaskRunner:
@@ -134,17 +139,19 @@ class DaskRunner:
             raise DistributedError("distributed extraction needs `pip install dask distributed`") from exc
         if self.scheduler:
             try:
-                self.client = Client(self.scheduler, timeout="5s")
+                self.client = Client(self.scheduler, timeout="5s", security=self.security)
             except (OSError, TimeoutError) as exc:
                 raise DistributedError(f"no Dask scheduler answers at {self.scheduler} ({exc}); start one or check "
                                        "CBIR_DASK_SCHEDULER") from None
         else:
             env = {"OMP_NUM_THREADS": str(self.threads), "TF_NUM_INTRAOP_THREADS": str(self.threads),
                    "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+            self.security = local_security()
             with _blank_main():
-                self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                            dashboard_address="127.0.0.1:0", env=env, silence_logs=50)
-            self.client = Client(self.cluster)
+                self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True, protocol="tls://",
+                                            host="127.0.0.1", security=self.security, dashboard_address="127.0.0.1:0",
+                                            env=env, silence_logs=50)
+            self.client = Client(self.cluster, security=self.security)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -208,6 +215,19 @@ class DaskRunner:
                 if progress:
                     progress(done, len(paths))
         return Extraction(feats, ok, failures, time.perf_counter() - start)
+
+
+def local_security():
+    """Mutual TLS with a key and certificate made for this run only (``Security.temporary``):
+    a plain TCP scheduler runs whatever any local user's ``Client(addr).run(...)`` sends, as
+    the indexing user; this one talks only to holders of the run's key (this driver and the
+    workers it spawns), which never leaves this process tree."""
+    from distributed import Security
+
+    try:
+        return Security.temporary()
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise DistributedError("a local Dask cluster needs `pip install cryptography` (for its TLS key)") from exc
 
 
 @contextlib.contextmanager

@@ -1,5 +1,9 @@
 """Errors the engine raises on bad input; each message says what is wrong and what to do."""
 
+import os
+import re
+from pathlib import Path
+
 
 class CBIRError(Exception):
     """Base class: a problem the user can fix, reported as one line.
@@ -53,3 +57,33 @@ class StoreError(CBIRError):
 
 def unknown(kind: str, name: object, valid) -> UnknownNameError:
     return UnknownNameError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(valid))}")
+
+
+# -- what a message may show of the server's files -------------------------------------------
+#: An absolute path in a message: starts the message or follows a space, quote or bracket
+#: (never a URL's ``//`` or an API route inside a word); ends at a space, quote, bracket,
+#: comma, semicolon or colon.
+_ABSOLUTE_PATH = re.compile(r"(?<![^\s'\"(\[=])/[^\s'\"()\[\],;:]+")
+
+
+def public_paths(message: str, root: Path) -> str:
+    """``message`` as a non-admin may see it: every absolute path on this server under
+    ``root`` (the project) shown relative to it, and any other one as ``…/name``, so that an
+    error or a model's status never tells a student how the server's disk is laid out.
+    A path is "on this server" when its first folder exists here, so that an API route such
+    as ``/api/login`` in a message stays as it is."""
+    base = Path(root).resolve()
+
+    def shown(match: re.Match) -> str:
+        text = match.group(0)
+        end = len(text.rstrip("."))  # a full stop after the path is the sentence's
+        path, tail = text[:end], text[end:]
+        if not path.strip("/") or not os.path.isdir("/" + path.strip("/").split("/")[0]):
+            return text
+        try:
+            rel = Path(path).relative_to(base)
+            return (rel.as_posix() or ".") + tail
+        except ValueError:
+            return f"…/{Path(path).name}{tail}"
+
+    return _ABSOLUTE_PATH.sub(shown, message)

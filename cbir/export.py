@@ -6,6 +6,7 @@ them as downloads, the CLI writes them."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 from typing import Sequence
@@ -15,6 +16,27 @@ import plotly.graph_objects as go
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04", "#db2777", "#65a30d"]
 Curve = tuple[str, Sequence[float], Sequence[float]]  # name, recall, precision
 SEARCH_FIELDS = ["query_id", "query_label", "metric", "backend", "method", "list", "rank", "id", "label", "score", "relevant"]
+#: A spreadsheet reads a cell that starts with one of these as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value):
+    """``value`` as a spreadsheet will show it, never run it: a string that starts with
+    ``= + - @``, tab or CR gets a leading ``'`` (OWASP's rule), so ``=HYPERLINK(...)`` stays
+    text. Anything else, numbers included (-0.5 is a number, not a formula), is unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def write_csv(header: Sequence[str], rows) -> str:
+    """The one CSV writer of every export (CLI ``--csv``, API ``?format=csv``, the app's
+    downloads): every cell, header included, through :func:`safe_cell`."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([safe_cell(h) for h in header])
+    writer.writerows([safe_cell(v) for v in row] for row in rows)
+    return out.getvalue()
 
 
 def search_json(result: dict) -> str:
@@ -25,16 +47,11 @@ def search_json(result: dict) -> str:
 
 def search_csv(result: dict) -> str:
     """One row per hit of every list (each model, then the fusion), with the parameters."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=SEARCH_FIELDS, lineterminator="\n")
-    writer.writeheader()
     lists = list(result["models"].items()) + ([("combined", result["combined"])] if result.get("combined") else [])
-    for name, ranked in lists:
-        for hit in ranked["results"]:
-            writer.writerow({"query_id": result["query"]["id"] or "(upload)", "query_label": result["query"]["label"] or "",
-                             "metric": result["metric"], "backend": result.get("backend", "exact"), "method": result.get("method") or "",
-                             "list": name, **{k: hit[k] for k in ("rank", "id", "label", "score", "relevant")}})
-    return out.getvalue()
+    query = [result["query"]["id"] or "(upload)", result["query"]["label"] or "", result["metric"], result.get("backend", "exact"),
+             result.get("method") or ""]
+    return write_csv(SEARCH_FIELDS, ([*query, name, *(hit[k] for k in ("rank", "id", "label", "score", "relevant"))]
+                                     for name, ranked in lists for hit in ranked["results"]))
 
 
 def reports_json(reports: Sequence[dict]) -> str:
@@ -44,26 +61,23 @@ def reports_json(reports: Sequence[dict]) -> str:
 def reports_csv(reports: Sequence[dict]) -> str:
     """One row per evaluation: the summary figures, then the AP of every class."""
     classes = sorted({c for r in reports for c in r.get("per_class_AP", {})})
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["name", "metric", "queries", "mAP", "P@10", "P@20", "R-precision", *[f"AP {c}" for c in classes]])
-    for r in reports:
-        writer.writerow([r["name"], r["metric"], r["queries"], r["mAP"], r["P@10"], r["P@20"], r["R-precision"],
-                         *[r.get("per_class_AP", {}).get(c, "") for c in classes]])
-    return out.getvalue()
+    return write_csv(["name", "metric", "queries", "mAP", "P@10", "P@20", "R-precision", *[f"AP {c}" for c in classes]],
+                     ([r["name"], r["metric"], r["queries"], r["mAP"], r["P@10"], r["P@20"], r["R-precision"],
+                       *[r.get("per_class_AP", {}).get(c, "") for c in classes]] for r in reports))
 
 
 def pr_figure(curves: Sequence[Curve], title: str = "Precision–recall") -> go.Figure:
     """The Plotly PR figure of the app (a fused curve, named "Combined…", drawn thicker)."""
     fig = go.Figure()
     for i, (name, recall, precision) in enumerate(curves):
+        shown = html.escape(name)  # Plotly renders names as HTML, and pr_html puts them in a <script>
         fig.add_trace(go.Scatter(
-            x=list(recall), y=list(precision), mode="lines", name=name,
+            x=list(recall), y=list(precision), mode="lines", name=shown,
             line=dict(color=PALETTE[i % len(PALETTE)], width=3 if name.startswith("Combined") else 2),
-            hovertemplate="recall %{x:.2f}<br>precision %{y:.3f}<extra>" + name + "</extra>",
+            hovertemplate="recall %{x:.2f}<br>precision %{y:.3f}<extra>" + shown + "</extra>",
         ))
     fig.update_layout(
-        title=title, xaxis_title="Recall", yaxis_title="Precision", height=380, margin=dict(l=10, r=10, t=50, b=10),
+        title=html.escape(title), xaxis_title="Recall", yaxis_title="Precision", height=380, margin=dict(l=10, r=10, t=50, b=10),
         xaxis=dict(range=[0, 1.0]), yaxis=dict(range=[0, 1.05]), legend=dict(orientation="h", y=-0.2), template="plotly_white",
     )
     return fig

@@ -71,6 +71,14 @@ def embedded_path(settings: Settings) -> Path:
     return embedded_dir(settings) / "cbir.db"
 
 
+def private_dir(folder: Path) -> Path:
+    """``folder``, created if needed, readable by its owner only (0700): it holds the dump of
+    users' bcrypt hashes and live tokens, the socket and the logs."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)  # a folder made before this rule, or under a loose umask
+    return folder
+
+
 def socket_path(folder: Path) -> Path:
     """The unix socket; in /tmp when the folder's path is too long for one (108 bytes)."""
     path = Path(folder) / "redis.sock"
@@ -124,7 +132,7 @@ def _spawn_supervisor(folder: Path, keep: bool) -> subprocess.Popen:
 
 def ensure_server(folder: Path, keep: bool = False) -> Path:
     """Start the folder's server unless one answers; returns its socket. Caller owns or keeps it."""
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     sock = socket_path(folder)
     start_fd = _open_lock(folder / "start.lock")
     try:
@@ -152,7 +160,7 @@ def start_embedded(settings: Settings | None = None) -> Path:
     folder = embedded_dir(settings)
     with _lock:
         if str(folder) not in _owned:
-            folder.mkdir(parents=True, exist_ok=True)
+            private_dir(folder)
             fd = _open_lock(folder / "owners.lock")
             fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a supervisor is shutting down
             _owned[str(folder)] = fd
@@ -212,7 +220,10 @@ def _die_with_parent() -> None:
 
 
 def supervise(folder: Path, keep: bool = False) -> int:
-    folder = Path(folder).resolve()
+    folder = private_dir(Path(folder).resolve())
+    os.umask(0o077)  # redis-server inherits it: the dump (users' bcrypt hashes), its temporaries and logs are 0600
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(folder / "cbir.db", 0o600)  # a dump saved before this rule
     sock = socket_path(folder)
     sock.unlink(missing_ok=True)
     config = "\n".join([

@@ -172,10 +172,11 @@ def _check_password(stored: str, password: str) -> tuple[bool, bool]:
 
 
 class UserStore:
-    def __init__(self, client: redis.Redis, token_ttl: int = 30 * 60, login_rate: int = 10):
+    def __init__(self, client: redis.Redis, token_ttl: int = 30 * 60, login_rate: int = 10, proxy_failures: int = 30):
         self.r = client
         self.token_ttl = token_ttl
         self.login_rate = login_rate
+        self.proxy_failures = proxy_failures
         self._recent: dict[str, tuple[User, float]] = {}
         self._local_rate: dict[str, list[float]] = {}  # attempt times, used while Redis is away
 
@@ -257,11 +258,45 @@ class UserStore:
         self._local_rate[source] = recent
         return self._refused(source, now, recent[0], False)
 
-    def _refused(self, source: str, now: float, oldest: float, first: bool) -> int:
+    def _refused(self, source: str, now: float, oldest: float, first: bool, why: str = "") -> int:
         metrics.RATE_LIMITED.inc()
         if first:
-            self.log("rate_limited", "", source, f"over {self.login_rate} logins/min")
+            self.log("rate_limited", "", source, why or f"over {self.login_rate} logins/min")
         return max(1, math.ceil(oldest + RATE_WINDOW - now))
+
+    def proxy_wait(self, via: str) -> int:
+        """0 when the trusted proxy ``via`` relayed fewer than ``proxy_failures`` failed logins
+        in the last RATE_WINDOW seconds, else seconds to wait ("" = a direct connection: 0).
+
+        The per-client limit trusts the address a proxy forwards; a client allowed to act
+        as a proxy (loopback, by default) can name a new address at every attempt, and so
+        can spray passwords over many usernames. This budget counts what the proxy relayed,
+        whatever address it named; a failure per username still locks that username."""
+        if not via:
+            return 0
+        key, now = f"{P}rate:proxy-failures:{via}", time.time()
+        try:
+            pipe = self.r.pipeline()
+            pipe.zremrangebyscore(key, 0, now - RATE_WINDOW)
+            pipe.zcard(key)
+            pipe.zrange(key, 0, 0, withscores=True)
+            _, count, oldest = pipe.execute()
+        except REDIS_DOWN:
+            return 0  # the login itself then answers 503
+        if count < self.proxy_failures:
+            return 0
+        pipe = self.r.pipeline()
+        pipe.set(f"{key}:logged", 1, nx=True, ex=RATE_WINDOW)
+        return self._refused(via, now, oldest[0][1] if oldest else now, bool(pipe.execute()[0]),
+                             f"over {self.proxy_failures} failed logins/min through this proxy")
+
+    def _count_proxy_failure(self, via: str) -> None:
+        if via:
+            now, key = time.time(), f"{P}rate:proxy-failures:{via}"
+            pipe = self.r.pipeline()
+            pipe.zadd(key, {f"{now:.6f}:{secrets.token_hex(4)}": now})
+            pipe.expire(key, RATE_WINDOW + 1)
+            self._call(pipe.execute)
 
     # -- users ------------------------------------------------------------------------
     def get(self, username: str) -> User | None:
@@ -371,7 +406,10 @@ class UserStore:
             self.log("login", username, source, "locked")
             raise LockedError(username, remaining)
 
-    def record_failure(self, username: str, source: str = "") -> None:
+    def record_failure(self, username: str, source: str = "", via: str = "") -> None:
+        """One failed login: counted for ``username`` from every source together (5 in 15
+        minutes lock it) and for the proxy ``via`` that relayed it (see :meth:`proxy_wait`)."""
+        self._count_proxy_failure(via)
         now = time.time()
         key = f"{P}auth:fail:{username}"
         pipe = self.r.pipeline()
@@ -392,8 +430,9 @@ class UserStore:
         self._call(self.r.delete, f"{P}auth:fail:{username}")
         self.log("login", username, source, "success")
 
-    def authenticate(self, username: str, password: str, source: str = "") -> User:
-        """Check a password; lockout, legacy rehash and logging included."""
+    def authenticate(self, username: str, password: str, source: str = "", via: str = "") -> User:
+        """Check a password; lockout, legacy rehash and logging included. ``via``: the trusted
+        proxy that relayed the attempt, if any."""
         username = str(username or "").strip().lower()
         self.check_not_locked(username, source)
         stored = self._call(self.r.hget, self._key(username), "password")
@@ -403,7 +442,7 @@ class UserStore:
             _dummy_check(password)  # same work as for a real user: no username enumeration
             ok, rehash = False, False
         if not ok:
-            self.record_failure(username, source)
+            self.record_failure(username, source, via)
             self.check_not_locked(username, source)
             raise AuthError("wrong username or password")
         if rehash:

@@ -473,3 +473,72 @@ def test_password_reset_ends_open_sessions_and_old_cookies(browser, app_server, 
     pg.wait_for_timeout(1500)
     assert pg.get_by_text("Images indexed").count() == 0 and pg.get_by_role("heading", name="📈 Evaluate").count() == 0
     context.close()
+
+
+# -- hostile names: a file name and labels that are HTML ------------------------------------
+HOSTILE_ID = "<iframe srcdoc='<img src=x onerror=parent.__pwned=1>'>"  # a legal file name: no slash
+HOSTILE_LABEL = "<img src=x onerror=window.__pwned=2>"
+
+
+@pytest.fixture
+def hostile_app(tmp_path):
+    """The app on a collection of four real images, one named as HTML that runs script, all
+    labelled with HTML that runs script, and random features imported for them."""
+    import shutil
+    import sys
+
+    import numpy as np
+
+    from cbir.collection import scan_collection
+    from cbir.importing import import_features
+    from tests.conftest import COLLECTION, RedisServer, ServiceProcess, free_port, service_env
+
+    root = tmp_path / "images"
+    root.mkdir()
+    names = [HOSTILE_ID, "a", "b", "c"]
+    for i, name in enumerate(names):
+        shutil.copy(COLLECTION / f"{i}.jpg", root / f"{name}.jpg")
+    import csv
+
+    with open(root / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("id", "label"), *((n, HOSTILE_LABEL) for n in names)])
+    np.savez(tmp_path / "f.npz", ids=np.array(names), vectors=np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32))
+    import_features(tmp_path / "f.npz", "rand", scan_collection(root), tmp_path / "features")
+    redis = RedisServer(tmp_path / "redis").start()
+    port = free_port()
+    server = ServiceProcess(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        port, service_env(redis.url, tmp_path, CBIR_LOGIN_RATE="1000", CBIR_COLLECTION=str(root),
+                          CBIR_FEATURES_DIR=str(tmp_path / "features")),
+        tmp_path / "app.log", ready_path="/_stcore/health",
+    )
+    try:
+        yield server.start()
+    finally:
+        server.stop()  # by its pid, as the Redis below
+        redis.stop()
+
+
+def test_collection_names_and_labels_never_run_as_script(browser, hostile_app):
+    context = browser.new_context(viewport={"width": 1400, "height": 1800})
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT)
+        pg.goto(hostile_app.url)
+        logged_in(pg, "student", "multimedia")
+        shown = pg.locator(".cbir-hit", has_text=HOSTILE_ID)
+        for _ in range(8):  # until the hostile file is a hit, not the query (3 in 4 each time)
+            pg.get_by_role("button", name=re.compile("Random")).click()
+            run_search(pg)
+            settled(pg)
+            expect(pg.locator(".cbir-hit")).to_have_count(3)
+            pg.wait_for_timeout(500)  # an injected image's onerror fires as soon as it fails to load
+            assert pg.evaluate("window.__pwned") is None
+            expect(pg.locator(".cbir-hit").first).to_contain_text(HOSTILE_LABEL)  # shown as text
+            if shown.count():
+                break
+        assert shown.count() == 1 and pg.locator(".cbir-hit iframe, .cbir-hit img").count() == 0
+        assert pg.evaluate("window.__pwned") is None
+    finally:
+        context.close()

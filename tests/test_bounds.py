@@ -1,5 +1,11 @@
 """Every cache and every input has a bound: DBA matrices in memory and on disk, decoding
-memory for huge-but-legal images."""
+memory for huge-but-legal images. The bench that prints these figures needs no test packages."""
+
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import ROOT
 
 
 def test_dba_caches_stay_bounded(tmp_path):
@@ -26,3 +32,20 @@ def test_huge_16_bit_png_decodes_in_bounded_memory(tmp_path):
     assert r["peak_mb"] < 150, f"decoding cost {r['peak_mb']:.0f} MB extra"
     # the content survives the area-averaging: 1 pixel in 35 at 40000/65535 of white
     assert abs(r["mean"] - 255 * 40000 / 65535 / 35) < 1.0, r["mean"]
+
+
+def test_hardening_bench_runs_without_pytest(tmp_path):
+    """`python bench/hardening.py` took its Redis from tests.conftest, so it crashed where
+    pytest is not installed; its login figures run on the project's embedded Redis now."""
+    probe = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        sys.modules["pytest"] = None  # `import pytest` fails, as with the runtime packages only
+        sys.path.insert(0, {str(ROOT)!r})
+        import bench.hardening as bench
+        bench.login_timing(Path({str(tmp_path / "a")!r}))
+        print("429 at", bench.spray_through_proxy(Path({str(tmp_path / "b")!r}), tries=6, budget=3))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "failed login: known user" in out.stdout and "429 at 4" in out.stdout, out.stdout

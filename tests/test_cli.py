@@ -44,6 +44,23 @@ def test_evaluate_needs_labels(tmp_path, collection_dir, session_tmp):
     assert r.returncode != 0 and "has no labels" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_output_cut_short_by_its_reader_is_quiet():
+    """`cbir evaluate | head -1`: the reader goes away before the output is written; the
+    command ended with a BrokenPipeError traceback, and now ends quietly with status 1."""
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "cbir", "evaluate", "-q", "-m", "efficientnet_lite0", "--queries", "100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.close()  # the reader is gone
+    try:
+        err = proc.stderr.read().decode()
+        assert proc.wait(300) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_help_for_every_command():
     for cmd in ("index", "search", "evaluate", "models"):
         r = run(cmd, "--help")

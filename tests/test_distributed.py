@@ -5,6 +5,8 @@ resumed. Every process started here is stopped here, by its pid."""
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -70,7 +72,7 @@ def test_local_cluster_equals_in_process_and_a_killed_worker_loses_nothing(tmp_p
     seen, killed = [], []
     with DaskRunner(workers=2, chunk=4) as runner:
         assert runner.threads == 1 and runner.dashboard.startswith("http://127.0.0.1:")
-        with pytest.raises(DistributedError, match=r"Dask worker tcp://127\.0\.0\.1:\d+ cannot read the collection at /nowhere"):
+        with pytest.raises(DistributedError, match=r"Dask worker tls://127\.0\.0\.1:\d+ cannot read the collection at /nowhere"):
             runner.check_workers(Path("/nowhere"), [root / "0.jpg"])
         pids = list(runner.worker_pids().values())
         assert len(pids) == 2
@@ -88,7 +90,7 @@ def test_local_cluster_equals_in_process_and_a_killed_worker_loses_nothing(tmp_p
         few.mkdir()
         for f in sorted(root.glob("*.jpg"))[:6]:
             shutil.copy(f, few / f.name)
-        with DaskRunner(scheduler=runner.cluster.scheduler_address) as remote:
+        with DaskRunner(scheduler=runner.cluster.scheduler_address, security=runner.security) as remote:
             assert remote.threads is None and remote.cluster is None
             small = index_collection(scan_collection(few), MODEL, tmp_path / "f2", runner=remote)
     store = load_store(small.path)
@@ -98,6 +100,40 @@ def test_local_cluster_equals_in_process_and_a_killed_worker_loses_nothing(tmp_p
     assert seen[-1] == 65 and seen == sorted(seen)  # the bar is fed by finished chunks
     _assert_same_store(load_store(report.path), reference)
     assert not (report.path / SHARDS).exists()  # shards are removed once the store is written
+
+
+def _tls_exchange(address: str, cert: tuple[Path, Path] | None) -> bytes:
+    """What a TLS client that trusts any server gets from ``address`` after sending a few
+    bytes, presenting ``cert`` (certificate, key files) or no certificate."""
+    host, port = address.split("://", 1)[1].rsplit(":", 1)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(*cert)
+    with socket.create_connection((host, int(port)), timeout=5) as raw, ctx.wrap_socket(raw) as conn:
+        conn.sendall(b"\0" * 8)
+        return conn.recv(1)
+
+
+def test_the_local_scheduler_refuses_clients_without_the_run_key(tmp_path):
+    """A plain scheduler ran any local user's `Client(addr).run(...)` as the indexing user;
+    this one asks for the run's TLS key: plain TCP, no certificate and another key's
+    certificate are all refused by the scheduler."""
+    from distributed import Client, Security
+
+    other = Security.temporary()
+    (tmp_path / "cert.pem").write_text(other.tls_client_cert)
+    (tmp_path / "key.pem").write_text(other.tls_client_key)
+    with DaskRunner(workers=1) as runner:
+        address = runner.cluster.scheduler_address
+        with pytest.raises(OSError):
+            intruder = Client(f"tcp://{address.split('://', 1)[1]}", timeout="3s")
+            intruder.close()  # reached only when the scheduler let it in
+        assert address.startswith("tls://127.0.0.1:")
+        for cert in (None, (tmp_path / "cert.pem", tmp_path / "key.pem")):
+            with pytest.raises((ssl.SSLError, ConnectionError)):  # an alert, or the connection closed in the handshake
+                _tls_exchange(address, cert)
+        assert list(runner.client.run(os.getuid).values()) == [os.getuid()]  # the run's own client works
 
 
 def test_an_unreachable_scheduler_is_one_clear_line(tmp_path, images):

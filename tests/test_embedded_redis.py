@@ -96,6 +96,24 @@ def test_owners_share_one_server_that_stops_with_the_last(tmp_path):
     wait_none_left(var)
 
 
+def test_the_dump_of_password_hashes_and_its_folder_are_private(tmp_path):
+    """Under the usual umask 022, and with a folder made before the rule, the RDB file of
+    users' bcrypt hashes is 0600 and its folder 0700, as the cookie secret is."""
+    var = tmp_path / "var"
+    (var / "redis").mkdir(parents=True)
+    os.chmod(var / "redis", 0o755)
+    saved = os.umask(0o022)
+    try:
+        [p] = owners(var, 1, hold=0)  # its server saves the dump when it stops
+        p.wait(30)
+        wait_none_left(var)
+    finally:
+        os.umask(saved)
+    dump = var / "redis" / "cbir.db"
+    assert dump.exists() and oct(dump.stat().st_mode & 0o777) == oct(0o600)
+    assert oct((var / "redis").stat().st_mode & 0o777) == oct(0o700)
+
+
 def test_an_owner_killed_with_sigkill_still_releases_the_server(tmp_path):
     var = tmp_path / "var"
     [p] = owners(var, 1, hold=600)

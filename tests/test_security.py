@@ -155,6 +155,44 @@ def test_nan_weights_and_unknown_feedback_ids_are_400(client):
     assert r.status_code == 400 and "no-such-id" in r.json()["error"]
 
 
+# -- server paths ----------------------------------------------------------------------------
+def test_students_see_no_absolute_server_paths(fresh_redis, tmp_path):
+    """A model's status (the models cache is outside the project here) and an error about a
+    damaged store named absolute paths to anyone; now only to admins."""
+    import shutil
+
+    from tests.conftest import ROOT
+
+    features = tmp_path / "features" / "image.orig"
+    for model in ("efficientnet_lite0", "efficientnet_lite1"):
+        shutil.copytree(ROOT / "features" / "image.orig" / model, features / model)
+    next((features / "efficientnet_lite0").glob("vectors-*.npy")).unlink()  # damaged
+    settings = make_settings(fresh_redis.url, tmp_path, features_dir=tmp_path / "features")
+    absolute = re.compile(r"(?<![\w:/.])/(tmp|root|home|work|usr|opt|srv)/")
+    with TestClient(create_app(settings, warm_up=False)) as c:
+        student, admin = login(c, "student", "multimedia"), login(c, "admin", "password123")
+        shown = c.get("/api/models", headers=student).text
+        assert not absolute.search(shown), shown
+        assert "…/efficientnet_lite0" in shown or "lacks the files" in shown
+        r = c.post("/api/search", json={"image_id": "1", "models": ["efficientnet_lite0"]}, headers=student)
+        assert r.status_code >= 400 and "efficientnet_lite0" in r.json()["error"] and not absolute.search(r.json()["error"]), r.text
+        assert str(tmp_path) in c.get("/api/models", headers=admin).text  # an admin still sees where
+        r = c.post("/api/search", json={"image_id": "1", "models": ["efficientnet_lite0"]}, headers=admin)
+        assert str(features) in r.json()["error"]
+
+
+def test_public_paths_by_hand(tmp_path):
+    from cbir.errors import public_paths
+
+    root = tmp_path / "project"
+    assert public_paths(f"no feature store at {root}/features/x/m; run `cbir index` first", root) == \
+        "no feature store at features/x/m; run `cbir index` first"
+    assert public_paths(f"collection '{root}/images' holds no images.", root) == "collection 'images' holds no images."
+    assert public_paths(f"weights in {tmp_path}/cache/w.h5.", root) == "weights in …/w.h5."
+    for kept in ("missing bearer token: POST /api/login first", "no Dask scheduler answers at tcp://127.0.0.1:9"):
+        assert public_paths(kept, root) == kept  # a route and a URL are not server paths
+
+
 # -- 7. login abuse ------------------------------------------------------------------------
 def test_unknown_user_costs_as_much_as_a_wrong_password(users):
     def timed(name):
@@ -211,6 +249,43 @@ def test_forwarded_for_only_from_trusted_proxies(settings, users):
         c.post("/api/login", json={"username": "student", "password": "wrong"}, headers={"X-Forwarded-For": "7.7.7.7"})
     sources = [e["source"] for e in users.auth_log() if e["outcome"] == "failure"]
     assert "api:7.7.7.7" in sources and "api:6.6.6.6" not in sources and "api:testclient" in sources
+
+
+def test_forwarded_client_is_the_right_most_untrusted_hop():
+    from cbir.api.middleware import TrustedProxies, forwarded_client
+
+    proxies = TrustedProxies("127.0.0.1, 10.0.0.0/8")
+    assert forwarded_client("203.0.113.9", ["6.6.6.6"], proxies) == "203.0.113.9"  # not a proxy: its header is ignored
+    assert forwarded_client("127.0.0.1", ["6.6.6.6, 198.51.100.7"], proxies) == "198.51.100.7"  # the left one is forged
+    assert forwarded_client("127.0.0.1", ["6.6.6.6, 198.51.100.7, 10.1.2.3"], proxies) == "198.51.100.7"  # two proxies
+    assert forwarded_client("127.0.0.1", ["6.6.6.6", "198.51.100.7"], proxies) == "198.51.100.7"  # two header lines
+    assert forwarded_client("127.0.0.1", ["10.9.9.9, 10.1.2.3"], proxies) == "10.9.9.9"  # every hop a proxy
+    assert forwarded_client("127.0.0.1", [], proxies) == "127.0.0.1"
+    assert forwarded_client("192.0.2.1", ["6.6.6.6, 198.51.100.7"], TrustedProxies("*")) == "198.51.100.7"  # one hop only
+
+
+def test_a_spray_through_a_trusted_proxy_rotating_forwarded_for_meets_429(settings):
+    """From loopback (a trusted proxy), a new X-Forwarded-For and a new username at every
+    attempt: the per-client limit and the per-username lock never met each other's attempts,
+    so the spray never met 429; the proxy's failure budget (10 here) stops it."""
+    settings = settings.model_copy(update={"trusted_proxies": "testclient", "login_proxy_failures": 10})
+    with TestClient(create_app(settings, warm_up=False)) as c:
+        codes = [c.post("/api/login", json={"username": f"victim{i}", "password": "Summer2024!"},
+                        headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code for i in range(15)]
+        assert codes[:10] == [401] * 10 and codes[10:] == [429] * 5, codes
+        r = c.post("/api/login", json={"username": "student", "password": "multimedia"}, headers={"X-Forwarded-For": "10.0.1.1"})
+        assert r.status_code == 429 and 0 < int(r.headers["retry-after"]) <= 60 and "through this proxy" in r.json()["error"]
+    with TestClient(create_app(settings.model_copy(update={"trusted_proxies": "127.0.0.1"}), warm_up=False)) as c:
+        # a direct client (not a proxy) has only its own limits
+        assert c.post("/api/login", json={"username": "student", "password": "multimedia"}).status_code == 200
+
+
+def test_one_username_from_rotating_forwarded_for_is_locked(settings):
+    settings = settings.model_copy(update={"trusted_proxies": "testclient"})
+    with TestClient(create_app(settings, warm_up=False)) as c:
+        codes = [c.post("/api/login", json={"username": "student", "password": "wrong"},
+                        headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code for i in range(15)]
+    assert codes[:4] == [401] * 4 and set(codes[4:]) == {429}, codes  # 5 failures from any sources lock the username
 
 
 def test_auth_log_keeps_lockouts_and_admin_actions_during_a_flood(users):

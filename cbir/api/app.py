@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,12 +17,12 @@ from .. import __version__
 from ..cache import ResultCache
 from ..config import Settings, get_settings
 from ..engine import Engine
-from ..errors import CBIRError
+from ..errors import CBIRError, public_paths
 from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
 from ..service import SearchService
 from ..users import AuthError, ConfigError, LockedError, UserStore, bootstrap, check_production_settings
 from .deps import APIError
-from .middleware import RequestLimits, RequestMetrics, SecurityHeaders
+from .middleware import ForwardedFor, RequestLimits, RequestMetrics, SecurityHeaders
 
 log = logging.getLogger("cbir.api")
 
@@ -37,9 +38,12 @@ def error_response(status: int, message: str, headers: dict | None = None, **ext
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-def trusted_proxies(settings: Settings) -> list[str] | str:
-    value = settings.trusted_proxies.strip()
-    return "*" if value == "*" else [h.strip() for h in value.split(",") if h.strip()]
+def shown_to(request: Request, message: str) -> str:
+    """A message as the requester may see it: server paths as they are for an admin, relative
+    to the project (or ``…/name`` outside it) for anyone else, a login form included."""
+    if getattr(request.state, "role", None) == "admin":  # set by the current_user dependency
+        return message
+    return public_paths(message, Path.cwd())
 
 
 def _warm_up(service: SearchService) -> None:
@@ -60,7 +64,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.headers)
+        return error_response(exc.status, shown_to(request, exc.message), exc.headers)
 
     @app.exception_handler(CBIRError)
     async def _cbir_error(request: Request, exc: CBIRError):
@@ -68,7 +72,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": str(exc.seconds)} if isinstance(exc, LockedError) else None
         if isinstance(exc, AuthError) and not isinstance(exc, LockedError):
             headers = {"WWW-Authenticate": "Bearer"}
-        return error_response(status, str(exc), headers)
+        return error_response(status, shown_to(request, str(exc)), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -77,11 +81,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request")
         detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", "")} for e in errors]
-        return error_response(422, message, detail=detail)
+        return error_response(422, shown_to(request, message), detail=detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return error_response(exc.status_code, shown_to(request, str(exc.detail)), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
@@ -120,7 +124,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     engine = engine or Engine(settings.collection, settings)
     client = get_redis(settings)
     app.state.settings = settings
-    app.state.users = UserStore(client, token_ttl=settings.session_minutes * 60, login_rate=settings.login_rate)
+    app.state.users = UserStore(client, token_ttl=settings.session_minutes * 60, login_rate=settings.login_rate,
+                                proxy_failures=settings.login_proxy_failures)
     app.state.service = SearchService(engine, ResultCache(client, enabled=settings.cache))
     app.state.redis = client
     app.state.started = time.time()
@@ -135,9 +140,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     app.add_middleware(RequestMetrics)
     app.add_middleware(RequestLimits, max_bytes=settings.max_upload_mb * 2**20 + 64 * 1024)
     app.add_middleware(SecurityHeaders)
-    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-
-    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted_proxies(settings))
+    app.add_middleware(ForwardedFor, trusted=settings.trusted_proxies)
     return app
 
 
@@ -168,6 +171,6 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     uvicorn.run(
         "cbir.api.app:app_factory", factory=True, host=host or settings.api_host, port=port or settings.api_port,
         workers=workers or settings.api_workers, log_level="info",
-        proxy_headers=False,  # ProxyHeadersMiddleware in create_app, with CBIR_TRUSTED_PROXIES
+        proxy_headers=False,  # ForwardedFor in create_app, with CBIR_TRUSTED_PROXIES
         server_header=False,
     )

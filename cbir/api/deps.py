@@ -31,6 +31,7 @@ bearer = HTTPBearer(auto_error=False, description="token from POST /api/login")
 
 
 async def current_user(
+    request: Request,
     users: Annotated[UserStore, Depends(get_users)],
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
@@ -40,6 +41,7 @@ async def current_user(
     user = users.user_for_token(creds.credentials)
     if user is None:
         raise APIError(401, "token expired or invalid: log in again", {"WWW-Authenticate": "Bearer"})
+    request.state.role = user.role  # error messages show server paths to admins only
     return user
 
 
@@ -50,9 +52,15 @@ async def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
 
 
 def client_host(request: Request) -> str:
-    """The client's address. X-Forwarded-For is applied by ProxyHeadersMiddleware, and only
-    when the connection comes from a proxy listed in CBIR_TRUSTED_PROXIES."""
+    """The client's address. X-Forwarded-For is applied by the ForwardedFor middleware (the
+    right-most hop that is not a proxy listed in CBIR_TRUSTED_PROXIES)."""
     return request.client.host if request.client else ""
+
+
+def client_proxy(request: Request) -> str:
+    """The trusted proxy that relayed the request, or "" for a direct connection."""
+    proxy = getattr(request.state, "proxy", "")
+    return f"api:{proxy}" if proxy else ""
 
 
 def client_source(request: Request) -> str:

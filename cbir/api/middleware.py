@@ -1,11 +1,13 @@
-"""ASGI middleware of the API: request limits enforced while the body streams in, security
-headers on every response, and Prometheus request metrics.
+"""ASGI middleware of the API: the client's address behind trusted proxies, request limits
+enforced while the body streams in, security headers on every response, and Prometheus
+request metrics.
 
 Pure ASGI (no BaseHTTPMiddleware): the body is counted chunk by chunk, so a chunked upload
 without Content-Length is refused as soon as it passes the limit, not after being read."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 
@@ -65,6 +67,68 @@ async def _send_json(send: Send, status: int, message: str, headers: list | None
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
+
+
+class TrustedProxies:
+    """``CBIR_TRUSTED_PROXIES``: addresses and networks (``10.0.0.0/8``) whose
+    X-Forwarded-For is believed, or ``*`` (any peer is a proxy)."""
+
+    def __init__(self, value: str):
+        value = value.strip()
+        self.any = value == "*"
+        self.hosts, self.networks = set(), []
+        for item in ([] if self.any else [h.strip() for h in value.split(",") if h.strip()]):
+            try:
+                (self.networks.append(ipaddress.ip_network(item, strict=False)) if "/" in item
+                 else self.hosts.add(ipaddress.ip_address(item)))
+            except ValueError:
+                self.hosts.add(item)  # a name, e.g. the test client's "testclient"
+
+    def __contains__(self, host: str) -> bool:
+        if self.any:
+            return True
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return host in self.hosts
+        return ip in self.hosts or any(ip in net for net in self.networks)
+
+
+def forwarded_client(peer: str, forwarded_for: list[str], trusted: TrustedProxies) -> str:
+    """The client's address: ``peer`` when it is not a trusted proxy; otherwise the
+    right-most X-Forwarded-For entry that is not a trusted proxy (each proxy appends the
+    address it saw; everything left of the first untrusted hop is the client's to forge).
+    With ``*`` only the nearest hop is believed: the right-most entry."""
+    if peer not in trusted:
+        return peer
+    hops = [h.strip() for value in forwarded_for for h in value.split(",") if h.strip()]
+    if not hops:
+        return peer
+    if trusted.any:
+        return hops[-1]
+    for hop in reversed(hops):
+        if hop not in trusted:
+            return hop
+    return hops[0]  # every hop a trusted proxy: the first one is the client
+
+
+class ForwardedFor:
+    """Sets the request's client to :func:`forwarded_client`, and ``request.state.proxy`` to
+    the trusted proxy that relayed it (its failed logins share one budget, so a client that
+    rotates X-Forwarded-For through it still meets a limit)."""
+
+    def __init__(self, app: ASGIApp, trusted: str):
+        self.app, self.trusted = app, TrustedProxies(trusted)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope.get("client"):
+            peer, port = scope["client"]
+            values = [v.decode("latin1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+            client = forwarded_client(peer, values, self.trusted)
+            if client != peer:
+                scope["client"] = (client, 0)
+                scope.setdefault("state", {})["proxy"] = peer
+        await self.app(scope, receive, send)
 
 
 class RequestLimits:

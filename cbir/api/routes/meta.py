@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 import hmac
 import ipaddress
+from pathlib import Path
 
 from fastapi.responses import JSONResponse, Response
 
+from ...errors import public_paths
 from ...extractors import default_model
 from ...redisdb import ping
 from ..deps import APIError, CurrentUser, Service, client_host
@@ -37,7 +39,11 @@ def ready(request: Request, service: Service):
 
 @router.get("/api/models", tags=["collection"], summary="Every model: availability and why, indexed images")
 def models(service: Service, user: CurrentUser) -> dict:
-    return {"default": default_model(), "models": service.engine.model_info()}
+    """Why a model is unavailable names files: relative to the project unless for an admin."""
+    info = service.engine.model_info()
+    if user.role != "admin":
+        info = [{**m, "reason": public_paths(m["reason"], Path.cwd()) if m["reason"] else m["reason"]} for m in info]
+    return {"default": default_model(), "models": info}
 
 
 @router.get("/api/stats", tags=["collection"], summary="Images, models, metrics, searches, cache hit rate, uptime")
