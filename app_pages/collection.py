@@ -14,7 +14,7 @@ from cbir.errors import CBIRError
 from cbir.importing import IMPORT_SUFFIXES
 from cbir.index import BACKEND_LABELS, backend_status
 from cbir.indexing import index_collection
-from app_pages.common import current_role, get_engine, get_users, model_label, reload_engine, require_login, show_error
+from app_pages.common import current_role, for_this_user, get_engine, get_users, model_label, reload_engine, require_login, show_error
 
 require_login()  # first: this page also runs if Streamlit ever reaches it without app.py
 
@@ -52,7 +52,7 @@ missing = [m for m in infos if not m["available"]]
 if missing:
     with st.expander(f"Missing weights ({len(missing)}) and how to get them"):
         for m in missing:
-            st.markdown(f"**{model_label(m['name'])}**: {m['reason']}")
+            st.markdown(f"**{model_label(m['name'])}**: {for_this_user(m['reason'])}")
 
 st.subheader("Index or update")
 available = [m["name"] for m in infos if m["available"] and m["extracts"]]  # imported features are never extracted
@@ -85,7 +85,7 @@ def index_models(runner) -> None:
         if report.failures:
             with st.expander(f"{len(report.failures)} image(s) skipped"):
                 for path, reason in report.failures:
-                    st.text(reason)
+                    st.text(for_this_user(reason))
 
 
 if st.button("Index / update", type="primary", key="coll_index", disabled=not chosen):

@@ -95,14 +95,24 @@ def require_login(roles: set[str] | None = None) -> str:
     return role
 
 
+def for_this_user(message: str) -> str:
+    """``message`` with server paths shown relative to the project (others as ``…/name``),
+    unless the user is an admin: the same rule as the API's."""
+    from pathlib import Path
+
+    from cbir.errors import public_paths
+
+    return message if current_role() == "admin" else public_paths(message, Path.cwd())
+
+
 def show_error(exc: Exception) -> None:
-    """One clear message, never a stack trace."""
+    """One clear message, never a stack trace, and no server path for a non-admin."""
     if isinstance(exc, ServiceUnavailable):
-        st.warning(str(exc), icon="⚠️")
+        st.warning(for_this_user(str(exc)), icon="⚠️")
     elif isinstance(exc, (CBIRError, ValueError)):
-        st.error(str(exc), icon="🚫")
+        st.error(for_this_user(str(exc)), icon="🚫")
     else:
-        st.error(f"Unexpected problem: {type(exc).__name__}: {exc}", icon="🚫")
+        st.error(for_this_user(f"Unexpected problem: {type(exc).__name__}: {exc}"), icon="🚫")
 
 
 def stats_row(service: SearchService) -> None:

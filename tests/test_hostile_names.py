@@ -118,3 +118,22 @@ def test_pr_figure_shows_curve_names_as_text():
     assert "<a" not in trace.name and "<a" not in trace.hovertemplate and "&lt;a href=" in trace.name
     page = pr_html([(name, [0, 1], [1, 0.5])], "<img src=x onerror=alert(1)>")
     assert "<script>window.__pwned" not in page and "<img src=x" not in page
+
+
+@pytest.mark.parametrize("role,shown", [("student", False), ("admin", True)])
+def test_the_app_shows_server_paths_to_admins_only(role, shown, tmp_path):
+    """The app's error messages follow the API's rule (``public_paths``)."""
+    from streamlit.testing.v1 import AppTest
+
+    def page(folder: str):
+        from app_pages.common import show_error
+        from cbir.errors import CollectionError
+
+        show_error(CollectionError(f"no images in {folder}/holiday: add some"))
+
+    at = AppTest.from_function(page, args=(str(tmp_path),))
+    at.session_state["roles"] = [role]
+    at.run()
+    [error] = at.error
+    assert (str(tmp_path) in error.value) is shown, error.value
+    assert "holiday" in error.value
