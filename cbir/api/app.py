@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
+import os
+import shutil
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,9 +18,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..cache import ResultCache
-from ..config import Settings, get_settings
+from ..config import Settings, get_settings, reset_settings
 from ..engine import Engine
 from ..errors import CBIRError
+from ..jobs import UserSlots
 from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
 from ..service import SearchService
 from ..users import AuthError, ConfigError, LockedError, UserStore, bootstrap, check_production_settings
@@ -43,16 +48,36 @@ def trusted_proxies(settings: Settings) -> list[str] | str:
 
 
 def _warm_up(service: SearchService) -> None:
-    """Load stores and the default extractor in the background so first requests are fast."""
+    """Load the stores, build the default extractor and run one search by upload through it
+    (TensorFlow traces its graph on the first inference), so the first request is fast."""
     from ..extractors import default_model
 
+    engine = service.engine
     try:
-        for name in service.engine.searchable_models():
-            service.engine.store(name)
-        if service.engine.settings.preload_model:
-            service.engine.extractor(default_model())
+        for name in engine.searchable_models():
+            engine.store(name)
+        if engine.settings.preload_model:
+            model = default_model()
+            engine.extractor(model)
+            if engine.has_store(model) and len(engine.collection):
+                engine.search(model, image=engine.collection.path_of(engine.collection.ids[0]).read_bytes(), top_k=1)
     except Exception as exc:  # a missing model is reported per request
         log.warning("warm-up incomplete: %s", exc)
+
+
+def warm_workers(folder: Path) -> int:
+    """API worker processes of this server that finished their warm-up (a marker file per
+    live worker pid in ``folder``, which :func:`serve` empties at start)."""
+    count = 0
+    for marker in folder.glob("*"):
+        try:
+            os.kill(int(marker.name), 0)
+            count += 1
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            count += 1
+    return count
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -65,7 +90,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CBIRError)
     async def _cbir_error(request: Request, exc: CBIRError):
         status = status_for(exc)
-        headers = {"Retry-After": str(exc.seconds)} if isinstance(exc, LockedError) else None
+        retry = exc.seconds if isinstance(exc, LockedError) else getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
         if isinstance(exc, AuthError) and not isinstance(exc, LockedError):
             headers = {"WWW-Authenticate": "Bearer"}
         return error_response(status, str(exc), headers)
@@ -91,7 +117,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal error; see the server log")
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None, warm_up: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, engine: Engine | None = None, warm_up: bool = True,
+               workers_dir: Path | None = None) -> FastAPI:
+    """``warm_up``: build the default model and run one search before serving (a worker takes
+    no connection before its lifespan start-up ends, so no request meets a cold worker);
+    ``workers_dir``: where each warm worker leaves a marker, for ``/ready`` to count them."""
     settings = settings or get_settings()
     check_production_settings(settings)
 
@@ -104,8 +134,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
         except ServiceUnavailable as exc:
             log.warning("%s; users will be created when Redis is back", exc)
         if warm_up:
-            threading.Thread(target=_warm_up, args=(app.state.service,), daemon=True).start()
+            t = time.perf_counter()
+            await anyio.to_thread.run_sync(_warm_up, app.state.service)
+            log.info("warm in %.1f s", time.perf_counter() - t)
+        if workers_dir is not None:
+            workers_dir.mkdir(parents=True, exist_ok=True)
+            (workers_dir / str(os.getpid())).touch()
+        app.state.warm = True
         yield
+        for job in list(app.state.jobs):  # requests still running were cancelled: stop their work
+            job.cancel()
 
     app = FastAPI(
         title="CBIR workbench API",
@@ -124,6 +162,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     app.state.service = SearchService(engine, ResultCache(client, enabled=settings.cache))
     app.state.redis = client
     app.state.started = time.time()
+    app.state.warm = False
+    app.state.workers_dir = workers_dir
+    app.state.job_slots = UserSlots(client, settings.jobs_per_user)
+    app.state.jobs = set()
 
     _install_error_handlers(app)
 
@@ -146,7 +188,12 @@ def app_factory() -> FastAPI:
     from ..process import tune_server_process
 
     tune_server_process()
-    return create_app(get_settings())
+    settings = get_settings()
+    return create_app(settings, workers_dir=_workers_dir(settings))
+
+
+def _workers_dir(settings: Settings) -> Path:
+    return Path(settings.var_dir) / "api-workers-warm"
 
 
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
@@ -165,9 +212,14 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     except (ConfigError, CBIRError) as exc:
         raise SystemExit(f"cbir: error: {exc}")
     prepare_multiprocess_dir(settings.var_dir)
+    workers = workers or settings.api_workers
+    os.environ["CBIR_API_WORKERS"] = str(workers)  # the workers' /ready waits for this many warm workers
+    reset_settings()  # a single worker runs in this process, whose settings are read already
+    shutil.rmtree(_workers_dir(settings), ignore_errors=True)
     uvicorn.run(
         "cbir.api.app:app_factory", factory=True, host=host or settings.api_host, port=port or settings.api_port,
-        workers=workers or settings.api_workers, log_level="info",
+        workers=workers, log_level="info",
+        timeout_graceful_shutdown=settings.shutdown_seconds,  # then running requests are cancelled, and their jobs
         proxy_headers=False,  # ProxyHeadersMiddleware in create_app, with CBIR_TRUSTED_PROXIES
         server_header=False,
     )
