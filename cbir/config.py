@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     trusted_proxies: str = Field("127.0.0.1,::1", description="Comma-separated proxy IPs whose X-Forwarded-For is believed ('*' = any)")
     login_rate: int = Field(10, ge=1, description="Login attempts per client per minute (API)")
     sweep_max_work: int = Field(750_000_000, ge=1, description="Distances a weight sweep may fuse: points x models x labelled images² "
-                                "(step 0.05 with 3 models on 1,000 images is 693 million, about 50 CPU-s)")
+                                "(step 0.05 with 3 models on 1,000 images: 693 million, about 40 CPU-s)")
     jobs_per_user: int = Field(1, ge=1, le=64, description="Weight sweeps and map fits one user may run at once across API workers "
                                "(more: 429 with Retry-After; a cached map is not a fit)")
     shutdown_seconds: int = Field(3, ge=1, le=600, description="On SIGTERM, requests still running after this long are "

@@ -85,7 +85,7 @@ def _start_services(settings, env: dict, procs: list[subprocess.Popen]) -> None:
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     app_url = f"http://{settings.app_host}:{settings.app_port}"
     started = time.time()
-    _say("waiting for every API worker to build and warm its model (about half a minute on 2 cores)…")
+    _say("waiting for every API worker to build and warm its model (8 s on an idle 2-core machine)…")
     # /ready, not /health: 200 only once every worker has built its default model and run a
     # search through it, so the first search after the URLs print is answered at normal speed
     _wait_http(api_url + "/ready", api)

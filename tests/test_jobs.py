@@ -116,7 +116,7 @@ class Api:
             [sys.executable, "-m", "cbir", "api", "--port", str(self.port), "--workers", str(workers)],
             env=service_env(self.redis.url, tmp, CBIR_LOGIN_RATE="1000", CBIR_PRELOAD_MODEL="0",
                             CBIR_SWEEP_MAX_WORK=str(10**12), **env),
-            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
 
     @property
     def url(self) -> str:
@@ -153,8 +153,12 @@ class Api:
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                pass
+        try:  # the server's group, by its pid: workers a failed shutdown left behind
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
         self.redis.stop()
 
 
@@ -201,3 +205,24 @@ def test_sigterm_ends_the_api_within_seconds_during_a_sweep(tmp_path):
         assert seconds < 10, seconds  # CBIR_SHUTDOWN_SECONDS (3) + one grid point + exit
     finally:
         server.stop()
+
+
+def test_a_map_fit_stops_at_its_next_step_once_cancelled(tmp_path):
+    """t-SNE calls progress every 50 iterations (UMAP every epoch bar refresh): a cancelled
+    job raises there, and nothing is cached."""
+    from cbir.config import Settings
+    from cbir.engine import Engine
+    from cbir.errors import Cancelled
+    from cbir.jobs import Job
+    from cbir.maps import embedding_map, map_cached
+    from tests.conftest import COLLECTION
+
+    features = tmp_path / "features" / "image.orig" / TWO[0]
+    shutil.copytree(ROOT / "features" / "image.orig" / TWO[0], features, ignore=shutil.ignore_patterns("map-*", "dba-*"))
+    engine = Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=tmp_path / "features", var_dir=tmp_path / "var"))
+    seen = []
+    job = Job(lambda done, total: (seen.append(done), job.cancel()))
+    with pytest.raises(Cancelled):
+        embedding_map(engine, TWO[0], "tsne", None, job.progress)
+    assert seen == [50]  # the first callback ran, the second stopped the fit
+    assert not map_cached(engine, TWO[0], "tsne") and not list(features.glob("map-*"))

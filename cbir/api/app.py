@@ -117,13 +117,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal error; see the server log")
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None, warm_up: bool = True,
-               workers_dir: Path | None = None) -> FastAPI:
-    """``warm_up``: build the default model and run one search before serving (a worker takes
-    no connection before its lifespan start-up ends, so no request meets a cold worker);
-    ``workers_dir``: where each warm worker leaves a marker, for ``/ready`` to count them."""
-    settings = settings or get_settings()
-    check_production_settings(settings)
+def _lifespan(settings: Settings, warm_up: bool, workers_dir: Path | None):
+    """Start-up: users, then the warm-up (before the worker accepts a connection) and this
+    worker's marker; shut-down: jobs whose requests were cancelled stop at their next step."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -142,8 +138,19 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
             (workers_dir / str(os.getpid())).touch()
         app.state.warm = True
         yield
-        for job in list(app.state.jobs):  # requests still running were cancelled: stop their work
+        for job in list(app.state.jobs):
             job.cancel()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None, warm_up: bool = True,
+               workers_dir: Path | None = None) -> FastAPI:
+    """``warm_up``: build the default model and run one search before serving (a worker takes
+    no connection before its lifespan start-up ends, so no request meets a cold worker);
+    ``workers_dir``: where each warm worker leaves a marker, for ``/ready`` to count them."""
+    settings = settings or get_settings()
+    check_production_settings(settings)
 
     app = FastAPI(
         title="CBIR workbench API",
@@ -153,7 +160,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
             "the collection's images, models and statistics. Log in with POST /api/login and send "
             "`Authorization: Bearer <token>`. Every error is JSON `{\"error\": ...}`."
         ),
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, warm_up, workers_dir),
     )
     engine = engine or Engine(settings.collection, settings)
     client = get_redis(settings)
