@@ -186,6 +186,8 @@ def test_a_sweep_stops_when_its_client_disconnects(api):
     time.sleep(1.5)  # a poll (0.2 s) and one grid point
     assert busy(api.proc.pid, 2.0) < 0.5, api.log.read_text()[-2000:]
     assert "cancelled after" in api.log.read_text()
+    with urllib.request.urlopen(api.url + "/metrics", timeout=10) as r:
+        assert 'cbir_long_jobs_total{outcome="cancelled"} 1.0' in r.read().decode()
 
 
 def test_sigterm_ends_the_api_within_seconds_during_a_sweep(tmp_path):

@@ -1,8 +1,9 @@
 """Ready means ready: /ready answers 200 only when every API worker has built its default
-model and run a search through it, so the first upload search right after is at normal speed."""
+model and run a search through it, so the first upload searches right after are at normal speed."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,9 +62,9 @@ def test_first_upload_search_after_ready_is_at_normal_speed(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "api.log"
-    proc = subprocess.Popen([sys.executable, "-m", "cbir", "api", "--port", str(port), "--workers", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "cbir", "api", "--port", str(port), "--workers", "2"],
                             env=service_env(redis.url, tmp_path, CBIR_LOGIN_RATE="1000", CBIR_CACHE="0"),
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     try:
         t0 = time.perf_counter()
         deadline = time.time() + 240
@@ -76,19 +77,27 @@ def test_first_upload_search_after_ready_is_at_normal_speed(tmp_path):
             except OSError:
                 time.sleep(0.2)
         cold = time.perf_counter() - t0
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:  # every worker's, aggregated
+            text = r.read().decode()
+        assert "cbir_warm_up_seconds_count 2.0" in text, [line for line in text.splitlines() if "warm" in line]
         req = urllib.request.Request(url + "/api/login", json.dumps({"username": "researcher", "password": "umons2024"}).encode(),
                                      {"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as r:
             token = json.loads(r.read())["access_token"]
-        first = upload(url, token, COLLECTION / "12.jpg")
-        warm = min(upload(url, token, COLLECTION / f"{i}.jpg") for i in (305, 410))
-        print(f"cold start to ready {cold:.1f} s; first upload search {first:.2f} s, warm {warm:.2f} s")
-        assert first < 3 * warm + 1.0, (first, warm)
+        # two workers: the first searches may land on either, and neither may be cold
+        first = [upload(url, token, COLLECTION / f"{i}.jpg") for i in (12, 130)]
+        warm = min(upload(url, token, COLLECTION / f"{i}.jpg") for i in (305, 410, 520, 640))
+        print(f"cold start to ready {cold:.1f} s; first upload searches {first[0]:.2f} s, {first[1]:.2f} s, warm {warm:.2f} s")
+        assert max(first) < 3 * warm + 1.0, (first, warm)
     finally:
         proc.terminate()
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            pass
+        try:  # the server's group, by its pid: its workers too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
         redis.stop()

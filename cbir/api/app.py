@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, metrics
 from ..cache import ResultCache
 from ..config import Settings, get_settings, reset_settings
 from ..engine import Engine
@@ -65,19 +65,22 @@ def _warm_up(service: SearchService) -> None:
         log.warning("warm-up incomplete: %s", exc)
 
 
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def warm_workers(folder: Path) -> int:
     """API worker processes of this server that finished their warm-up (a marker file per
-    live worker pid in ``folder``, which :func:`serve` empties at start)."""
-    count = 0
-    for marker in folder.glob("*"):
-        try:
-            os.kill(int(marker.name), 0)
-            count += 1
-        except (ValueError, ProcessLookupError):
-            pass
-        except PermissionError:
-            count += 1
-    return count
+    live worker pid in ``folder``)."""
+    return sum(_alive(marker.name) for marker in folder.glob("*"))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -132,7 +135,7 @@ def _lifespan(settings: Settings, warm_up: bool, workers_dir: Path | None):
         if warm_up:
             t = time.perf_counter()
             await anyio.to_thread.run_sync(_warm_up, app.state.service)
-            log.info("warm in %.1f s", time.perf_counter() - t)
+            metrics.WARM_UP_SECONDS.observe(time.perf_counter() - t)
         if workers_dir is not None:
             workers_dir.mkdir(parents=True, exist_ok=True)
             (workers_dir / str(os.getpid())).touch()
@@ -196,11 +199,15 @@ def app_factory() -> FastAPI:
 
     tune_server_process()
     settings = get_settings()
-    return create_app(settings, workers_dir=_workers_dir(settings))
+    return create_app(settings, workers_dir=_workers_dir(settings, int(os.environ.get(SERVER_PID_ENV, os.getpid()))))
 
 
-def _workers_dir(settings: Settings) -> Path:
-    return Path(settings.var_dir) / "api-workers-warm"
+SERVER_PID_ENV = "CBIR_API_SERVER_PID"  # set by serve() for its workers: whose markers to count
+
+
+def _workers_dir(settings: Settings, server_pid: int) -> Path:
+    """One folder per `cbir api` process, so two servers sharing a var folder count their own workers."""
+    return Path(settings.var_dir) / "api-workers-warm" / str(server_pid)
 
 
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
@@ -218,11 +225,15 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
             start_embedded(settings)  # this parent owns the embedded Redis too, before the workers
     except (ConfigError, CBIRError) as exc:
         raise SystemExit(f"cbir: error: {exc}")
-    prepare_multiprocess_dir(settings.var_dir)
     workers = workers or settings.api_workers
+    if workers > 1:  # one worker is this process, whose metrics already live in memory: /metrics was empty
+        prepare_multiprocess_dir(settings.var_dir)
     os.environ["CBIR_API_WORKERS"] = str(workers)  # the workers' /ready waits for this many warm workers
     reset_settings()  # a single worker runs in this process, whose settings are read already
-    shutil.rmtree(_workers_dir(settings), ignore_errors=True)
+    os.environ[SERVER_PID_ENV] = str(os.getpid())
+    for folder in (Path(settings.var_dir) / "api-workers-warm").glob("*"):  # this pid's (reused) and dead servers'
+        if folder.name == str(os.getpid()) or not _alive(folder.name):
+            shutil.rmtree(folder, ignore_errors=True)
     uvicorn.run(
         "cbir.api.app:app_factory", factory=True, host=host or settings.api_host, port=port or settings.api_port,
         workers=workers, log_level="info",

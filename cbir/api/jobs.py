@@ -18,7 +18,8 @@ from typing import Callable, TypeVar
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
-from ..errors import Cancelled
+from .. import metrics
+from ..errors import BusyError, Cancelled
 from ..jobs import LEASE_SECONDS, Job, Progress, UserSlots
 from ..users import User
 
@@ -30,7 +31,11 @@ POLL_SECONDS = 0.2
 async def run_job(request: Request, user: User, work: Callable[[Progress], T], *, limited: bool = True) -> T:
     """``work(job.progress)`` in a thread; ``limited``: one of the user's CBIR_JOBS_PER_USER slots."""
     slots: UserSlots = request.app.state.job_slots
-    token = slots.acquire(user.username) if limited else None  # BusyError: 429 before any work
+    try:
+        token = slots.acquire(user.username) if limited else None
+    except BusyError:  # 429 before any work
+        metrics.LONG_JOBS.labels("refused").inc()
+        raise
     job = Job()
     jobs: set = request.app.state.jobs
     jobs.add(job)
@@ -43,7 +48,9 @@ async def run_job(request: Request, user: User, work: Callable[[Progress], T], *
                 slots.release(user.username, token)
             except Exception as exc:  # the lease expires by itself
                 log.warning("could not release a job slot of %s: %s", user.username, exc)
-        if not task.cancelled() and isinstance(task.exception(), Cancelled):
+        error = None if task.cancelled() else task.exception()
+        metrics.LONG_JOBS.labels("done" if error is None else "cancelled" if isinstance(error, Cancelled) else "failed").inc()
+        if isinstance(error, Cancelled):
             log.warning("%s %s of %s: cancelled after %d steps", request.method, request.url.path, user.username, job.steps)
 
     renewed = time.monotonic()
