@@ -1,10 +1,13 @@
 """Figures of the hardening work: memory of DBA caches and of decoding a huge 16-bit PNG,
 the time of a failed login for a known vs an unknown username, when a password spray that
-rotates X-Forwarded-For through a trusted proxy meets 429, and the peak memory and outcome
-of importing the issue's feature-file bombs. Needs no test packages.
+rotates X-Forwarded-For through a trusted proxy meets 429, the peak memory and outcome of
+importing the issue's feature-file bombs, long jobs (a sweep refused, CPU burnt after its
+client left, SIGTERM during a sweep) and the first search after /ready. Needs no test packages.
 
-    python bench/hardening.py            # prints one line per figure
-    python bench/hardening.py imports    # only the feature-file bombs
+    python bench/hardening.py                     # prints one line per figure
+    python bench/hardening.py imports             # only the feature-file bombs
+    python bench/hardening.py --jobs [CHECKOUT]   # long jobs and readiness only, of CHECKOUT's
+                                                  # code (e.g. a worktree of an older commit)
 """
 
 from __future__ import annotations
@@ -303,6 +306,157 @@ def import_race(tmp: Path, writers: int = 8) -> None:
               f"every search failing -> after {counts}; {loads}")
 
 
+class _Api:
+    """`cbir api` of ``root``'s code on a free port with its own Redis, stopped by pid."""
+
+    def __init__(self, tmp: Path, root: Path, workers: int, **env):
+        import os
+
+        from tests.conftest import RedisServer, free_port, service_env
+
+        self.redis = RedisServer(tmp / "redis").start()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "api.log"
+        self.started = time.perf_counter()
+        base = service_env(self.redis.url, tmp, CBIR_LOGIN_RATE="1000", CBIR_CACHE="0",
+                           CBIR_COLLECTION=str(ROOT / "image.orig"), CBIR_FEATURES_DIR=str(ROOT / "features"), **env)
+        base["KERAS_HOME"] = str(tmp / "models_cache")
+        base.pop("PYTHONPATH", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "cbir", "api", "--port", str(self.port), "--workers", str(workers)],
+                                     env=base, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, cwd=root,
+                                     start_new_session=True)  # its workers too are killed by its pid (group) if need be
+        self.os = os
+
+    def get(self, path: str, timeout: float = 2) -> int:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def wait(self, path: str, timeout: float = 300) -> float:
+        """Seconds from start until ``path`` answers 200."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text()[-2000:])
+            try:
+                if self.get(path) == 200:
+                    return time.perf_counter() - self.started
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(self.log.read_text()[-2000:])
+
+    def post(self, path: str, body: dict, token: str | None = None, timeout: float = 30) -> tuple[int, dict]:
+        import urllib.error
+        import urllib.request
+
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        req = urllib.request.Request(self.url + path, json.dumps(body).encode(), headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def token(self) -> str:
+        return self.post("/api/login", {"username": "researcher", "password": "umons2024"})[1]["access_token"]
+
+    def cpu(self) -> float:
+        from tests.test_jobs import cpu_seconds
+
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self, wait: float = 20) -> float | None:
+        """Seconds SIGTERM takes to end it (None: still running after ``wait``, then killed)."""
+        t = time.perf_counter()
+        self.proc.terminate()
+        try:
+            self.proc.wait(wait)
+            seconds = time.perf_counter() - t
+        except subprocess.TimeoutExpired:
+            seconds = None
+        try:
+            self.os.killpg(self.proc.pid, 9)  # workers the parent left behind (older code)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.redis.stop()
+        return seconds
+
+
+def _start_sweep(api: _Api, token: str, models: list[str], step: float):
+    """A sweep request whose answer is never read (the socket, to close when done with it)."""
+    import socket
+
+    body = json.dumps({"models": models, "step": step}).encode()
+    sock = socket.create_connection(("127.0.0.1", api.port))
+    sock.sendall(b"POST /api/tune_weights HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def long_jobs(tmp: Path, root: Path = ROOT) -> None:
+    """The issue's sweep (step 0.001, two models), odd steps and a 1326-point sweep, at the
+    default bounds; then, with the work bound lifted so the same work runs before and after:
+    CPU seconds the workers burn in the 5 s after a sweep's client hangs up, and how long
+    SIGTERM takes to end `cbir api` (2 workers) during a sweep."""
+    two, three = ["efficientnet_lite0", "efficientnet_lite1"], ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    api = _Api(tmp / "jobs", root, workers=2, CBIR_PRELOAD_MODEL="0")
+    try:
+        api.wait("/ready")
+        token = api.token()
+        for models, step in ((two, 0.001), (two, 5e-324), (two, 1e-300), (three, 0.02)):
+            t = time.perf_counter()
+            try:
+                status, body = api.post("/api/tune_weights", {"models": models, "step": step}, token, timeout=5)
+                print(f"sweep step {step:g} x {len(models)} models: {status} in {(time.perf_counter() - t) * 1000:.0f} ms, "
+                      f"message of {len(body.get('error', ''))} characters")
+            except OSError:
+                print(f"sweep step {step:g} x {len(models)} models: accepted, still computing when the client gave up after 5 s")
+    finally:
+        api.stop()
+
+    api = _Api(tmp / "jobs-unbounded", root, workers=2, CBIR_PRELOAD_MODEL="0", CBIR_SWEEP_MAX_WORK=str(10**12))
+    try:
+        api.wait("/ready")
+        token = api.token()
+        sock = _start_sweep(api, token, three, 0.02)
+        time.sleep(4)
+        sock.close()
+        time.sleep(1)
+        cpu = api.cpu()
+        time.sleep(5)
+        print(f"CPU seconds burnt in the 5 s after a sweep's client hung up: {api.cpu() - cpu:.1f}")
+        sock = _start_sweep(api, token, three, 0.02)
+        time.sleep(4)
+    finally:
+        seconds = api.stop()
+    sock.close()
+    print("SIGTERM to `cbir api` (2 workers) during a sweep: " + (f"exited in {seconds:.1f} s" if seconds is not None
+                                                                  else "still running after 20 s (killed)"))
+
+
+def first_search_after_ready(tmp: Path, root: Path = ROOT) -> None:
+    """Cold start of `cbir api` with 2 workers until /ready, then the first and a warm upload search."""
+    from tests.test_ready import upload
+
+    api = _Api(tmp / "ready", root, workers=2)
+    try:
+        cold = api.wait("/ready")
+        token = api.token()
+        first = upload(api.url, token, ROOT / "image.orig" / "12.jpg")
+        warm = min(upload(api.url, token, ROOT / "image.orig" / f"{i}.jpg") for i in (305, 410, 520))
+        print(f"`cbir api` (2 workers): /ready after {cold:.1f} s; first upload search {first * 1000:.0f} ms, warm {warm * 1000:.0f} ms")
+    finally:
+        api.stop()
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cbir-bench-") as d:
         tmp = Path(d)
@@ -310,12 +464,20 @@ def main() -> None:
             import_bombs(tmp)
             import_race(tmp)
             return
+        if "--jobs" in sys.argv:
+            args = sys.argv[sys.argv.index("--jobs") + 1:]
+            root = Path(args[0]).resolve() if args else ROOT
+            long_jobs(tmp, root)
+            first_search_after_ready(tmp, root)
+            return
         dba_caches(tmp)
         decoding(tmp)
         login_timing(tmp)
         spray(tmp)
         import_bombs(tmp)
         import_race(tmp)
+        long_jobs(tmp)
+        first_search_after_ready(tmp)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,28 @@ def unknown(kind: str, name: object, valid) -> UnknownNameError:
     return UnknownNameError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(valid))}")
 
 
+class WorkLimitError(CBIRError):
+    """A request whose work is over a configured bound (a weight sweep too fine for the collection)."""
+
+    http_status = 422
+
+
+class BusyError(CBIRError):
+    """The user already runs as many long jobs as allowed; ``retry_after`` seconds to wait."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Cancelled(CBIRError):
+    """A long job stopped between two steps: its client went away or the server is stopping."""
+
+    http_status = 503
+
+
 # -- what a message may show of the server's files -------------------------------------------
 #: An absolute path in a message: starts the message or follows a space, quote or bracket
 #: (never a URL's ``//`` or an API route inside a word); ends at a space, quote, bracket,

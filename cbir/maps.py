@@ -223,15 +223,10 @@ class EmbeddingMap:
 def embedding_map(engine: Engine, model: str, method: str = "pca", params: dict | None = None,
                   progress: Progress | None = None) -> EmbeddingMap:
     """The model's map for the whole store, computed once per store version and parameters."""
-    from .extractors import get_spec
     from .store import derived_array
 
-    model = get_spec(model).name
-    params = check_params(method, params)
-    store = engine.store(model)
-    rows = map_rows(len(store))
-    name = "map-" + "-".join([method, *(f"{k}{v:g}" for k, v in params.items()), *([f"sample{len(rows)}"] if rows is not None else [])])
     start = time.perf_counter()
+    model, params, store, rows, name = _map_plan(engine, model, method, params)
     vectors = (lambda: store.embeddings) if rows is None else (lambda: np.asarray(store.embeddings[rows]))
     key = (str(engine.store_folder(model)), store.version, name)
 
@@ -245,6 +240,26 @@ def embedding_map(engine: Engine, model: str, method: str = "pca", params: dict 
     ids = store.ids if rows is None else store.ids[rows]
     return EmbeddingMap(model, method, params, ids.tolist(), np.asarray(coords, dtype=np.float32), seconds,
                         time.perf_counter() - start, rows, len(store), key)
+
+
+def _map_plan(engine: Engine, model: str, method: str, params: dict | None):
+    """(model name, checked params, store, sampled rows or None, cache name) of a map."""
+    from .extractors import get_spec
+
+    model = get_spec(model).name
+    params = check_params(method, params)
+    store = engine.store(model)
+    rows = map_rows(len(store))
+    name = "map-" + "-".join([method, *(f"{k}{v:g}" for k, v in params.items()), *([f"sample{len(rows)}"] if rows is not None else [])])
+    return model, params, store, rows, name
+
+
+def map_cached(engine: Engine, model: str, method: str = "pca", params: dict | None = None) -> bool:
+    """Whether :func:`embedding_map` would only read this map (no fit)."""
+    from .store import has_derived
+
+    model, _, store, _, name = _map_plan(engine, model, method, params)
+    return has_derived(store, engine.store_folder(model), name)
 
 
 def map_rows(n: int) -> np.ndarray | None:

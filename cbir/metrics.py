@@ -1,6 +1,6 @@
 """Prometheus metrics (the official ``prometheus-client``): request counts and latencies per
 route, search and extraction time per model, cache hits and misses, login failures,
-lockouts and rate-limited logins.
+lockouts and rate-limited logins, API workers' warm-up time, long jobs by outcome.
 
 Across uvicorn worker processes the client's multiprocess mode is used:
 ``cbir api`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh folder under ``var/`` before
@@ -25,6 +25,10 @@ EXTRACT_SECONDS = Histogram("cbir_extract_seconds", "Feature extraction time of 
 CACHE = Counter("cbir_cache_requests_total", "Search result cache lookups", ["result"])
 LOGIN_FAILURES = Counter("cbir_login_failures_total", "Failed logins (wrong username or password)")
 LOCKOUTS = Counter("cbir_lockouts_total", "Accounts locked after repeated failures")
+WARM_UP_SECONDS = Histogram("cbir_warm_up_seconds", "An API worker's start-up: stores loaded, default model built and one "
+                            "search run (one observation per worker)", buckets=(1, 2.5, 5, 10, 20, 40, 80, 160))
+LONG_JOBS = Counter("cbir_long_jobs_total", "Weight sweeps and map fits by outcome (done, failed, cancelled, refused: "
+                    "over CBIR_JOBS_PER_USER)", ["outcome"])
 RATE_LIMITED = Counter("cbir_login_rate_limited_total", "Login attempts refused by the per-client rate limit")
 
 

@@ -39,7 +39,8 @@ def prepare_collection(settings) -> None:
     subprocess.run([sys.executable, "-m", "cbir", "index", "-m", model, "--collection", str(collection.root)], check=True)
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until ``url`` answers 200 (a 503 from /ready is an OSError too: keep waiting)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -83,8 +84,13 @@ def _start_services(settings, env: dict, procs: list[subprocess.Popen]) -> None:
     procs.append(app)
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     app_url = f"http://{settings.app_host}:{settings.app_port}"
-    _wait_http(api_url + "/health", api)
+    started = time.time()
+    _say("waiting for every API worker to build and warm its model (8 s on an idle 2-core machine)…")
+    # /ready, not /health: 200 only once every worker has built its default model and run a
+    # search through it, so the first search after the URLs print is answered at normal speed
+    _wait_http(api_url + "/ready", api)
     _wait_http(app_url + "/_stcore/health", app)
+    _say(f"ready in {time.time() - started:.0f} s")
     print()
     _say(f"App:  {app_url}")
     _say(f"API:  {api_url}   (OpenAPI docs at {api_url}/docs)")

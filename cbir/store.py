@@ -258,6 +258,16 @@ def derived_array(store: FeatureStore, folder: Path, name: str, build: Callable[
     return array, seconds
 
 
+def has_derived(store: FeatureStore, folder: Path, name: str) -> bool:
+    """Whether :func:`derived_array` would read ``name`` from the disk (no build)."""
+    path = Path(folder) / f"{name}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(str(data["meta"])).get("store_version") == store.version
+    except Exception:
+        return False
+
+
 def save_derived(folder: Path, name: str, version: str, array: np.ndarray, seconds: float = 0.0) -> None:
     """Write (or replace) the derived array ``name`` of store ``version`` (see derived_array)."""
     path = Path(folder) / f"{name}.npz"

@@ -9,6 +9,7 @@ matter to both methods), so two models give a line and three a triangle.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from .distances import PreparedIndex, normalise_metric
-from .errors import CBIRError
+from .errors import CBIRError, WorkLimitError
 from .evaluation import evaluate_distances
 from .fusion import fuse
 
@@ -27,16 +28,52 @@ SWEEP_METHODS = ("weighted", "rrf")  # the methods whose result depends on the w
 MODELS_RANGE = (2, 3)
 MAX_POINTS = 2000  # grid points per sweep (step 0.05 with three models is 231)
 DEFAULT_STEP = 0.1
+STEP_RANGE = (0.01, 0.5)  # 0.01 with two models is 101 points; 0.5 is the coarsest grid that has a middle
+
+
+def check_step(step: float) -> float:
+    """``step`` as a float, finite, within STEP_RANGE and dividing 1 (no huge number is ever printed)."""
+    low, high = STEP_RANGE
+    try:
+        step = float(step)
+    except (TypeError, ValueError):
+        raise CBIRError(f"the step must be a number between {low:g} and {high:g}") from None
+    if not math.isfinite(step) or not low <= step <= high:
+        raise CBIRError(f"the step must be between {low:g} and {high:g} (e.g. 0.1, 0.05, 0.25)")
+    if abs(round(1 / step) * step - 1) > 1e-9:
+        raise CBIRError(f"the step must divide 1 (e.g. 0.1, 0.05, 0.25), got {step:g}")
+    return step
+
+
+def grid_points(models: int, step: float) -> int:
+    """How many points :func:`simplex_grid` gives (step already checked)."""
+    k = round(1 / step)
+    return (k + 1) * (k + 2) // 2 if models == 3 else k + 1
+
+
+def sweep_work(points: int, models: int, images: int) -> int:
+    """Distances fused by a sweep: each grid point fuses the models' (images x images) matrices
+    and ranks the result, so the cost grows with the points, the models and the square of the images."""
+    return points * models * images * images
+
+
+def check_sweep_work(points: int, models: int, images: int, max_work: int) -> None:
+    """:class:`WorkLimitError` (422) when a sweep would fuse more than ``max_work`` distances."""
+    work = sweep_work(points, models, images)
+    if work > max_work:
+        raise WorkLimitError(
+            f"this sweep would fuse {work / 1e6:,.0f} million distances ({points} weightings x {models} models x "
+            f"{images}² labelled images); the bound is {max_work / 1e6:,.0f} million (CBIR_SWEEP_MAX_WORK): "
+            f"use a larger step or fewer models")
 
 
 def simplex_grid(models: int, step: float = DEFAULT_STEP) -> np.ndarray:
     """(P, models) weights, multiples of ``step`` summing to 1, in lexicographic order."""
     if not MODELS_RANGE[0] <= models <= MODELS_RANGE[1]:
         raise CBIRError(f"a weight sweep takes {MODELS_RANGE[0]} or {MODELS_RANGE[1]} models, got {models}")
-    if not 0 < step <= 0.5 or abs(round(1 / step) * step - 1) > 1e-9:
-        raise CBIRError(f"the step must divide 1 (e.g. 0.1, 0.05, 0.25), got {step:g}")
+    step = check_step(step)
     k = round(1 / step)
-    count = (k + 1) * (k + 2) // 2 if models == 3 else k + 1
+    count = grid_points(models, step)
     if count > MAX_POINTS:
         raise CBIRError(f"step {step:g} gives {count} weight combinations; at most {MAX_POINTS}: use a larger step")
     points = [c for c in itertools.product(range(k + 1), repeat=models - 1) if sum(c) <= k]
@@ -79,7 +116,11 @@ class SweepResult:
 
 def sweep_weights(engine: Engine, models: Sequence[str], method: str = "weighted", step: float = DEFAULT_STEP,
                   metric: str = "cosine", progress: Callable[[int, int], None] | None = None) -> SweepResult:
-    """mAP and P@20 of ``method`` fusion at every grid point, all labelled images as queries."""
+    """mAP and P@20 of ``method`` fusion at every grid point, all labelled images as queries.
+
+    Refused (:class:`WorkLimitError`) above ``engine.settings.sweep_max_work`` distances fused.
+    ``progress`` is called after the distance matrices and after every point; it may raise
+    to stop the sweep there (:class:`cbir.jobs.Job` does when cancelled)."""
     from .experiments import labelled_ids
 
     start = time.perf_counter()
@@ -89,12 +130,15 @@ def sweep_weights(engine: Engine, models: Sequence[str], method: str = "weighted
     grid = simplex_grid(len(models), step)
     metric = normalise_metric(metric)
     ids, labels = labelled_ids(engine, models)
+    check_sweep_work(len(grid), len(models), len(ids), engine.settings.sweep_max_work)
     dists = {}
     for m in models:  # each model's full distance matrix, once
         db = engine.store(m).aligned(ids)
         d = PreparedIndex(db, metric).distances(db).astype(np.float64)
         np.fill_diagonal(d, np.inf)
         dists[m] = d
+        if progress:
+            progress(0, len(grid))
     result = SweepResult(models, method, metric, step, grid, np.zeros(len(grid)), np.zeros(len(grid)), queries=len(ids))
     for i, w in enumerate(grid):
         report = evaluate_distances(fuse(dists, method, dict(zip(models, w))), labels)

@@ -32,6 +32,36 @@ def test_simplex_grid():
             simplex_grid(models, step)
 
 
+def test_odd_steps_are_refused_in_plain_words():
+    """5e-324 overflowed (1 / step is inf); 1e-300 put a 300-digit count in the message."""
+    for step in (5e-324, 1e-300, 0.001, float("nan"), float("inf"), -0.1, 0.75):
+        with pytest.raises(CBIRError, match=r"between 0\.01 and 0\.5") as caught:
+            simplex_grid(2, step)
+        assert len(str(caught.value)) < 100
+
+
+def test_sweep_work_bound(engine):
+    """points x models x labelled images²: 3 x 2 x 1000² = 6 million distances fused."""
+    from cbir.errors import WorkLimitError
+    from cbir.tuning import check_sweep_work, grid_points, sweep_work
+
+    assert sweep_work(grid_points(2, 0.5), 2, 1000) == 6_000_000
+    assert grid_points(3, 0.05) == 231 and grid_points(2, 0.01) == 101
+    limited = Engine(COLLECTION, engine.settings.model_copy(update={"sweep_max_work": 5_000_000}))
+    with pytest.raises(WorkLimitError, match=r"6 million .*5 million \(CBIR_SWEEP_MAX_WORK\)"):
+        sweep_weights(limited, LITE[:2], "weighted", 0.5)
+    default = Settings().sweep_max_work  # the page's finest grid on the Wang collection passes; the issue's did not
+    check_sweep_work(grid_points(3, 0.05), 3, 1000, default)
+    with pytest.raises(WorkLimitError):
+        check_sweep_work(grid_points(3, 0.025), 3, 1000, default)
+
+
+def test_cli_odd_step_is_one_line():
+    out = subprocess.run([sys.executable, "-m", "cbir", "tune-weights", "-q", "-m", ",".join(LITE[:2]), "--step", "1e-300"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "between 0.01 and 0.5" in out.stderr and len(out.stderr) < 200, out.stderr
+
+
 def test_sweep_endpoints_are_the_single_models_and_the_middle_is_equal_weights(engine):
     r = sweep_weights(engine, LITE[:2], "weighted", 0.5)
     assert r.queries == 1000 and r.weights.tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]

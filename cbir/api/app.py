@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import logging
-import threading
+import os
+import shutil
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+import anyio
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, metrics
 from ..cache import ResultCache
-from ..config import Settings, get_settings
+from ..config import Settings, get_settings, reset_settings
 from ..engine import Engine
 from ..errors import CBIRError, public_paths
+from ..jobs import UserSlots
 from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
 from ..service import SearchService
 from ..users import AuthError, ConfigError, LockedError, UserStore, bootstrap, check_production_settings
@@ -47,16 +51,39 @@ def shown_to(request: Request, message: str) -> str:
 
 
 def _warm_up(service: SearchService) -> None:
-    """Load stores and the default extractor in the background so first requests are fast."""
+    """Load the stores, build the default extractor and run one search by upload through it
+    (TensorFlow traces its graph on the first inference), so the first request is fast."""
     from ..extractors import default_model
 
+    engine = service.engine
     try:
-        for name in service.engine.searchable_models():
-            service.engine.store(name)
-        if service.engine.settings.preload_model:
-            service.engine.extractor(default_model())
+        for name in engine.searchable_models():
+            engine.store(name)
+        if engine.settings.preload_model:
+            model = default_model()
+            engine.extractor(model)
+            if engine.has_store(model) and len(engine.collection):
+                engine.search(model, image=engine.collection.path_of(engine.collection.ids[0]).read_bytes(), top_k=1)
     except Exception as exc:  # a missing model is reported per request
         log.warning("warm-up incomplete: %s", exc)
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def warm_workers(folder: Path) -> int:
+    """API worker processes of this server that finished their warm-up (a marker file per
+    live worker pid in ``folder``)."""
+    return sum(_alive(marker.name) for marker in folder.glob("*"))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -69,7 +96,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CBIRError)
     async def _cbir_error(request: Request, exc: CBIRError):
         status = status_for(exc)
-        headers = {"Retry-After": str(exc.seconds)} if isinstance(exc, LockedError) else None
+        retry = exc.seconds if isinstance(exc, LockedError) else getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
         if isinstance(exc, AuthError) and not isinstance(exc, LockedError):
             headers = {"WWW-Authenticate": "Bearer"}
         return error_response(status, shown_to(request, str(exc)), headers)
@@ -95,9 +123,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal error; see the server log")
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None, warm_up: bool = True) -> FastAPI:
-    settings = settings or get_settings()
-    check_production_settings(settings)
+def _lifespan(settings: Settings, warm_up: bool, workers_dir: Path | None):
+    """Start-up: users, then the warm-up (before the worker accepts a connection) and this
+    worker's marker; shut-down: jobs whose requests were cancelled stop at their next step."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -108,8 +136,27 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
         except ServiceUnavailable as exc:
             log.warning("%s; users will be created when Redis is back", exc)
         if warm_up:
-            threading.Thread(target=_warm_up, args=(app.state.service,), daemon=True).start()
+            t = time.perf_counter()
+            await anyio.to_thread.run_sync(_warm_up, app.state.service)
+            metrics.WARM_UP_SECONDS.observe(time.perf_counter() - t)
+        if workers_dir is not None:
+            workers_dir.mkdir(parents=True, exist_ok=True)
+            (workers_dir / str(os.getpid())).touch()
+        app.state.warm = True
         yield
+        for job in list(app.state.jobs):
+            job.cancel()
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None, warm_up: bool = True,
+               workers_dir: Path | None = None) -> FastAPI:
+    """``warm_up``: build the default model and run one search before serving (a worker takes
+    no connection before its lifespan start-up ends, so no request meets a cold worker);
+    ``workers_dir``: where each warm worker leaves a marker, for ``/ready`` to count them."""
+    settings = settings or get_settings()
+    check_production_settings(settings)
 
     app = FastAPI(
         title="CBIR workbench API",
@@ -119,7 +166,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
             "the collection's images, models and statistics. Log in with POST /api/login and send "
             "`Authorization: Bearer <token>`. Every error is JSON `{\"error\": ...}`."
         ),
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, warm_up, workers_dir),
     )
     engine = engine or Engine(settings.collection, settings)
     client = get_redis(settings)
@@ -129,6 +176,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     app.state.service = SearchService(engine, ResultCache(client, enabled=settings.cache))
     app.state.redis = client
     app.state.started = time.time()
+    app.state.warm = False
+    app.state.workers_dir = workers_dir
+    app.state.job_slots = UserSlots(client, settings.jobs_per_user)
+    app.state.jobs = set()
 
     _install_error_handlers(app)
 
@@ -149,7 +200,16 @@ def app_factory() -> FastAPI:
     from ..process import tune_server_process
 
     tune_server_process()
-    return create_app(get_settings())
+    settings = get_settings()
+    return create_app(settings, workers_dir=_workers_dir(settings, int(os.environ.get(SERVER_PID_ENV, os.getpid()))))
+
+
+SERVER_PID_ENV = "CBIR_API_SERVER_PID"  # set by serve() for its workers: whose markers to count
+
+
+def _workers_dir(settings: Settings, server_pid: int) -> Path:
+    """One folder per `cbir api` process, so two servers sharing a var folder count their own workers."""
+    return Path(settings.var_dir) / "api-workers-warm" / str(server_pid)
 
 
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
@@ -167,10 +227,19 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
             start_embedded(settings)  # this parent owns the embedded Redis too, before the workers
     except (ConfigError, CBIRError) as exc:
         raise SystemExit(f"cbir: error: {exc}")
-    prepare_multiprocess_dir(settings.var_dir)
+    workers = workers or settings.api_workers
+    if workers > 1:  # one worker is this process, whose metrics already live in memory: /metrics was empty
+        prepare_multiprocess_dir(settings.var_dir)
+    os.environ["CBIR_API_WORKERS"] = str(workers)  # the workers' /ready waits for this many warm workers
+    reset_settings()  # a single worker runs in this process, whose settings are read already
+    os.environ[SERVER_PID_ENV] = str(os.getpid())
+    for folder in (Path(settings.var_dir) / "api-workers-warm").glob("*"):  # this pid's (reused) and dead servers'
+        if folder.name == str(os.getpid()) or not _alive(folder.name):
+            shutil.rmtree(folder, ignore_errors=True)
     uvicorn.run(
         "cbir.api.app:app_factory", factory=True, host=host or settings.api_host, port=port or settings.api_port,
-        workers=workers or settings.api_workers, log_level="info",
+        workers=workers, log_level="info",
+        timeout_graceful_shutdown=settings.shutdown_seconds,  # then running requests are cancelled, and their jobs
         proxy_headers=False,  # ForwardedFor in create_app, with CBIR_TRUSTED_PROXIES
         server_header=False,
     )

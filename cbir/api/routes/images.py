@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
 from ...errors import CollectionError
-from ...maps import MAP_METHODS, embedding_map
+from ...maps import MAP_METHODS, embedding_map, map_cached
 from ..deps import APIError, CurrentUser, Service
+from ..jobs import run_job
 from ..schemas import ErrorBody
 
 router = APIRouter(prefix="/api", tags=["collection"])
@@ -54,9 +56,11 @@ def image(service: Service, user: CurrentUser, image_id: str, thumb: Annotated[i
     return Response(thumbnail_jpeg(path, thumb, square=False), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/map", responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+@router.get("/map", responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 422: {"model": ErrorBody},
+                                429: {"model": ErrorBody, "description": "the user's long jobs are all running (Retry-After)"}},
             summary="2-D map of one model's features (PCA, UMAP, t-SNE), computed once per store version")
-def feature_map(
+async def feature_map(
+    request: Request,
     service: Service,
     user: CurrentUser,
     model: Annotated[str | None, Query(max_length=80)] = None,
@@ -69,6 +73,10 @@ def feature_map(
 
     given = {"n_neighbors": n_neighbors, "min_dist": min_dist, "perplexity": perplexity}
     params = {k: v for k, v in given.items() if v is not None}
-    emap = embedding_map(service.engine, model or default_model(), method, params)
+    model = model or default_model()
+    # a fit counts against CBIR_JOBS_PER_USER and stops if the client goes; a cached map is only read
+    fit = not await run_in_threadpool(map_cached, service.engine, model, method, params)
+    emap = await run_job(request, user, lambda progress: embedding_map(service.engine, model, method, params, progress),
+                         limited=fit)
     c = service.engine.collection
     return {**emap.to_dict(), "labels": [c.label_of(i) if i in c else None for i in emap.ids]}

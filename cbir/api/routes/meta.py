@@ -22,17 +22,24 @@ def health() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: Redis reachable and feature stores loaded")
+@router.get("/ready", summary="Readiness: Redis reachable, feature stores loaded, every worker's default model built and warm")
 def ready(request: Request, service: Service):
-    redis_ok = ping(request.app.state.redis)
+    from ..app import warm_workers
+
+    state = request.app.state
+    redis_ok = ping(state.redis)
     try:
         searchable = service.engine.searchable_models()
     except Exception:
         searchable = []
-    ok = redis_ok and bool(searchable)
-    body = {"status": "ready" if ok else "not ready", "redis": redis_ok, "models_searchable": searchable}
+    expected = state.settings.api_workers if state.workers_dir is not None else 1
+    warm = (warm_workers(state.workers_dir) if state.workers_dir is not None else 1) if state.warm else 0
+    ok = redis_ok and bool(searchable) and warm >= expected
+    body = {"status": "ready" if ok else "not ready", "redis": redis_ok, "models_searchable": searchable,
+            "workers_warm": f"{min(warm, expected)}/{expected}"}
     if not ok:
-        problems = ([] if redis_ok else ["Redis unreachable"]) + ([] if searchable else ["no feature store: run `cbir index`"])
+        problems = (([] if redis_ok else ["Redis unreachable"]) + ([] if searchable else ["no feature store: run `cbir index`"])
+                    + ([] if warm >= expected else [f"warming up: {min(warm, expected)} of {expected} API workers have built their models"]))
         body["error"] = "; ".join(problems)
     return JSONResponse(body, status_code=200 if ok else 503)
 

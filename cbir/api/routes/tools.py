@@ -11,29 +11,34 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...distances import METRICS
-from ...tuning import DEFAULT_STEP, MODELS_RANGE, SWEEP_METHODS
+from ...tuning import DEFAULT_STEP, MODELS_RANGE, STEP_RANGE, SWEEP_METHODS
 from ..deps import APIError, CurrentUser, Service, Users, client_source
+from ..jobs import run_job
 from ..schemas import ErrorBody
 
 router = APIRouter(prefix="/api", tags=["research"])
 ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 IMPORT_ERRORS = {**ERRORS, 409: {"model": ErrorBody}, 413: {"model": ErrorBody}}
+JOB_ERRORS = {**ERRORS, 429: {"model": ErrorBody, "description": "the user's long jobs are all running (Retry-After)"}}
 
 
 class TuneWeightsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     models: list[str] = Field(min_length=MODELS_RANGE[0], max_length=MODELS_RANGE[1])
     method: Literal[SWEEP_METHODS] = "weighted"
-    step: float = Field(DEFAULT_STEP, gt=0, le=0.5, description="grid step on the weight simplex; must divide 1")
+    step: float = Field(DEFAULT_STEP, ge=STEP_RANGE[0], le=STEP_RANGE[1], allow_inf_nan=False,
+                        description="grid step on the weight simplex; must divide 1")
     metric: Literal[tuple(METRICS)] = "cosine"
 
 
-@router.post("/tune_weights", responses=ERRORS, summary="mAP and P@20 of fusion over a grid of weights (2-3 models)")
-async def tune_weights(service: Service, user: CurrentUser, body: TuneWeightsRequest) -> dict:
-    """Every labelled image as a query; each model's distance matrix computed once."""
+@router.post("/tune_weights", responses=JOB_ERRORS, summary="mAP and P@20 of fusion over a grid of weights (2-3 models)")
+async def tune_weights(request: Request, service: Service, user: CurrentUser, body: TuneWeightsRequest) -> dict:
+    """Every labelled image as a query; each model's distance matrix computed once. Bounded by
+    CBIR_SWEEP_MAX_WORK (422), CBIR_JOBS_PER_USER at once (429), stopped if the client goes."""
     from ...tuning import sweep_weights
 
-    result = await run_in_threadpool(sweep_weights, service.engine, body.models, body.method, body.step, body.metric)
+    result = await run_job(request, user, lambda progress: sweep_weights(
+        service.engine, body.models, body.method, body.step, body.metric, progress))
     return result.to_dict()
 
 
