@@ -5,8 +5,10 @@ Session-state keys carry the page's prefix (``auth_``, ``search_``, ``eval_``, .
 
 from __future__ import annotations
 
+import contextlib
 import html
 import time
+from collections.abc import Callable, Iterator
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -64,6 +66,40 @@ def metric_label(name: str) -> str:
 def current_role() -> str:
     roles = st.session_state.get("roles") or ["student"]
     return roles[0]
+
+
+@contextlib.contextmanager
+def long_job_slot(progress: Callable[[int, int], None]) -> Iterator[Callable[[int, int], None]]:
+    """One of the user's ``CBIR_JOBS_PER_USER`` long jobs (weight sweeps, map fits), counted
+    with the API's in Redis (``cbir.jobs.UserSlots``): a second tab or an API call at the same
+    time gets :class:`~cbir.errors.BusyError`. Yields ``progress`` wrapped to renew the lease
+    (30 s) as the job moves; with Redis away the job runs unlimited."""
+    from redis import exceptions as redis_errors
+
+    from cbir.jobs import LEASE_SECONDS, UserSlots
+
+    settings = get_settings()
+    user = st.session_state.get("username") or ""
+    try:
+        slots = UserSlots(get_redis(settings), settings.jobs_per_user)
+        token = slots.acquire(user)
+    except (ServiceUnavailable, redis_errors.RedisError):
+        yield progress
+        return
+    renewed = [time.monotonic()]
+
+    def forward(done: int, total: int) -> None:
+        if time.monotonic() - renewed[0] > LEASE_SECONDS / 3:
+            with contextlib.suppress(Exception):
+                slots.renew(user, token)
+            renewed[0] = time.monotonic()
+        progress(done, total)
+
+    try:
+        yield forward
+    finally:
+        with contextlib.suppress(Exception):
+            slots.release(user, token)
 
 
 def require_login(roles: set[str] | None = None) -> str:

@@ -12,7 +12,7 @@ from cbir.export import pr_html, pr_png, report_curves, reports_csv, reports_jso
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS, FUSION_SHORT
 from cbir.tuning import SWEEP_METHODS, sweep_weights
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, Rerank
-from app_pages.common import require_login, get_engine, interpolated_figure, metric_label, model_label, protocol_note, show_error
+from app_pages.common import require_login, get_engine, long_job_slot, interpolated_figure, metric_label, model_label, protocol_note, show_error
 
 require_login()  # first: this page also runs if Streamlit ever reaches it without app.py
 
@@ -122,9 +122,9 @@ with st.form("sweep_form"):
 if run_sweep:
     bar = st.progress(0.0, text="Sweeping…")
     try:
-        st.session_state["eval_sweep"] = sweep_weights(
-            engine, sweep_models, sweep_method, float(sweep_step),
-            progress=lambda done, total: bar.progress(done / total, text=f"Weightings evaluated: {done}/{total}")).to_dict()
+        with long_job_slot(lambda done, total: bar.progress(done / total, text=f"Weightings evaluated: {done}/{total}")) as progress:
+            st.session_state["eval_sweep"] = sweep_weights(engine, sweep_models, sweep_method, float(sweep_step),
+                                                           progress=progress).to_dict()
     except Exception as exc:
         show_error(exc)
 sweep = st.session_state.get("eval_sweep")

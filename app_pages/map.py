@@ -12,8 +12,8 @@ import streamlit as st
 
 from cbir.errors import CBIRError
 from cbir.images import thumbnail_data_url
-from cbir.maps import MAP_LABELS, MAP_METHODS, MAP_PARAMS, MAP_THUMBNAILS_MAX, embedding_map, map_status
-from app_pages.common import require_login, get_engine, get_service, model_label, result_grid, show_error, thumbnail_of
+from cbir.maps import MAP_LABELS, MAP_METHODS, MAP_PARAMS, MAP_THUMBNAILS_MAX, embedding_map, map_cached, map_status
+from app_pages.common import require_login, get_engine, get_service, long_job_slot, model_label, result_grid, show_error, thumbnail_of
 
 #: a five-pointed star as an SVG path in Vega's unit square, for the query
 STAR = "M0,-1L0.22,-0.31L0.95,-0.31L0.36,0.12L0.59,0.81L0,0.38L-0.59,0.81L-0.36,0.12L-0.95,-0.31L-0.22,-0.31Z"
@@ -75,8 +75,14 @@ if not status[method][0]:
 
 bar = st.progress(0.0, text=f"{MAP_LABELS[method]} of {model_label(model)}…")
 try:
-    emap = embedding_map(engine, model, method, params,
-                         progress=lambda done, total: bar.progress(min(done / max(total, 1), 1.0), text=f"{MAP_LABELS[method]}: {done}/{total}"))
+    def map_progress(done: int, total: int) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{MAP_LABELS[method]}: {done}/{total}")
+
+    if map_cached(engine, model, method, params):  # reading a cached map is not a long job
+        emap = embedding_map(engine, model, method, params, progress=map_progress)
+    else:
+        with long_job_slot(map_progress) as progress:
+            emap = embedding_map(engine, model, method, params, progress=progress)
 except Exception as exc:
     bar.empty()
     show_error(exc)

@@ -228,3 +228,49 @@ def test_a_map_fit_stops_at_its_next_step_once_cancelled(tmp_path):
         embedding_map(engine, TWO[0], "tsne", None, job.progress)
     assert seen == [50]  # the first callback ran, the second stopped the fit
     assert not map_cached(engine, TWO[0], "tsne") and not list(features.glob("map-*"))
+
+
+# -- the app shares the per-user limit --------------------------------------------------------
+
+def test_the_app_counts_its_sweeps_and_map_fits_with_the_api(fresh_redis, monkeypatch):
+    """A second tab (or an API call) while a sweep runs in the app: the app's long job takes
+    one of the user's slots in Redis, so a second one is refused with the setting named, and
+    the slot is free again when the job ends."""
+    from streamlit.testing.v1 import AppTest
+
+    from cbir.config import reset_settings
+    from cbir.jobs import UserSlots
+    from cbir.redisdb import get_redis
+
+    monkeypatch.setenv("CBIR_REDIS_URL", fresh_redis.url)
+    reset_settings()
+
+    def page():
+        import streamlit as st
+
+        from app_pages.common import long_job_slot, show_error
+
+        seen = []
+        try:
+            with long_job_slot(lambda done, total: seen.append(done)) as progress:
+                progress(1, 2)
+                st.session_state["held_inside"] = True
+                with long_job_slot(lambda done, total: None):  # the same user again, at once
+                    st.session_state["second_ran"] = True
+        except Exception as exc:
+            show_error(exc)
+        st.session_state["seen"] = seen
+
+    try:
+        at = AppTest.from_function(page, default_timeout=60)
+        at.session_state["username"] = "researcher"
+        at.session_state["roles"] = ["researcher"]
+        at.run()
+        assert at.session_state["held_inside"] and "second_ran" not in at.session_state
+        assert at.session_state["seen"] == [1]
+        [error] = at.error
+        assert "CBIR_JOBS_PER_USER" in error.value, error.value
+        assert UserSlots(get_redis(), 1).held("researcher") == 0  # released when the job ended
+    finally:
+        monkeypatch.delenv("CBIR_REDIS_URL")
+        reset_settings()
