@@ -77,6 +77,22 @@ def build_authenticator() -> stauth.Authenticate | None:
         return False
 
     model.check_credentials = check_credentials
+
+    # An unreadable cookie is no cookie: the library catches only bad signatures and damaged
+    # tokens, so a cookie naming another algorithm (alg "none", RS256, planted by a sibling
+    # site) raised InvalidAlgorithmError and hid the login form until the cookie was cleared.
+    cookie_model = authenticator.cookie_controller.cookie_model
+    decode = cookie_model._token_decode
+
+    def token_decode():
+        import jwt
+
+        try:
+            return decode()
+        except jwt.PyJWTError:
+            return False
+
+    cookie_model._token_decode = token_decode
     return authenticator
 
 

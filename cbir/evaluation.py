@@ -80,6 +80,8 @@ def pr_curve(relevant: np.ndarray, n_relevant: int) -> tuple[np.ndarray, np.ndar
 def interpolated_pr(relevant: np.ndarray, n_relevant: np.ndarray | int) -> np.ndarray:
     """(q, 11) interpolated precision at recall 0, 0.1, ..., 1 per query."""
     rel = np.atleast_2d(relevant).astype(float)
+    if rel.shape[1] == 0:  # nothing ranked (a one-image store, its query excluded): no recall reached
+        return np.zeros((rel.shape[0], RECALL_LEVELS.size))
     total = np.broadcast_to(np.asarray(n_relevant, dtype=float), (rel.shape[0],))
     hits = np.cumsum(rel, axis=1)
     prec = hits / np.arange(1, rel.shape[1] + 1)[None, :]

@@ -60,6 +60,10 @@ _PICKLE_ALLOWED = {("builtins", "complex")} | {
     (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")} | {
     (m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")} | {("numpy", "ndarray"), ("numpy", "dtype")}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: The longest key (an image id or path) read, in characters: PATH_MAX on Linux. A longer one
+#: is refused from the header (.npy/.npz), the dictionary (Parquet) or when read, so that 200
+#: ids of 250,000 characters (a 1000:1 zip of repeated text) never become 200 MB of strings.
+MAX_KEY_CHARS = 4096
 
 
 class FeatureImportError(CBIRError):
@@ -263,6 +267,20 @@ class _BoundedUnpickler(pickle._Unpickler):
 
         return run
 
+    def _checked_reduce(load):
+        def run(self):
+            func, args = self.stack[-2], self.stack[-1]
+            if func is np.ndarray:  # named only as _reconstruct's argument; called, it allocates any shape
+                raise FeatureImportError("refused: the pickle calls numpy.ndarray itself; arrays come only through "
+                                         "numpy's own reconstruction")
+            if getattr(func, "__name__", "") == "scalar" and args and isinstance(args[0], np.dtype):
+                if args[0].hasobject:
+                    raise FeatureImportError("refused: the pickle holds a numpy scalar of Python objects; vectors must be numbers")
+                self.limits.check("a scalar of the pickle", dim=max(args[0].itemsize // 8, 1))  # allocated before filled
+            load(self)
+
+        return run
+
     _d = pickle._Unpickler
     for _name, _load in (("LIST", _d.load_list), ("TUPLE", _d.load_tuple), ("DICT", _d.load_dict)):
         dispatch[_opcode(_name)] = _made_from_marked(_load)
@@ -273,12 +291,12 @@ class _BoundedUnpickler(pickle._Unpickler):
     dispatch[_opcode("APPEND")] = _extended_from_top(1, _d.load_append)
     dispatch[_opcode("SETITEM")] = _extended_from_top(2, _d.load_setitem)
     dispatch[_opcode("BUILD")] = _built(_d.load_build)
-    dispatch[_opcode("REDUCE")] = _built(_d.load_reduce)
+    dispatch[_opcode("REDUCE")] = _built(_checked_reduce(_d.load_reduce))
     for _name in ("EMPTY_SET", "ADDITEMS", "FROZENSET"):
         dispatch[_opcode(_name)] = _refuse("a set")
     for _name in ("NEWOBJ", "NEWOBJ_EX", "OBJ", "INST", "NEXT_BUFFER", "READONLY_BUFFER"):
         dispatch[_opcode(_name)] = _refuse(f"the {_name} opcode")
-    del _d, _name, _load, _k, _made_from_marked, _made_from_top, _extended_from_marked, _extended_from_top, _built, _refuse
+    del _d, _name, _load, _k, _made_from_marked, _made_from_top, _extended_from_marked, _extended_from_top, _built, _refuse, _checked_reduce
 
 
 def _from_pickle(data: bytes, limits: ImportLimits) -> tuple[list[str], np.ndarray]:
@@ -332,6 +350,22 @@ def _check_ids(dtype: np.dtype, what: str) -> None:
         raise FeatureImportError(f"{what} hold Python objects (object dtype); save the ids as strings, e.g. np.array(ids, dtype=str)")
     if dtype.kind not in "USiu":
         raise FeatureImportError(f"{what} must be strings or integers; got {dtype}")
+    chars = dtype.itemsize // 4 if dtype.kind == "U" else dtype.itemsize
+    if chars > MAX_KEY_CHARS:
+        raise FeatureImportError(f"{what} are {chars} characters wide; an id or path has at most {MAX_KEY_CHARS}")
+
+
+def _short(key) -> str:
+    """A key as a message quotes it: at most 60 characters of it."""
+    text = repr(key)
+    return text if len(text) <= 60 else f"{text[:57]}…"
+
+
+def _checked_keys(keys: list[str], what: str) -> list[str]:
+    longest = max(map(len, keys), default=0)
+    if longest > MAX_KEY_CHARS:
+        raise FeatureImportError(f"{what} holds a key of {longest} characters; an id or path has at most {MAX_KEY_CHARS}")
+    return keys
 
 
 # -- numpy ----------------------------------------------------------------------------
@@ -459,6 +493,20 @@ def _from_table(frame) -> tuple[list[str], np.ndarray]:
     return frame[key_col].astype(str).tolist(), vectors
 
 
+def _check_text_columns(table, names: list[str], what: str, limits: ImportLimits) -> None:
+    """Text columns of one row group, still dictionary-encoded: no value over MAX_KEY_CHARS,
+    so expanding them costs at most rows x MAX_KEY_CHARS."""
+    import pyarrow.compute as pc
+
+    for name in names:
+        column = table.column(name)
+        for chunk in column.chunks:
+            values = chunk.dictionary if hasattr(chunk, "dictionary") else chunk
+            if len(values) and (pc.max(pc.binary_length(values.cast("binary"))).as_py() or 0) > MAX_KEY_CHARS * 4:
+                raise FeatureImportError(f"{what}: column {name!r} holds values over {MAX_KEY_CHARS} characters; "
+                                         "an id or path has at most that")
+
+
 def _from_parquet(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarray]:
     """Rows, columns, value counts and uncompressed sizes from the footer, then the table."""
     import pyarrow as pa
@@ -468,6 +516,10 @@ def _from_parquet(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarr
     try:
         pf = pq.ParquetFile(path)
         meta, schema = pf.metadata, pf.schema_arrow
+        strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                   or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+        if strings:  # dictionary-encoded text is read as its dictionary: the footer's sizes are encoded sizes
+            pf = pq.ParquetFile(path, read_dictionary=strings)
     except Exception as exc:
         raise FeatureImportError(f"{path.name} is not a readable Parquet file ({_one_line(exc)})") from None
     rows = meta.num_rows
@@ -497,6 +549,7 @@ def _from_parquet(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarr
             tables.append(pf.read_row_group(g))
             decoded += tables[-1].nbytes
             limits.check(what, nbytes=decoded)
+            _check_text_columns(tables[-1], strings, what, limits)
         frame = (pa.concat_tables(tables) if tables else schema.empty_table()).to_pandas()
     except FeatureImportError:
         raise
@@ -513,11 +566,15 @@ def _from_csv(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarray]:
     import csv
 
     what = f"the CSV file {path.name}"
+    most_chars = 64 * (limits.max_dim + 2)
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        line = fh.readline(64 * (limits.max_dim + 2))
-    if not line.endswith(("\n", "\r")) and path.stat().st_size > len(line.encode()):
-        raise FeatureImportError(f"{what}: its header line is longer than {64 * (limits.max_dim + 2)} characters")
-    columns = len(next(csv.reader([line]), []))
+        head = io.StringIO(fh.read(most_chars + 1))
+    try:  # the header as the csv module and pandas read it: one logical record (a quoted field may hold a newline)
+        columns = len(next(csv.reader(head), []))
+    except csv.Error as exc:
+        raise FeatureImportError(f"{what} cannot be read ({_one_line(exc)})") from None
+    if head.tell() > most_chars:
+        raise FeatureImportError(f"{what}: its header is longer than {most_chars} characters")
     limits.check(what, dim=max(columns - 1, 0))
     most = min(limits.max_rows, limits.max_bytes // (8 * max(columns, 1)))
     import pandas as pd
@@ -528,6 +585,8 @@ def _from_csv(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarray]:
         raise FeatureImportError(f"{what} cannot be read ({_one_line(exc)})") from None
     if len(frame) > most:  # one row more than allowed: say which limit
         limits.check(what, rows=len(frame), nbytes=len(frame) * columns * 8)
+    if frame.shape[1] != columns:
+        raise FeatureImportError(f"{what}: pandas read {frame.shape[1]} columns where the header has {columns}")
     return _from_table(frame)
 
 
@@ -544,16 +603,14 @@ def read_features(path: Path, collection: Collection, limits: ImportLimits | Non
     if path.stat().st_size > MAX_FILE_BYTES:
         raise FeatureImportError(f"{path} is larger than {MAX_FILE_BYTES >> 30} GiB; split it or use a .npz")
     suffix = path.suffix.lower()
-    if suffix in (".pkl", ".pickle"):
-        return _from_pickle(path.read_bytes(), limits)
-    if suffix == ".npz":
-        return _from_npz(path, limits)
-    if suffix == ".npy":
-        return _from_npy(path, collection, limits)
-    if suffix == ".parquet":
-        return _from_parquet(path, limits)
-    if suffix == ".csv":
-        return _from_csv(path, limits)
+    readers = {".pkl": lambda: _from_pickle(path.read_bytes(), limits), ".pickle": lambda: _from_pickle(path.read_bytes(), limits),
+               ".npz": lambda: _from_npz(path, limits), ".npy": lambda: _from_npy(path, collection, limits),
+               ".parquet": lambda: _from_parquet(path, limits), ".csv": lambda: _from_csv(path, limits)}
+    if suffix in readers:
+        keys, vectors = readers[suffix]()
+        # what was declared was checked before decoding; what was read is checked again
+        limits.check(path.name, rows=len(keys), dim=vectors.shape[1] if vectors.ndim == 2 else None)
+        return _checked_keys(keys, path.name), vectors
     raise FeatureImportError(f"unknown features file type {suffix or '(none)'}: use .npz, .npy, .parquet, .csv or a .pkl list of (path, vector)")
 
 
@@ -615,20 +672,20 @@ def import_features(path: Path, name: str, collection: Collection, features_dir:
         raise FeatureImportError(f"expected one vector per key, (n, d) with d > 0; got {len(keys)} keys and vectors of shape {vectors.shape}")
     bad = np.flatnonzero(~np.isfinite(vectors).all(1))
     if bad.size:
-        raise FeatureImportError(f"{bad.size} vector(s) contain NaN or infinity, e.g. for {keys[bad[0]]!r}")
+        raise FeatureImportError(f"{bad.size} vector(s) contain NaN or infinity, e.g. for {_short(keys[bad[0]])}")
     big = np.flatnonzero((np.abs(vectors) > _FLOAT32_MAX).any(1))
     if big.size:  # stored as float32 they would be infinite, and every search on the model would fail
         raise FeatureImportError(f"{big.size} vector(s) hold values beyond the float32 range (|x| > {_FLOAT32_MAX:.4g}), e.g. "
-                                 f"{float(np.abs(vectors[big[0]]).max()):.4g} for {keys[big[0]]!r}; scale them down")
+                                 f"{float(np.abs(vectors[big[0]]).max()):.4g} for {_short(keys[big[0]])}; scale them down")
     rows, unmatched = match_keys(keys, collection)
     matched = [(r, i) for i, r in enumerate(rows) if r >= 0]
     if not matched:
         raise FeatureImportError(f"no key of {Path(path).name} matches an image of {collection.name!r} (by id, relative path or "
-                           f"file name), e.g. {keys[0]!r} vs {collection.ids[0]!r}")
+                           f"file name), e.g. {_short(keys[0])} vs {collection.ids[0]!r}")
     seen: dict[int, str] = {}
     for r, i in matched:
         if r in seen:
-            raise FeatureImportError(f"two keys name the same image {collection.ids[r]!r}: {seen[r]!r} and {keys[i]!r}")
+            raise FeatureImportError(f"two keys name the same image {collection.ids[r]!r}: {_short(seen[r])} and {_short(keys[i])}")
         seen[r] = keys[i]
     matched.sort()
     ids = [collection.ids[r] for r, _ in matched]

@@ -88,9 +88,9 @@ class FeatureStore:
         try:
             return self.rows[str(image_id)]
         except KeyError:
-            raise StoreError(
-                f"image {image_id!r} is not in the {self.model} feature store; run `cbir index --model {self.model}`"
-            ) from None
+            fix = (f"import its features again with it (`cbir import-features FILE --name {self.model[len('imported:'):]} --replace`)"
+                   if self.model.startswith("imported:") else f"run `cbir index --model {self.model}`")
+            raise StoreError(f"image {image_id!r} is not in the {self.model} feature store; {fix}") from None
 
     def __contains__(self, image_id: object) -> bool:
         return str(image_id) in self.rows

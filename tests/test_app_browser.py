@@ -450,6 +450,25 @@ def test_cookie_signed_with_the_published_placeholder_is_refused(browser, app_se
     context.close()
 
 
+def test_a_cookie_of_another_algorithm_is_no_cookie(browser, app_server):
+    """alg "none" (or any but HS256) raised InvalidAlgorithmError in the cookie check: the page
+    showed "Unexpected problem" and no login form until the cookie was cleared."""
+    import base64
+
+    def part(d: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
+    forged = f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'username': 'admin', 'exp_date': time.time() + 1800})}."
+    context, pg = _with_cookie(browser, app_server, forged)
+    pg.get_by_label("Username").wait_for()
+    pg.wait_for_timeout(1000)
+    assert pg.get_by_text("Unexpected problem").count() == 0
+    assert pg.get_by_role("heading", name="🛡️ Admin").count() == 0
+    login(pg, "student", "multimedia")  # the form works: the bad cookie is simply ignored
+    pg.get_by_role("heading", name="🔎 Search", exact=True).wait_for()
+    context.close()
+
+
 def test_password_reset_ends_open_sessions_and_old_cookies(browser, app_server, session_tmp):
     from cbir.users import UserStore
 

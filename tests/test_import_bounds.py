@@ -114,7 +114,55 @@ def _csv_wide(tmp_path, rows=2, width=9000):
     return tmp_path / "w.csv"
 
 
+def _pickle_ndarray_call(tmp_path, n=1 << 22):
+    """48 bytes calling numpy.ndarray((n,), dtype('O')) through REDUCE: numpy allocates (and
+    fills with None) n object pointers before anything can look at the result."""
+    import struct
+
+    data = (b"\x80\x02cnumpy\nndarray\n(J" + struct.pack("<i", n) + b"\x85cnumpy\ndtype\nX\x01\x00\x00\x00O\x85Rt"
+            b"R.")
+    (tmp_path / "o.pkl").write_bytes(data)
+    return tmp_path / "o.pkl"
+
+
+def _pickle_void_scalar(tmp_path, n=1 << 25):
+    """65 bytes calling numpy's scalar(dtype('V<n>')): an n-byte scalar, allocated then read."""
+    width = str(n).encode()
+    data = (b"\x80\x02cnumpy.core.multiarray\nscalar\ncnumpy\ndtype\nX" + bytes([1 + len(width), 0, 0, 0]) + b"V" + width
+            + b"\x85R\x85R.")
+    (tmp_path / "v.pkl").write_bytes(data)
+    return tmp_path / "v.pkl"
+
+
+def _csv_quoted_header(tmp_path, width=9000):
+    """A header whose first field holds a newline: its first physical line has one column,
+    the logical record (what pandas reads) ``width`` + 1."""
+    (tmp_path / "q.csv").write_text('id,"x\ny"' + "," * width + "\n0" + ",1" * (width + 1) + "\n")
+    return tmp_path / "q.csv"
+
+
+def _parquet_dictionary_ids(tmp_path, rows=300, chars=100_000):
+    """300 ids of 100,000 characters, dictionary-encoded: about 1 KB on disk, 30 MB expanded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": ["a" * chars] * rows, "vector": [[0.5] * 4] * rows})
+    pq.write_table(table, tmp_path / "d.parquet", compression="zstd", use_dictionary=True)
+    return tmp_path / "d.parquet"
+
+
+def _npz_wide_ids(tmp_path, rows=200, chars=25_000):
+    """200 ids of 25,000 characters, deflated: 20 MB of strings from a few KB."""
+    np.savez_compressed(tmp_path / "i.npz", ids=np.array(["a" * chars] * rows), vectors=np.zeros((rows, 4)))
+    return tmp_path / "i.npz"
+
+
 BOMBS = {
+    "pickle-ndarray-call": (_pickle_ndarray_call, r"calls numpy\.ndarray itself"),
+    "pickle-void-scalar": (_pickle_void_scalar, r"CBIR_IMPORT_MAX_DIM"),
+    "csv-quoted-header": (_csv_quoted_header, r"d = 9001; the limit is CBIR_IMPORT_MAX_DIM = 8192"),
+    "parquet-dictionary-ids": (_parquet_dictionary_ids, r"over 4096 characters"),
+    "npz-wide-ids": (_npz_wide_ids, r"characters wide; an id or path has at most 4096"),
     "pickle-bytearray": (_pickle_bytearray, r"refused: the pickle asks for builtins\.bytearray"),
     "pickle-memo": (_pickle_memo, r"CBIR_IMPORT_MAX_DIM"),
     "pickle-reconstruct": (_pickle_reconstruct, r"d = 16777216; the limit is CBIR_IMPORT_MAX_DIM"),
@@ -401,3 +449,20 @@ def test_api_bounds_owner_and_metric_error(fresh_redis, tmp_path):
         assert out.returncode == 0, out.stderr
         entry = next(e for e in c.get("/api/auth_log", headers=admin).json()["entries"] if e["event"] == "features_imported")
         assert entry["actor"].endswith("(command line)") and entry["outcome"] == "replaced"
+
+
+def test_a_one_image_store_searches_without_a_500(tmp_path):
+    """The query excluded, nothing is left to rank: an empty list, not an error."""
+    from cbir.engine import Engine
+    from cbir.search import rank_distances
+
+    empty = rank_distances("m", np.array([np.inf]), ["7"], ["a"], "a", 5)
+    assert empty.hits == [] and empty.pr_11 == [0.0] * 11 and empty.average_precision == 0.0
+    (tmp_path / "one.csv").write_text("id,a,b\n7,0.1,0.2\n")
+    features = tmp_path / "features"
+    import_features(tmp_path / "one.csv", "one", scan_collection(COLLECTION), features)
+    engine = Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=features))
+    response = engine.search("imported:one", image_id="7", top_k=3)
+    assert response.per_model["imported:one"].hits == []
+    with pytest.raises(CBIRError, match=r"--name one --replace"):  # the advice fits an imported model
+        engine.search("imported:one", image_id="5", top_k=3)
