@@ -221,12 +221,49 @@ def _bomb_parquet(path: Path, rows=1000, width=50_000) -> Path:
     return path
 
 
-#: name, builder, the issue's "before" (worker peak growth, outcome)
+def _bomb_pickle_ndarray(path: Path, n: int = 40_000_000) -> Path:
+    """48 bytes: REDUCE numpy.ndarray((n,), dtype('O'))."""
+    import struct
+
+    path.write_bytes(b"\x80\x02cnumpy\nndarray\n(J" + struct.pack("<i", n) + b"\x85cnumpy\ndtype\nX\x01\x00\x00\x00O\x85RtR.")
+    return path
+
+
+def _bomb_pickle_scalar(path: Path, n: int = 400_000_000) -> Path:
+    """65 bytes: numpy's scalar(dtype('V<n>'))."""
+    width = str(n).encode()
+    path.write_bytes(b"\x80\x02cnumpy.core.multiarray\nscalar\ncnumpy\ndtype\nX" + bytes([1 + len(width), 0, 0, 0]) + b"V"
+                     + width + b"\x85R\x85R.")
+    return path
+
+
+def _bomb_csv_quoted(path: Path, width: int = 300_000) -> Path:
+    """A header whose first field holds a newline, then ``width`` columns (300 KB)."""
+    path.write_text('id,"x\ny"' + "," * width + "\n0\n")
+    return path
+
+
+def _bomb_parquet_ids(path: Path, rows: int = 300, chars: int = 1_000_000) -> Path:
+    """``rows`` dictionary-encoded ids of ``chars`` characters (904 bytes on disk)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a" * chars] * rows, "vector": [[0.5] * 4] * rows}), path, compression="zstd",
+                   use_dictionary=True)
+    return path
+
+
+#: name, builder, the issue's "before" (worker peak growth, outcome); the last four were found
+#: in review, their "before" measured on the code the issue's four were first fixed in
 IMPORT_BOMBS = (
     ("pickle [(\"0\", bytearray(2**31))]", _bomb_pickle_bytearray, "b.pkl", "OOM-killed"),
     ("pickle, 200 rows x one memoised 1000x1000 list", _bomb_pickle_memo, "m.pkl", "+3.8 GB, 200 x 1,000,000 store (763 MB)"),
     (".npz of deflated zeros, (1000, 250000) float32", _bomb_npz, "z.npz", "+4.8 GB, 954 MB store"),
     ("zstd Parquet, 1000 x 50000 float64", _bomb_parquet, "z.parquet", "+2.1 GB, 1 GB held after"),
+    ("pickle calling numpy.ndarray((40_000_000,), dtype('O'))", _bomb_pickle_ndarray, "o.pkl", "+314 MB, kept"),
+    ("pickle calling scalar(dtype('V400000000'))", _bomb_pickle_scalar, "v.pkl", "+763 MB peak"),
+    ("CSV with a quoted newline in its header, 300,001 columns", _bomb_csv_quoted, "q.csv", "990 MB peak, 20 s, imported"),
+    ("Parquet of 300 dictionary-encoded 1 MB ids", _bomb_parquet_ids, "d.parquet", "1.2 GB peak, a 1 MB message"),
 )
 
 
