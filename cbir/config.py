@@ -56,8 +56,10 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(1 << 30, ge=1 << 20, description="Imported features: the most bytes a file may decode to (as float64)")
     login_proxy_failures: int = Field(30, ge=1, description="Failed logins per minute relayed by one trusted proxy, all "
                                       "clients together (API); then 429 until the minute has passed")
-    sweep_max_work: int = Field(750_000_000, ge=1, description="Distances a weight sweep may fuse: points x models x labelled images² "
-                                "(step 0.05 with 3 models on 1,000 images: 693 million, about 40 CPU-s)")
+    sweep_max_work: int = Field(1_500_000_000, ge=1, description="A weight sweep's work in fused distances: points x models x "
+                                "labelled images² (x2 for RRF), plus the distance matrices (images² x dimensions, chi-square "
+                                "40x cosine); step 0.05 with 3 models on 1,000 images: 712 million weighted, 1.4 billion RRF, "
+                                "about 40 and 80 CPU-s")
     jobs_per_user: int = Field(1, ge=1, le=64, description="Weight sweeps and map fits one user may run at once across API workers "
                                "(more: 429 with Retry-After; a cached map is not a fit)")
     shutdown_seconds: int = Field(3, ge=1, le=600, description="On SIGTERM, requests still running after this long are "

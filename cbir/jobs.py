@@ -42,6 +42,16 @@ class Job:
         self._cancelled = threading.Event()
         self._forward = forward
         self.steps = 0  # progress calls so far (tests and logs: is the work still moving?)
+        self._release: Callable[[], None] | None = None
+
+    def holds(self, release: Callable[[], None]) -> None:
+        """The job holds a slot that ``release`` frees (once, whoever calls first)."""
+        self._release = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     def cancel(self) -> None:
         self._cancelled.set()

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from .config import get_settings
 from .users import DEMO_USERS
@@ -39,10 +40,17 @@ def prepare_collection(settings) -> None:
     subprocess.run([sys.executable, "-m", "cbir", "index", "-m", model, "--collection", str(collection.root)], check=True)
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    """Until ``url`` answers 200 (a 503 from /ready is an OSError too: keep waiting)."""
+class Stop(Exception):
+    """Ctrl-C or SIGTERM while the services start: stop waiting for them."""
+
+
+def _wait_http(url: str, proc: subprocess.Popen, stopping: Callable[[], bool], timeout: float = 300) -> None:
+    """Until ``url`` answers 200 (a 503 from /ready is an OSError too: keep waiting), unless
+    ``stopping()`` turns true (Ctrl-C during a cold start stops it within 2 s)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if stopping():
+            raise Stop
         if proc.poll() is not None:
             raise RuntimeError(f"process for {url} exited with status {proc.returncode}")
         try:
@@ -69,7 +77,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def _start_services(settings, env: dict, procs: list[subprocess.Popen]) -> None:
+def _start_services(settings, env: dict, procs: list[subprocess.Popen], stopping: Callable[[], bool]) -> None:
     """The API and the app in their own sessions (stopped by :func:`_stop`), once they answer."""
     api = subprocess.Popen(
         [sys.executable, "-m", "cbir", "api", "--host", settings.api_host, "--port", str(settings.api_port)],
@@ -88,8 +96,8 @@ def _start_services(settings, env: dict, procs: list[subprocess.Popen]) -> None:
     _say("waiting for every API worker to build and warm its model (8 s on an idle 2-core machine)…")
     # /ready, not /health: 200 only once every worker has built its default model and run a
     # search through it, so the first search after the URLs print is answered at normal speed
-    _wait_http(api_url + "/ready", api)
-    _wait_http(app_url + "/_stcore/health", app)
+    _wait_http(api_url + "/ready", api, stopping)
+    _wait_http(app_url + "/_stcore/health", app, stopping)
     _say(f"ready in {time.time() - started:.0f} s")
     print()
     _say(f"App:  {app_url}")
@@ -129,7 +137,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        _start_services(settings, env, procs)
+        _start_services(settings, env, procs, lambda: stopping)
         while not stopping:
             for p in procs:
                 if p.poll() is not None:
@@ -139,6 +147,8 @@ def main() -> int:
     except (RuntimeError, TimeoutError) as exc:
         print(f"cbir: error: {exc}", file=sys.stderr)
         return_code = 1
+    except Stop:
+        return_code = 0
     else:
         return_code = 0
     finally:

@@ -280,3 +280,53 @@ def test_make_run_on_a_fresh_copy(tmp_path):
         time.sleep(0.5)
     assert _processes_under(checkout) == []
     assert "stopped" in log.read_text(errors="replace")
+
+
+def _processes_with(marker: str) -> list[str]:
+    """Processes whose environment holds ``marker`` (every child of a run inherits it)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (Path("/proc") / pid / "environ").read_bytes().split(b"\0"):
+                cmd = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{pid}: {cmd[:200]}")
+        except OSError:
+            continue
+    return found
+
+
+def test_ctrl_c_during_a_cold_start_stops_everything(tmp_path):
+    """Ctrl-C while `make run` waits for the API's workers to warm up: it stopped only once the
+    API was ready (25 s later), printing the URLs first; now it stops at once."""
+    import sys
+
+    var = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBIR_")}
+    env.update(CBIR_VAR_DIR=str(var), CBIR_DEMO="1", CBIR_API_PORT=str(free_port()), CBIR_APP_PORT=str(free_port()))
+    marker = f"CBIR_VAR_DIR={var}"
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen([sys.executable, "-m", "cbir.run"], cwd=ROOT, env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while "waiting for every API worker" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.time() < deadline, log.read_text(errors="replace")[-2000:]
+            time.sleep(0.2)
+        time.sleep(1)  # the API is starting, its workers still building their models
+        t = time.time()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        proc.wait(60)
+        seconds = time.time() - t
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text(errors="replace")
+    assert "press Ctrl-C to stop" not in text and "App:" not in text, text[-2000:]
+    assert seconds < 20, (seconds, text[-2000:])
+    deadline = time.time() + 30
+    while _processes_with(marker) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _processes_with(marker) == []
+    assert "stopped" in text

@@ -42,20 +42,22 @@ def login(client, username="researcher", password="umons2024") -> dict:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-@pytest.mark.parametrize("step", [5e-324, 1e-300, 0.001, 0.75, -0.1])
+@pytest.mark.parametrize("step", [5e-324, 1e-300, 0.001, 0.75, -0.1, 0.3, 0.1000000001])
 def test_odd_steps_are_a_plain_422(client, step):
     r = client.post("/api/tune_weights", json={"models": TWO, "step": step}, headers=login(client))
     assert r.status_code == 422, r.text
-    assert "0.01" in r.json()["error"] or "0.5" in r.json()["error"]
+    assert "0.01" in r.json()["error"] or "0.5" in r.json()["error"] or "divide 1" in r.json()["error"]
     assert len(r.text) < 1000 and "000000000" not in r.text  # no 300-digit number
+    if step == 0.1000000001:
+        assert "got 0.1000000001" in r.json()["error"]  # not "got 0.1"
 
 
 def test_sweep_over_the_work_bound_is_refused_before_any_work(client):
-    client.app.state.service.engine.settings.sweep_max_work = 5_000_000  # 3 points x 2 models x 1000² = 6 million
+    client.app.state.service.engine.settings.sweep_max_work = 15_000_000  # 6 million fused + 12.8 million matrices
     t = time.perf_counter()
     r = client.post("/api/tune_weights", json={"models": TWO, "step": 0.5}, headers=login(client))
     assert r.status_code == 422 and "CBIR_SWEEP_MAX_WORK" in r.json()["error"], r.text
-    assert "6 million" in r.json()["error"] and "5 million" in r.json()["error"]
+    assert "19 million" in r.json()["error"] and "15 million" in r.json()["error"]
     assert time.perf_counter() - t < 5  # refused, not computed (a 3-point sweep computes two 1000² matrices first)
 
 
@@ -203,8 +205,21 @@ def test_sigterm_ends_the_api_within_seconds_during_a_sweep(tmp_path):
         except subprocess.TimeoutExpired:
             pytest.fail(f"`cbir api` still running 15 s after SIGTERM: {server.log.read_text()[-1500:]}")
         seconds = time.perf_counter() - t
+        sock.settimeout(5)
+        try:
+            answer = sock.recv(65536).decode(errors="replace")
+        except OSError:
+            answer = ""
         sock.close()
         assert seconds < 10, seconds  # CBIR_SHUTDOWN_SECONDS (3) + one grid point + exit
+        # the client is told, in JSON (it got a bare "Internal Server Error" 500), and the
+        # user's slot is free at once (it stayed in Redis until its lease ran out)
+        assert answer.startswith("HTTP/1.1 503") and '"error"' in answer and "stopping" in answer, answer[:500]
+        import redis as redis_lib
+
+        from cbir.jobs import UserSlots
+
+        assert UserSlots(redis_lib.Redis.from_url(server.redis.url, decode_responses=True), 1).held("researcher") == 0
     finally:
         server.stop()
 

@@ -101,3 +101,24 @@ def test_first_upload_search_after_ready_is_at_normal_speed(tmp_path):
             pass
         proc.wait()
         redis.stop()
+
+
+def test_a_killed_worker_is_not_counted_while_it_is_a_zombie():
+    """A worker killed by SIGKILL stays a zombie until uvicorn reaps it; signal 0 still reaches
+    it, so /ready counted it as warm for 4-6 s."""
+    import subprocess
+    import time
+
+    from cbir.api.app import _alive
+
+    child = subprocess.Popen(["sleep", "30"])
+    assert _alive(str(child.pid))
+    child.kill()
+    deadline = time.time() + 10
+    while open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":  # dead, not reaped
+        assert time.time() < deadline
+        time.sleep(0.05)
+    try:
+        assert not _alive(str(child.pid))
+    finally:
+        child.wait()

@@ -41,19 +41,30 @@ def test_odd_steps_are_refused_in_plain_words():
 
 
 def test_sweep_work_bound(engine):
-    """points x models x labelled images²: 3 x 2 x 1000² = 6 million distances fused."""
+    """points x models x labelled images² fused (x2 for RRF), plus the matrices: 3 x 2 x 1000² =
+    6 million, plus 2 x 1280 x 1000² x 0.005 = 12.8 million for cosine, x40 for chi-square."""
     from cbir.errors import WorkLimitError
-    from cbir.tuning import check_sweep_work, grid_points, sweep_work
+    from cbir.tuning import MAX_SWEEP_BYTES, check_sweep_work, grid_points, sweep_work
 
-    assert sweep_work(grid_points(2, 0.5), 2, 1000) == 6_000_000
+    two = [1280, 1280]
+    assert sweep_work(grid_points(2, 0.5), two, 1000) == 6_000_000 + 12_800_000
+    assert sweep_work(grid_points(2, 0.5), two, 1000, "rrf") == 12_000_000 + 12_800_000
+    assert sweep_work(grid_points(2, 0.5), two, 1000, "weighted", "chi_square") == 6_000_000 + 512_000_000
     assert grid_points(3, 0.05) == 231 and grid_points(2, 0.01) == 101
-    limited = Engine(COLLECTION, engine.settings.model_copy(update={"sweep_max_work": 5_000_000}))
-    with pytest.raises(WorkLimitError, match=r"6 million .*5 million \(CBIR_SWEEP_MAX_WORK\)"):
+    limited = Engine(COLLECTION, engine.settings.model_copy(update={"sweep_max_work": 15_000_000}))
+    with pytest.raises(WorkLimitError, match=r"19 million .*15 million \(CBIR_SWEEP_MAX_WORK\)"):
         sweep_weights(limited, LITE[:2], "weighted", 0.5)
-    default = Settings().sweep_max_work  # the page's finest grid on the Wang collection passes; the issue's did not
-    check_sweep_work(grid_points(3, 0.05), 3, 1000, default)
+    default = Settings().sweep_max_work  # the page's finest grid on the Wang collection passes, RRF too
+    three = [1280] * 3
+    check_sweep_work(grid_points(3, 0.05), three, 1000, default, "rrf")
+    check_sweep_work(grid_points(3, 0.05), three, 1000, default, "weighted", "chi_square")
+    with pytest.raises(WorkLimitError):  # the review's 50 s chi-square sweep, made finer
+        check_sweep_work(grid_points(3, 0.05), three, 1000, default, "rrf", "chi_square")
     with pytest.raises(WorkLimitError):
-        check_sweep_work(grid_points(3, 0.025), 3, 1000, default)
+        check_sweep_work(grid_points(3, 0.025), three, 1000, default)
+    images = int((MAX_SWEEP_BYTES / (5 * 8)) ** 0.5) + 1  # memory, whatever the work bound
+    with pytest.raises(WorkLimitError, match="GiB"):
+        check_sweep_work(3, three, images, 10**15)
 
 
 def test_cli_odd_step_is_one_line():
@@ -95,3 +106,16 @@ def test_live_refusion_equals_a_new_search(engine):
         assert [h.id for h in again.hits] == [h.id for h in fresh.hits]
         assert again.average_precision == pytest.approx(fresh.average_precision)
     assert "inputs" not in first.to_dict()  # the rows stay out of the JSON
+
+
+def test_a_sweep_can_stop_inside_a_distance_matrix(engine):
+    """The matrices are computed in blocks of rows with a cancellation point after each (a
+    chi-square matrix takes ~15 s here): a client that goes stops the work within one block."""
+    import math
+
+    from cbir.tuning import MATRIX_ROWS
+
+    calls = []
+    sweep_weights(engine, LITE[:2], "weighted", 0.5, progress=lambda done, total: calls.append(done))
+    blocks = math.ceil(1000 / MATRIX_ROWS)
+    assert calls == [0] * (2 * blocks) + [1, 2, 3]

@@ -77,7 +77,10 @@ def _alive(pid: str) -> bool:
         return False
     except PermissionError:
         pass
-    return True
+    try:  # a killed worker stays a zombie until uvicorn reaps it: signal 0 still reaches it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def warm_workers(folder: Path) -> int:
@@ -144,8 +147,11 @@ def _lifespan(settings: Settings, warm_up: bool, workers_dir: Path | None):
             (workers_dir / str(os.getpid())).touch()
         app.state.warm = True
         yield
-        for job in list(app.state.jobs):
+        for job in list(app.state.jobs):  # their threads may outlive the loop: free their slots now
             job.cancel()
+            job.release()
+        if workers_dir is not None:
+            (workers_dir / str(os.getpid())).unlink(missing_ok=True)
 
     return lifespan
 

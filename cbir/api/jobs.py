@@ -4,8 +4,9 @@ The route awaits :func:`run_job`, which runs ``work(progress)`` in the thread po
 it runs, polls ``request.is_disconnected()`` and renews the user's lease. The job is cancelled
 (it stops at its next step) when the client disconnects, and when the request task itself
 is cancelled: uvicorn does that to requests still running ``CBIR_SHUTDOWN_SECONDS`` after
-a SIGTERM, so a sweep cannot hold a stopping server up. The slot is released when the
-thread really ends, not when the response is abandoned.
+a SIGTERM, so a sweep cannot hold a stopping server up; that client gets a JSON 503. The
+slot is released when the thread really ends, not when the response is abandoned, or at
+shutdown (the loop may stop before the thread's callback runs).
 """
 
 from __future__ import annotations
@@ -37,17 +38,21 @@ async def run_job(request: Request, user: User, work: Callable[[Progress], T], *
         metrics.LONG_JOBS.labels("refused").inc()
         raise
     job = Job()
+    if token:
+        def release() -> None:
+            try:
+                slots.release(user.username, token)
+            except Exception as exc:  # the lease expires by itself
+                log.warning("could not release a job slot of %s: %s", user.username, exc)
+
+        job.holds(release)  # freed when the thread ends, or at shutdown (the loop may stop first)
     jobs: set = request.app.state.jobs
     jobs.add(job)
     task = asyncio.ensure_future(run_in_threadpool(work, job.progress))
 
     def finished(_) -> None:  # in the event loop, once the thread has returned or raised
         jobs.discard(job)
-        if token:
-            try:
-                slots.release(user.username, token)
-            except Exception as exc:  # the lease expires by itself
-                log.warning("could not release a job slot of %s: %s", user.username, exc)
+        job.release()
         error = None if task.cancelled() else task.exception()
         metrics.LONG_JOBS.labels("done" if error is None else "cancelled" if isinstance(error, Cancelled) else "failed").inc()
         if isinstance(error, Cancelled):
@@ -64,6 +69,8 @@ async def run_job(request: Request, user: User, work: Callable[[Progress], T], *
             if token and time.monotonic() - renewed > LEASE_SECONDS / 3:
                 slots.renew(user.username, token)
                 renewed = time.monotonic()
+    except asyncio.CancelledError:  # uvicorn, CBIR_SHUTDOWN_SECONDS after a SIGTERM: a JSON 503, not a bare 500
+        raise Cancelled("the server is stopping; the job was cancelled: retry in a moment") from None
     finally:
         job.cancel()  # a no-op when the work is done; else it stops at its next step
         task.add_done_callback(finished)

@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...distances import METRICS
+from ...errors import CBIRError
 from ...tuning import DEFAULT_STEP, MODELS_RANGE, STEP_RANGE, SWEEP_METHODS
 from ..deps import APIError, CurrentUser, Service, Users, client_source
 from ..jobs import run_job
@@ -29,6 +30,17 @@ class TuneWeightsRequest(BaseModel):
     step: float = Field(DEFAULT_STEP, ge=STEP_RANGE[0], le=STEP_RANGE[1], allow_inf_nan=False,
                         description="grid step on the weight simplex; must divide 1")
     metric: Literal[tuple(METRICS)] = "cosine"
+
+    @field_validator("step")
+    @classmethod
+    def _divides_one(cls, step: float) -> float:
+        """The engine's own check (a plain 422 before a job slot is taken)."""
+        from ...tuning import check_step
+
+        try:
+            return check_step(step)
+        except CBIRError as exc:
+            raise ValueError(str(exc)) from None
 
 
 @router.post("/tune_weights", responses=JOB_ERRORS, summary="mAP and P@20 of fusion over a grid of weights (2-3 models)")
