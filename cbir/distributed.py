@@ -179,6 +179,10 @@ class DaskRunner:
             raise DistributedError(f"Dask worker {worker} cannot read the collection at {root}: {why}; the images must be "
                                    "on a filesystem every worker mounts at the same path")
 
+    def stored(self, folder: Path) -> None:
+        """The store of ``folder`` is written: this run's shards go."""
+        clear_shards(folder)
+
     def extract(self, model: str, weights: str, folder: Path, paths: list[Path], signatures: list[str],
                 batch_size: int, max_pixels: int, progress: Progress | None = None):
         """Features of ``paths`` (signatures aligned), chunk by chunk on the cluster; chunks

@@ -186,8 +186,6 @@ def index_collection(
         )
         save_store(store, folder, dtype)
     if runner is not None:
-        from .distributed import clear_shards
-
-        clear_shards(folder)
+        runner.stored(folder)  # the run's shards are no longer needed
     return IndexReport(model=spec.name, weights=weights, images=len(keep), extracted=len(todo) - len(failures),
                        reused=len(collection) - len(todo), removed=removed, failures=failures, seconds=seconds, path=folder)

@@ -109,7 +109,7 @@ def test_a_killed_worker_is_not_counted_while_it_is_a_zombie():
     import subprocess
     import time
 
-    from cbir.api.app import _alive
+    from cbir.api.readiness import alive as _alive
 
     child = subprocess.Popen(["sleep", "30"])
     assert _alive(str(child.pid))

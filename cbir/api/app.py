@@ -22,6 +22,7 @@ from ..config import Settings, get_settings, reset_settings
 from ..engine import Engine
 from ..errors import CBIRError, public_paths
 from ..jobs import UserSlots
+from .readiness import alive
 from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
 from ..service import SearchService
 from ..users import AuthError, ConfigError, LockedError, UserStore, bootstrap, check_production_settings
@@ -68,25 +69,6 @@ def _warm_up(service: SearchService) -> None:
         log.warning("warm-up incomplete: %s", exc)
 
 
-def _alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:  # a killed worker stays a zombie until uvicorn reaps it: signal 0 still reaches it
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def warm_workers(folder: Path) -> int:
-    """API worker processes of this server that finished their warm-up (a marker file per
-    live worker pid in ``folder``)."""
-    return sum(_alive(marker.name) for marker in folder.glob("*"))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -240,7 +222,7 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
     reset_settings()  # a single worker runs in this process, whose settings are read already
     os.environ[SERVER_PID_ENV] = str(os.getpid())
     for folder in (Path(settings.var_dir) / "api-workers-warm").glob("*"):  # this pid's (reused) and dead servers'
-        if folder.name == str(os.getpid()) or not _alive(folder.name):
+        if folder.name == str(os.getpid()) or not alive(folder.name):
             shutil.rmtree(folder, ignore_errors=True)
     uvicorn.run(
         "cbir.api.app:app_factory", factory=True, host=host or settings.api_host, port=port or settings.api_port,

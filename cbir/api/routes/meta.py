@@ -24,7 +24,7 @@ def health() -> dict:
 
 @router.get("/ready", summary="Readiness: Redis reachable, feature stores loaded, every worker's default model built and warm")
 def ready(request: Request, service: Service):
-    from ..app import warm_workers
+    from ..readiness import warm_workers
 
     state = request.app.state
     redis_ok = ping(state.redis)
