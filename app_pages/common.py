@@ -76,30 +76,25 @@ def long_job_slot(progress: Callable[[int, int], None]) -> Iterator[Callable[[in
     (30 s) as the job moves; with Redis away the job runs unlimited."""
     from redis import exceptions as redis_errors
 
-    from cbir.jobs import LEASE_SECONDS, UserSlots
+    from cbir.jobs import UserSlots
 
     settings = get_settings()
-    user = st.session_state.get("username") or ""
     try:
-        slots = UserSlots(get_redis(settings), settings.jobs_per_user)
-        token = slots.acquire(user)
+        lease = UserSlots(get_redis(settings), settings.jobs_per_user).lease(st.session_state.get("username") or "")
     except (ServiceUnavailable, redis_errors.RedisError):
         yield progress
         return
-    renewed = [time.monotonic()]
 
     def forward(done: int, total: int) -> None:
-        if time.monotonic() - renewed[0] > LEASE_SECONDS / 3:
-            with contextlib.suppress(Exception):
-                slots.renew(user, token)
-            renewed[0] = time.monotonic()
+        with contextlib.suppress(Exception):  # a failed renewal: the lease may expire, the job goes on
+            lease.renew_if_due()
         progress(done, total)
 
     try:
         yield forward
     finally:
         with contextlib.suppress(Exception):
-            slots.release(user, token)
+            lease.release()
 
 
 def require_login(roles: set[str] | None = None) -> str:

@@ -556,9 +556,7 @@ def _from_parquet(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarr
     except Exception as exc:
         raise FeatureImportError(f"{what} cannot be read ({_one_line(exc)})") from None
     del tables
-    keys, vectors = _from_table(frame)
-    limits.check(what, dim=vectors.shape[1] if vectors.ndim == 2 else None)
-    return keys, vectors
+    return _from_table(frame)
 
 
 def _from_csv(path: Path, limits: ImportLimits) -> tuple[list[str], np.ndarray]:

@@ -69,6 +69,27 @@ class Job:
             self._forward(done, total)
 
 
+class Lease:
+    """One slot held by a running job: renewed while it moves, released once."""
+
+    def __init__(self, slots: "UserSlots", username: str, token: str):
+        self.slots, self.username, self.token = slots, username, token
+        self._renewed = time.monotonic()
+        self._held = True
+
+    def renew_if_due(self) -> None:
+        """Renew the lease when a third of it has passed (cheap to call at every step)."""
+        if self._held and time.monotonic() - self._renewed > LEASE_SECONDS / 3:
+            self.slots.renew(self.username, self.token)
+            self._renewed = time.monotonic()
+
+    def release(self) -> None:
+        """Free the slot (once; later calls do nothing)."""
+        if self._held:
+            self._held = False
+            self.slots.release(self.username, self.token)
+
+
 class UserSlots:
     """At most ``limit`` concurrent jobs per user, across processes (Redis sorted sets)."""
 
@@ -89,6 +110,10 @@ class UserSlots:
             raise BusyError(f"{username!r} already runs {self.limit} of the {self.what} allowed at once "
                             f"(CBIR_JOBS_PER_USER); try again when it ends", RETRY_AFTER)
         return token
+
+    def lease(self, username: str) -> Lease:
+        """:meth:`acquire` as a :class:`Lease` (BusyError when the user has ``limit``)."""
+        return Lease(self, username, self.acquire(username))
 
     def renew(self, username: str, token: str) -> None:
         key = self.key(username)

@@ -169,6 +169,13 @@ class ServiceProcess:
                 self.proc.kill()
 
 
+def api_login(client, username: str = "researcher", password: str = "umons2024") -> dict:
+    """Bearer headers for ``username`` from ``POST /api/login`` of a TestClient."""
+    r = client.post("/api/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
 def service_env(redis_url: str, tmp: Path, **extra) -> dict:
     import sys
 

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cbir.api.app import create_app
-from tests.conftest import COLLECTION, RedisServer, assert_same_ranking, make_settings
+from tests.conftest import COLLECTION, RedisServer, api_login, assert_same_ranking, make_settings
 
 pytestmark = pytest.mark.redis
 
@@ -21,10 +21,7 @@ def client(fresh_redis, tmp_path):
         yield c
 
 
-def login(client, username="researcher", password="umons2024") -> dict:
-    r = client.post("/api/login", json={"username": username, "password": password})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+login = api_login
 
 
 def test_health_and_ready(client):

@@ -229,18 +229,25 @@ def _copy_checkout(dest: Path) -> None:
             shutil.copy2(src, target)
 
 
-def _processes_under(path: Path) -> list[str]:
+def _processes(cmdline_has: str | None = None, environ_has: str | None = None) -> list[str]:
+    """Processes (but this one) whose command line holds ``cmdline_has`` or whose environment
+    holds the entry ``environ_has`` (every child of a run inherits it), as "pid: command"."""
     found = []
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+        if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             cmd = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (Path("/proc") / pid / "environ").read_bytes().split(b"\0") if environ_has else []
         except OSError:
             continue
-        if str(path) in cmd:
+        if (cmdline_has and cmdline_has in cmd) or (environ_has and environ_has.encode() in env):
             found.append(f"{pid}: {cmd[:200]}")
     return found
+
+
+def _processes_under(path: Path) -> list[str]:
+    return _processes(cmdline_has=str(path))
 
 
 @pytest.mark.slow
@@ -282,21 +289,6 @@ def test_make_run_on_a_fresh_copy(tmp_path):
     assert "stopped" in log.read_text(errors="replace")
 
 
-def _processes_with(marker: str) -> list[str]:
-    """Processes whose environment holds ``marker`` (every child of a run inherits it)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            if marker.encode() in (Path("/proc") / pid / "environ").read_bytes().split(b"\0"):
-                cmd = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                found.append(f"{pid}: {cmd[:200]}")
-        except OSError:
-            continue
-    return found
-
-
 def test_ctrl_c_during_a_cold_start_stops_everything(tmp_path):
     """Ctrl-C while `make run` waits for the API's workers to warm up: it stopped only once the
     API was ready (25 s later), printing the URLs first; now it stops at once."""
@@ -326,7 +318,7 @@ def test_ctrl_c_during_a_cold_start_stops_everything(tmp_path):
     assert "press Ctrl-C to stop" not in text and "App:" not in text, text[-2000:]
     assert seconds < 20, (seconds, text[-2000:])
     deadline = time.time() + 30
-    while _processes_with(marker) and time.time() < deadline:
+    while _processes(environ_has=marker) and time.time() < deadline:
         time.sleep(0.5)
-    assert _processes_with(marker) == []
+    assert _processes(environ_has=marker) == []
     assert "stopped" in text

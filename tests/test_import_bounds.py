@@ -24,7 +24,7 @@ from cbir.config import Settings
 from cbir.errors import CBIRError
 from cbir.importing import FeatureImportError, ImportConflictError, ImportLimits, Importer, import_features
 from cbir.store import load_store, store_lock
-from tests.conftest import COLLECTION, ROOT
+from tests.conftest import COLLECTION, ROOT, api_login
 
 MiB = 1 << 20
 
@@ -415,8 +415,7 @@ def test_api_bounds_owner_and_metric_error(fresh_redis, tmp_path):
     features = tmp_path / "features"
     with TestClient(create_app(make_settings(fresh_redis.url, tmp_path, features_dir=features), warm_up=False)) as c:
         def auth(user, password):
-            token = c.post("/api/login", json={"username": user, "password": password}).json()["access_token"]
-            return {"Authorization": f"Bearer {token}"}
+            return api_login(c, user, password)
 
         researcher, admin, student = auth("researcher", "umons2024"), auth("admin", "password123"), auth("student", "multimedia")
         c.post("/api/add_user", json={"username": "other", "password": "another-long-pass-1", "role": "researcher"}, headers=admin)

@@ -17,7 +17,7 @@ from cbir.engine import Engine
 from cbir.errors import CBIRError
 from cbir.importing import FeatureImportError, import_features
 from cbir.store import load_store
-from tests.conftest import COLLECTION, ROOT
+from tests.conftest import COLLECTION, ROOT, api_login
 
 LITE0 = ROOT / "features" / "image.orig" / "efficientnet_lite0"
 
@@ -137,8 +137,7 @@ def test_api_import_sweep_and_csv(fresh_redis, tmp_path, wang):
     np.savez(tmp_path / "f.npz", ids=np.array(ids), vectors=vectors[:, :64])
     with TestClient(create_app(make_settings(fresh_redis.url, tmp_path, features_dir=features), warm_up=False)) as c:
         def auth(user, password):
-            token = c.post("/api/login", json={"username": user, "password": password}).json()["access_token"]
-            return {"Authorization": f"Bearer {token}"}
+            return api_login(c, user, password)
 
         researcher, student = auth("researcher", "umons2024"), auth("student", "multimedia")
         upload = {"file": ("f.npz", (tmp_path / "f.npz").read_bytes(), "application/octet-stream")}

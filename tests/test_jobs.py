@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cbir.api.app import create_app
-from tests.conftest import ROOT, RedisServer, free_port, make_settings, service_env
+from tests.conftest import ROOT, RedisServer, api_login, free_port, make_settings, service_env
 
 pytestmark = pytest.mark.redis
 
@@ -36,10 +36,7 @@ def client(fresh_redis, tmp_path):
         yield c
 
 
-def login(client, username="researcher", password="umons2024") -> dict:
-    r = client.post("/api/login", json={"username": username, "password": password})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+login = api_login
 
 
 @pytest.mark.parametrize("step", [5e-324, 1e-300, 0.001, 0.75, -0.1, 0.3, 0.1000000001])

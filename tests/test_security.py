@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from cbir.api.app import create_app
 from cbir.config import PLACEHOLDER_SECRETS, Settings, install_secret
 from cbir.users import UserError, UserStore
-from tests.conftest import COLLECTION, make_settings
+from tests.conftest import COLLECTION, api_login, make_settings
 
 pytestmark = pytest.mark.redis
 
@@ -38,10 +38,7 @@ def users(fresh_redis):
     return UserStore(redis_lib.Redis.from_url(fresh_redis.url, decode_responses=True))
 
 
-def login(client, username="researcher", password="umons2024") -> dict:
-    r = client.post("/api/login", json={"username": username, "password": password})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+login = api_login
 
 
 # -- 3. tokens die with the user's credentials ---------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Callable, TypeVar
 
 from fastapi import Request
@@ -21,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from .. import metrics
 from ..errors import BusyError, Cancelled
-from ..jobs import LEASE_SECONDS, Job, Progress, UserSlots
+from ..jobs import Job, Progress, UserSlots
 from ..users import User
 
 log = logging.getLogger("cbir.api")
@@ -33,15 +32,15 @@ async def run_job(request: Request, user: User, work: Callable[[Progress], T], *
     """``work(job.progress)`` in a thread; ``limited``: one of the user's CBIR_JOBS_PER_USER slots."""
     slots: UserSlots = request.app.state.job_slots
     try:
-        token = slots.acquire(user.username) if limited else None
+        lease = slots.lease(user.username) if limited else None
     except BusyError:  # 429 before any work
         metrics.LONG_JOBS.labels("refused").inc()
         raise
     job = Job()
-    if token:
+    if lease:
         def release() -> None:
             try:
-                slots.release(user.username, token)
+                lease.release()
             except Exception as exc:  # the lease expires by itself
                 log.warning("could not release a job slot of %s: %s", user.username, exc)
 
@@ -58,7 +57,6 @@ async def run_job(request: Request, user: User, work: Callable[[Progress], T], *
         if isinstance(error, Cancelled):
             log.warning("%s %s of %s: cancelled after %d steps", request.method, request.url.path, user.username, job.steps)
 
-    renewed = time.monotonic()
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=POLL_SECONDS)
@@ -66,9 +64,8 @@ async def run_job(request: Request, user: User, work: Callable[[Progress], T], *
                 return task.result()
             if await request.is_disconnected():
                 job.cancel()
-            if token and time.monotonic() - renewed > LEASE_SECONDS / 3:
-                slots.renew(user.username, token)
-                renewed = time.monotonic()
+            if lease:
+                lease.renew_if_due()
     except asyncio.CancelledError:  # uvicorn, CBIR_SHUTDOWN_SECONDS after a SIGTERM: a JSON 503, not a bare 500
         raise Cancelled("the server is stopping; the job was cancelled: retry in a moment") from None
     finally:
