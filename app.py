@@ -6,6 +6,26 @@ from pathlib import Path
 
 import streamlit as st
 
+
+def url_page() -> str:
+    """The page named by the URL of this run ("" for the default page)."""
+    from urllib.parse import urlparse
+
+    try:
+        return urlparse(st.context.url or "").path.rstrip("/").rsplit("/", 1)[-1]
+    except Exception:
+        return ""
+
+
+#: Deep links: how often a session may be sent on to the page its first URL named.
+ENTRY_SWITCHES = 5
+# Remember that page before any other Streamlit call: the login (form or cookie) takes a few
+# reruns, and a rerun the browser asks for (the cookie manager's) can interrupt this first
+# run; the reruns carry no page name, so the login form shows on the default page and the
+# URL's page would be forgotten.
+if "auth_entry_page" not in st.session_state:
+    st.session_state["auth_entry_page"] = (url_page(), ENTRY_SWITCHES)
+
 st.set_page_config(page_title="CBIR workbench", page_icon="🔎", layout="wide", initial_sidebar_state="expanded")
 
 import streamlit_authenticator as stauth  # noqa: E402
@@ -164,21 +184,6 @@ PAGES = [  # (file, title, icon, roles allowed; None = every role)
     ("app_pages/admin.py", "Admin", "🛡️", {"admin"}),
 ]
 
-def url_page() -> str:
-    """The page named by the URL this session was opened with ("" for the default page)."""
-    from urllib.parse import urlparse
-
-    try:
-        return urlparse(st.context.url or "").path.rstrip("/").rsplit("/", 1)[-1]
-    except Exception:
-        return ""
-
-
-# Deep links: remember which page the session was opened on. The login (form or cookie)
-# takes a rerun or two, and a rerun triggered by a component (the cookie manager) before
-# the first navigation would otherwise land on the default page.
-st.session_state.setdefault("auth_entry_page", url_page())
-
 authenticator = build_authenticator()
 if not st.session_state.get("authentication_status"):
     # A reload or a new tab: log in from the cookie before routing, so that the page in
@@ -230,10 +235,12 @@ pages = [
     for i, (f, title, icon, roles) in enumerate(PAGES) if roles is None or role in roles
 ]
 current = st.navigation(pages)
-wanted = st.session_state.get("auth_entry_page")
-if wanted is not None:
-    st.session_state["auth_entry_page"] = None  # once per session
-    by_path = {p.url_path: p for p in pages}
-    if wanted in by_path and wanted != current.url_path:
-        st.switch_page(by_path[wanted])
+wanted, switches = st.session_state.get("auth_entry_page") or (None, 0)
+by_path = {p.url_path: p for p in pages}
+if wanted in by_path and wanted != current.url_path and switches > 0:
+    # kept until a run lands there: a rerun the browser asks for at the same moment (the
+    # cookie manager's) carries the page it last showed and can undo one switch
+    st.session_state["auth_entry_page"] = (wanted, switches - 1)
+    st.switch_page(by_path[wanted])
+st.session_state["auth_entry_page"] = None  # once per session
 current.run()
