@@ -13,6 +13,7 @@ import streamlit as st
 from cbir.errors import CBIRError
 from cbir.images import thumbnail_data_url
 from cbir.maps import MAP_LABELS, MAP_METHODS, MAP_PARAMS, MAP_THUMBNAILS_MAX, embedding_map, map_cached, map_status
+from cbir.request import parse_search
 from app_pages.common import require_login, get_engine, get_service, long_job_slot, model_label, result_grid, show_error, thumbnail_of
 
 #: a five-pointed star as an SVG path in Vega's unit square, for the query
@@ -151,7 +152,8 @@ seen.update(now)
 if new_query:
     try:
         kind, value = new_query
-        res = service.search([model], "cosine", 10, image_id=value if kind == "id" else None, image=value if kind == "upload" else None)
+        res = service.search(parse_search([model], "cosine", 10, image_id=value if kind == "id" else None,
+                                          image=value if kind == "upload" else None)).body
         query = {"model": model, "query": kind, "id": value if kind == "id" else None,
                  "vector": engine.query_vector(model, image=value) if kind == "upload" else None,
                  "hits": res["models"][model]["results"], "ranked": res["models"][model], "map": emap.key}

@@ -12,6 +12,7 @@ from cbir.extractors import MODELS, default_model
 from cbir.fusion import FUSION_LABELS, FUSION_METHODS
 from cbir.index import AUTO, BACKEND_LABELS, BACKENDS, backend_status
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, ROCCHIO_TEXT, Rerank
+from cbir.request import parse_search
 from app_pages.common import (
     require_login,
     get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row, thumbnail_of,
@@ -178,20 +179,18 @@ def refuse_live(result: dict) -> tuple[dict, float | None]:
 def do_search(feedback: list[dict]) -> None:
     try:
         with st.spinner("Searching…"):
-            result = service.search(
-                models, metric, int(top_k), image_id=image_id, image=image_bytes,
-                method=method if len(models) > 1 else None, weights=weights,
-                rerank=rerank if rerank.active else None, feedback=feedback or None, backend=backend,
-                with_inputs=len(models) > 1,
-            )
+            request = parse_search(models, metric, int(top_k), image_id=image_id, image=image_bytes, method=method,
+                                   weights=weights, rerank=rerank, feedback=feedback, backend=backend)
+            served = service.search(request, with_inputs=len(request.models) > 1)
     except Exception as exc:
         show_error(exc)
         return
+    result = served.body
     if not feedback:
         st.session_state["search_rounds"] = []
     st.session_state["search_rounds"] = st.session_state.get("search_rounds", []) + [result]
     st.session_state["search_feedback"] = feedback
-    st.session_state["search_inputs"] = result.pop("_inputs", None)
+    st.session_state["search_inputs"] = served.inputs
     st.session_state["search_fusion"] = fusion_state()
     st.session_state["search_result"] = result
     # fresh toggle widgets for the new results: a new key generation, the old keys dropped

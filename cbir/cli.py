@@ -160,6 +160,8 @@ def _index_one(args, settings, collection, model: str, weights: str, runner) -> 
 
 
 def cmd_search(args) -> int:
+    from .request import parse_search
+
     engine = _engine(args)
     models = _models_arg(args.model)
     if (args.id is None) == (args.image is None):
@@ -170,10 +172,10 @@ def cmd_search(args) -> int:
         if not p.is_file():
             return _fail(f"image file {p} does not exist")
         image = p.read_bytes()
-    method = args.method if len(models) > 1 else None
-    weights = _weights_arg(args.weights, models)
-    resp = engine.search(models, args.metric, args.top_k, image_id=args.id, image=image, method=method, weights=weights,
-                         exclude_query=not args.include_query, rerank=_rerank_arg(args), backend=args.backend, depth=args.depth)
+    request = parse_search(models, args.metric, args.top_k, image_id=args.id, image=image, method=args.method,
+                           weights=_weights_arg(args.weights, models), exclude_query=not args.include_query,
+                           rerank=_rerank_arg(args), backend=args.backend, depth=args.depth)
+    resp = engine.search(request)
     if args.csv:
         from .export import search_csv
 

@@ -248,11 +248,11 @@ DISTANCES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "bhattacharyya": bhattacharyya_distances,
 }
 
-_ALIASES = {"chi2": "chi_square", "chi-square": "chi_square", "chisquare": "chi_square", "l2": "euclidean"}
+METRIC_ALIASES = {"chi2": "chi_square", "chi-square": "chi_square", "chisquare": "chi_square", "l2": "euclidean"}
 
 
 def normalise_metric(name: str) -> str:
-    key = _ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    key = METRIC_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
     if key not in DISTANCES:
         raise unknown("metric", name, DISTANCES)
     return key

@@ -1,80 +1,55 @@
-"""The facade the CLI, the app and the API call: load a collection's feature stores and
-extractors, search one or several models (fusion, re-ranking, feedback), and delegate
-collection-wide experiments to :mod:`cbir.experiments`."""
+"""The facade the CLI, the app and the API call: a :class:`~cbir.catalogue.StoreCatalogue`
+(the collection's feature stores) that also extracts query vectors and runs searches (one
+:class:`~cbir.request.SearchRequest` at a time: per-model rows, fusion, re-ranking,
+feedback), and hands collection-wide experiments to :mod:`cbir.experiments`."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
+from dataclasses import replace
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from . import experiments, model_search
-from .collection import Collection, scan_collection
-from .config import Settings, get_settings
-from .distances import normalise_metric
-from .errors import CBIRError, StoreError, unknown
+from .catalogue import StoreCatalogue
+from .errors import CBIRError
 from .evaluation import EvaluationReport
 from .extractors import FAMILIES, MODELS, build_extractor, get_spec, model_status
-from .fusion import FUSION_METHODS, check_weights
+from .images import image_from_array, open_image, resize_rgb
 from .importing import imported_models
 from .index import resolve_backend
-from .index_cache import IndexCache
-from .images import image_from_array, open_image, resize_rgb
-from .rerank import FeedbackRound, Rerank, check_metric, feedback_rounds
-from .search import FusionInputs, Query, SearchResponse, check_top_k, rank_distances
-from .store import FeatureStore, load_store, store_dir, store_exists, store_stamp
+from .index_cache import IdSpace
+from .ranking import FusionInputs, rank_distances
+from .request import Query, SearchRequest, SearchResponse, parse_search
+from .rerank import Rerank
+from .store import FeatureStore
 
 #: vectors of the most recent uploaded queries kept per engine, so a page that searches with
 #: an upload and then needs its vector (the Map), or searches it again with other settings,
-#: does not extract it again (a 1280-d vector is 5 KB)
+#: does not decode or extract it again (a 1280-d vector is 5 KB)
 QUERY_VECTORS_MAX = 32
 
 
-class Engine:
-    """Thread-safe facade; stores and extractors are loaded once and reused."""
+class Engine(StoreCatalogue):
+    """Thread-safe facade; stores and extractors are loaded once and reused.
 
-    def __init__(self, collection: str | Path | Collection | None = None, settings: Settings | None = None):
-        self.settings = settings or get_settings()
-        root = collection if collection is not None else self.settings.collection
-        self.collection = root if isinstance(root, Collection) else scan_collection(root)
-        self._stores: dict[tuple[str, str], tuple[float, FeatureStore]] = {}
+    ``Engine(collection=None, settings=None)``: the collection folder (or a scanned
+    :class:`~cbir.collection.Collection`; default CBIR_COLLECTION) and the settings."""
+
+    def __init__(self, collection=None, settings=None):
+        super().__init__(collection, settings)
         self._extractors: dict[tuple[str, str], object] = {}
-        self._query_vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (model, upload hash)
-        self._lock = threading.RLock()
-        self.indexes = IndexCache(self)
+        self._query_vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (model, upload key)
+        self._extractor_lock = threading.Lock()
 
-    # -- loading --------------------------------------------------------------------
-    def store_folder(self, model: str, weights: str = "imagenet") -> Path:
-        return store_dir(self.settings.features_dir, self.collection.name, get_spec(model).name, weights)
-
-    def has_store(self, model: str, weights: str = "imagenet") -> bool:
-        return store_exists(self.store_folder(model, weights))
-
-    def store(self, model: str, weights: str = "imagenet") -> FeatureStore:
-        """The model's store, reloaded when the file on disk changed."""
-        spec = get_spec(model)
-        folder = self.store_folder(spec.name, weights)
-        stamp = store_stamp(folder)
-        if stamp is None:
-            raise StoreError(
-                f"{spec.label} has no features for collection {self.collection.name!r}; "
-                f"run `cbir index --model {spec.name}` (or use the Collection page)"
-            )
-        with self._lock:
-            cached = self._stores.get((spec.name, weights))
-            if cached and cached[0] == stamp:
-                return cached[1]
-            store = load_store(folder)
-            self._stores[(spec.name, weights)] = (stamp, store)
-            return store
-
+    # -- models ---------------------------------------------------------------------
     def extractor(self, model: str, weights: str = "imagenet"):
+        """The model's feature extractor, built once per process (a Keras model: seconds)."""
         spec = get_spec(model)
-        with self._lock:
+        with self._extractor_lock:
             key = (spec.name, weights)
             if key not in self._extractors:
                 self._extractors[key] = build_extractor(spec.name, weights)
@@ -100,27 +75,18 @@ class Engine:
     def searchable_models(self) -> list[str]:
         return [m["name"] for m in self.model_info() if m["searchable"]]
 
-    def resolve_backend(self, backend: str | None, models: Sequence[str]) -> str:
+    def resolve_backend(self, backend: str | None, models: Sequence[str] | Mapping[str, FeatureStore]) -> str:
         """The backend a request uses (``auto``: by the size of the largest store)."""
-        return resolve_backend(backend or self.settings.index_backend, max(len(self.store(m)) for m in models), self.settings)
+        stores = models if isinstance(models, Mapping) else self.stores(models)
+        return resolve_backend(backend or self.settings.index_backend, max(len(s) for s in stores.values()), self.settings)
 
-    # -- search ---------------------------------------------------------------------
-    def _check_query(self, query: Query) -> Query:
-        if (query.image_id is None) == (query.image is None):
-            raise CBIRError("give exactly one query: a collection image id or an image")
-        if query.image_id is not None:
-            query.image_id = str(query.image_id)
-            self.collection.index_of(query.image_id)  # raises a clear error for an unknown id
-            query.label = self.collection.label_of(query.image_id)
-        return query
-
-    def _decode(self, query: Query, timings: dict):
-        """The uploaded query as an RGB image, decoded once for every model."""
-        t0 = time.perf_counter()
-        image = image_from_array(query.image) if isinstance(query.image, np.ndarray) else \
-            open_image(query.image, max_pixels=self.settings.max_image_pixels)
-        timings["decode"] = time.perf_counter() - t0
-        return image
+    # -- query vectors ----------------------------------------------------------------
+    def _with_label(self, query: Query) -> Query:
+        """A collection query with its label; an unknown id raises :class:`UnknownImageError`."""
+        if query.image_id is None:
+            return query
+        self.collection.index_of(query.image_id)
+        return replace(query, label=self.collection.label_of(query.image_id))
 
     def _recent_vector(self, key: tuple[str, str]) -> np.ndarray | None:
         with self._lock:
@@ -129,107 +95,108 @@ class Engine:
                 self._query_vectors.move_to_end(key)
             return vec
 
-    def _query_vector(self, model: str, query: Query, image, timings: dict) -> np.ndarray:
+    def _upload_vectors(self, models: Sequence[str], query: Query, timings: dict) -> dict[str, np.ndarray]:
+        """Each model's vector of an uploaded query: from the recent ones when it was searched
+        a moment ago, else extracted; the upload is decoded once, and only if some model needs it.
+        Timings: ``decode`` (decode + resize), ``load:<model>`` (building a model), ``extract:<model>``."""
+        vectors, image = {}, None
+        for model in models:
+            recent = self._recent_vector((model, query.key))
+            if recent is not None:
+                timings[f"extract:{model}"] = 0.0  # extracted for an earlier search of the same upload
+                vectors[model] = recent
+                continue
+            if image is None:
+                t0 = time.perf_counter()
+                image = image_from_array(query.image) if isinstance(query.image, np.ndarray) else \
+                    open_image(query.image, max_pixels=self.settings.max_image_pixels)
+                timings["decode"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            extractor = self.extractor(model)
+            t1 = time.perf_counter()
+            if t1 - t0 > 1e-3:
+                timings[f"load:{model}"] = t1 - t0
+            arr = resize_rgb(image, extractor.input_size)[None]
+            t2 = time.perf_counter()
+            vec = extractor.features(arr)[0]
+            timings["decode"] += t2 - t1  # the resize belongs to decoding
+            timings[f"extract:{model}"] = time.perf_counter() - t2
+            vec.setflags(write=False)  # shared by the searches that reuse it
+            with self._lock:
+                self._query_vectors[(model, query.key)] = vec
+                while len(self._query_vectors) > QUERY_VECTORS_MAX:
+                    self._query_vectors.popitem(last=False)
+            vectors[model] = vec
+        return vectors
+
+    def query_vector(self, model: str, image_id: str | None = None, image: bytes | np.ndarray | None = None) -> np.ndarray:
+        """The model's (dim,) float32 vector of a collection image or of an uploaded one (an
+        upload searched a moment ago is neither decoded nor extracted again)."""
+        query, model = self._with_label(Query(image_id=image_id, image=image)), get_spec(model).name
         if query.image_id is not None:
             return self.store(model).vector(query.image_id)
-        key = (model, query.cache_key())
-        recent = self._recent_vector(key)
-        if recent is not None:
-            timings[f"extract:{model}"] = 0.0  # extracted for an earlier search of the same upload
-            return recent
-        t0 = time.perf_counter()
-        extractor = self.extractor(model)
-        arr = resize_rgb(image, extractor.input_size)[None]
-        t1 = time.perf_counter()
-        vec = extractor.features(arr)[0]
-        timings["decode"] += t1 - t0  # the resize belongs to decoding
-        timings[f"extract:{model}"] = time.perf_counter() - t1
-        vec.setflags(write=False)  # shared by the searches that reuse it
-        with self._lock:
-            self._query_vectors[key] = vec
-            while len(self._query_vectors) > QUERY_VECTORS_MAX:
-                self._query_vectors.popitem(last=False)
-        return vec
+        return self._upload_vectors([model], query, {})[model]
 
-    def query_vector(self, model: str, image_id: str | None = None, image: bytes | None = None) -> np.ndarray:
-        """The model's feature vector of a collection image or of an uploaded one (an upload
-        searched a moment ago is neither decoded nor extracted again)."""
-        query = self._check_query(Query(image_id=image_id, image=image))
-        model = get_spec(model).name
-        if image is not None and (recent := self._recent_vector((model, query.cache_key()))) is not None:
-            return recent
+    # -- search ---------------------------------------------------------------------
+    def full_distances(self, request: SearchRequest, stores: Mapping[str, FeatureStore], backend: str, depth: int,
+                       space: IdSpace | None = None) -> tuple[list[str], dict[str, np.ndarray], dict[str, float]]:
+        """Each model's (n,) float64 distances to every image the models have in common
+        (+inf: the query itself when excluded; NaN: not a candidate of an approximate index)."""
         timings: dict[str, float] = {}
-        return self._query_vector(model, query, self._decode(query, timings) if image is not None else None, timings)
-
-    def full_distances(
-        self, models: Sequence[str], metric: str, query: Query, exclude_query: bool = True,
-        rerank: Rerank | None = None, feedback: list[FeedbackRound] | None = None, backend: str = "exact", depth: int = 0,
-    ) -> tuple[list[str], dict[str, np.ndarray], dict[str, float]]:
-        """Each model's distances to every image the models have in common (+inf = excluded)."""
-        timings: dict[str, float] = {}
-        rerank, feedback = rerank or Rerank(), feedback or []
-        if rerank.active or feedback:
-            check_metric(metric)
-        stores = {m: self.store(m) for m in models}
-        space = self.indexes.id_space(models)
-        ids = space.ids
-        position = space.position.get(query.image_id) if exclude_query and query.image_id is not None else None
-        image = self._decode(query, timings) if query.image is not None else None
+        query = request.query
+        space = space or self.indexes.id_space(stores)
+        position = space.position.get(query.image_id) if request.exclude_query and query.image_id is not None else None
+        if query.is_upload:
+            vectors = self._upload_vectors(list(stores), query, timings)
+        else:
+            vectors = {m: s.vector(query.image_id) for m, s in stores.items()}
         out: dict[str, np.ndarray] = {}
         for m, s in stores.items():
-            vec = self._query_vector(m, query, image, timings)
             t0 = time.perf_counter()
-            row = model_search.distance_row(self, m, metric, vec, query, rerank, feedback, backend, depth)
-            d = np.asarray(s.aligned(ids, row), dtype=np.float64)  # a fresh row: no copy when already float64
+            row = model_search.distance_row(self, m, s, request, vectors[m], backend, depth)
+            d = np.asarray(s.aligned(space.ids, row), dtype=np.float64)  # a fresh row: no copy when already float64
             if position is not None:
                 d[position] = np.inf
             timings[f"search:{m}"] = time.perf_counter() - t0
             out[m] = d
-        return ids, out, timings
+        return space.ids, out, timings
 
-    def search(
-        self, models: Sequence[str] | str, metric: str = "cosine", top_k: int = 10, query: Query | None = None, *,
-        image_id: str | None = None, image: bytes | None = None, exclude_query: bool = True, method: str | None = None,
-        weights: Mapping[str, float] | None = None, rerank: Rerank | None = None, feedback: Sequence[FeedbackRound] | None = None,
-        backend: str | None = None, depth: int | None = None,
-    ) -> SearchResponse:
-        """Search one or several models; with two or more and a ``method``, fuse them.
+    def search(self, request: SearchRequest | Sequence[str] | str, *args, **kwargs) -> SearchResponse:
+        """Run a :class:`SearchRequest`; called with anything else, the arguments of
+        :func:`cbir.request.parse_search` (models, metric, top_k, image_id= or image=, ...).
 
-        ``rerank`` (αQE or DBA+αQE) and ``feedback`` (Rocchio rounds) apply per model
-        before fusion and need the cosine metric. ``backend`` (default CBIR_INDEX_BACKEND):
-        exact ranks the whole collection; faiss and milvus fetch ``depth`` candidates per
-        model (default max(k, CBIR_SEARCH_DEPTH)), fuse their union, and report AP@depth.
-        """
+        With two or more models and a ``method``, fuse them. ``rerank`` (αQE or DBA+αQE) and
+        ``feedback`` (Rocchio rounds) apply per model before fusion (cosine). ``backend``
+        (default CBIR_INDEX_BACKEND): exact ranks the whole collection; faiss and milvus fetch
+        ``depth`` candidates per model (default max(k, CBIR_SEARCH_DEPTH)), fuse their union,
+        and report AP@depth. Each store is looked up once. Raises :class:`CBIRError`
+        subclasses for an unknown image id, a model with no store, or a bad argument."""
+        if not isinstance(request, SearchRequest):
+            request = parse_search(request, *args, **kwargs)
         start = time.perf_counter()
-        models = list(dict.fromkeys(get_spec(m).name for m in ([models] if isinstance(models, str) else models)))
-        if not models:
-            raise CBIRError("choose at least one model")
-        metric, top_k = normalise_metric(metric), check_top_k(top_k)
-        backend = self.resolve_backend(backend, models)
-        depth = None if backend == "exact" else max(top_k, int(depth or self.settings.search_depth))
-        query = self._check_query(query or Query(image_id=image_id, image=image))
-        if method is not None and method not in FUSION_METHODS:
-            raise unknown("fusion method", method, FUSION_METHODS)
-        if weights is not None:
-            check_weights(models, weights)  # whatever the method: NaN or -1 is a mistake to report
-        feedback = feedback_rounds(feedback)
-        self.collection.check_ids([i for r in feedback for i in (*r.relevant, *r.non_relevant)], "feedback")
-        ids, dists, timings = self.full_distances(models, metric, query, exclude_query, rerank, feedback, backend, depth or 0)
-        space = self.indexes.id_space(models)
+        request = replace(request, query=self._with_label(request.query))
+        self.collection.check_ids([i for r in request.feedback for i in (*r.relevant, *r.non_relevant)], "feedback")
+        stores = self.stores(request.models)
+        backend = self.resolve_backend(request.backend, stores)
+        depth = None if backend == "exact" else max(request.top_k, int(request.depth or self.settings.search_depth))
+        space = self.indexes.id_space(stores)
+        ids, dists, timings = self.full_distances(request, stores, backend, depth or 0, space)
+        query, top_k = request.query, request.top_k
         inputs = FusionInputs(ids, dists, space.labels, space.label_counts, query.label, top_k, depth)
         per_model = {m: rank_distances(m, d, ids, space.labels, query.label, top_k, depth=depth, label_counts=space.label_counts,
                                        seconds=timings.get(f"search:{m}", 0.0) + timings.get(f"extract:{m}", 0.0))
                      for m, d in dists.items()}
         fused = None
-        if method and len(models) > 1:
-            fused = inputs.fuse(method, weights)
+        if request.method:
+            fused = inputs.fuse(request.method, request.weight_map)
             timings["fusion"] = fused.seconds
         timings["total"] = time.perf_counter() - start
         return SearchResponse(
-            query=query, metric=metric, top_k=top_k, per_model=per_model, fused=fused,
-            method=method if fused is not None else None,
-            weights=dict(weights) if (weights and fused is not None and method == "weighted") else None,
-            rerank=rerank, feedback_rounds=len(feedback), timings=timings, backend=backend, depth=depth, inputs=inputs,
+            query=query, metric=request.metric, top_k=top_k, per_model=per_model, fused=fused,
+            method=request.method if fused is not None else None,
+            weights=request.weight_map if (request.weights and fused is not None and request.method == "weighted") else None,
+            rerank=request.rerank, feedback_rounds=len(request.feedback), timings=timings, backend=backend, depth=depth,
+            inputs=inputs,
         )
 
     # -- experiments (cbir.experiments) ------------------------------------------------

@@ -1,7 +1,7 @@
 """Experiments over a whole collection: evaluation runs (every labelled image as a query),
 the simulated relevance-feedback study, and the planning of the runs a page asks for.
 
-Everything here goes through the engine's loaded stores and the same prepared indexes
+Everything here goes through the catalogue's loaded stores and the same prepared indexes
 and chunk size as a search, so that the figures are those of the search a user runs.
 """
 
@@ -21,7 +21,8 @@ from .rerank import Rerank, alpha_query_expansion, check_metric, rocchio
 from .store import common_ids
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .catalogue import StoreCatalogue
+    from .store import FeatureStore
 
 #: Queries ranked at once: (EVAL_CHUNK x n) float64 distances per model stay small.
 EVAL_CHUNK = 512
@@ -51,25 +52,27 @@ def plan_runs(models: Sequence[str], metrics: Sequence[str], fusions: Sequence[s
     return runs
 
 
-def labelled_ids(engine: Engine, models: Sequence[str]) -> tuple[list[str], list[str]]:
-    if not engine.collection.has_labels:
+def labelled_ids(catalogue: StoreCatalogue, stores: Mapping[str, FeatureStore]) -> tuple[list[str], list[str]]:
+    """The labelled images every store has, in the first store's order, and their labels."""
+    collection = catalogue.collection
+    if not collection.has_labels:
         raise CollectionError(
-            f"collection {engine.collection.name!r} has no labels; add a labels.csv (id,label) "
+            f"collection {collection.name!r} has no labels; add a labels.csv (id,label) "
             "or sort the images into one sub-folder per class"
         )
-    ids = [i for i in common_ids([engine.store(m).ids for m in models]) if i in engine.collection]
+    ids = [i for i in common_ids([s.ids for s in stores.values()]) if i in collection]
     if len(ids) < 2:
         raise CollectionError("need at least two indexed, labelled images to evaluate")
-    return ids, [engine.collection.label_of(i) for i in ids]
+    return ids, [collection.label_of(i) for i in ids]
 
 
-def _database_and_queries(engine: Engine, model: str, ids: list[str], rerank: Rerank) -> tuple[np.ndarray, np.ndarray]:
+def _database_and_queries(catalogue: StoreCatalogue, model: str, store: FeatureStore, ids: list[str],
+                          rerank: Rerank) -> tuple[np.ndarray, np.ndarray]:
     """The vectors searched and the query vectors of every image, aligned with ``ids``."""
-    store = engine.store(model)
     if not rerank.active:
         db = store.aligned(ids)
         return db, db
-    db = store.aligned(ids, engine.indexes.rerank_index(model, rerank).vectors)
+    db = store.aligned(ids, catalogue.indexes.rerank_index(model, store, rerank).vectors)
     return db, alpha_query_expansion(db, db, rerank.n, rerank.alpha, exclude=np.arange(len(ids)))
 
 
@@ -88,15 +91,15 @@ class _Candidates:
         return full if self.rows is None else full[:, self.rows]
 
 
-def _searcher(engine: Engine, model: str, metric: str, db: np.ndarray, ids: list[str], backend: str, depth: int):
+def _searcher(catalogue: StoreCatalogue, model: str, store: FeatureStore, metric: str, db: np.ndarray, ids: list[str],
+              backend: str, depth: int):
     if backend == "exact":
         return PreparedIndex(db, metric)
-    store = engine.store(model)
-    return _Candidates(engine.indexes.vector_index(model, metric, backend), store.rows_for(ids), len(store), depth)
+    return _Candidates(catalogue.indexes.vector_index(model, store, metric, backend), store.rows_for(ids), len(store), depth)
 
 
 def evaluate(
-    engine: Engine,
+    catalogue: StoreCatalogue,
     models: Sequence[str],
     metric: str = "cosine",
     method: str | None = None,
@@ -120,9 +123,10 @@ def evaluate(
             raise CBIRError("re-ranked evaluation runs on the exact index: use --backend exact")
     if len(models) > 1 and method is None:
         method = "average"
-    ids, labels = labelled_ids(engine, models)
-    data = {m: _database_and_queries(engine, m, ids, rerank) for m in models}
-    prepared = {m: _searcher(engine, m, metric, db, ids, backend, depth) for m, (db, _) in data.items()}
+    stores = catalogue.stores(models)
+    ids, labels = labelled_ids(catalogue, stores)
+    data = {m: _database_and_queries(catalogue, m, stores[m], ids, rerank) for m in models}
+    prepared = {m: _searcher(catalogue, m, stores[m], metric, db, ids, backend, depth) for m, (db, _) in data.items()}
     n, chunks = len(ids), []
     sample = np.arange(n) if not queries or queries >= n else np.sort(np.random.default_rng(seed).choice(n, queries, replace=False))
     for start in range(0, sample.size, EVAL_CHUNK):
@@ -149,12 +153,13 @@ def evaluate(
     return report
 
 
-def evaluate_feedback(engine: Engine, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:
+def evaluate_feedback(catalogue: StoreCatalogue, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:
     """Simulated relevance feedback: each round, the true labels of the top k of every
     query are given as Rocchio feedback. The report before and after each round."""
     rerank = rerank or Rerank()
-    ids, labels = labelled_ids(engine, [model])
-    db, queries = _database_and_queries(engine, model, ids, rerank)
+    stores = catalogue.stores([model])
+    ids, labels = labelled_ids(catalogue, stores)
+    db, queries = _database_and_queries(catalogue, model, stores[model], ids, rerank)
     index, lab = PreparedIndex(db, "cosine"), np.asarray(labels, dtype=object)
     reports = []
     for r in range(rounds + 1):

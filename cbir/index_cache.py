@@ -8,7 +8,8 @@ from __future__ import annotations
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from pathlib import Path
+from typing import Mapping, Protocol
 
 import numpy as np
 
@@ -16,10 +17,7 @@ from .distances import PreparedIndex
 from .errors import StoreError
 from .index import IndexBackendError, VectorIndex, faiss_index, neighbour_graph, open_index
 from .rerank import Rerank, database_augmentation
-from .store import common_ids, derived_array
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .store import FeatureStore, common_ids, derived_array
 
 DBA_IN_MEMORY = 2  # DBA matrices kept per process (each is the size of its store: 512 MB at 100k x 1280)
 INDEXES_IN_MEMORY = 8  # opened vector indexes (model, metric, backend) kept per process
@@ -35,11 +33,21 @@ class IdSpace:
     label_counts: dict[str, int]
 
 
-class IndexCache:
-    """The engine's derived objects, built on first use and kept least-recently-used."""
+class Stores(Protocol):
+    """What the cache needs of its owner (a :class:`cbir.catalogue.StoreCatalogue`)."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    settings: object
+    collection: object
+
+    def store_folder(self, model: str) -> Path: ...
+
+
+class IndexCache:
+    """A catalogue's derived objects, built on first use and kept least-recently-used. Every
+    method takes the store the caller already holds, so a request sees one version of it."""
+
+    def __init__(self, owner: Stores):
+        self.owner = owner
         self._lock = threading.RLock()
         self._dba: OrderedDict[tuple, PreparedIndex] = OrderedDict()
         self._indexes: OrderedDict[tuple, VectorIndex] = OrderedDict()
@@ -56,59 +64,58 @@ class IndexCache:
             cache.move_to_end(key)
             return cache[key]
 
-    def rerank_index(self, model: str, rerank: Rerank, backend: str = "exact") -> PreparedIndex:
+    def rerank_index(self, model: str, store: FeatureStore, rerank: Rerank, backend: str = "exact") -> PreparedIndex:
         """Cosine index over the store, or over its DBA vectors (built once per store
         version, (n, alpha) and backend, cached beside the store; the newest few in memory).
         The exact backend finds each vector's neighbours by brute force (the reference);
         an approximate one reads them from its index's k-NN graph."""
-        store = self.engine.store(model)
         if rerank.method != "dba_aqe":
             return store.index("cosine")
 
         def build() -> PreparedIndex:
             name, graph = f"dba-n{rerank.n}-a{rerank.alpha:g}", None
             if backend != "exact":
-                name, index = f"{name}-{backend}", self.vector_index(model, "cosine", backend)
+                name, index = f"{name}-{backend}", self.vector_index(model, store, "cosine", backend)
                 graph = lambda: neighbour_graph(index, store.embeddings, rerank.n)  # noqa: E731
-            matrix, seconds = derived_array(store, self.engine.store_folder(model), name, lambda: database_augmentation(
+            matrix, seconds = derived_array(store, self.owner.store_folder(model), name, lambda: database_augmentation(
                 store.embeddings, rerank.n, rerank.alpha, graph() if graph else None))
             self.last_dba_seconds[model] = seconds
             return PreparedIndex(matrix, "cosine")
 
         return self._keep(self._dba, (model, rerank.n, rerank.alpha, backend, store.version), build, DBA_IN_MEMORY)
 
-    def dba_index(self, model: str, rerank: Rerank, backend: str) -> tuple[np.ndarray, VectorIndex]:
+    def dba_index(self, model: str, store: FeatureStore, rerank: Rerank, backend: str) -> tuple[np.ndarray, VectorIndex]:
         """An approximate backend's DBA vectors and its index over them (FAISS only)."""
         if backend != "faiss":
             raise IndexBackendError(
                 f"DBA + αQE needs an index over the augmented vectors: use --backend faiss or exact (or αQE with {backend})")
-        store, db = self.engine.store(model), self.rerank_index(model, rerank, backend).vectors
-        kind = self.engine.settings.faiss_kind
+        db = self.rerank_index(model, store, rerank, backend).vectors
+        kind = self.owner.settings.faiss_kind
         index = self._keep(self._indexes, (model, "dba", rerank.n, rerank.alpha, backend, store.version), lambda: faiss_index(
-            store, self.engine.store_folder(model), f"faissdba-{kind}-n{rerank.n}-a{rerank.alpha:g}", db, "cosine", kind))
+            store, self.owner.store_folder(model), f"faissdba-{kind}-n{rerank.n}-a{rerank.alpha:g}", db, "cosine", kind))
         return db, index
 
-    def vector_index(self, model: str, metric: str, backend: str) -> VectorIndex:
+    def vector_index(self, model: str, store: FeatureStore, metric: str, backend: str) -> VectorIndex:
         """The backend's index of the model's store for ``metric``, per store version."""
-        engine, store = self.engine, self.engine.store(model)
+        owner = self.owner
 
         def build() -> VectorIndex:
-            labels = [engine.collection.label_of(i) if i in engine.collection else None for i in store.ids.tolist()]
-            return open_index(backend, store, engine.store_folder(model), metric, engine.settings, labels, engine.collection.name)
+            labels = [owner.collection.label_of(i) if i in owner.collection else None for i in store.ids.tolist()]
+            return open_index(backend, store, owner.store_folder(model), metric, owner.settings, labels, owner.collection.name)
 
         return self._keep(self._indexes, (model, metric, backend, store.version), build)
 
-    def id_space(self, models: Sequence[str]) -> IdSpace:
-        """The ids the models have in common, with positions, labels and label counts, once
-        per set of store versions (a search at 10^6 images rebuilds no million-entry list)."""
-        stores = [self.engine.store(m) for m in models]
+    def id_space(self, stores: Mapping[str, FeatureStore]) -> IdSpace:
+        """The ids the models' stores have in common, with positions, labels and label counts,
+        once per set of store versions (a search at 10^6 images rebuilds no million-entry list)."""
+        models, stores = list(stores), list(stores.values())
 
         def build() -> IdSpace:
             ids = common_ids([s.ids for s in stores])
             if not ids:
                 raise StoreError("the chosen models share no indexed image; index them on the same collection")
             position = stores[0].rows if stores[0].rows_for(ids) is None else {image_id: i for i, image_id in enumerate(ids)}
-            labels = self.engine.collection.labels_for(ids)
+            labels = self.owner.collection.labels_for(ids)
             counts = {} if labels is None else Counter(label for label in labels.tolist() if label is not None)
             return IdSpace(ids, position, labels, dict(counts))
 

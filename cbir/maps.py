@@ -31,7 +31,7 @@ from .distances import l2_normalise
 from .errors import CBIRError, unknown
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .catalogue import StoreCatalogue
 
 MAP_LABELS = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE"}
 MAP_METHODS = tuple(MAP_LABELS)
@@ -220,15 +220,15 @@ class EmbeddingMap:
                 "seconds": round(self.seconds, 3), "total": self.total, "sampled": self.rows is not None}
 
 
-def embedding_map(engine: Engine, model: str, method: str = "pca", params: dict | None = None,
+def embedding_map(catalogue: StoreCatalogue, model: str, method: str = "pca", params: dict | None = None,
                   progress: Progress | None = None) -> EmbeddingMap:
     """The model's map for the whole store, computed once per store version and parameters."""
     from .store import derived_array
 
     start = time.perf_counter()
-    model, params, store, rows, name = _map_plan(engine, model, method, params)
+    model, params, store, rows, name = _map_plan(catalogue, model, method, params)
     vectors = (lambda: store.embeddings) if rows is None else (lambda: np.asarray(store.embeddings[rows]))
-    key = (str(engine.store_folder(model)), store.version, name)
+    key = (str(catalogue.store_folder(model)), store.version, name)
 
     def build() -> np.ndarray:
         coords, fitted = fit_map(vectors(), method, params, progress)
@@ -236,30 +236,30 @@ def embedding_map(engine: Engine, model: str, method: str = "pca", params: dict 
             _keep_fitted(key, fitted)
         return coords
 
-    coords, seconds = derived_array(store, engine.store_folder(model), name, build)
+    coords, seconds = derived_array(store, catalogue.store_folder(model), name, build)
     ids = store.ids if rows is None else store.ids[rows]
     return EmbeddingMap(model, method, params, ids.tolist(), np.asarray(coords, dtype=np.float32), seconds,
                         time.perf_counter() - start, rows, len(store), key)
 
 
-def _map_plan(engine: Engine, model: str, method: str, params: dict | None):
+def _map_plan(catalogue: StoreCatalogue, model: str, method: str, params: dict | None):
     """(model name, checked params, store, sampled rows or None, cache name) of a map."""
     from .extractors import get_spec
 
     model = get_spec(model).name
     params = check_params(method, params)
-    store = engine.store(model)
+    store = catalogue.store(model)
     rows = map_rows(len(store))
     name = "map-" + "-".join([method, *(f"{k}{v:g}" for k, v in params.items()), *([f"sample{len(rows)}"] if rows is not None else [])])
     return model, params, store, rows, name
 
 
-def map_cached(engine: Engine, model: str, method: str = "pca", params: dict | None = None) -> bool:
+def map_cached(catalogue: StoreCatalogue, model: str, method: str = "pca", params: dict | None = None) -> bool:
     """Whether :func:`embedding_map` would only read this map (no fit)."""
     from .store import has_derived
 
-    model, _, store, _, name = _map_plan(engine, model, method, params)
-    return has_derived(store, engine.store_folder(model), name)
+    model, _, store, _, name = _map_plan(catalogue, model, method, params)
+    return has_derived(store, catalogue.store_folder(model), name)
 
 
 def map_rows(n: int) -> np.ndarray | None:

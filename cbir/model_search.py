@@ -10,11 +10,12 @@ import numpy as np
 
 from .distances import l2_normalise
 from .index import candidate_row, expanded_query
-from .rerank import FeedbackRound, Rerank, alpha_query_expansion, rocchio
-from .search import Query
+from .rerank import FeedbackRound, alpha_query_expansion, rocchio
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .catalogue import StoreCatalogue
+    from .request import Query, SearchRequest
+    from .store import FeatureStore
 
 
 def _own_row(store, query: Query) -> int:
@@ -28,19 +29,18 @@ def _marked(store, feedback_round: FeedbackRound) -> tuple[list[int], list[int]]
             [store.row_of(i) for i in feedback_round.non_relevant if i in store])
 
 
-def candidates(engine: Engine, model: str, metric: str, vec: np.ndarray, query: Query, rerank: Rerank,
-               feedback: list[FeedbackRound], backend: str, depth: int) -> np.ndarray:
+def candidates(catalogue: StoreCatalogue, model: str, store: FeatureStore, request: SearchRequest, vec: np.ndarray,
+               backend: str, depth: int) -> np.ndarray:
     """An approximate index's ``depth`` candidates over the store rows (NaN elsewhere);
     feedback moves the query first, αQE issues a second index query, DBA searches an
     index over the augmented vectors (whose k-NN graph came from the store's index)."""
-    store = engine.store(model)
-    own = _own_row(store, query)
+    rerank, own = request.rerank, _own_row(store, request.query)
     if rerank.method == "dba_aqe":
-        db, index = engine.indexes.dba_index(model, rerank, backend)
+        db, index = catalogue.indexes.dba_index(model, store, rerank, backend)
         q = db[own] if own >= 0 else l2_normalise(vec)
     else:
-        db, index, q = store.embeddings, engine.indexes.vector_index(model, metric, backend), vec
-    for rnd in feedback:
+        db, index, q = store.embeddings, catalogue.indexes.vector_index(model, store, request.metric, backend), vec
+    for rnd in request.feedback:
         rel, non = _marked(store, rnd)
         q = rocchio(q[None, :], db[rel], db[non])[0]
     if rerank.active:
@@ -48,19 +48,19 @@ def candidates(engine: Engine, model: str, metric: str, vec: np.ndarray, query: 
     return candidate_row(index, q, depth, len(store))
 
 
-def distance_row(engine: Engine, model: str, metric: str, vec: np.ndarray, query: Query, rerank: Rerank,
-                 feedback: list[FeedbackRound], backend: str = "exact", depth: int = 0) -> np.ndarray:
-    """One model's distances to every vector of its store (NaN: not a candidate of an
-    approximate index), re-ranked when asked."""
-    store = engine.store(model)
+def distance_row(catalogue: StoreCatalogue, model: str, store: FeatureStore, request: SearchRequest, vec: np.ndarray,
+                 backend: str = "exact", depth: int = 0) -> np.ndarray:
+    """One model's (n,) distances to every vector of its store (NaN: not a candidate of an
+    approximate index), re-ranked and moved by feedback as the request asks."""
     if backend != "exact":
-        return candidates(engine, model, metric, vec, query, rerank, feedback, backend, depth)
-    if not (rerank.active or feedback):
-        return store.index(metric).distances(vec[None, :])[0]
-    index = engine.indexes.rerank_index(model, rerank)
-    db, own = index.vectors, _own_row(store, query)
+        return candidates(catalogue, model, store, request, vec, backend, depth)
+    rerank = request.rerank
+    if not (rerank.active or request.feedback):
+        return store.index(request.metric).distances(vec[None, :])[0]
+    index = catalogue.indexes.rerank_index(model, store, rerank)
+    db, own = index.vectors, _own_row(store, request.query)
     q = (db[own] if own >= 0 and rerank.method == "dba_aqe" else l2_normalise(vec))[None, :]
-    for rnd in feedback:
+    for rnd in request.feedback:
         rel, non = _marked(store, rnd)
         q = rocchio(q, db[rel], db[non])
     if rerank.active:

@@ -22,7 +22,7 @@ from .evaluation import evaluate_distances
 from .fusion import fuse
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .catalogue import StoreCatalogue
 
 SWEEP_METHODS = ("weighted", "rrf")  # the methods whose result depends on the weights
 MODELS_RANGE = (2, 3)
@@ -133,11 +133,11 @@ class SweepResult:
         }
 
 
-def sweep_weights(engine: Engine, models: Sequence[str], method: str = "weighted", step: float = DEFAULT_STEP,
+def sweep_weights(catalogue: StoreCatalogue, models: Sequence[str], method: str = "weighted", step: float = DEFAULT_STEP,
                   metric: str = "cosine", progress: Callable[[int, int], None] | None = None) -> SweepResult:
     """mAP and P@20 of ``method`` fusion at every grid point, all labelled images as queries.
 
-    Refused (:class:`WorkLimitError`) above ``engine.settings.sweep_max_work`` distances fused.
+    Refused (:class:`WorkLimitError`) above ``catalogue.settings.sweep_max_work`` distances fused.
     ``progress`` is called after the distance matrices and after every point; it may raise
     to stop the sweep there (:class:`cbir.jobs.Job` does when cancelled)."""
     from .experiments import labelled_ids
@@ -148,12 +148,13 @@ def sweep_weights(engine: Engine, models: Sequence[str], method: str = "weighted
     models = list(dict.fromkeys(models))
     grid = simplex_grid(len(models), step)
     metric = normalise_metric(metric)
-    ids, labels = labelled_ids(engine, models)
-    dims = [engine.store(m).dim for m in models]
-    check_sweep_work(len(grid), dims, len(ids), engine.settings.sweep_max_work, method, metric)
+    stores = catalogue.stores(models)
+    ids, labels = labelled_ids(catalogue, stores)
+    dims = [s.dim for s in stores.values()]
+    check_sweep_work(len(grid), dims, len(ids), catalogue.settings.sweep_max_work, method, metric)
     dists = {}
     for m in models:  # each model's full distance matrix, once, in blocks of rows
-        db = engine.store(m).aligned(ids)
+        db = stores[m].aligned(ids)
         index = PreparedIndex(db, metric)
         d = np.empty((len(ids), len(ids)))
         for start in range(0, len(ids), MATRIX_ROWS):

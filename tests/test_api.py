@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from cbir.request import parse_search
 from cbir.api.app import create_app
 from tests.conftest import COLLECTION, RedisServer, api_login, assert_same_ranking, make_settings
 
@@ -225,7 +226,7 @@ def test_redis_outage_and_recovery(tmp_path):
             assert c.get("/ready").status_code == 503
             # the engine path itself keeps working with the cache bypassed
             svc = c.app.state.service
-            out = svc.search(["efficientnet_lite0"], image_id="14")
+            out = svc.search(parse_search(["efficientnet_lite0"], image_id="14")).body
             assert out["cached"] is False and len(out["models"]["efficientnet_lite0"]["results"]) == 10
             server.start()
             deadline = time.time() + 30  # leaves the loop on the first success

@@ -453,7 +453,7 @@ def test_api_bounds_owner_and_metric_error(fresh_redis, tmp_path):
 def test_a_one_image_store_searches_without_a_500(tmp_path):
     """The query excluded, nothing is left to rank: an empty list, not an error."""
     from cbir.engine import Engine
-    from cbir.search import rank_distances
+    from cbir.ranking import rank_distances
 
     empty = rank_distances("m", np.array([np.inf]), ["7"], ["a"], "a", 5)
     assert empty.hits == [] and empty.pr_11 == [0.0] * 11 and empty.average_precision == 0.0

@@ -230,8 +230,8 @@ def test_dba_with_faiss_uses_the_hnsw_graph_and_matches_exact(engine):
     from cbir.rerank import Rerank
 
     dba = Rerank("dba_aqe")
-    exact = engine.indexes.rerank_index("efficientnet_lite0", dba).vectors
-    approx = engine.indexes.rerank_index("efficientnet_lite0", dba, "faiss").vectors  # k-NN graph from HNSW
+    exact = engine.indexes.rerank_index("efficientnet_lite0", engine.store("efficientnet_lite0"), dba).vectors
+    approx = engine.indexes.rerank_index("efficientnet_lite0", engine.store("efficientnet_lite0"), dba, "faiss").vectors  # k-NN graph from HNSW
     assert float(np.mean(np.sum(exact * approx, axis=1))) > 0.999  # the same augmented vectors
     folder = engine.store_folder("efficientnet_lite0")
     assert (folder / "dba-n10-a3-faiss.npz").exists()
@@ -242,7 +242,7 @@ def test_dba_with_faiss_uses_the_hnsw_graph_and_matches_exact(engine):
         assert abs(b.average_precision - a.average_precision) < 0.02, (image_id, a.average_precision, b.average_precision)
     assert (folder / "faissdba-hnsw-n10-a3.npz").exists()  # the index over the DBA vectors, cached
     with pytest.raises(IndexBackendError, match="backend faiss or exact"):
-        engine.indexes.dba_index("efficientnet_lite0", dba, "milvus")
+        engine.indexes.dba_index("efficientnet_lite0", engine.store("efficientnet_lite0"), dba, "milvus")
 
 
 @pytest.mark.redis

@@ -5,14 +5,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..distances import METRICS
+from ..distances import METRIC_ALIASES, METRICS
 from ..fusion import FUSION_METHODS
 from ..index import CHOICES
 from ..rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, MAX_FEEDBACK_ROUNDS, N_RANGE, RERANK_METHODS, FeedbackRound
-from ..search import MAX_TOP_K
+from ..request import MAX_TOP_K
 from ..users import ROLES
 
-Metric = Literal[tuple(METRICS)]
 Method = Literal[FUSION_METHODS]
 
 
@@ -44,14 +43,14 @@ class RerankParams(BaseModel):
     alpha: float = Field(DEFAULT_ALPHA, ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1], description="similarity exponent of the weights")
 
 
-class SearchRequest(BaseModel):
+class SearchBody(BaseModel):
     """Query by collection id in JSON; to query by an image send multipart/form-data with
     the same fields (``models`` comma-separated, ``weights`` as JSON) and a file ``image``."""
 
     model_config = ConfigDict(extra="forbid")
     image_id: str | None = Field(None, max_length=512, description="id of a collection image")
     models: list[str] | None = Field(None, min_length=1, max_length=8, description="default: the default model")
-    metric: Metric = "cosine"
+    metric: str = Field("cosine", max_length=32, description=f"one of {', '.join(METRICS)} (aliases: {', '.join(METRIC_ALIASES)})")
     top_k: int = Field(10, ge=1, le=MAX_TOP_K)
     exclude_query: bool = True
     rerank: RerankParams | None = Field(None, description="re-ranking (cosine only)")
@@ -66,7 +65,7 @@ class SearchRequest(BaseModel):
         return None if v is None else [m.strip() for m in v]
 
 
-class CombinedSearchRequest(SearchRequest):
+class CombinedSearchBody(SearchBody):
     method: Method = "average"
     weights: dict[str, float] | None = Field(None, description="per-model weights for method=weighted (non-negative)")
 

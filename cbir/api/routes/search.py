@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,9 +13,10 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from ...extractors import default_model
+from ...request import SearchRequest, parse_search
 from ..deps import APIError, CurrentUser, Service
 from ..middleware import loads_bounded
-from ..schemas import CombinedSearchRequest, ErrorBody, SearchRequest
+from ..schemas import CombinedSearchBody, ErrorBody, SearchBody
 from .tools import csv_response
 
 router = APIRouter(prefix="/api", tags=["search"])
@@ -81,7 +81,7 @@ def search_input(model):
     file ``image``; validated by the same pydantic model. (Body size and JSON depth are
     bounded by the middleware before this runs.)"""
 
-    async def read(request: Request) -> tuple:
+    async def read(request: Request) -> SearchRequest:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         upload = None
         if ctype == "application/json":
@@ -108,20 +108,17 @@ def search_input(model):
         image = await upload.read() if upload is not None else None
         if (params.image_id is None) == (image is None):
             raise APIError(422, "give exactly one query: image_id, or an uploaded image")
-        return params, image
+        return to_request(params, image)
 
     return read
 
 
-def _run(service, params, image, method=None, weights=None) -> dict:
-    from ...rerank import Rerank
-
-    models = params.models or [default_model()]
-    rerank = Rerank(**params.rerank.model_dump()) if params.rerank else None
-    feedback = [asdict(r) for r in params.feedback] if params.feedback else None
-    return service.search(
-        models, params.metric, params.top_k, image_id=params.image_id, image=image,
-        exclude_query=params.exclude_query, method=method, weights=weights, rerank=rerank, feedback=feedback,
+def to_request(params, image: bytes | None) -> SearchRequest:
+    """The body's fields through the engine's one parser (aliases, bounds, names)."""
+    return parse_search(
+        params.models or [default_model()], params.metric, params.top_k, image_id=params.image_id, image=image,
+        exclude_query=params.exclude_query, method=getattr(params, "method", None), weights=getattr(params, "weights", None),
+        rerank=params.rerank.model_dump() if params.rerank else None, feedback=params.feedback,
         backend=params.backend, depth=params.depth,
     )
 
@@ -129,32 +126,31 @@ def _run(service, params, image, method=None, weights=None) -> dict:
 INLINE_MAX_IMAGES = 20_000
 
 
-async def _dispatch(service, params, image, method=None, weights=None) -> dict:
+async def _dispatch(service, request: SearchRequest) -> dict:
     """Searches by id over small stores take about a millisecond: run them on the event
     loop (a thread hop costs more). Uploads (decoding, a CNN) and big stores go to threads."""
-    inline = image is None and len(service.engine.collection) <= INLINE_MAX_IMAGES and params.backend in (None, "exact")
-    if inline and not (params.rerank and params.rerank.method == "dba_aqe"):
-        return _run(service, params, image, method, weights)
-    return await run_in_threadpool(_run, service, params, image, method, weights)
+    inline = (not request.query.is_upload and len(service.engine.collection) <= INLINE_MAX_IMAGES
+              and request.backend in (None, "exact") and request.rerank.method != "dba_aqe")
+    if inline:
+        return service.search(request).body
+    return (await run_in_threadpool(service.search, request)).body
 
 
-@router.post("/search", responses=ERRORS, openapi_extra=_openapi_body(SearchRequest), summary="Search with one or more models")
-async def search(service: Service, user: CurrentUser, given: Annotated[tuple, Depends(search_input(SearchRequest))],
+@router.post("/search", responses=ERRORS, openapi_extra=_openapi_body(SearchBody), summary="Search with one or more models")
+async def search(service: Service, user: CurrentUser, search_request: Annotated[SearchRequest, Depends(search_input(SearchBody))],
                  format: Annotated[Literal["json", "csv"], Query(description="csv: one row per hit, with the parameters")] = "json") -> dict:
     """Per model: ranked results (id, score, label, relevant), P@k, R@k, AP, PR points and time taken."""
-    params, image = given
-    result = await _dispatch(service, params, image)
+    result = await _dispatch(service, search_request)
     return csv_response(result) if format == "csv" else JSONResponse(result)
 
 
 @router.post(
-    "/search_combined", responses=ERRORS, openapi_extra=_openapi_body(CombinedSearchRequest),
+    "/search_combined", responses=ERRORS, openapi_extra=_openapi_body(CombinedSearchBody),
     summary="Search several models and fuse them (average, weighted, rrf)",
 )
 async def search_combined(service: Service, user: CurrentUser,
-                          given: Annotated[tuple, Depends(search_input(CombinedSearchRequest))]) -> dict:
+                          search_request: Annotated[SearchRequest, Depends(search_input(CombinedSearchBody))]) -> dict:
     """Each model's results plus the fused ranking under ``combined``."""
-    params, image = given
-    if not params.models or len(params.models) < 2:
+    if len(search_request.models) < 2:
         raise APIError(422, "combined search needs at least two models")
-    return JSONResponse(await _dispatch(service, params, image, params.method, params.weights))
+    return JSONResponse(await _dispatch(service, search_request))

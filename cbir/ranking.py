@@ -1,5 +1,5 @@
-"""Ranking one query's full distance row (hits, P@k, R@k, AP and the PR curve), and the
-query and response of a search.
+"""Ranking one query's full distance row: hits, P@k, R@k, AP and the PR curve; and the
+re-fusion of one query's rows with other weights or another method.
 
 A search ranks the *whole* collection for each model (so that fusion and the
 evaluation figures work on full rankings) and then keeps the top k for display.
@@ -13,11 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import CBIRError
 from .evaluation import average_precision, interpolated_pr, pr_curve
-from .rerank import Rerank
 
-MAX_TOP_K = 1000
 MAX_PR_POINTS = 2000
 
 
@@ -68,16 +65,6 @@ class RankedList:
             "ap_label": "AP" if self.depth is None else f"AP@{self.depth}",
             "seconds": round(self.seconds, 5),
         }
-
-
-def check_top_k(top_k: int) -> int:
-    try:
-        k = int(top_k)
-    except (TypeError, ValueError):
-        raise CBIRError(f"top_k must be an integer, got {top_k!r}") from None
-    if not 1 <= k <= MAX_TOP_K:
-        raise CBIRError(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
-    return k
 
 
 def rank_distances(
@@ -138,23 +125,6 @@ def rank_distances(
 
 
 @dataclass
-class Query:
-    """What was searched for: a collection id, or an uploaded image (and maybe its label)."""
-
-    image_id: str | None = None
-    image: bytes | np.ndarray | None = None  # encoded file bytes, or an (h, w[, c]) array
-    label: str | None = None
-
-    def cache_key(self) -> str:
-        if self.image_id is not None:
-            return f"id:{self.image_id}"
-        import hashlib
-
-        data = self.image.tobytes() + str(self.image.shape).encode() if isinstance(self.image, np.ndarray) else (self.image or b"")
-        return "img:" + hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-@dataclass
 class FusionInputs:
     """What a fusion of one query needs: every model's distance row over the shared ids.
     Kept after a search, so new weights or another method re-fuse without searching again."""
@@ -175,36 +145,3 @@ class FusionInputs:
         fused = fuse({m: d[None, :] for m, d in self.distances.items()}, method=method, weights=weights)[0]
         return rank_distances("combined", fused, self.ids, self.labels, self.query_label, self.top_k,
                               seconds=time.perf_counter() - start, depth=self.depth, label_counts=self.label_counts)
-
-
-@dataclass
-class SearchResponse:
-    query: Query
-    metric: str
-    top_k: int
-    per_model: dict[str, RankedList]
-    fused: RankedList | None = None
-    method: str | None = None
-    weights: dict[str, float] | None = None
-    rerank: Rerank | None = None
-    feedback_rounds: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
-    backend: str = "exact"
-    depth: int | None = None
-    inputs: FusionInputs | None = field(default=None, repr=False)  # for re-fusion; not part of the JSON
-
-    def to_dict(self) -> dict:
-        return {
-            "query": {"id": self.query.image_id, "label": self.query.label, "upload": self.query.image is not None},
-            "metric": self.metric,
-            "top_k": self.top_k,
-            "models": {m: r.to_dict() for m, r in self.per_model.items()},
-            "combined": None if self.fused is None else self.fused.to_dict(),
-            "method": self.method,
-            "weights": self.weights,
-            "rerank": None if self.rerank is None or not self.rerank.active else {"method": self.rerank.method, "n": self.rerank.n, "alpha": self.rerank.alpha},
-            "feedback_rounds": self.feedback_rounds,
-            "backend": self.backend,
-            "depth": self.depth,
-            "timings": {k: round(v, 5) for k, v in self.timings.items()},
-        }
