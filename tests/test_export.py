@@ -45,6 +45,7 @@ def test_reports_and_figures(engine, tmp_path):
         write_figure(str(tmp_path / "pr.svg"), curves, "x")
 
 
+@pytest.mark.slow
 def test_cli_writes_every_format(tmp_path):
     run = [sys.executable, "-m", "cbir"]
     out = subprocess.run([*run, "evaluate", "-q", "-m", LITE[0], "--queries", "100", "--csv", str(tmp_path / "r.csv"),

@@ -9,9 +9,10 @@ from cbir.extractors import MODELS, build_extractor, get_spec, model_status
 from cbir.images import load_resized
 
 
+@pytest.mark.slow
 def test_import_cbir_does_not_import_keras():
     code = (
-        "import sys, cbir, cbir.engine, cbir.search, cbir.cli, cbir.extractors\n"
+        "import sys, cbir, cbir.engine, cbir.request, cbir.ranking, cbir.cli, cbir.extractors\n"
         "bad = [m for m in ('keras', 'tensorflow', 'torch', 'streamlit') if m in sys.modules]\n"
         "assert not bad, bad"
     )

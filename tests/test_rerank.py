@@ -118,6 +118,7 @@ def test_search_with_rerank_and_feedback_rounds():
     assert fused.fused is not None and fused.to_dict()["rerank"]["method"] == "aqe"
 
 
+@pytest.mark.slow
 def test_search_by_array_matches_search_by_file():
     from PIL import Image
 
@@ -131,6 +132,7 @@ def test_search_by_array_matches_search_by_file():
         engine.search("efficientnet_lite0", "cosine", 5, image=np.zeros((4, 4, 2)))
 
 
+@pytest.mark.slow
 def test_an_upload_searched_again_is_not_extracted_again(monkeypatch):
     """The Map page searches with an upload and then places its vector; the Search page
     searches the same upload again with other settings: one extraction, bounded memory."""

@@ -67,6 +67,7 @@ def test_sweep_work_bound(engine):
         check_sweep_work(3, three, images, 10**15)
 
 
+@pytest.mark.slow
 def test_cli_odd_step_is_one_line():
     out = subprocess.run([sys.executable, "-m", "cbir", "tune-weights", "-q", "-m", ",".join(LITE[:2]), "--step", "1e-300"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -86,6 +87,7 @@ def test_sweep_endpoints_are_the_single_models_and_the_middle_is_equal_weights(e
         sweep_weights(engine, LITE[:2], "average")
 
 
+@pytest.mark.slow
 def test_cli_three_models_rrf_json():
     out = subprocess.run([sys.executable, "-m", "cbir", "tune-weights", "-q", "-m", ",".join(LITE), "--method", "rrf",
                           "--step", "0.5", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
