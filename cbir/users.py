@@ -18,7 +18,6 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 
-
 import bcrypt
 import redis
 
