@@ -30,15 +30,13 @@ st.set_page_config(page_title="CBIR workbench", page_icon="🔎", layout="wide",
 
 import streamlit_authenticator as stauth  # noqa: E402
 
-from cbir.config import get_settings, install_secret  # noqa: E402
+from cbir.config import install_secret, server_settings  # noqa: E402
 from cbir.redisdb import ServiceUnavailable  # noqa: E402
-from cbir.users import DEMO_USERS, AuthError, ConfigError, LockedError, bootstrap, check_production_settings  # noqa: E402
+from cbir.users import DEMO_USERS, AuthError, ConfigError, LockedError, bootstrap  # noqa: E402
 from app_pages.common import get_users, show_error, touch_activity  # noqa: E402
 
-settings = get_settings()
-
 try:
-    check_production_settings(settings)
+    settings = server_settings()  # the environment's, refused (ConfigError) when a server must not run with them
 except ConfigError as exc:
     st.error(str(exc))
     st.stop()

@@ -17,7 +17,7 @@ from cbir.cache import ResultCache
 from cbir.config import get_settings
 from cbir.distances import METRIC_LABELS
 from cbir.engine import Engine
-from cbir.errors import CBIRError
+from cbir.errors import UNEXPECTED, CBIRError, contract_for
 from cbir.evaluation import PROTOCOL
 from cbir.export import pr_figure, report_curves
 from cbir.extractors import IMPORTED, MODELS, get_spec
@@ -137,13 +137,15 @@ def for_this_user(message: str) -> str:
 
 
 def show_error(exc: Exception) -> None:
-    """One clear message, never a stack trace, and no server path for a non-admin."""
-    if isinstance(exc, ServiceUnavailable):
-        st.warning(for_this_user(str(exc)), icon="⚠️")
-    elif isinstance(exc, (CBIRError, ValueError)):
-        st.error(for_this_user(str(exc)), icon="🚫")
+    """One clear message, never a stack trace, and no server path for a non-admin: shown as
+    the error contract's level says (``cbir.errors.CONTRACTS``: st.error or st.warning);
+    an error not in the table is an "Unexpected problem"."""
+    contract = contract_for(exc)
+    message = f"Unexpected problem: {type(exc).__name__}: {exc}" if contract is UNEXPECTED else str(exc)
+    if contract.level == "warning":
+        st.warning(for_this_user(message), icon="⚠️")
     else:
-        st.error(for_this_user(f"Unexpected problem: {type(exc).__name__}: {exc}"), icon="🚫")
+        st.error(for_this_user(message), icon="🚫")
 
 
 def stats_row(service: SearchService) -> None:

@@ -8,11 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import CBIRError
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_UNEXPECTED, CBIRError, contract_for
 
 
-
-def _fail(message: str, code: int = 2) -> int:
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"cbir: error: {message}", file=sys.stderr)
     return code
 
@@ -473,7 +472,13 @@ def cmd_api(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """Run one command. Exit codes (``cbir.errors``): 0 ok; an error of the contract table
+    (``cbir.errors.CONTRACTS``) prints one line and exits with its code: 2 bad input, 3 a
+    service away or busy; 130 interrupted; 1 anything else (a traceback: a bug)."""
+    try:
+        parser = build_parser()  # its defaults are the settings': invalid ones raise ConfigError
+    except CBIRError as exc:
+        return _fail(str(exc), contract_for(exc).exit_code)
     args = parser.parse_args(argv)
     if args.command != "api":
         from . import extractors
@@ -487,13 +492,11 @@ def main(argv: list[str] | None = None) -> int:
         # the Python docs' way (signal, "Note on SIGPIPE"): the rest of the output goes to
         # /dev/null, so that the flush at exit does not fail again with a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return EXIT_UNEXPECTED
     except CBIRError as exc:
-        return _fail(str(exc))
-    except ValueError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), contract_for(exc).exit_code)
     except KeyboardInterrupt:
-        return _fail("interrupted; the previous feature store is intact", 130)
+        return _fail("interrupted; the previous feature store is intact", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import os
 import secrets
 
+from .errors import ConfigError
+from .passwords import password_problem
+
 #: Published placeholders: a cookie signed with one of these could be forged by anyone.
 PLACEHOLDER_SECRETS = ("cbir-demo-secret-change-me", "replace-with-a-long-random-string")
 DEMO_SECRET = PLACEHOLDER_SECRETS[0]
+
+#: Vector index backends (``cbir.index`` serves them) and FAISS index kinds, here so that the
+#: settings can name them without importing the index code.
+AUTO = "auto"  # exact up to CBIR_EXACT_MAX vectors, FAISS above (when installed)
+BACKENDS = ("exact", "faiss", "milvus")
+FAISS_KINDS = ("hnsw", "ivfpq")
 
 
 class Settings(BaseSettings):
@@ -42,9 +52,9 @@ class Settings(BaseSettings):
     api_workers: int = Field(2, ge=1, le=32, description="API worker processes")
     app_host: str = "127.0.0.1"
     app_port: int = 8501
-    index_backend: str = Field("auto", description="Vector index: auto, exact, faiss or milvus")
+    index_backend: Literal[AUTO, *BACKENDS] = Field(AUTO, description="Vector index: auto, exact, faiss or milvus")
     exact_max: int = Field(200_000, ge=0, description="auto: exact search up to this many vectors per store, FAISS above")
-    faiss_kind: str = Field("hnsw", description="FAISS index kind: hnsw, or ivfpq (low memory)")
+    faiss_kind: Literal[FAISS_KINDS] = Field("hnsw", description="FAISS index kind: hnsw, or ivfpq (low memory)")
     milvus_uri: str | None = Field(None, description="Milvus server, e.g. http://localhost:19530")
     milvus_token: str | None = Field(None, description="Milvus token (user:password or an API key)")
     dask_scheduler: str | None = Field(None, description="Dask scheduler for `cbir index` (tcp://host:8786); unset = in process")
@@ -65,6 +75,55 @@ class Settings(BaseSettings):
     shutdown_seconds: int = Field(3, ge=1, le=600, description="On SIGTERM, requests still running after this long are "
                                   "cancelled (long jobs stop at their next step)")
     metrics_token: str | None = Field(None, description="Bearer token for /metrics from non-loopback clients; unset = loopback only")
+
+
+class ServerSettings(Settings):
+    """The settings a server (the app, the API) runs with: they cannot be built with
+    production problems (:func:`production_problem`), which raise :class:`ConfigError`."""
+
+    @model_validator(mode="after")
+    def _production_ready(self) -> "ServerSettings":
+        problem = production_problem(self)
+        if problem:
+            raise ConfigError(problem)  # not a ValueError: pydantic lets it through as it is
+        return self
+
+
+def secret_problems(settings: Settings) -> list[str]:
+    """A CBIR_SECRET_KEY that is set must be long and must not be a published placeholder."""
+    key = settings.secret_key
+    if key is not None and (key in PLACEHOLDER_SECRETS or len(key) < 16):
+        return ["CBIR_SECRET_KEY is a published placeholder or under 16 characters: unset it "
+                "(a random secret is then kept in var/secret_key) or set a long random string"]
+    return []
+
+
+def production_problem(settings: Settings) -> str | None:
+    """Why a server must not start with ``settings``, or None: in demo mode a published secret
+    key; outside it also a missing or weak admin password."""
+    problems = secret_problems(settings)
+    if settings.demo:
+        return problems[0] if problems else None
+    weak = password_problem(settings.admin_password, "admin") if settings.admin_password else None
+    problems = (["set CBIR_ADMIN_PASSWORD"] if not settings.admin_password else
+                [f"CBIR_ADMIN_PASSWORD: {weak}"] if weak else []) + problems
+    if problems:
+        return "demo mode is off: " + "; ".join(problems) + " (or set CBIR_DEMO=1 for a demo)"
+    return None
+
+
+def server_settings(settings: Settings | None = None) -> ServerSettings:
+    """``settings`` (default: the environment's) as a server's, or :class:`ConfigError`."""
+    if isinstance(settings, ServerSettings):
+        return settings
+    return ServerSettings.model_validate((settings or get_settings()).model_dump())
+
+
+def settings_problem(exc: ValidationError) -> str:
+    """A settings validation error as one line: the first bad variable and why."""
+    first = exc.errors()[0]
+    name = "CBIR_" + "_".join(str(p) for p in first.get("loc", ())).upper()
+    return f"{name}: {first.get('msg', 'invalid value')} (got {first.get('input')!r})"
 
 
 def install_secret(settings: Settings) -> str:
@@ -92,7 +151,12 @@ def install_secret(settings: Settings) -> str:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The environment's settings; a variable with an invalid value raises :class:`ConfigError`
+    (one line) instead of pydantic's report."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(settings_problem(exc)) from None
 
 
 def reset_settings() -> None:

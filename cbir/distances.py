@@ -30,11 +30,11 @@ def _check(queries: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndar
     if q.ndim == 1:
         q = q[None, :]
     if q.ndim != 2 or x.ndim != 2:
-        raise ValueError(f"expected 2-D arrays (q, d) and (n, d); got shapes {q.shape} and {x.shape}")
+        raise MetricError(f"expected 2-D arrays (q, d) and (n, d); got shapes {q.shape} and {x.shape}")
     if q.shape[1] != x.shape[1]:
-        raise ValueError(f"feature widths differ: queries have d={q.shape[1]}, stored d={x.shape[1]}")
+        raise MetricError(f"feature widths differ: queries have d={q.shape[1]}, stored d={x.shape[1]}")
     if not (np.issubdtype(q.dtype, np.number) and np.issubdtype(x.dtype, np.number)):
-        raise ValueError("features must be numeric")
+        raise MetricError("features must be numeric")
     q = np.ascontiguousarray(q, dtype=np.float32)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not (_all_finite(q) and _all_finite(x)):
@@ -141,12 +141,12 @@ class PreparedIndex:
         self._spec = METRICS[self.metric]
         x = np.asarray(stored)  # a memory map stays one
         if x.ndim != 2:
-            raise ValueError(f"expected a 2-D (n, d) array of stored vectors; got shape {x.shape}")
+            raise MetricError(f"expected a 2-D (n, d) array of stored vectors; got shape {x.shape}")
         self.dim, self._n = int(x.shape[1]), int(x.shape[0])
         self.streamed = self._n * self.dim * 4 > (PREPARED_MAX_BYTES if max_bytes is None else max_bytes)
         if self.streamed:
             if not np.issubdtype(x.dtype, np.floating):
-                raise ValueError("features must be floating point")
+                raise MetricError("features must be floating point")
             self._source, self._x, self._aux = x, None, None
             return
         _, x = _check(np.zeros((1, x.shape[1]), dtype=np.float32), x)

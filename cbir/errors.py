@@ -1,22 +1,39 @@
-"""Errors the engine raises on bad input; each message says what is wrong and what to do."""
+"""Errors the engine raises on bad input; each message says what is wrong and what to do.
+
+One error contract: :data:`CONTRACTS` maps each error class to what every front end makes
+of it (:class:`ErrorContract`: the API's HTTP status, the CLI's exit code, the app's message
+level), and :func:`contract_for` looks an exception up along its class's MRO. Anything not
+in the table is unexpected: a 500, exit code 1, an "Unexpected problem" message. This module
+imports nothing from ``cbir``, so every module may raise these classes.
+"""
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+# -- the CLI's exit codes ----------------------------------------------------------------------
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1  # a bug or an error no class of this module describes (Python's traceback)
+EXIT_BAD_INPUT = 2  # the user can fix it: an argument, a file, the collection, the settings (as argparse's usage errors)
+EXIT_UNAVAILABLE = 3  # a service (Redis) is away or busy: try again later
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
 class CBIRError(Exception):
     """Base class: a problem the user can fix, reported as one line.
 
-    ``http_status`` is what the API answers with it (4xx; 503 when a service is away)."""
+    What each front end makes of it is in :data:`CONTRACTS`; ``http_status`` reads it."""
 
-    http_status = 400
+    @property
+    def http_status(self) -> int:
+        """The API's status for this error (from the contract table)."""
+        return contract_for(self).status
 
 
 class UnknownNameError(CBIRError, ValueError):
     """An unknown model, metric or fusion method."""
-
-    http_status = 422
 
 
 class CollectionError(CBIRError):
@@ -26,29 +43,34 @@ class CollectionError(CBIRError):
 class UnknownImageError(CollectionError):
     """An image id that is not in the collection."""
 
-    http_status = 404
-
 
 class ImageError(CBIRError):
     """An image that cannot be decoded, is truncated or is too large.
 
-    ``kind`` is one of "empty", "not_image", "corrupt", "too_large", "missing".
+    ``kind`` is one of "empty", "not_image", "corrupt", "too_large", "missing"; the contract
+    table may give a kind its own status.
     """
-
-    STATUS = {"empty": 400, "corrupt": 400, "not_image": 415, "too_large": 413, "missing": 404}
 
     def __init__(self, message: str, kind: str = "corrupt"):
         super().__init__(message)
         self.kind = kind
-        self.http_status = self.STATUS.get(kind, 400)
 
 
 class WeightsUnavailableError(CBIRError):
     """Model weights that are not on disk and cannot be downloaded."""
 
 
+class WeightsFileError(WeightsUnavailableError, ValueError):
+    """A weights file that is not one this reader can load (not PyTorch, truncated, big-endian)."""
+
+
 class MetricError(CBIRError, ValueError):
-    """Features a metric cannot use: negative values for a histogram metric, NaN or infinity."""
+    """Features a metric cannot use: the wrong shape or width, not numeric, negative values
+    for a histogram metric, NaN or infinity."""
+
+
+class MalformedInputError(CBIRError, ValueError):
+    """A request value whose structure is refused before it is read (JSON nested too deep)."""
 
 
 class StoreError(CBIRError):
@@ -62,13 +84,9 @@ def unknown(kind: str, name: object, valid) -> UnknownNameError:
 class WorkLimitError(CBIRError):
     """A request whose work is over a configured bound (a weight sweep too fine for the collection)."""
 
-    http_status = 422
-
 
 class BusyError(CBIRError):
     """The user already runs as many long jobs as allowed; ``retry_after`` seconds to wait."""
-
-    http_status = 429
 
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
@@ -78,7 +96,101 @@ class BusyError(CBIRError):
 class Cancelled(CBIRError):
     """A long job stopped between two steps: its client went away or the server is stopping."""
 
-    http_status = 503
+
+class ServiceUnavailable(CBIRError):
+    """Redis is unreachable: say so instead of failing with a stack trace (``cbir.redisdb``)."""
+
+    def __init__(self, what: str = "the user store"):
+        super().__init__(f"{what} is unavailable (Redis unreachable); try again in a moment")
+
+
+class AuthError(CBIRError):
+    """Wrong username or password (never says which) (``cbir.users``)."""
+
+
+class LockedError(AuthError):
+    """A user locked out after too many failed logins, for ``seconds`` (``cbir.users``)."""
+
+    def __init__(self, username: str, seconds: int):
+        self.seconds = seconds
+        super().__init__(
+            f"too many failed logins for {username!r}: try again in {max(1, seconds // 60)} minute(s)"
+        )
+
+    @property
+    def retry_after(self) -> int:
+        return self.seconds
+
+
+class UserError(CBIRError):
+    """Invalid user data, a duplicate or missing user (``cbir.users``)."""
+
+
+class ConfigError(CBIRError):
+    """Settings refused: secrets missing outside demo mode, a value out of range (``cbir.config``)."""
+
+
+class FeatureImportError(CBIRError):
+    """A features file that cannot become a store: unreadable, wrong shape, NaN, no match (``cbir.importing``)."""
+
+
+class ImportLimitError(FeatureImportError):
+    """A features file over a limit (rows, dimension, decoded bytes), known before decoding."""
+
+
+class ImportConflictError(FeatureImportError):
+    """An imported model that exists (import it with replace to overwrite it)."""
+
+
+class ImportForbiddenError(ImportConflictError):
+    """An imported model that belongs to someone else: only its owner or an admin may replace it."""
+
+
+# -- the contract --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ErrorContract:
+    """What the front ends make of an error: the API's HTTP ``status`` (with ``{"error": ...}``,
+    Retry-After when the error has ``retry_after``, WWW-Authenticate on 401), the CLI's
+    ``exit_code`` (one line on stderr) and the app's ``level`` (``st.error`` or ``st.warning``)."""
+
+    status: int
+    exit_code: int = EXIT_BAD_INPUT
+    level: Literal["error", "warning"] = "error"
+
+
+#: An error that is not in the table: a bug, reported without its details.
+UNEXPECTED = ErrorContract(500, EXIT_UNEXPECTED, "error")
+
+#: Error class (or (class, kind) for :class:`ImageError`) -> contract; a class not listed
+#: takes its nearest listed base class's.
+CONTRACTS: dict[type | tuple[type, str], ErrorContract] = {
+    CBIRError: ErrorContract(400),
+    UnknownNameError: ErrorContract(422),
+    UnknownImageError: ErrorContract(404),
+    (ImageError, "not_image"): ErrorContract(415),
+    (ImageError, "too_large"): ErrorContract(413),
+    (ImageError, "missing"): ErrorContract(404),
+    WorkLimitError: ErrorContract(422),
+    ImportLimitError: ErrorContract(413),
+    ImportConflictError: ErrorContract(409),
+    ImportForbiddenError: ErrorContract(403),
+    AuthError: ErrorContract(401),
+    LockedError: ErrorContract(429, EXIT_UNAVAILABLE),
+    BusyError: ErrorContract(429, EXIT_UNAVAILABLE),
+    Cancelled: ErrorContract(503, EXIT_UNAVAILABLE),
+    ServiceUnavailable: ErrorContract(503, EXIT_UNAVAILABLE, "warning"),
+}
+
+
+def contract_for(exc: BaseException) -> ErrorContract:
+    """The contract of ``exc``: its class's entry (its kind's first), else its nearest base
+    class's along the MRO, else :data:`UNEXPECTED`."""
+    kind = getattr(exc, "kind", None)
+    for cls in type(exc).__mro__:
+        found = CONTRACTS.get((cls, kind)) or CONTRACTS.get(cls)
+        if found is not None:
+            return found
+    return UNEXPECTED
 
 
 # -- what a message may show of the server's files -------------------------------------------

@@ -43,7 +43,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .collection import Collection
-from .errors import CBIRError
+from .errors import FeatureImportError, ImportConflictError, ImportForbiddenError, ImportLimitError  # noqa: F401 (re-exported)
 from .store import FeatureStore, save_store, store_dir, store_exists, store_lock
 
 PREFIX = "imported:"
@@ -64,24 +64,6 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: is refused from the header (.npy/.npz), the dictionary (Parquet) or when read, so that 200
 #: ids of 250,000 characters (a 1000:1 zip of repeated text) never become 200 MB of strings.
 MAX_KEY_CHARS = 4096
-
-
-class FeatureImportError(CBIRError):
-    """A features file that cannot become a store: unreadable, wrong shape, NaN, no match."""
-
-
-class ImportLimitError(FeatureImportError):
-    """A features file over a limit (rows, dimension, decoded bytes), known before decoding."""
-
-    http_status = 413
-
-
-class ImportConflictError(FeatureImportError):
-    """An imported model that exists (409 without replace) or belongs to someone else (403)."""
-
-    def __init__(self, message: str, http_status: int = 409):
-        super().__init__(message)
-        self.http_status = http_status
 
 
 @dataclass(frozen=True)
@@ -648,8 +630,8 @@ def _conflict(folder: Path, model: str, by: Importer, replace: bool) -> bool:
         raise ImportConflictError(f"{model} exists (imported by {owner or 'an unknown user'} at {when}); import with replace "
                                   "(--replace, replace=true) to overwrite it")
     if not by.admin and by.name != owner:
-        raise ImportConflictError(f"{model} was imported by {owner or 'an unknown user'}: only {owner or 'its owner'} or an admin "
-                                  "may replace it", http_status=403)
+        raise ImportForbiddenError(f"{model} was imported by {owner or 'an unknown user'}: only {owner or 'its owner'} or an admin "
+                                  "may replace it")
     return True
 
 

@@ -36,7 +36,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .config import Settings, get_settings
-from .errors import CBIRError
+from .errors import ServiceUnavailable  # noqa: F401 (raised here, re-exported)
 
 log = logging.getLogger("cbir.redis")
 _lock = threading.Lock()
@@ -50,15 +50,6 @@ KEY_PREFIX = "cbir:"
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 START_TIMEOUT = 30.0
 POLL_SECONDS = 0.25
-
-
-class ServiceUnavailable(CBIRError):
-    """Redis is unreachable: say so instead of failing with a stack trace."""
-
-    http_status = 503
-
-    def __init__(self, what: str = "the user store"):
-        super().__init__(f"{what} is unavailable (Redis unreachable); try again in a moment")
 
 
 # -- the embedded server's files -------------------------------------------------------

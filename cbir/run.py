@@ -13,7 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from .config import get_settings
+from .config import server_settings
+from .errors import EXIT_BAD_INPUT, CBIRError, contract_for
 from .users import DEMO_USERS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,13 +109,13 @@ def _start_services(settings, env: dict, procs: list[subprocess.Popen], stopping
 
 
 def main() -> int:
-    settings = get_settings()
-    os.chdir(ROOT)
     try:
+        settings = server_settings()  # ConfigError: the servers would refuse to start
+        os.chdir(ROOT)
         prepare_collection(settings)
     except Exception as exc:
         print(f"cbir: error: {exc}", file=sys.stderr)
-        return 2
+        return contract_for(exc).exit_code if isinstance(exc, CBIRError) else EXIT_BAD_INPUT
 
     env = dict(os.environ)
     if settings.redis_url:

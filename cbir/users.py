@@ -18,14 +18,13 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 
-import threading
-
 import bcrypt
 import redis
 
-from .config import PLACEHOLDER_SECRETS, Settings
+from .config import Settings, server_settings
 from . import metrics
-from .errors import CBIRError
+from .passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD, MIN_STRENGTH, password_problem  # noqa: F401 (re-exported)
+from .errors import AuthError, ConfigError, LockedError, UserError  # noqa: F401 (raised here, re-exported)
 from .redisdb import KEY_PREFIX as P, REDIS_DOWN, ServiceUnavailable
 
 ROLES = ("admin", "researcher", "student", "demo")
@@ -41,8 +40,6 @@ FAILURE_WINDOW = 15 * 60
 LOCK_SECONDS = 15 * 60
 LOG_LENGTH = 10_000
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,31}$")
-MIN_PASSWORD = 10
-MIN_STRENGTH = 3  # zxcvbn score 0-4: 3 = "safely unguessable" against an offline slow-hash attack
 RATE_WINDOW = 60
 
 
@@ -62,29 +59,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return user
 """
 
-_zxcvbn_lock = threading.Lock()  # zxcvbn keeps the user inputs in a module-level dict
-
-
-def password_problem(password: str, username: str = "") -> str | None:
-    """Why ``password`` is refused (length >= 10, not the username, zxcvbn score >= 3), or None."""
-    password = password or ""
-    if len(password) < MIN_PASSWORD:
-        return f"password must have at least {MIN_PASSWORD} characters"
-    if len(password.encode()) > MAX_PASSWORD_BYTES:
-        return f"password must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)"
-    if username and password.strip().lower() == username.strip().lower():
-        return "password must not be the username"
-    from zxcvbn import zxcvbn
-
-    with _zxcvbn_lock:
-        result = zxcvbn(password, user_inputs=[username] if username else [])
-    if result["score"] < MIN_STRENGTH:
-        hint = result["feedback"].get("warning") or "it is easy to guess"
-        tips = " ".join(result["feedback"].get("suggestions") or [])
-        return f"password too weak: {hint.rstrip('.')}. {tips or 'Use a longer phrase of uncommon words.'}".strip()
-    return None
-
-
 def check_password_policy(password: str, username: str = "") -> None:
     problem = password_problem(password, username)
     if problem:
@@ -102,30 +76,6 @@ def _dummy_check(password: str) -> None:
     bcrypt.checkpw((password or "").encode()[:MAX_PASSWORD_BYTES], _DUMMY_HASH)
 
 
-class AuthError(CBIRError):
-    """Wrong username or password (never says which)."""
-
-    http_status = 401
-
-
-class LockedError(AuthError):
-    http_status = 429
-
-    def __init__(self, username: str, seconds: int):
-        self.seconds = seconds
-        super().__init__(
-            f"too many failed logins for {username!r}: try again in {max(1, seconds // 60)} minute(s)"
-        )
-
-
-class UserError(CBIRError):
-    """Invalid user data, a duplicate or missing user."""
-
-
-class ConfigError(CBIRError):
-    """Start-up refused: secrets missing outside demo mode."""
-
-
 @dataclass
 class User:
     username: str
@@ -136,9 +86,6 @@ class User:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-MAX_PASSWORD_BYTES = 72  # bcrypt's limit
 
 
 def _user_from(data: dict) -> User:
@@ -498,7 +445,7 @@ class UserStore:
 def bootstrap(store: UserStore, settings: Settings) -> list[str]:
     """Demo users in demo mode; outside it, refuse placeholder secrets and ensure an admin."""
     created = []
-    check_production_settings(settings)  # in demo mode too: a published secret is refused
+    server_settings(settings)  # refused settings raise ConfigError, in demo mode too (a published secret)
     if settings.demo:
         wanted = [(u, p, r, n) for u, p, r, n in DEMO_USERS]
     else:
@@ -513,30 +460,3 @@ def bootstrap(store: UserStore, settings: Settings) -> list[str]:
         except UserError:
             pass  # created meanwhile by a sibling process (app and API workers start together)
     return created
-
-
-def secret_problems(settings: Settings) -> list[str]:
-    """A CBIR_SECRET_KEY that is set must be long and must not be a published placeholder."""
-    key = settings.secret_key
-    if key is not None and (key in PLACEHOLDER_SECRETS or len(key) < 16):
-        return ["CBIR_SECRET_KEY is a published placeholder or under 16 characters: unset it "
-                "(a random secret is then kept in var/secret_key) or set a long random string"]
-    return []
-
-
-def check_production_settings(settings: Settings) -> None:
-    if settings.demo:
-        problems = secret_problems(settings)
-        if problems:
-            raise ConfigError(problems[0])
-        return
-    problems = []
-    if not settings.admin_password:
-        problems.append("set CBIR_ADMIN_PASSWORD")
-    else:
-        weak = password_problem(settings.admin_password, "admin")
-        if weak:
-            problems.append(f"CBIR_ADMIN_PASSWORD: {weak}")
-    problems += secret_problems(settings)
-    if problems:
-        raise ConfigError("demo mode is off: " + "; ".join(problems) + " (or set CBIR_DEMO=1 for a demo)")

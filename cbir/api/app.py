@@ -18,25 +18,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, metrics
 from ..cache import ResultCache
-from ..config import Settings, get_settings, reset_settings
+from ..config import Settings, get_settings, reset_settings, server_settings
 from ..engine import Engine
-from ..errors import CBIRError, public_paths
+from ..errors import UNEXPECTED, CBIRError, contract_for, public_paths
 from ..jobs import UserSlots
 from .readiness import alive
 from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
 from ..service import SearchService
-from ..users import AuthError, ConfigError, LockedError, UserStore, bootstrap, check_production_settings
+from ..users import UserStore, bootstrap
 from .deps import APIError
 from .middleware import ForwardedFor, RequestLimits, RequestMetrics, SecurityHeaders
 
 log = logging.getLogger("cbir.api")
-
-
-def status_for(exc: Exception) -> int:
-    """Every error class carries its HTTP status; anything else the user can fix is a 400."""
-    if isinstance(exc, APIError):
-        return exc.status
-    return getattr(exc, "http_status", 400)
 
 
 def error_response(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
@@ -71,6 +64,20 @@ def _warm_up(service: SearchService) -> None:
 
 
 
+def contract_response(request: Request, exc: Exception) -> JSONResponse:
+    """``exc`` answered as the error contract (``cbir.errors.CONTRACTS``) says: its status,
+    ``{"error": message}``, Retry-After when it has ``retry_after``, WWW-Authenticate on a 401;
+    an error not in the table is a 500 that shows no detail."""
+    contract = contract_for(exc)
+    if contract is UNEXPECTED:
+        return error_response(contract.status, "internal error; see the server log")
+    retry = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry)} if retry is not None else None
+    if contract.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return error_response(contract.status, shown_to(request, str(exc)), headers)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error is JSON ``{"error": ...}`` with the status its class carries."""
 
@@ -80,12 +87,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CBIRError)
     async def _cbir_error(request: Request, exc: CBIRError):
-        status = status_for(exc)
-        retry = exc.seconds if isinstance(exc, LockedError) else getattr(exc, "retry_after", None)
-        headers = {"Retry-After": str(retry)} if retry is not None else None
-        if isinstance(exc, AuthError) and not isinstance(exc, LockedError):
-            headers = {"WWW-Authenticate": "Bearer"}
-        return error_response(status, shown_to(request, str(exc)), headers)
+        return contract_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -103,9 +105,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         if isinstance(exc, REDIS_DOWN):
-            return error_response(503, str(ServiceUnavailable("Redis")))
+            return contract_response(request, ServiceUnavailable("Redis"))
         log.exception("unexpected error on %s", request.url.path)
-        return error_response(500, "internal error; see the server log")
+        return contract_response(request, exc)
 
 
 def _lifespan(settings: Settings, warm_up: bool, workers_dir: Path | None):
@@ -143,8 +145,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     """``warm_up``: build the default model and run one search before serving (a worker takes
     no connection before its lifespan start-up ends, so no request meets a cold worker);
     ``workers_dir``: where each warm worker leaves a marker, for ``/ready`` to count them."""
-    settings = settings or get_settings()
-    check_production_settings(settings)
+    settings = server_settings(settings)  # ConfigError when a server must not run with them
 
     app = FastAPI(
         title="CBIR workbench API",
@@ -205,16 +206,12 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
 
     from ..metrics import prepare_multiprocess_dir
 
-    settings = get_settings()
-    try:
-        check_production_settings(settings)
-        Engine(settings.collection, settings)  # fail fast, with one line, on a bad collection
-        if not settings.redis_url:
-            from ..redisdb import start_embedded
+    settings = server_settings()  # errors (ConfigError, a bad collection) reach `cbir`'s one line
+    Engine(settings.collection, settings)  # fail fast on a bad collection
+    if not settings.redis_url:
+        from ..redisdb import start_embedded
 
-            start_embedded(settings)  # this parent owns the embedded Redis too, before the workers
-    except (ConfigError, CBIRError) as exc:
-        raise SystemExit(f"cbir: error: {exc}")
+        start_embedded(settings)  # this parent owns the embedded Redis too, before the workers
     workers = workers or settings.api_workers
     if workers > 1:  # one worker is this process, whose metrics already live in memory: /metrics was empty
         prepare_multiprocess_dir(settings.var_dir)

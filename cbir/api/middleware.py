@@ -14,6 +14,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import metrics
+from ..errors import MalformedInputError
 
 MAX_JSON_DEPTH = 32
 
@@ -55,10 +56,10 @@ def json_depth(body: bytes) -> int:
 
 
 def loads_bounded(text: str | bytes, what: str = "JSON"):
-    """json.loads that refuses absurd nesting with a ValueError naming ``what``."""
+    """json.loads that refuses absurd nesting with a MalformedInputError (a ValueError) naming ``what``."""
     data = text.encode() if isinstance(text, str) else text
     if json_depth(data) > MAX_JSON_DEPTH:
-        raise ValueError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+        raise MalformedInputError(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     return json.loads(data)
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import WeightsFileError
+
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 _STORAGE_DTYPES = {
@@ -104,13 +106,13 @@ def load_state_dict(path: str | Path) -> "OrderedDict[str, np.ndarray]":
 def _load_legacy(fh) -> "OrderedDict[str, np.ndarray]":
     magic = pickle.load(fh)
     if magic != LEGACY_MAGIC:
-        raise ValueError("not a PyTorch weights file (bad magic number)")
+        raise WeightsFileError("not a PyTorch weights file (bad magic number)")
     protocol = pickle.load(fh)
     if protocol != 1001:
-        raise ValueError(f"unsupported PyTorch legacy protocol {protocol}")
+        raise WeightsFileError(f"unsupported PyTorch legacy protocol {protocol}")
     sys_info = pickle.load(fh)
     if not sys_info.get("little_endian", True):
-        raise ValueError("big-endian weights files are not supported")
+        raise WeightsFileError("big-endian weights files are not supported")
     storages: dict[str, type] = {}
     obj = _Unpickler(fh, storages).load()
     keys = pickle.load(fh)
@@ -120,7 +122,7 @@ def _load_legacy(fh) -> "OrderedDict[str, np.ndarray]":
         dtype = np.dtype(storages[str(key)])
         raw = fh.read(numel * dtype.itemsize)
         if len(raw) != numel * dtype.itemsize:
-            raise ValueError("weights file is truncated")
+            raise WeightsFileError("weights file is truncated")
         buffers[str(key)] = np.frombuffer(raw, dtype=dtype)
     return _materialise(obj, buffers)
 

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import AUTO, BACKENDS
 from ..errors import unknown
 from .base import IndexBackendError, UnsupportedMetric, VectorIndex, space_for
 
-BACKENDS = ("exact", "faiss", "milvus")
-AUTO = "auto"  # exact up to CBIR_EXACT_MAX vectors, FAISS above (when installed)
 CHOICES = (AUTO, *BACKENDS)
 BACKEND_LABELS = {AUTO: "Automatic (by size)", "exact": "Exact (numpy)", "faiss": "FAISS (HNSW / IVF-PQ)", "milvus": "Milvus server"}
 

@@ -13,11 +13,12 @@ import math
 
 import numpy as np
 
+from ..config import FAISS_KINDS
 from .base import IndexBackendError, VectorIndex, space_for
 
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
-KINDS = ("hnsw", "ivfpq")
+KINDS = FAISS_KINDS
 
 
 def _faiss():
