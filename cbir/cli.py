@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -473,13 +474,15 @@ def cmd_api(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command != "api":
-        from . import extractors
+    quiet = contextlib.nullcontext()
+    if args.command != "api":  # one-line errors: no TensorFlow banner on stderr (the API server leaves stderr alone)
+        from .extractors import quiet_tensorflow_import
 
-        extractors.QUIET_IMPORT = True  # one-line errors: no TensorFlow banner on stderr
+        quiet = quiet_tensorflow_import()
     try:
-        status = args.func(args)
-        sys.stdout.flush()  # here, so that a reader gone away (`cbir evaluate | head`) is caught below
+        with quiet:
+            status = args.func(args)
+            sys.stdout.flush()  # here, so that a reader gone away (`cbir evaluate | head`) is caught below
         return status
     except BrokenPipeError:
         # the Python docs' way (signal, "Note on SIGPIPE"): the rest of the output goes to
