@@ -142,7 +142,7 @@ def _index_one(args, settings, collection, model: str, weights: str, runner) -> 
     from tqdm import tqdm
 
     from .extractors import get_spec
-    from .indexing import index_collection
+    from .extraction import index_collection
 
     bar = tqdm(total=len(collection), unit="img", desc=get_spec(model).label, disable=args.quiet, file=sys.stderr)
     report = index_collection(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Mapping, Sequence
 
-from . import metrics
+from . import telemetry as metrics  # Prometheus counters (cbir.telemetry)
 from .cache import ResultCache
 from .engine import Engine, Query
 

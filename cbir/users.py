@@ -24,7 +24,7 @@ import bcrypt
 import redis
 
 from .config import PLACEHOLDER_SECRETS, Settings
-from . import metrics
+from . import telemetry
 from .errors import CBIRError
 from .redisdb import KEY_PREFIX as P, REDIS_DOWN, ServiceUnavailable
 
@@ -259,7 +259,7 @@ class UserStore:
         return self._refused(source, now, recent[0], False)
 
     def _refused(self, source: str, now: float, oldest: float, first: bool, why: str = "") -> int:
-        metrics.RATE_LIMITED.inc()
+        telemetry.RATE_LIMITED.inc()
         if first:
             self.log("rate_limited", "", source, why or f"over {self.login_rate} logins/min")
         return max(1, math.ceil(oldest + RATE_WINDOW - now))
@@ -418,10 +418,10 @@ class UserStore:
         pipe.zcard(key)
         pipe.expire(key, FAILURE_WINDOW)
         count = self._call(pipe.execute)[2]
-        metrics.LOGIN_FAILURES.inc()
+        telemetry.LOGIN_FAILURES.inc()
         self.log("login", username, source, "failure")
         if count >= MAX_FAILURES:
-            metrics.LOCKOUTS.inc()
+            telemetry.LOCKOUTS.inc()
             self._call(self.r.set, f"{P}auth:lock:{username}", "1", ex=LOCK_SECONDS)
             self._call(self.r.delete, key)
             self.log("lockout", username, source, f"{count} failures")

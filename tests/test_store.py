@@ -168,7 +168,7 @@ def test_interrupted_write_keeps_previous(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_incremental_index_and_kill(tmp_path, small_collection, collection_dir):
     """Real extraction: re-index only what changed; SIGKILL mid-index leaves the old store."""
-    from cbir.indexing import index_collection
+    from cbir.extraction import index_collection
 
     features = tmp_path / "features"
     c = scan_collection(small_collection)

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__, metrics
+from .. import __version__, telemetry
 from ..cache import ResultCache
 from ..config import Settings, get_settings, reset_settings
 from ..engine import Engine
@@ -123,7 +123,7 @@ def _lifespan(settings: Settings, warm_up: bool, workers_dir: Path | None):
         if warm_up:
             t = time.perf_counter()
             await anyio.to_thread.run_sync(_warm_up, app.state.service)
-            metrics.WARM_UP_SECONDS.observe(time.perf_counter() - t)
+            telemetry.WARM_UP_SECONDS.observe(time.perf_counter() - t)
         if workers_dir is not None:
             workers_dir.mkdir(parents=True, exist_ok=True)
             (workers_dir / str(os.getpid())).touch()
@@ -203,7 +203,7 @@ def _workers_dir(settings: Settings, server_pid: int) -> Path:
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
     import uvicorn
 
-    from ..metrics import prepare_multiprocess_dir
+    from ..telemetry import prepare_multiprocess_dir
 
     settings = get_settings()
     try:
