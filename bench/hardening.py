@@ -107,7 +107,8 @@ def embedded_users(tmp: Path, **options):
     """A UserStore on the project's own embedded Redis in ``tmp`` (no test helpers: the
     bench runs without pytest), stopped on exit."""
     from cbir.config import Settings
-    from cbir.redisdb import get_redis, release_embedded, wait_stopped
+    from cbir.redis_server import wait_stopped
+    from cbir.redisdb import get_redis, release_embedded
     from cbir.users import UserStore
 
     settings = Settings(var_dir=tmp / "var", redis_url=None)

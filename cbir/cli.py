@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_redis(args) -> int:
     from .config import get_settings
-    from .redisdb import _answers, embedded_dir, embedded_path, ensure_server, socket_path, stop_kept, supervisor_pid
+    from .redis_server import _answers, embedded_dir, embedded_path, ensure_server, socket_path, stop_kept, supervisor_pid
 
     settings = get_settings()
     if settings.redis_url:

@@ -109,3 +109,13 @@ def public_paths(message: str, root: Path) -> str:
             return f"…/{Path(path).name}{tail}"
 
     return _ABSOLUTE_PATH.sub(shown, message)
+
+
+class ServiceUnavailable(CBIRError):
+    """Redis is unreachable: say so instead of failing with a stack trace (HTTP 503).
+    Raised wherever Redis is used (connections: cbir.redisdb)."""
+
+    http_status = 503
+
+    def __init__(self, what: str = "the user store"):
+        super().__init__(f"{what} is unavailable (Redis unreachable); try again in a moment")

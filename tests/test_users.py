@@ -6,7 +6,8 @@ import redis as redis_lib
 
 from cbir.cache import ResultCache
 from cbir.config import PLACEHOLDER_SECRETS, Settings
-from cbir.redisdb import ServiceUnavailable, embedded_dir, get_redis, release_embedded, supervisor_pid
+from cbir.redis_server import embedded_dir, supervisor_pid
+from cbir.redisdb import ServiceUnavailable, get_redis, release_embedded
 from cbir.users import (
     DEMO_USERS,
     AuthError,

@@ -210,7 +210,7 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
         check_production_settings(settings)
         Engine(settings.collection, settings)  # fail fast, with one line, on a bad collection
         if not settings.redis_url:
-            from ..redisdb import start_embedded
+            from ..redis_server import start_embedded
 
             start_embedded(settings)  # this parent owns the embedded Redis too, before the workers
     except (ConfigError, CBIRError) as exc:
