@@ -297,7 +297,7 @@ def cmd_import_features(args) -> int:
                              Path(args.features or settings.features_dir), replace=args.replace)
     if settings.redis_url:  # the audit log, best effort (an embedded Redis is not started for one line)
         from .redisdb import get_redis
-        from .users import UserStore
+        from .auth.users import UserStore
 
         UserStore(get_redis(settings)).log("features_imported", report.model, "cli", "replaced" if report.replaced else "created",
                                            report.imported_by)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import get_settings
-from .users import DEMO_USERS
+from .auth.bootstrap import DEMO_USERS
 
 ROOT = Path(__file__).resolve().parent.parent
 

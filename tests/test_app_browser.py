@@ -470,7 +470,7 @@ def test_a_cookie_of_another_algorithm_is_no_cookie(browser, app_server):
 
 
 def test_password_reset_ends_open_sessions_and_old_cookies(browser, app_server, session_tmp):
-    from cbir.users import UserStore
+    from cbir.auth.users import UserStore
 
     users = UserStore(redis_lib.Redis(port=app_server.redis.port, decode_responses=True))
     if not users.exists("ivy"):

@@ -38,7 +38,7 @@ def test_one_source_for_names():
     from cbir.distances import METRICS
     from cbir.fusion import FUSERS, FUSION_METHODS
     from cbir.rerank import RERANK_METHODS
-    from cbir.users import ROLES
+    from cbir.auth.records import ROLES
 
     assert get_args(schemas.Metric) == tuple(METRICS)
     assert get_args(schemas.Method) == FUSION_METHODS == tuple(FUSERS)

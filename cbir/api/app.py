@@ -25,7 +25,9 @@ from ..jobs import UserSlots
 from .readiness import alive
 from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
 from ..service import SearchService
-from ..users import AuthError, ConfigError, LockedError, UserStore, bootstrap, check_production_settings
+from ..auth.bootstrap import bootstrap, check_production_settings
+from ..auth.errors import AuthError, ConfigError, LockedError
+from ..auth.users import UserStore
 from .deps import APIError
 from .middleware import ForwardedFor, RequestLimits, RequestMetrics, SecurityHeaders
 

@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from .. import telemetry
 from ..errors import BusyError, Cancelled
 from ..jobs import Job, Progress, UserSlots
-from ..users import User
+from ..auth.records import User
 
 log = logging.getLogger("cbir.api")
 T = TypeVar("T")

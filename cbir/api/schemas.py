@@ -10,7 +10,7 @@ from ..fusion import FUSION_METHODS
 from ..index import CHOICES
 from ..rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, MAX_FEEDBACK_ROUNDS, N_RANGE, RERANK_METHODS, FeedbackRound
 from ..search import MAX_TOP_K
-from ..users import ROLES
+from ..auth.records import ROLES
 
 Metric = Literal[tuple(METRICS)]
 Method = Literal[FUSION_METHODS]
