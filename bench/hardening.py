@@ -312,7 +312,7 @@ def import_race(tmp: Path, writers: int = 8) -> None:
 
     from cbir.collection import scan_collection
     from cbir.importing import Importer, import_features
-    from cbir.store import load_store
+    from cbir.store_format import load_store
 
     collection = scan_collection(ROOT / "image.orig")
     files = []

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import CBIRError
-from .store import PREPROCESSING_VERSION, write_atomic
+from .store_format import PREPROCESSING_VERSION, write_atomic
 
 CHUNK = 32  # images per task: about 2 s of one core, so scheduling costs (~6 ms) stay small and the last chunks end together
 RETRIES = 2

@@ -26,7 +26,8 @@ from .index_cache import IndexCache
 from .images import image_from_array, open_image, resize_rgb
 from .rerank import FeedbackRound, Rerank, check_metric, feedback_rounds
 from .search import FusionInputs, Query, SearchResponse, check_top_k, rank_distances
-from .store import FeatureStore, load_store, store_dir, store_exists, store_stamp
+from .store import FeatureStore
+from .store_format import load_store, store_dir, store_exists, store_stamp
 
 #: vectors of the most recent uploaded queries kept per engine, so a page that searches with
 #: an upload and then needs its vector (the Map), or searches it again with other settings,

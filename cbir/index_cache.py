@@ -16,7 +16,8 @@ from .distances import PreparedIndex
 from .errors import StoreError
 from .index import IndexBackendError, VectorIndex, faiss_index, neighbour_graph, open_index
 from .rerank import Rerank, database_augmentation
-from .store import common_ids, derived_array
+from .derived import derived_array
+from .store import common_ids
 
 if TYPE_CHECKING:
     from .engine import Engine

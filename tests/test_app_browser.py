@@ -289,7 +289,7 @@ def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(pa
 
     import numpy as np
 
-    from cbir.store import load_store
+    from cbir.store_format import load_store
 
     store = load_store(ROOT / "features" / "image.orig" / "efficientnet_lite0")
     np.savez(tmp_path / "mine.npz", ids=store.ids, vectors=np.asarray(store.embeddings)[:, :32])

@@ -19,7 +19,7 @@ import pytest
 from cbir.collection import scan_collection
 from cbir.distributed import SHARDS, DaskRunner, DistributedError, plan_chunks
 from cbir.extraction import index_collection
-from cbir.store import load_store
+from cbir.store_format import load_store
 from tests.conftest import COLLECTION, ROOT
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,8 @@ import pytest
 
 from cbir.collection import scan_collection
 from cbir.errors import StoreError
-from cbir.store import FeatureStore, load_store, merge_update, save_store
+from cbir.store import FeatureStore, merge_update
+from cbir.store_format import load_store, save_store
 
 from tests.conftest import COLLECTION, ROOT
 
@@ -42,7 +43,7 @@ def test_store_stamp_parses_a_manifest_once_per_version(tmp_path, monkeypatch):
     only when a new version was written (before: a read and a JSON parse every time)."""
     from pathlib import Path
 
-    from cbir.store import store_stamp
+    from cbir.store_format import store_stamp
 
     save_store(_store(), tmp_path)
     reads = []
