@@ -32,7 +32,8 @@ import streamlit_authenticator as stauth  # noqa: E402
 
 from cbir.config import install_secret, server_settings  # noqa: E402
 from cbir.redisdb import ServiceUnavailable  # noqa: E402
-from cbir.users import DEMO_USERS, AuthError, ConfigError, LockedError, bootstrap  # noqa: E402
+from cbir.auth.bootstrap import DEMO_USERS, bootstrap  # noqa: E402
+from cbir.errors import AuthError, ConfigError, LockedError  # noqa: E402
 from app_pages.common import get_users, show_error, touch_activity  # noqa: E402
 
 try:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import streamlit as st
 
-from cbir.users import ROLES
+from cbir.auth.records import ROLES
 from app_pages.common import get_users, require_login, show_error
 
 require_login(roles={"admin"})  # first: the session, then the role

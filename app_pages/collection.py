@@ -13,7 +13,7 @@ from cbir.collection import LABELS_FILE, add_images
 from cbir.errors import CBIRError
 from cbir.importing import IMPORT_SUFFIXES
 from cbir.index import BACKEND_LABELS, backend_status
-from cbir.indexing import index_collection
+from cbir.extraction import index_collection
 from app_pages.common import current_role, for_this_user, get_engine, get_users, model_label, reload_engine, require_login, show_error
 
 require_login()  # first: this page also runs if Streamlit ever reaches it without app.py

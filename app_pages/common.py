@@ -23,7 +23,7 @@ from cbir.export import pr_figure, report_curves
 from cbir.extractors import IMPORTED, MODELS, get_spec
 from cbir.redisdb import ServiceUnavailable, get_redis
 from cbir.service import SearchService
-from cbir.users import UserStore
+from cbir.auth.users import UserStore
 
 
 

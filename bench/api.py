@@ -129,7 +129,7 @@ def main() -> None:
         time.sleep(0.5)
     else:
         from cbir.config import Settings
-        from cbir.redisdb import embedded_url
+        from cbir.redis_server import embedded_url
 
         redis_url = embedded_url(Settings(var_dir=tmp / "var"))
     rng = random.Random(0)

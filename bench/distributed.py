@@ -29,7 +29,7 @@ LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 
 def rate(collection, model: str, runner=None) -> float:
-    from cbir.indexing import index_collection
+    from cbir.extraction import index_collection
 
     with tempfile.TemporaryDirectory(prefix="cbir-dist-") as d:
         t = time.perf_counter()

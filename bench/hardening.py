@@ -107,8 +107,9 @@ def embedded_users(tmp: Path, **options):
     """A UserStore on the project's own embedded Redis in ``tmp`` (no test helpers: the
     bench runs without pytest), stopped on exit."""
     from cbir.config import Settings
-    from cbir.redisdb import get_redis, release_embedded, wait_stopped
-    from cbir.users import UserStore
+    from cbir.redis_server import wait_stopped
+    from cbir.redisdb import get_redis, release_embedded
+    from cbir.auth.users import UserStore
 
     settings = Settings(var_dir=tmp / "var", redis_url=None)
     try:
@@ -119,7 +120,7 @@ def embedded_users(tmp: Path, **options):
 
 
 def login_timing(tmp: Path) -> None:
-    from cbir.users import AuthError
+    from cbir.errors import AuthError
 
     with embedded_users(tmp) as users:
         users.create("alice", "rabbit-hole-tea-7")
@@ -143,7 +144,7 @@ def spray_through_proxy(tmp: Path, tries: int = 40, budget: int = 30) -> int | N
     """A password spray from loopback (a trusted proxy) naming a new X-Forwarded-For and a
     new username at every attempt, as the login route checks it: the attempt refused
     first (429), or None when all ``tries`` were let through."""
-    from cbir.users import AuthError
+    from cbir.errors import AuthError
 
     with embedded_users(tmp, login_rate=10, proxy_failures=budget) as users:
         for i in range(1, tries + 1):
@@ -311,7 +312,7 @@ def import_race(tmp: Path, writers: int = 8) -> None:
 
     from cbir.collection import scan_collection
     from cbir.importing import Importer, import_features
-    from cbir.store import load_store
+    from cbir.store_format import load_store
 
     collection = scan_collection(ROOT / "image.orig")
     files = []

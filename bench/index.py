@@ -16,7 +16,7 @@ import numpy as np
 from cbir.collection import scan_collection
 from cbir.extractors import MODELS, build_extractor, model_status
 from cbir.images import load_resized
-from cbir.indexing import extract_paths
+from cbir.extraction import extract_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -138,7 +138,8 @@ def bench_faiss(n: int, queries: int, kind: str, folder: Path | None = None, lab
     print(f"faiss {kind:<5} {n:>9,} x 1280: recall@10 {recall(index.search(q, 10)[0], truth):.3f}, "
           f"p50 {timed_queries(index, q):.2f} ms/query, build {build:.0f} s, index RSS +{rss_mb() - before:.0f} MB", flush=True)
     if folder is not None:
-        from cbir.store import derived_array, save_store
+        from cbir.derived import derived_array
+        from cbir.store_format import save_store
 
         store = store_of(x, "efficientnet_lite0", "imagenet")
         save_store(store, folder)
@@ -178,7 +179,7 @@ def bench_memmap(n: int, queries: int = 5) -> None:
     """A float16 store of n x 1280 written once, then opened (memory-mapped) and searched
     exactly in streaming blocks; the page cache is dropped between the two timings when
     possible so the first query is a cold read."""
-    from cbir.store import load_store, save_store
+    from cbir.store_format import load_store, save_store
 
     with tempfile.TemporaryDirectory(prefix="cbir-memmap-") as d:
         ids = np.array([str(i) for i in range(n)])

@@ -17,7 +17,8 @@ from .config import Settings, get_settings
 from .errors import CBIRError, StoreError
 from .extractors import get_spec
 from .index_cache import IndexCache
-from .store import FeatureStore, load_store, store_dir, store_exists, store_stamp
+from .store import FeatureStore
+from .store_format import load_store, store_dir, store_exists, store_stamp
 
 
 class StoreCatalogue:

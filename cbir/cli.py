@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -140,7 +141,7 @@ def _index_one(args, settings, collection, model: str, weights: str, runner) -> 
     from tqdm import tqdm
 
     from .extractors import get_spec
-    from .indexing import index_collection
+    from .extraction import index_collection
 
     bar = tqdm(total=len(collection), unit="img", desc=get_spec(model).label, disable=args.quiet, file=sys.stderr)
     report = index_collection(
@@ -297,7 +298,7 @@ def cmd_import_features(args) -> int:
                              Path(args.features or settings.features_dir), replace=args.replace)
     if settings.redis_url:  # the audit log, best effort (an embedded Redis is not started for one line)
         from .redisdb import get_redis
-        from .users import UserStore
+        from .auth.users import UserStore
 
         UserStore(get_redis(settings)).log("features_imported", report.model, "cli", "replaced" if report.replaced else "created",
                                            report.imported_by)
@@ -439,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_redis(args) -> int:
     from .config import get_settings
-    from .redisdb import _answers, embedded_dir, embedded_path, ensure_server, socket_path, stop_kept, supervisor_pid
+    from .redis_server import _answers, embedded_dir, embedded_path, ensure_server, socket_path, stop_kept, supervisor_pid
 
     settings = get_settings()
     if settings.redis_url:
@@ -480,13 +481,15 @@ def main(argv: list[str] | None = None) -> int:
     except CBIRError as exc:
         return _fail(str(exc), contract_for(exc).exit_code)
     args = parser.parse_args(argv)
-    if args.command != "api":
-        from . import extractors
+    quiet = contextlib.nullcontext()
+    if args.command != "api":  # one-line errors: no TensorFlow banner on stderr (the API server leaves stderr alone)
+        from .extractors import quiet_tensorflow_import
 
-        extractors.QUIET_IMPORT = True  # one-line errors: no TensorFlow banner on stderr
+        quiet = quiet_tensorflow_import()
     try:
-        status = args.func(args)
-        sys.stdout.flush()  # here, so that a reader gone away (`cbir evaluate | head`) is caught below
+        with quiet:
+            status = args.func(args)
+            sys.stdout.flush()  # here, so that a reader gone away (`cbir evaluate | head`) is caught below
         return status
     except BrokenPipeError:
         # the Python docs' way (signal, "Note on SIGPIPE"): the rest of the output goes to

@@ -33,6 +33,11 @@ def _natural_key(text: str):
 
 @dataclass
 class Collection:
+    """The images of one collection: ``ids[i]`` (the path relative to ``root``, POSIX
+    separators) names the image file ``paths[i]``; ``labels[i]`` is its class (from
+    ``labels.csv``, the sub-folders, or None: ``label_source`` says which). Ids are in
+    natural order. Lookups raise UnknownImageError for an id not in the collection."""
+
     root: Path
     ids: list[str]
     paths: list[Path]

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import CBIRError
-from .store import PREPROCESSING_VERSION, write_atomic
+from .store_format import PREPROCESSING_VERSION, write_atomic
 
 CHUNK = 32  # images per task: about 2 s of one core, so scheduling costs (~6 ms) stay small and the last chunks end together
 RETRIES = 2
@@ -103,7 +103,7 @@ def extract_chunk(model: str, weights: str, paths: list[str], batch_size: int, m
     """On a worker: the chunk's features with the worker's cached model (TensorFlow limited
     to ``threads`` on a local cluster; a remote worker keeps its own settings)."""
     from .extractors import build_extractor
-    from .indexing import extract_paths
+    from .extraction import extract_paths
 
     key = (model, weights)
     if key not in _WORKER_EXTRACTORS:
@@ -190,7 +190,7 @@ class DaskRunner:
         from distributed import as_completed
 
         from .extractors import get_spec
-        from .indexing import Extraction
+        from .extraction import Extraction
 
         start = time.perf_counter()
         shards = Path(folder) / SHARDS

@@ -44,7 +44,8 @@ import numpy as np
 
 from .collection import Collection
 from .errors import FeatureImportError, ImportConflictError, ImportForbiddenError, ImportLimitError  # noqa: F401 (re-exported)
-from .store import FeatureStore, save_store, store_dir, store_exists, store_lock
+from .store import FeatureStore
+from .store_format import save_store, store_dir, store_exists, store_lock
 
 PREFIX = "imported:"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")
@@ -697,7 +698,7 @@ def import_upload(data: bytes, filename: str, name: str, collection: Collection,
 
 def imported_models(features_dir: Path, collection_name: str) -> list[str]:
     """The ``imported:NAME`` models with a store for this collection."""
-    from .store import store_exists
+    from .store_format import store_exists
 
     base = Path(features_dir) / collection_name
     return sorted(p.name for p in base.glob(f"{PREFIX}*") if NAME_RE.fullmatch(p.name[len(PREFIX):]) and store_exists(p)) \

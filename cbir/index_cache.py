@@ -17,7 +17,8 @@ from .distances import PreparedIndex
 from .errors import StoreError
 from .index import IndexBackendError, VectorIndex, faiss_index, neighbour_graph, open_index
 from .rerank import Rerank, database_augmentation
-from .store import FeatureStore, common_ids, derived_array
+from .derived import derived_array
+from .store import FeatureStore, common_ids
 
 DBA_IN_MEMORY = 2  # DBA matrices kept per process (each is the size of its store: 512 MB at 100k x 1280)
 INDEXES_IN_MEMORY = 8  # opened vector indexes (model, metric, backend) kept per process

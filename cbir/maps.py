@@ -200,7 +200,7 @@ class EmbeddingMap:
             if not np.allclose(coords, self.coords, atol=1e-4):
                 # a map cached by other library versions: the refit one replaces it, so the
                 # point and the dots share one frame (the page shows the new map on its next run)
-                from .store import save_derived
+                from .derived import save_derived
 
                 folder, version, name = self.key
                 save_derived(Path(folder), name, version, coords)
@@ -223,7 +223,7 @@ class EmbeddingMap:
 def embedding_map(catalogue: StoreCatalogue, model: str, method: str = "pca", params: dict | None = None,
                   progress: Progress | None = None) -> EmbeddingMap:
     """The model's map for the whole store, computed once per store version and parameters."""
-    from .store import derived_array
+    from .derived import derived_array
 
     start = time.perf_counter()
     model, params, store, rows, name = _map_plan(catalogue, model, method, params)
@@ -256,7 +256,7 @@ def _map_plan(catalogue: StoreCatalogue, model: str, method: str, params: dict |
 
 def map_cached(catalogue: StoreCatalogue, model: str, method: str = "pca", params: dict | None = None) -> bool:
     """Whether :func:`embedding_map` would only read this map (no fit)."""
-    from .store import has_derived
+    from .derived import has_derived
 
     model, _, store, _, name = _map_plan(catalogue, model, method, params)
     return has_derived(store, catalogue.store_folder(model), name)

@@ -1,11 +1,14 @@
 """Re-ranking without training: alpha query expansion, database-side augmentation and
 Rocchio relevance feedback, all in the cosine space of L2-normalised features.
 
-* αQE (Radenović, Tolias, Chum, TPAMI 2019): the query becomes the normalised sum of
+* αQE (Radenović, Tolias & Chum, "Fine-tuning CNN image retrieval with no human
+  annotation", TPAMI 2018): the query becomes the normalised sum of
   itself and its top-n neighbours weighted by ``sim ** alpha`` (negative similarities
   count 0), then the search runs again.
-* DBA: every stored vector is replaced the same way by its own neighbourhood mean
-  (the engine caches it beside the store with ``store.derived_array``). αQE runs on top.
+* DBA, database-side augmentation (Arandjelović & Zisserman, "Three things everyone
+  should know to improve object retrieval", CVPR 2012): every stored vector is replaced
+  the same way by its own neighbourhood mean (the engine caches it beside the store with
+  ``cbir.derived.derived_array``). αQE runs on top.
 * Rocchio (1971): ``q' = a q + b mean(relevant) - c mean(non-relevant)``, repeatable.
 
 These need the cosine metric: they average directions on the unit sphere, which the
@@ -79,9 +82,11 @@ def check_metric(metric: str) -> None:
 def alpha_query_expansion(
     queries: np.ndarray, database: np.ndarray, n: int, alpha: float, exclude: np.ndarray | None = None
 ) -> np.ndarray:
-    """(q, d) expanded queries: normalise(q + sum_{top-n} max(sim, 0)^alpha * x).
+    """(q, d) float32 expanded queries: normalise(q + sum_{top-n} max(sim, 0)^alpha * x).
 
-    ``queries`` and ``database`` are L2-normalised; ``exclude[i]`` is a database row
+    αQE: Radenović, Tolias & Chum, "Fine-tuning CNN image retrieval with no human
+    annotation", TPAMI 2018. ``queries`` (q, d) or (d,) and ``database`` (N, d) are
+    L2-normalised; ``exclude[i]`` is a database row
     that query i may not use (itself, for a collection query), or -1.
     """
     q = np.atleast_2d(queries).astype(np.float32)
@@ -102,7 +107,11 @@ def alpha_query_expansion(
 
 
 def database_augmentation(database: np.ndarray, n: int, alpha: float, graph: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Every vector replaced by normalise(x + sum of its top-n other neighbours ^ alpha).
+    """Every vector replaced by normalise(x + sum of its top-n other neighbours ^ alpha):
+    (N, d) float32 from ``database`` (N, d), float32 or float16, normalised here.
+
+    DBA: Arandjelović & Zisserman, "Three things everyone should know to improve object
+    retrieval", CVPR 2012 (here with αQE's weights, as Radenović et al., TPAMI 2018).
 
     Without ``graph`` the top-n are found by brute force (N^2 d: minutes at 100,000
     vectors). With a k-NN graph from an index, ``(rows, similarities)`` of shape (N, >= n)
@@ -126,7 +135,10 @@ def database_augmentation(database: np.ndarray, n: int, alpha: float, graph: tup
 
 
 def rocchio(query: np.ndarray, relevant: np.ndarray, non_relevant: np.ndarray, a: float = ROCCHIO[0], b: float = ROCCHIO[1], c: float = ROCCHIO[2]) -> np.ndarray:
-    """a q + b mean(relevant) - c mean(non-relevant), normalised; empty sets contribute 0."""
+    """a q + b mean(relevant) - c mean(non-relevant), normalised; empty sets contribute 0.
+
+    Rocchio, "Relevance feedback in information retrieval", in The SMART Retrieval System
+    (1971). ``query`` (d,), ``relevant`` / ``non_relevant`` (m, d); returns (d,) float32."""
     q = a * l2_normalise(query)
     if len(relevant):
         q = q + b * l2_normalise(relevant).mean(0)

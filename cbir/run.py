@@ -13,9 +13,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from .auth.bootstrap import DEMO_USERS
 from .config import server_settings
 from .errors import EXIT_BAD_INPUT, CBIRError, contract_for
-from .users import DEMO_USERS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,7 +121,7 @@ def main() -> int:
     if settings.redis_url:
         _say(f"Redis: {settings.redis_url}")
     else:
-        from .redisdb import embedded_dir, embedded_path, start_embedded, supervisor_pid
+        from .redis_server import embedded_dir, embedded_path, start_embedded, supervisor_pid
 
         # This process, the API and the app each own the one embedded server of var/redis;
         # it stops by itself when the last of them exits, however it exits.
@@ -156,7 +156,8 @@ def main() -> int:
         _say("stopping…")
         _stop(procs)
         if not settings.redis_url:
-            from .redisdb import release_embedded, wait_stopped
+            from .redis_server import wait_stopped
+            from .redisdb import release_embedded
 
             release_embedded(settings)
             if not wait_stopped(settings):

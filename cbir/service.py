@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from . import metrics as telemetry  # Prometheus
+from . import telemetry  # Prometheus
 from .cache import ResultCache
 from .engine import Engine
 from .errors import CBIRError

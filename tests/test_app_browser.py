@@ -289,7 +289,7 @@ def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(pa
 
     import numpy as np
 
-    from cbir.store import load_store
+    from cbir.store_format import load_store
 
     store = load_store(ROOT / "features" / "image.orig" / "efficientnet_lite0")
     np.savez(tmp_path / "mine.npz", ids=store.ids, vectors=np.asarray(store.embeddings)[:, :32])
@@ -470,7 +470,7 @@ def test_a_cookie_of_another_algorithm_is_no_cookie(browser, app_server):
 
 
 def test_password_reset_ends_open_sessions_and_old_cookies(browser, app_server, session_tmp):
-    from cbir.users import UserStore
+    from cbir.auth.users import UserStore
 
     users = UserStore(redis_lib.Redis(port=app_server.redis.port, decode_responses=True))
     if not users.exists("ivy"):

@@ -14,7 +14,7 @@ from cbir.config import Settings
 from cbir.extractors import BUNDLED, build_extractor, bundled_weights_path, default_model, get_spec
 from cbir.extractors.efficientnet_lite import converted_path, preprocess
 from cbir.images import load_resized
-from cbir.store import load_store, store_dir
+from cbir.store_format import load_store, store_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 PARITY_IMAGES = [0, 105, 233, 342, 456, 571, 689, 777, 845, 960]

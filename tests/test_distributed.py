@@ -18,8 +18,8 @@ import pytest
 
 from cbir.collection import scan_collection
 from cbir.distributed import SHARDS, DaskRunner, DistributedError, plan_chunks
-from cbir.indexing import index_collection
-from cbir.store import load_store
+from cbir.extraction import index_collection
+from cbir.store_format import load_store
 from tests.conftest import COLLECTION, ROOT
 
 pytestmark = pytest.mark.slow

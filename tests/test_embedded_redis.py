@@ -52,7 +52,7 @@ def supervisors(var: Path) -> list[int]:
                 cmd = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"cbir.redisdb" in cmd and needle in cmd:
+            if b"cbir.redis_server" in cmd and needle in cmd:
                 out.append(int(proc.name))
     return out
 

@@ -23,7 +23,7 @@ from cbir.collection import scan_collection
 from cbir.config import Settings
 from cbir.errors import CBIRError
 from cbir.importing import FeatureImportError, ImportConflictError, ImportLimits, Importer, import_features
-from cbir.store import load_store, store_lock
+from cbir.store_format import load_store, store_lock
 from tests.conftest import COLLECTION, ROOT, api_login
 
 MiB = 1 << 20
@@ -374,7 +374,8 @@ def test_eight_concurrent_imports_leave_one_complete_store(tmp_path, collection)
 def test_index_and_import_share_one_writer_lock(tmp_path):
     """save_store (what `cbir index` and an import call) waits while another writer holds
     the store's lock."""
-    from cbir.store import FeatureStore, save_store
+    from cbir.store import FeatureStore
+    from cbir.store_format import save_store
 
     folder = tmp_path / "features" / "c" / "m"
     store = FeatureStore("m", "imagenet", np.ones((2, 3), np.float32), ["a", "b"], ["x", "y"])

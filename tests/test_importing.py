@@ -16,7 +16,7 @@ from cbir.config import Settings
 from cbir.engine import Engine
 from cbir.errors import CBIRError
 from cbir.importing import FeatureImportError, import_features
-from cbir.store import load_store
+from cbir.store_format import load_store
 from tests.conftest import COLLECTION, ROOT, api_login
 
 LITE0 = ROOT / "features" / "image.orig" / "efficientnet_lite0"

@@ -14,7 +14,8 @@ from cbir.config import Settings
 from cbir.index import BACKENDS, IndexBackendError, UnsupportedMetric, backend_status, check_backend, open_index
 from cbir.index.base import top_k
 from cbir.index.exact import ExactIndex
-from cbir.store import FeatureStore, load_store
+from cbir.store import FeatureStore
+from cbir.store_format import load_store
 from tests.conftest import COLLECTION, ROOT, assert_same_ranking, free_port
 
 LITE0 = ROOT / "features" / "image.orig" / "efficientnet_lite0"

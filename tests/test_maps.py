@@ -12,7 +12,9 @@ from cbir.engine import Engine
 from cbir.distances import l2_normalise
 from cbir.errors import CBIRError
 from cbir.maps import check_params, embedding_map, map_status
-from cbir.store import FeatureStore, load_store, save_derived, save_store
+from cbir.derived import save_derived
+from cbir.store import FeatureStore
+from cbir.store_format import load_store, save_store
 from tests.conftest import COLLECTION, ROOT
 
 LITE0 = ROOT / "features" / "image.orig" / "efficientnet_lite0"

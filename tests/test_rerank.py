@@ -8,7 +8,9 @@ from cbir.config import Settings
 from cbir.engine import Engine
 from cbir.errors import CBIRError
 from cbir.rerank import Rerank, alpha_query_expansion, database_augmentation, l2_normalise, rocchio
-from cbir.store import FeatureStore, derived_array, save_store
+from cbir.derived import derived_array
+from cbir.store import FeatureStore
+from cbir.store_format import save_store
 from tests.conftest import assert_same_ranking
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from cbir.api.app import create_app
 from cbir.config import PLACEHOLDER_SECRETS, Settings, install_secret
-from cbir.users import UserError, UserStore
+from cbir.errors import UserError
+from cbir.auth.users import UserStore
 from tests.conftest import COLLECTION, api_login, make_settings
 
 pytestmark = pytest.mark.redis
@@ -222,13 +223,13 @@ def test_login_rate_limit_per_client(settings):
 def test_login_rate_is_a_sliding_window_across_a_minute_boundary(fresh_redis, monkeypatch, redis_up):
     """5 attempts at 11:59:58 and 5 more at 12:00:01 from one client, with 5 allowed a minute:
     the fixed per-minute window allowed all 10 (its counter reset at 12:00:00)."""
-    import cbir.users
+    import cbir.auth.ratelimit
 
     client = redis_lib.Redis.from_url(fresh_redis.url if redis_up else "redis://127.0.0.1:1/0", decode_responses=True)
     users = UserStore(client, login_rate=5)
     boundary = 60 * 29_000_000.0  # a whole minute
     clock = [boundary - 2.0]
-    monkeypatch.setattr(cbir.users.time, "time", lambda: clock[0])
+    monkeypatch.setattr(cbir.auth.ratelimit.time, "time", lambda: clock[0])
     before = [users.login_allowed("api:9.9.9.9") for _ in range(5)]
     clock[0] = boundary + 1.0
     after = [users.login_allowed("api:9.9.9.9") for _ in range(5)]

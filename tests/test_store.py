@@ -9,7 +9,8 @@ import pytest
 
 from cbir.collection import scan_collection
 from cbir.errors import StoreError
-from cbir.store import FeatureStore, load_store, merge_update, save_store
+from cbir.store import FeatureStore, merge_update
+from cbir.store_format import load_store, save_store
 
 from tests.conftest import COLLECTION, ROOT
 
@@ -42,7 +43,7 @@ def test_store_stamp_parses_a_manifest_once_per_version(tmp_path, monkeypatch):
     only when a new version was written (before: a read and a JSON parse every time)."""
     from pathlib import Path
 
-    from cbir.store import store_stamp
+    from cbir.store_format import store_stamp
 
     save_store(_store(), tmp_path)
     reads = []
@@ -168,7 +169,7 @@ def test_interrupted_write_keeps_previous(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_incremental_index_and_kill(tmp_path, small_collection, collection_dir):
     """Real extraction: re-index only what changed; SIGKILL mid-index leaves the old store."""
-    from cbir.indexing import index_collection
+    from cbir.extraction import index_collection
 
     features = tmp_path / "features"
     c = scan_collection(small_collection)

@@ -38,7 +38,7 @@ def test_one_source_for_names():
     from cbir.distances import METRICS
     from cbir.fusion import FUSERS, FUSION_METHODS
     from cbir.rerank import RERANK_METHODS
-    from cbir.users import ROLES
+    from cbir.auth.records import ROLES
 
     # metrics are parsed by the engine's one parser (aliases too): the schema only names them
     assert all(m in schemas.SearchBody.model_fields["metric"].description for m in METRICS)

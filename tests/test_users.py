@@ -6,16 +6,11 @@ import redis as redis_lib
 
 from cbir.cache import ResultCache
 from cbir.config import PLACEHOLDER_SECRETS, Settings
-from cbir.redisdb import ServiceUnavailable, embedded_dir, get_redis, release_embedded, supervisor_pid
-from cbir.users import (
-    DEMO_USERS,
-    AuthError,
-    ConfigError,
-    LockedError,
-    UserError,
-    UserStore,
-    bootstrap,
-)
+from cbir.redis_server import embedded_dir, supervisor_pid
+from cbir.redisdb import ServiceUnavailable, get_redis, release_embedded
+from cbir.auth.bootstrap import DEMO_USERS, bootstrap
+from cbir.errors import AuthError, ConfigError, LockedError, UserError
+from cbir.auth.users import UserStore
 
 pytestmark = pytest.mark.redis
 

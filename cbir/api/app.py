@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__, metrics
+from .. import __version__, telemetry
 from ..cache import ResultCache
 from ..config import Settings, get_settings, reset_settings, server_settings
 from ..engine import Engine
@@ -25,7 +25,8 @@ from ..jobs import UserSlots
 from .readiness import alive
 from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
 from ..service import SearchService
-from ..users import UserStore, bootstrap
+from ..auth.bootstrap import bootstrap
+from ..auth.users import UserStore
 from .deps import APIError
 from .middleware import ForwardedFor, RequestLimits, RequestMetrics, SecurityHeaders
 
@@ -125,7 +126,7 @@ def _lifespan(settings: Settings, warm_up: bool, workers_dir: Path | None):
         if warm_up:
             t = time.perf_counter()
             await anyio.to_thread.run_sync(_warm_up, app.state.service)
-            metrics.WARM_UP_SECONDS.observe(time.perf_counter() - t)
+            telemetry.WARM_UP_SECONDS.observe(time.perf_counter() - t)
         if workers_dir is not None:
             workers_dir.mkdir(parents=True, exist_ok=True)
             (workers_dir / str(os.getpid())).touch()
@@ -204,12 +205,12 @@ def _workers_dir(settings: Settings, server_pid: int) -> Path:
 def serve(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
     import uvicorn
 
-    from ..metrics import prepare_multiprocess_dir
+    from ..telemetry import prepare_multiprocess_dir
 
     settings = server_settings()  # errors (ConfigError, a bad collection) reach `cbir`'s one line
     Engine(settings.collection, settings)  # fail fast on a bad collection
     if not settings.redis_url:
-        from ..redisdb import start_embedded
+        from ..redis_server import start_embedded
 
         start_embedded(settings)  # this parent owns the embedded Redis too, before the workers
     workers = workers or settings.api_workers

@@ -8,7 +8,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..service import SearchService
-from ..users import User, UserStore
+from ..auth.records import User
+from ..auth.users import UserStore
 
 
 class APIError(Exception):

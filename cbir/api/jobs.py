@@ -18,10 +18,10 @@ from typing import Callable, TypeVar
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
-from .. import metrics
+from .. import telemetry
 from ..errors import BusyError, Cancelled
 from ..jobs import Job, Progress, UserSlots
-from ..users import User
+from ..auth.records import User
 
 log = logging.getLogger("cbir.api")
 T = TypeVar("T")
@@ -34,7 +34,7 @@ async def run_job(request: Request, user: User, work: Callable[[Progress], T], *
     try:
         lease = slots.lease(user.username) if limited else None
     except BusyError:  # 429 before any work
-        metrics.LONG_JOBS.labels("refused").inc()
+        telemetry.LONG_JOBS.labels("refused").inc()
         raise
     job = Job()
     if lease:
@@ -53,7 +53,7 @@ async def run_job(request: Request, user: User, work: Callable[[Progress], T], *
         jobs.discard(job)
         job.release()
         error = None if task.cancelled() else task.exception()
-        metrics.LONG_JOBS.labels("done" if error is None else "cancelled" if isinstance(error, Cancelled) else "failed").inc()
+        telemetry.LONG_JOBS.labels("done" if error is None else "cancelled" if isinstance(error, Cancelled) else "failed").inc()
         if isinstance(error, Cancelled):
             log.warning("%s %s of %s: cancelled after %d steps", request.method, request.url.path, user.username, job.steps)
 

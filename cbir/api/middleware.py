@@ -13,7 +13,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import metrics
+from .. import telemetry
 from ..errors import MalformedInputError
 
 MAX_JSON_DEPTH = 32
@@ -227,5 +227,5 @@ class RequestMetrics:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            metrics.HTTP_REQUESTS.labels(path, method, str(status[0])).inc()
-            metrics.HTTP_SECONDS.labels(path, method).observe(time.perf_counter() - start)
+            telemetry.HTTP_REQUESTS.labels(path, method, str(status[0])).inc()
+            telemetry.HTTP_SECONDS.labels(path, method).observe(time.perf_counter() - start)

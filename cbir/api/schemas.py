@@ -9,8 +9,8 @@ from ..distances import METRIC_ALIASES, METRICS
 from ..fusion import FUSION_METHODS
 from ..index import CHOICES
 from ..rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, MAX_FEEDBACK_ROUNDS, N_RANGE, RERANK_METHODS, FeedbackRound
+from ..auth.records import ROLES
 from ..request import MAX_TOP_K
-from ..users import ROLES
 
 Method = Literal[FUSION_METHODS]
 

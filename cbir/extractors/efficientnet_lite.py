@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsUnavailableError
-from . import Extractor, ModelSpec, bundled_weights_path, keras_models_dir, weights_help
+from .base import Extractor
+from .registry import ModelSpec, bundled_weights_path, keras_models_dir, weights_help
 
 # (repeats, kernel, stride, expand, in, out) of the seven stages: efficientnet_lite_builder.py
 STAGES = [

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 
 from ..errors import WeightsUnavailableError
-from . import Extractor, ModelSpec, keras_models_dir, weights_help
+from .base import Extractor
+from .registry import ModelSpec, keras_models_dir, weights_help
 
 
 def build_keras_app(spec: ModelSpec, weights: str) -> Extractor:

@@ -55,7 +55,7 @@ def open_index(backend: str, store, folder: Path, metric: str, settings, labels=
 def faiss_index(store, folder: Path, name: str, vectors: np.ndarray, metric: str, kind: str) -> VectorIndex:
     """A FAISS index over ``vectors`` (the store's, or vectors derived from it such as DBA's),
     built once per store version and cached beside the store as ``<name>.npz``."""
-    from ..store import derived_array
+    from ..derived import derived_array
     from .faiss_backend import FaissIndex, build_faiss
 
     space_for(metric, "faiss")  # chi-square: a clear error before any work

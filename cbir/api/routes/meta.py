@@ -67,7 +67,7 @@ def _loopback(host: str) -> bool:
 
 @router.get("/metrics", summary="Prometheus metrics (loopback, or Bearer CBIR_METRICS_TOKEN)", include_in_schema=False)
 def prometheus_metrics(request: Request) -> Response:
-    from ...metrics import exposition
+    from ...telemetry import exposition
 
     token = request.app.state.settings.metrics_token
     sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()

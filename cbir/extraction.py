@@ -14,7 +14,8 @@ import numpy as np
 from .collection import Collection
 from .errors import CBIRError, ImageError
 from .images import DEFAULT_MAX_PIXELS, load_resized
-from .store import DTYPES, FeatureStore, load_store, merge_update, save_store, store_dir, store_exists
+from .store import DTYPES, FeatureStore, merge_update
+from .store_format import load_store, save_store, store_dir, store_exists
 
 Progress = Callable[[int, int], None]
 
