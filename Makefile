@@ -53,8 +53,8 @@ test: $(TEST_STAMP) system-deps
 # AVX-512 Xeon picks SkylakeX ones): float32 products differ in the last bits by kernel and
 # batch size, so tests of two computation paths compare within stated tolerances, and this
 # pass keeps them honest on a second kernel. Needs AVX2; skipped on CPUs without it.
-NUMERIC_TESTS := tests/test_experiments.py tests/test_tuning.py tests/test_comparisons.py tests/test_evaluation.py \
-	tests/test_fusion.py tests/test_rerank.py tests/test_distances.py
+NUMERIC_TESTS := tests/unit/test_experiments.py tests/unit/test_tuning.py tests/unit/test_comparisons.py tests/unit/test_evaluation.py \
+	tests/unit/test_fusion.py tests/unit/test_rerank.py tests/unit/test_distances.py
 test-other-kernel: $(TEST_STAMP)
 	@if grep -qw avx2 /proc/cpuinfo; then \
 	  echo "numerical tests on OpenBLAS's Haswell kernels:"; \
@@ -63,10 +63,12 @@ test-other-kernel: $(TEST_STAMP)
 
 # Refresh the README's screenshots (the only target that writes to docs/screenshots).
 screenshots: $(TEST_STAMP) system-deps
-	CBIR_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -p no:cacheprovider tests/test_app_browser.py -k "search_by_collection_image or evaluate_page or pages_need_a_login or picker or map_page"
+	CBIR_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -p no:cacheprovider tests/integration/test_app_browser.py -k "search_by_collection_image or evaluate_page or pages_need_a_login or picker or map_page"
 
+# The unit tests only (engine, ranking, request parsing, cache key, distances, evaluation...: no
+# server, no browser, no Keras model, no subprocess): under two minutes.
 test-fast: $(TEST_STAMP)
-	$(BIN)/python -m pytest -m "not slow and not browser and not nginx and not parity" --timeout=300
+	$(BIN)/python -m pytest -p no:cacheprovider -q -n 2 -m "not slow" --timeout=300 tests/unit
 
 bench: install
 	@command -v wrk >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq wrk >/dev/null || true; }

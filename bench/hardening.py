@@ -406,7 +406,7 @@ class _Api:
         return self.post("/api/login", {"username": "researcher", "password": "umons2024"})[1]["access_token"]
 
     def cpu(self) -> float:
-        from tests.test_jobs import cpu_seconds
+        from tests.integration.test_jobs import cpu_seconds
 
         return cpu_seconds(self.proc.pid)
 
@@ -482,7 +482,7 @@ def long_jobs(tmp: Path, root: Path = ROOT) -> None:
 
 def first_search_after_ready(tmp: Path, root: Path = ROOT) -> None:
     """Cold start of `cbir api` with 2 workers until /ready, then the first and a warm upload search."""
-    from tests.test_ready import upload
+    from tests.integration.test_ready import upload
 
     api = _Api(tmp / "ready", root, workers=2)
     try:

@@ -5,7 +5,7 @@ registry lookups, id-space builds, upload hashes and decodes).
     python bench/structure.py            # this checkout
     python bench/structure.py OLD_DIR    # another checkout (e.g. a git worktree of an older commit)
 
-The graph is read with the same ast reader as tests/test_imports.py (lazy imports count).
+The graph is read with the same ast reader as tests/unit/test_imports.py (lazy imports count).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ HERE = Path(__file__).resolve().parent.parent
 
 def graph_figures(root: Path) -> dict:
     sys.path.insert(0, str(HERE))
-    from tests.test_imports import FRONT_ENDS, cycles, import_graph, module_name  # noqa: F401
+    from tests.unit.test_imports import FRONT_ENDS, cycles, import_graph, module_name  # noqa: F401
 
-    import tests.test_imports as reader
+    import tests.unit.test_imports as reader
 
     reader.ROOT = root  # read the other checkout's files with this checkout's reader
     graph = import_graph()

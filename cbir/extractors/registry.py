@@ -1,7 +1,7 @@
 """The model registry: model name -> :class:`ModelSpec`, model families, and the lookups
 that answer "which models exist, which can run here, which is the default" without
 building anything. Pure data and file checks: this module imports no extractor
-implementation, no Keras and no TensorFlow (``tests/test_imports.py`` checks it); the
+implementation, no Keras and no TensorFlow (``tests/unit/test_imports.py`` checks it); the
 implementations (:mod:`.keras_apps`, :mod:`.efficientnet_lite`) import it, and
 :mod:`.builders` turns a spec into an :class:`~cbir.extractors.base.Extractor`."""
 

@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Screenshots go to a temporary folder; `make screenshots` points this at docs/screenshots
 # to refresh the README's pictures. A test run never touches tracked files.
 SHOTS = Path(os.environ.get("CBIR_SCREENSHOTS") or tempfile.mkdtemp(prefix="cbir-shots-"))

@@ -16,7 +16,7 @@ from cbir.extractors.efficientnet_lite import converted_path, preprocess
 from cbir.images import load_resized
 from cbir.store_format import load_store, store_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PARITY_IMAGES = [0, 105, 233, 342, 456, 571, 689, 777, 845, 960]
 
 

@@ -142,7 +142,7 @@ def test_a_bad_feature_matrix_is_exit_2_in_the_cli(monkeypatch, capsys):
 # -- the app ----------------------------------------------------------------------------------
 def _page(names: list[str]):
     from app_pages.common import show_error
-    from tests.test_error_contract import CASES
+    from tests.unit.test_error_contract import CASES
 
     for name in names:
         show_error(CASES[name][0])

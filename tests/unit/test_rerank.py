@@ -13,7 +13,7 @@ from cbir.store import FeatureStore
 from cbir.store_format import save_store
 from tests.conftest import assert_same_ranking
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 

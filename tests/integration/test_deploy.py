@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from tests.conftest import free_port, wait_for_port
-from tests.test_app_browser import logged_in
+from tests.integration.test_app_browser import logged_in
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- Docker files ----------------------------------------------------------------------

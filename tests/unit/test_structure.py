@@ -4,7 +4,7 @@ they hold, and one source for every list of names."""
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PARSER_BUILDERS = {"build_parser"}
 
 

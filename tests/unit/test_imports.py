@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Cycles (strongly connected components) allowed: none. A cycle not listed here fails the
 #: test; so does one listed that is gone.
