@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -21,8 +20,9 @@ from .evaluation import EvaluationReport
 from .extractors import FAMILIES, MODELS, build_extractor, get_spec, model_status
 from .fusion import FUSION_METHODS, check_weights
 from .importing import imported_models
-from .index import resolve_backend
+from .index import get_backend, resolve_backend
 from .index_cache import IndexCache
+from .lru import LRU
 from .images import image_from_array, open_image, resize_rgb
 from .rerank import FeedbackRound, Rerank, check_metric, feedback_rounds
 from .search import FusionInputs, Query, SearchResponse, check_top_k, rank_distances
@@ -43,7 +43,7 @@ class Engine:
         self.collection = root if isinstance(root, Collection) else scan_collection(root)
         self._stores: dict[tuple[str, str], tuple[float, FeatureStore]] = {}
         self._extractors: dict[tuple[str, str], object] = {}
-        self._query_vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (model, upload hash)
+        self._query_vectors: LRU[tuple[str, str], np.ndarray] = LRU(QUERY_VECTORS_MAX)  # (model, upload hash)
         self._lock = threading.RLock()
         self.indexes = IndexCache(self)
 
@@ -123,11 +123,7 @@ class Engine:
         return image
 
     def _recent_vector(self, key: tuple[str, str]) -> np.ndarray | None:
-        with self._lock:
-            vec = self._query_vectors.get(key)
-            if vec is not None:
-                self._query_vectors.move_to_end(key)
-            return vec
+        return self._query_vectors.get(key)
 
     def _query_vector(self, model: str, query: Query, image, timings: dict) -> np.ndarray:
         if query.image_id is not None:
@@ -145,11 +141,7 @@ class Engine:
         timings["decode"] += t1 - t0  # the resize belongs to decoding
         timings[f"extract:{model}"] = time.perf_counter() - t1
         vec.setflags(write=False)  # shared by the searches that reuse it
-        with self._lock:
-            self._query_vectors[key] = vec
-            while len(self._query_vectors) > QUERY_VECTORS_MAX:
-                self._query_vectors.popitem(last=False)
-        return vec
+        return self._query_vectors.put(key, vec)
 
     def query_vector(self, model: str, image_id: str | None = None, image: bytes | None = None) -> np.ndarray:
         """The model's feature vector of a collection image or of an uploaded one (an upload
@@ -206,7 +198,7 @@ class Engine:
             raise CBIRError("choose at least one model")
         metric, top_k = normalise_metric(metric), check_top_k(top_k)
         backend = self.resolve_backend(backend, models)
-        depth = None if backend == "exact" else max(top_k, int(depth or self.settings.search_depth))
+        depth = None if get_backend(backend).exact else max(top_k, int(depth or self.settings.search_depth))
         query = self._check_query(query or Query(image_id=image_id, image=image))
         if method is not None and method not in FUSION_METHODS:
             raise unknown("fusion method", method, FUSION_METHODS)

@@ -36,11 +36,11 @@ def test_one_source_for_names():
 
     from cbir.api import schemas
     from cbir.distances import METRICS
-    from cbir.fusion import FUSERS, FUSION_METHODS
+    from cbir.fusion import FUSION_METHODS, FUSIONS
     from cbir.rerank import RERANK_METHODS
     from cbir.users import ROLES
 
     assert get_args(schemas.Metric) == tuple(METRICS)
-    assert get_args(schemas.Method) == FUSION_METHODS == tuple(FUSERS)
+    assert get_args(schemas.Method) == FUSION_METHODS == tuple(FUSIONS)
     assert get_args(schemas.RerankParams.model_fields["method"].annotation) == RERANK_METHODS
     assert get_args(schemas.AddUserRequest.model_fields["role"].annotation) == ROLES

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from ...extractors import default_model
+from ...index import AUTO, get_backend
 from ..deps import APIError, CurrentUser, Service
 from ..middleware import loads_bounded
 from ..schemas import CombinedSearchRequest, ErrorBody, SearchRequest
@@ -129,10 +130,16 @@ def _run(service, params, image, method=None, weights=None) -> dict:
 INLINE_MAX_IMAGES = 20_000
 
 
+def _exact_backend(name: str | None) -> bool:
+    """Whether a request names the exact backend (None: the server's default, taken as exact;
+    ``auto`` may resolve to an approximate one, so it is not)."""
+    return name is None or (name != AUTO and get_backend(name).exact)
+
+
 async def _dispatch(service, params, image, method=None, weights=None) -> dict:
     """Searches by id over small stores take about a millisecond: run them on the event
     loop (a thread hop costs more). Uploads (decoding, a CNN) and big stores go to threads."""
-    inline = image is None and len(service.engine.collection) <= INLINE_MAX_IMAGES and params.backend in (None, "exact")
+    inline = image is None and len(service.engine.collection) <= INLINE_MAX_IMAGES and _exact_backend(params.backend)
     if inline and not (params.rerank and params.rerank.method == "dba_aqe"):
         return _run(service, params, image, method, weights)
     return await run_in_threadpool(_run, service, params, image, method, weights)
