@@ -122,40 +122,35 @@ METRICS: dict[str, Metric] = {
 METRIC_LABELS = {name: m.label for name, m in METRICS.items()}
 
 
-def __getattr__(name: str):
-    """``PreparedIndex``: the former name of :class:`cbir.index.exact.ExactIndex` (one class,
-    imported lazily: the index package builds on this module)."""
-    if name == "PreparedIndex":
-        from .index.exact import ExactIndex
-
-        return ExactIndex
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _exact(stored, metric: str):
-    from .index.exact import ExactIndex
-
-    return ExactIndex(stored, metric)
+def _exact(stored, metric: str, queries) -> np.ndarray:
+    """(q, n) float32 distances with one metric: the stored matrix prepared and searched once.
+    A search that repeats keeps the prepared matrix instead (:class:`cbir.index.exact.ExactIndex`,
+    which also streams a matrix too large to copy)."""
+    spec = METRICS[normalise_metric(metric)]
+    q, x = _check(queries, stored)
+    if spec.histogram:
+        _check_non_negative(spec.label.lower(), q, x)
+    return spec.kernel(q, *spec.prepare(x))
 
 
 def euclidean_distances(queries, stored) -> np.ndarray:
     """||q - x||_2."""
-    return _exact(stored, "euclidean").distances(queries)
+    return _exact(stored, "euclidean", queries)
 
 
 def cosine_distances(queries, stored) -> np.ndarray:
     """1 - cos(q, x), in [0, 2]; a zero vector is treated as orthogonal to everything."""
-    return _exact(stored, "cosine").distances(queries)
+    return _exact(stored, "cosine", queries)
 
 
 def chi_square_distances(queries, stored) -> np.ndarray:
     """0.5 * sum (q - x)^2 / (q + x); features must be non-negative."""
-    return _exact(stored, "chi_square").distances(queries)
+    return _exact(stored, "chi_square", queries)
 
 
 def bhattacharyya_distances(queries, stored) -> np.ndarray:
     """sqrt(1 - sum sqrt(p r)) of sum-normalised vectors, in [0, 1]; features must be non-negative."""
-    return _exact(stored, "bhattacharyya").distances(queries)
+    return _exact(stored, "bhattacharyya", queries)
 
 
 DISTANCES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -177,4 +172,4 @@ def normalise_metric(name: str) -> str:
 
 def pairwise_distances(queries, stored, metric: str = "cosine") -> np.ndarray:
     """Distances with the named metric; ValueError listing valid names for an unknown one."""
-    return _exact(stored, metric).distances(queries)
+    return _exact(stored, metric, queries)

@@ -1,7 +1,7 @@
 """The exact backend: the stored vectors prepared once for one metric, searched by brute
 force. It is the reference every ANN backend is tested against, the default below
-``CBIR_EXACT_MAX`` vectors, and what :meth:`cbir.store.FeatureStore.index` returns (one class:
-``cbir.distances.PreparedIndex`` is its former name).
+``CBIR_EXACT_MAX`` vectors, and what :meth:`cbir.store.FeatureStore.index` returns (one class,
+formerly ``cbir.distances.PreparedIndex`` beside this one).
 
 Cosine keeps the L2-normalised matrix, Euclidean the squared norms, Bhattacharyya the
 square roots of the sum-1 normalised vectors; chi-square has no shortcut. A matrix whose
