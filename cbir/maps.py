@@ -155,7 +155,7 @@ MAPS: dict[str, MapMethod] = {
                       "placed by UMAP's transform", lambda x, params, progress: _umap(x, **params, progress=progress)),
     "tsne": MapMethod("tsne", "t-SNE", "t-distributed stochastic neighbour embedding (van der Maaten & Hinton 2008), openTSNE",
                       "openTSNE", "openTSNE", {"perplexity": (30, 2, 100)},
-                      "placed by openTSNE's optimisation against the fixed map",
+                      "placed by t-SNE's transform",
                       lambda x, params, progress: _tsne(x, params["perplexity"], progress)),
 }
 MAP_METHODS = tuple(MAPS)
