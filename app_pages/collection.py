@@ -12,8 +12,8 @@ import streamlit as st
 from cbir.collection import LABELS_FILE, add_images
 from cbir.errors import CBIRError
 from cbir.importing import IMPORT_SUFFIXES
-from cbir.index import BACKEND_LABELS, backend_status
 from cbir.extraction import index_collection
+from cbir.index import BACKENDS
 from app_pages.common import current_role, for_this_user, get_engine, get_users, model_label, reload_engine, require_login, show_error
 
 require_login()  # first: this page also runs if Streamlit ever reaches it without app.py
@@ -37,15 +37,14 @@ table = pd.DataFrame(
 st.dataframe(table, hide_index=True, width="stretch")
 
 st.subheader("Vector indexes")
-backends = backend_status(settings)
 folders = {m["name"]: engine.store_folder(m["name"]) for m in infos if m["searchable"]}
+default = engine.resolve_backend(None, list(folders)) if folders and settings.index_backend == "auto" else settings.index_backend
 st.dataframe(pd.DataFrame([
-    {"Backend": BACKEND_LABELS[b], "Available": "✅" if ok else "❌", "Why": why,
-     "Built for": ", ".join(model_label(m) for m, f in folders.items() if list(f.glob(f"{b}-*.npz"))) if b == "faiss"
-     else ("every indexed model (in memory)" if b == "exact" else "synced when first searched"),
-     "Default": "●" if b == (engine.resolve_backend(None, list(folders)) if folders and settings.index_backend == "auto"
-                             else settings.index_backend) else ""}
-    for b, (ok, why) in backends.items()
+    {"Backend": b.label, "Available": "✅" if ok else "❌", "Why": why, "Search": "exact" if b.exact else "approximate",
+     "Metrics": ", ".join(b.metrics), "Re-ranking": ", ".join(b.reranks),
+     "Built for": ", ".join(model_label(m) for m, f in folders.items() if list(f.glob(b.files))) if b.files else b.keeps,
+     "Default": "●" if name == default else ""}
+    for name, b in BACKENDS.items() for ok, why in [b.available(settings)]
 ]), hide_index=True, width="stretch")
 
 missing = [m for m in infos if not m["available"]]

@@ -9,7 +9,7 @@ import streamlit as st
 from cbir.distances import METRICS
 from cbir.experiments import plan_runs
 from cbir.export import pr_html, pr_png, report_curves, reports_csv, reports_json
-from cbir.fusion import FUSION_LABELS, FUSION_METHODS, FUSION_SHORT
+from cbir.fusion import FUSION_METHODS, FUSIONS
 from cbir.tuning import SWEEP_METHODS, sweep_weights
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, Rerank
 from app_pages.common import require_login, get_engine, long_job_slot, interpolated_figure, metric_label, model_label, protocol_note, show_error
@@ -36,7 +36,7 @@ with st.form("eval_form"):
     c1, c2, c3 = st.columns([2, 2, 1.3])
     models = c1.multiselect("Models", searchable, default=searchable[:1], format_func=model_label, key="eval_models")
     metrics = c2.multiselect("Metrics", list(METRICS), default=["cosine"], format_func=metric_label, key="eval_metrics")
-    fusions = c3.multiselect("Fusions (2+ models)", FUSION_METHODS, default=[], format_func=lambda m: FUSION_LABELS[m], key="eval_fusions")
+    fusions = c3.multiselect("Fusions (2+ models)", FUSION_METHODS, default=[], format_func=lambda m: FUSIONS[m].label, key="eval_fusions")
     r1, r2, r3 = st.columns([2, 1, 1])
     reranks = r1.multiselect("Re-ranking (cosine only)", RERANK_METHODS, default=["none"], format_func=lambda m: RERANK_LABELS[m], key="eval_reranks")
     rr_n = r2.number_input("n", N_RANGE[0], N_RANGE[1], DEFAULT_N, key="eval_rerank_n")
@@ -63,7 +63,7 @@ if go:
         bar = st.progress(0.0, text="Evaluating…")
         results = []
         for i, (ms, metric, method, rr) in enumerate((j.models, j.metric, j.method, j.rerank) for j in jobs):
-            name = model_label(ms[0]) if method is None else f"{FUSION_SHORT[method]} ({' + '.join(model_label(m).replace('EfficientNet-', '') for m in ms)})"
+            name = model_label(ms[0]) if method is None else f"{FUSIONS[method].short} ({' + '.join(model_label(m).replace('EfficientNet-', '') for m in ms)})"
             rerank_key = (rr, int(rr_n), float(rr_alpha))
             if rr != "none":
                 name += f" + {RERANK_LABELS[rr]}"
@@ -106,7 +106,7 @@ def sweep_figure(sweep: dict):
                           pgo.Scatterternary(a=[1 / 3], b=[1 / 3], c=[1 / 3], mode="markers", name="equal weights",
                                              marker=dict(symbol="circle-open", size=20, color="black"))])
         fig.update_layout(ternary=dict(aaxis_title=labels[0], baxis_title=labels[1], caxis_title=labels[2]))
-    fig.update_layout(title=f"{FUSION_LABELS[sweep['method']]} fusion over the weight simplex (step {sweep['step']:g})",
+    fig.update_layout(title=f"{FUSIONS[sweep['method']].label} fusion over the weight simplex (step {sweep['step']:g})",
                       height=460, margin=dict(l=40, r=40, t=60, b=40))
     return fig
 
@@ -116,7 +116,7 @@ with st.form("sweep_form"):
     c1, c2, c3 = st.columns([3, 1.3, 1])
     sweep_models = c1.multiselect("Models (2 or 3)", searchable, default=searchable[:2], max_selections=3,
                                   format_func=model_label, key="sweep_models")
-    sweep_method = c2.selectbox("Fusion", SWEEP_METHODS, format_func=lambda m: FUSION_LABELS[m], key="sweep_method")
+    sweep_method = c2.selectbox("Fusion", SWEEP_METHODS, format_func=lambda m: FUSIONS[m].label, key="sweep_method")
     sweep_step = c3.selectbox("Step", [0.25, 0.2, 0.1, 0.05], index=2, key="sweep_step")
     run_sweep = st.form_submit_button("Sweep the weights")
 if run_sweep:

@@ -12,7 +12,7 @@ import streamlit as st
 
 from cbir.errors import CBIRError
 from cbir.images import thumbnail_data_url
-from cbir.maps import MAP_LABELS, MAP_METHODS, MAP_PARAMS, MAP_THUMBNAILS_MAX, embedding_map, map_cached, map_status
+from cbir.maps import MAP_METHODS, MAP_THUMBNAILS_MAX, MAPS, embedding_map, map_cached, map_status
 from cbir.request import parse_search
 from app_pages.common import require_login, get_engine, get_service, long_job_slot, model_label, result_grid, show_error, thumbnail_of
 
@@ -63,21 +63,21 @@ if not searchable:
 status = map_status()
 c1, c2, c3 = st.columns([2, 1.2, 2.5])
 model = c1.selectbox("Model", searchable, format_func=model_label, key="map_model")
-method = c2.selectbox("Method", MAP_METHODS, key="map_method",
-                      format_func=lambda m: MAP_LABELS[m] + ("" if status[m][0] else " (not installed)"))
+method = c2.selectbox("Method", MAP_METHODS, key="map_method", help="  \n".join(f"**{m.label}**: {m.description}" for m in MAPS.values()),
+                      format_func=lambda m: MAPS[m].label + ("" if status[m][0] else " (not installed)"))
 params = {}
 with c3:
-    for name, (default, low, high) in MAP_PARAMS[method].items():
+    for name, (default, low, high) in MAPS[method].params.items():
         step = 1 if isinstance(default, int) else 0.05
         params[name] = st.slider(name.replace("_", " "), type(default)(low), type(default)(high), default, step, key=f"map_{method}_{name}")
 if not status[method][0]:
-    st.warning(f"{MAP_LABELS[method]} is not available here: {status[method][1]}. PCA always is.")
+    st.warning(f"{MAPS[method].label} is not available here: {status[method][1]}. PCA always is.")
     st.stop()
 
-bar = st.progress(0.0, text=f"{MAP_LABELS[method]} of {model_label(model)}…")
+bar = st.progress(0.0, text=f"{MAPS[method].label} of {model_label(model)}…")
 try:
     def map_progress(done: int, total: int) -> None:
-        bar.progress(min(done / max(total, 1), 1.0), text=f"{MAP_LABELS[method]}: {done}/{total}")
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{MAPS[method].label}: {done}/{total}")
 
     if map_cached(engine, model, method, params):  # reading a cached map is not a long job
         emap = embedding_map(engine, model, method, params, progress=map_progress)
@@ -90,7 +90,7 @@ except Exception as exc:
     st.stop()
 bar.empty()
 shown = f"{len(emap.ids):,} images" if emap.rows is None else f"a random sample of {len(emap.ids):,} of {emap.total:,} images"
-st.caption(f"{MAP_LABELS[method]} of {shown} · " + (f"computed in {emap.seconds:.1f} s" if emap.seconds else
+st.caption(f"{MAPS[method].label} of {shown} · " + (f"computed in {emap.seconds:.1f} s" if emap.seconds else
            f"read from the cache in {1000 * emap.load_seconds:.0f} ms"))
 
 labels = ["—" if (label := collection.label_of(i) if i in collection else None) is None else str(label) for i in emap.ids]
@@ -116,12 +116,12 @@ def query_point(query: dict) -> tuple[tuple[float, float], str]:
     if query["id"] is not None and (point := emap.point_of(query["id"])) is not None:
         return point, "its own dot"
     vector = query["vector"] if query["id"] is None else engine.query_vector(model, image_id=query["id"])
-    placing = st.progress(0.0, text=f"Placing the image on the {MAP_LABELS[method]} map…")
+    placing = st.progress(0.0, text=f"Placing the image on the {MAPS[method].label} map…")
     start = time.perf_counter()
     point = emap.place(engine.store(model).embeddings, vector, progress=lambda done, total: placing.progress(
-        min(done / max(total, 1), 1.0), text=f"Fitting {MAP_LABELS[method]} once in this process to place new images: {done}/{total}"))
+        min(done / max(total, 1), 1.0), text=f"Fitting {MAPS[method].label} once in this process to place new images: {done}/{total}"))
     placing.empty()
-    how = "projected on the map's PCA axes" if method == "pca" else f"placed by {MAP_LABELS[method]}'s transform"
+    how = MAPS[method].placement
     return point, f"{how} in {1000 * (time.perf_counter() - start):.0f} ms"
 
 

@@ -9,8 +9,8 @@ import streamlit as st
 from cbir.distances import METRICS
 from cbir.export import search_csv, search_json
 from cbir.extractors import MODELS, default_model
-from cbir.fusion import FUSION_LABELS, FUSION_METHODS
-from cbir.index import AUTO, BACKEND_LABELS, BACKENDS, backend_status
+from cbir.fusion import FUSION_METHODS, FUSIONS
+from cbir.index import AUTO, BACKENDS, backend_label, get_backend
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, ROCCHIO_TEXT, Rerank
 from cbir.request import parse_search
 from app_pages.common import (
@@ -56,17 +56,16 @@ with st.sidebar:
                 st.checkbox(model_label(n), value=False, disabled=True, key=f"search_na_{n}", help=infos[n]["reason"])
                 st.caption(infos[n]["reason"] if not infos[n]["available"] else "Not indexed yet: use the Collection page.")
     metric = st.selectbox("Metric", list(METRICS), index=list(METRICS).index("cosine"), format_func=metric_label, key="search_metric")
-    backends = backend_status(engine.settings)
-    usable = [AUTO] + [b for b in BACKENDS if backends[b][0]]
+    usable = [AUTO] + [name for name, b in BACKENDS.items() if b.available(engine.settings)[0]]
     default_backend = engine.settings.index_backend if engine.settings.index_backend in usable else AUTO
-    backend = st.selectbox("Index", usable, index=usable.index(default_backend), format_func=lambda b: BACKEND_LABELS[b],
+    backend = st.selectbox("Index", usable, index=usable.index(default_backend), format_func=backend_label,
                            key="search_backend", help=f"Automatic: exact up to {engine.settings.exact_max:,} images, FAISS above. "
                            "Exact ranks the whole collection; FAISS and Milvus are approximate and return the top "
                            f"{engine.settings.search_depth:,} candidates per model (AP is then AP@{engine.settings.search_depth}).")
     top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="search_top_k") or 10
     method, weights = None, None
     if len(models) >= 2:
-        method = st.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSION_LABELS[m], key="search_method")
+        method = st.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSIONS[m].label, key="search_method")
         st.caption("Weights (used by weighted fusion and weighted RRF)")
         weights = {
             m: st.slider(model_label(m), 0.0, 1.0, None if applied and m in applied["weights"] else 1.0, 0.05,
@@ -86,6 +85,12 @@ with st.sidebar:
     rerank = Rerank(rr_method, rr_n, rr_alpha)
     if (rerank.active or st.session_state.get("search_feedback")) and metric != "cosine":
         st.warning(f"Re-ranking and feedback need the cosine metric; {metric_label(metric)} does not admit them.")
+    chosen_backend = None if backend == AUTO else get_backend(backend)
+    if chosen_backend is not None and not chosen_backend.supports_rerank(rerank.method):
+        st.warning(f"{chosen_backend.label} does not serve {RERANK_LABELS[rerank.method]}: it needs "
+                   f"{' or '.join(b.label for b in BACKENDS.values() if b.supports_rerank(rerank.method))}.")
+    if chosen_backend is not None and not chosen_backend.supports_metric(metric):
+        st.warning(f"{chosen_backend.label} does not serve {metric_label(metric)}: use the exact index for it.")
 
 # -- query ------------------------------------------------------------------------------
 PICKER_PAGE = 12  # thumbnails per page of the picker
@@ -228,13 +233,13 @@ d1.download_button("⬇ CSV", lambda r=result: search_csv(r), f"{name}.csv", "te
 d2.download_button("⬇ JSON", lambda r=result: search_json(r), f"{name}.json", "application/json", key="search_dl_json",
                    on_click="ignore", help="The whole response, as the API returns it")
 if live is not None:
-    st.caption(f"Re-fused live with {FUSION_LABELS[result['method']]} in {1000 * live:.1f} ms, from the rankings already computed")
+    st.caption(f"Re-fused live with {FUSIONS[result['method']].label} in {1000 * live:.1f} ms, from the rankings already computed")
 if result.get("rerank"):
     st.caption(f"Re-ranked with {RERANK_LABELS[result['rerank']['method']]} (n={result['rerank']['n']}, α={result['rerank']['alpha']:g})")
 if len(rounds) > 1:
     st.caption(f"Relevance feedback: {len(rounds) - 1} round(s) of Rocchio refinement")
 names = list(result["models"]) + (["combined"] if result.get("combined") else [])
-tab_titles = [model_label(n) if n != "combined" else f"Combined ({FUSION_LABELS[result['method']]})" for n in names]
+tab_titles = [model_label(n) if n != "combined" else f"Combined ({FUSIONS[result['method']].label})" for n in names]
 tabs = st.tabs(tab_titles)
 curves = [(model_label(n), r["pr_curve"]["recall"], r["pr_curve"]["precision"]) for n, r in result["models"].items() if r["average_precision"] is not None]
 for tab, name in zip(tabs, names):

@@ -25,7 +25,7 @@ def main() -> None:
     from cbir.engine import Engine
     from cbir.images import thumbnail_data_url
     import cbir.maps
-    from cbir.maps import MAP_LABELS, embedding_map, map_status
+    from cbir.maps import MAPS, embedding_map, map_status
 
     with tempfile.TemporaryDirectory(prefix="cbir-maps-") as d:
         shutil.copytree(ROOT / "features" / "image.orig" / "efficientnet_lite0", Path(d) / "image.orig" / "efficientnet_lite0",
@@ -33,7 +33,7 @@ def main() -> None:
         engine = Engine(ROOT / "image.orig", Settings(collection=ROOT / "image.orig", features_dir=d, var_dir=Path(d) / "var"))
         for method, ok in ((m, s[0]) for m, s in map_status().items()):
             if not ok:
-                print(f"{MAP_LABELS[method]}: not installed")
+                print(f"{MAPS[method].label}: not installed")
                 continue
             first = embedding_map(engine, "efficientnet_lite0", method)
             opens = []
@@ -43,7 +43,7 @@ def main() -> None:
                 cached = embedding_map(engine_again, "efficientnet_lite0", method)
                 opens.append(time.perf_counter() - t)
                 assert cached.seconds == 0
-            print(f"{MAP_LABELS[method]:<6} 1000 x 1280: computed in {first.seconds:.2f} s; a cached map opens in "
+            print(f"{MAPS[method].label:<6} 1000 x 1280: computed in {first.seconds:.2f} s; a cached map opens in "
                   f"{1000 * statistics.median(opens):.0f} ms (a fresh engine: store and map read from disk)", flush=True)
             store = engine.store("efficientnet_lite0")
             queries = [store.vector(i) for i in ("12", "250", "412", "777", "901")]

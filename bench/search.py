@@ -13,7 +13,8 @@ import tracemalloc
 
 import numpy as np
 
-from cbir.distances import DISTANCES, PreparedIndex, pairwise_distances
+from cbir.distances import DISTANCES, pairwise_distances
+from cbir.index.exact import ExactIndex
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -39,7 +40,7 @@ def main() -> None:
             q = rng.random((1, d), dtype=np.float32)
             row = []
             for metric in DISTANCES:
-                index = PreparedIndex(x, metric)  # what a loaded feature store keeps per metric
+                index = ExactIndex(x, metric)  # what a loaded feature store keeps per metric
                 repeats = 50 if n <= 10_000 else (10 if metric != "chi_square" else 3)
                 row.append(median_ms(lambda: index.distances(q), repeats))
             print(f"{n:>8} {d:>5} " + " ".join(f"{v:>14.2f}" for v in row), flush=True)

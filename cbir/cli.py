@@ -160,6 +160,7 @@ def _index_one(args, settings, collection, model: str, weights: str, runner) -> 
 
 
 def cmd_search(args) -> int:
+    from .index import get_backend
     from .request import parse_search
 
     engine = _engine(args)
@@ -187,7 +188,7 @@ def cmd_search(args) -> int:
     lists = list(resp.per_model.values()) + ([resp.fused] if resp.fused else [])
     for rl in lists:
         title = rl.name if rl.name != "combined" else f"combined ({resp.method})"
-        where = "" if resp.backend == "exact" else f", {resp.backend} depth {resp.depth}"
+        where = "" if get_backend(resp.backend).exact else f", {resp.backend} depth {resp.depth}"
         print(f"== {title}  [{resp.metric}, top {resp.top_k}{where}, {rl.seconds * 1000:.1f} ms]")
         for h in rl.hits:
             mark = "" if h.relevant is None else ("  ✓" if h.relevant else "  ✗")
@@ -333,13 +334,13 @@ def cmd_weights_download(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .config import get_settings
     from .distances import METRICS
-    from .fusion import FUSION_METHODS
+    from .fusion import FUSIONS
     from .distributed import CHUNK
     from .store import DTYPES
 
     settings = get_settings()
     metric_help = f"one of {', '.join(METRICS)} (default %(default)s)"
-    method_help = f"fusion for several models: {', '.join(FUSION_METHODS)} (default %(default)s)"
+    method_help = f"fusion for several models: {'; '.join(f'{n} ({f.formula})' for n, f in FUSIONS.items())} (default %(default)s)"
     p = argparse.ArgumentParser(prog="cbir", description="Content-based image retrieval workbench.")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -13,12 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import CBIRError, MetricError, unknown
+from .errors import MetricError, unknown
 
-#: A stored matrix whose prepared float32 copy would be larger than this is not copied into
-#: memory: it is searched in row blocks read straight from its (memory-mapped) source.
-PREPARED_MAX_BYTES = 2 << 30
-_STREAM_ROWS = 1024  # rows per block of a streamed search (5 MiB of float32 at d = 1280: casts stay in cache)
 #: Elements of the (q, chunk, d) temporary used by the non-matmul kernels.
 _CHUNK_ELEMENTS = 1 << 23  # 8 Mi floats = 32 MiB in float32
 _EPS = 1e-12
@@ -126,119 +122,35 @@ METRICS: dict[str, Metric] = {
 METRIC_LABELS = {name: m.label for name, m in METRICS.items()}
 
 
-class PreparedIndex:
-    """Stored vectors prepared once for one metric, so each query costs one pass.
-
-    Cosine keeps the L2-normalised matrix, Euclidean the squared norms, Bhattacharyya
-    the square roots of the sum-1 normalised vectors; chi-square has no shortcut. A matrix
-    whose float32 copy exceeds ``max_bytes`` (default :data:`PREPARED_MAX_BYTES`) is
-    *streamed*: each search prepares it block by block from the source (a memory-mapped
-    float16 or float32 store), so memory stays bounded at any size.
-    """
-
-    def __init__(self, stored, metric: str, max_bytes: int | None = None):
-        self.metric = normalise_metric(metric)
-        self._spec = METRICS[self.metric]
-        x = np.asarray(stored)  # a memory map stays one
-        if x.ndim != 2:
-            raise MetricError(f"expected a 2-D (n, d) array of stored vectors; got shape {x.shape}")
-        self.dim, self._n = int(x.shape[1]), int(x.shape[0])
-        self.streamed = self._n * self.dim * 4 > (PREPARED_MAX_BYTES if max_bytes is None else max_bytes)
-        if self.streamed:
-            if not np.issubdtype(x.dtype, np.floating):
-                raise MetricError("features must be floating point")
-            self._source, self._x, self._aux = x, None, None
-            return
-        _, x = _check(np.zeros((1, x.shape[1]), dtype=np.float32), x)
-        if self._spec.histogram:
-            _check_non_negative(self._spec.label.lower(), x)
-        self._x, self._aux = self._spec.prepare(x)
-
-    def __len__(self) -> int:
-        return self._n
-
-    @property
-    def vectors(self) -> np.ndarray:
-        """The prepared matrix (for cosine: the L2-normalised vectors)."""
-        if self.streamed:
-            raise CBIRError(
-                f"this store ({self._n:,} x {self.dim}) is searched in streaming blocks, too large to prepare in memory "
-                "for re-ranking: use --backend faiss for αQE and DBA"
-            )
-        return self._x
-
-    def distances(self, queries) -> np.ndarray:
-        q, _ = _check(queries, np.zeros((0, self.dim), dtype=np.float32))
-        if self._spec.histogram:
-            _check_non_negative(self._spec.label.lower(), q)
-        if not self.streamed:
-            return self._spec.kernel(q, self._x, self._aux)
-        return self._streamed(q)
-
-    def _streamed(self, q: np.ndarray) -> np.ndarray:
-        """Distances block by block from the source. Cosine and Euclidean need only each
-        row's squared norm besides the dot products: the norms are computed on the first
-        search (which also checks that every value is finite) and kept (n floats)."""
-        fast = self.metric in ("cosine", "euclidean")
-        if fast and self._aux is None:
-            self._aux = self._row_norms()
-        qn = l2_normalise(q) if self.metric == "cosine" else q
-        q_sq = (q * q).sum(1)[:, None]
-        out = np.empty((q.shape[0], self._n), dtype=np.float32)
-        for start, x in self._blocks():
-            if not fast:
-                if not _all_finite(x):
-                    raise MetricError("features contain NaN or infinity")
-                if self._spec.histogram:
-                    _check_non_negative(self._spec.label.lower(), x)
-                out[:, start : start + len(x)] = self._spec.kernel(q, *self._spec.prepare(x))
-                continue
-            dots = qn @ x.T
-            sq = self._aux[start : start + len(x)]
-            if self.metric == "cosine":
-                out[:, start : start + len(x)] = np.clip(1.0 - dots / np.maximum(np.sqrt(sq), _EPS), 0.0, 2.0)
-            else:
-                out[:, start : start + len(x)] = np.sqrt(np.maximum(q_sq + sq - 2.0 * dots, 0.0))
-        return out
-
-    def _blocks(self):
-        """(first row, float32 block) over the source, through one small reused buffer
-        (float16 -> float32 in cache); a block is valid until the next one is read."""
-        buf = np.empty((_STREAM_ROWS, self.dim), dtype=np.float32)
-        for start in range(0, self._n, _STREAM_ROWS):
-            block = self._source[start : start + _STREAM_ROWS]
-            x = buf[: len(block)]
-            np.copyto(x, block)
-            yield start, x
-
-    def _row_norms(self) -> np.ndarray:
-        """Squared L2 norm of every stored row, read block by block (NaN or inf refused)."""
-        sq = np.empty(self._n, dtype=np.float32)
-        for start, x in self._blocks():
-            sq[start : start + len(x)] = np.einsum("ij,ij->i", x, x)
-        if not np.isfinite(sq).all():
-            raise MetricError("features contain NaN or infinity")
-        return sq
+def _exact(stored, metric: str, queries) -> np.ndarray:
+    """(q, n) float32 distances with one metric: the stored matrix prepared and searched once.
+    A search that repeats keeps the prepared matrix instead (:class:`cbir.index.exact.ExactIndex`,
+    which also streams a matrix too large to copy)."""
+    spec = METRICS[normalise_metric(metric)]
+    q, x = _check(queries, stored)
+    if spec.histogram:
+        _check_non_negative(spec.label.lower(), q, x)
+    return spec.kernel(q, *spec.prepare(x))
 
 
 def euclidean_distances(queries, stored) -> np.ndarray:
     """||q - x||_2."""
-    return PreparedIndex(stored, "euclidean").distances(queries)
+    return _exact(stored, "euclidean", queries)
 
 
 def cosine_distances(queries, stored) -> np.ndarray:
     """1 - cos(q, x), in [0, 2]; a zero vector is treated as orthogonal to everything."""
-    return PreparedIndex(stored, "cosine").distances(queries)
+    return _exact(stored, "cosine", queries)
 
 
 def chi_square_distances(queries, stored) -> np.ndarray:
     """0.5 * sum (q - x)^2 / (q + x); features must be non-negative."""
-    return PreparedIndex(stored, "chi_square").distances(queries)
+    return _exact(stored, "chi_square", queries)
 
 
 def bhattacharyya_distances(queries, stored) -> np.ndarray:
     """sqrt(1 - sum sqrt(p r)) of sum-normalised vectors, in [0, 1]; features must be non-negative."""
-    return PreparedIndex(stored, "bhattacharyya").distances(queries)
+    return _exact(stored, "bhattacharyya", queries)
 
 
 DISTANCES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
@@ -260,4 +172,4 @@ def normalise_metric(name: str) -> str:
 
 def pairwise_distances(queries, stored, metric: str = "cosine") -> np.ndarray:
     """Distances with the named metric; ValueError listing valid names for an unknown one."""
-    return PreparedIndex(stored, metric).distances(queries)
+    return _exact(stored, metric, queries)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import replace
 from typing import Callable, Mapping, Sequence
 
@@ -20,8 +19,9 @@ from .evaluation import EvaluationReport
 from .extractors import FAMILIES, MODELS, build_extractor, get_spec, model_status
 from .images import image_from_array, open_image, resize_rgb
 from .importing import imported_models
-from .index import resolve_backend
+from .index import get_backend, resolve_backend
 from .index_cache import IdSpace
+from .lru import LRU
 from .ranking import FusionInputs, rank_distances
 from .request import Query, SearchRequest, SearchResponse, parse_search
 from .rerank import Rerank
@@ -42,7 +42,7 @@ class Engine(StoreCatalogue):
     def __init__(self, collection=None, settings=None):
         super().__init__(collection, settings)
         self._extractors: dict[tuple[str, str], object] = {}
-        self._query_vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (model, upload key)
+        self._query_vectors: LRU[tuple[str, str], np.ndarray] = LRU(QUERY_VECTORS_MAX)  # (model, upload key)
         self._extractor_lock = threading.Lock()
 
     # -- models ---------------------------------------------------------------------
@@ -88,20 +88,13 @@ class Engine(StoreCatalogue):
         self.collection.index_of(query.image_id)
         return replace(query, label=self.collection.label_of(query.image_id))
 
-    def _recent_vector(self, key: tuple[str, str]) -> np.ndarray | None:
-        with self._lock:
-            vec = self._query_vectors.get(key)
-            if vec is not None:
-                self._query_vectors.move_to_end(key)
-            return vec
-
     def _upload_vectors(self, models: Sequence[str], query: Query, timings: dict) -> dict[str, np.ndarray]:
         """Each model's vector of an uploaded query: from the recent ones when it was searched
         a moment ago, else extracted; the upload is decoded once, and only if some model needs it.
         Timings: ``decode`` (decode + resize), ``load:<model>`` (building a model), ``extract:<model>``."""
         vectors, image = {}, None
         for model in models:
-            recent = self._recent_vector((model, query.key))
+            recent = self._query_vectors.get((model, query.key))
             if recent is not None:
                 timings[f"extract:{model}"] = 0.0  # extracted for an earlier search of the same upload
                 vectors[model] = recent
@@ -122,11 +115,7 @@ class Engine(StoreCatalogue):
             timings["decode"] += t2 - t1  # the resize belongs to decoding
             timings[f"extract:{model}"] = time.perf_counter() - t2
             vec.setflags(write=False)  # shared by the searches that reuse it
-            with self._lock:
-                self._query_vectors[(model, query.key)] = vec
-                while len(self._query_vectors) > QUERY_VECTORS_MAX:
-                    self._query_vectors.popitem(last=False)
-            vectors[model] = vec
+            vectors[model] = self._query_vectors.put((model, query.key), vec)
         return vectors
 
     def query_vector(self, model: str, image_id: str | None = None, image: bytes | np.ndarray | None = None) -> np.ndarray:
@@ -178,7 +167,7 @@ class Engine(StoreCatalogue):
         self.collection.check_ids([i for r in request.feedback for i in (*r.relevant, *r.non_relevant)], "feedback")
         stores = self.stores(request.models)
         backend = self.resolve_backend(request.backend, stores)
-        depth = None if backend == "exact" else max(request.top_k, int(request.depth or self.settings.search_depth))
+        depth = None if get_backend(backend).exact else max(request.top_k, int(request.depth or self.settings.search_depth))
         space = self.indexes.id_space(stores)
         ids, dists, timings = self.full_distances(request, stores, backend, depth or 0, space)
         query, top_k = request.query, request.top_k

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .distances import PreparedIndex, normalise_metric
+from .distances import normalise_metric
 from .errors import CBIRError, CollectionError
 from .evaluation import EvaluationReport, evaluate_distances, merge_reports
 from .fusion import fuse
+from .index import get_backend
+from .index.exact import ExactIndex
 from .rerank import Rerank, alpha_query_expansion, check_metric, rocchio
 from .store import common_ids
 
@@ -76,26 +78,25 @@ def _database_and_queries(catalogue: StoreCatalogue, model: str, store: FeatureS
     return db, alpha_query_expansion(db, db, rerank.n, rerank.alpha, exclude=np.arange(len(ids)))
 
 
-class _Candidates:
-    """An approximate index seen as a distance matrix: each query's ``depth`` candidates,
-    NaN for the rest (so the report is mAP@depth)."""
+class _Searcher:
+    """A vector index seen as a distance matrix over the evaluated ids: ``distances(queries)``
+    is (q, len(ids)), every row's distance for the exact index, each query's ``depth``
+    candidates and NaN for the rest for an approximate one (so the report is mAP@depth);
+    ``rows`` are the store rows of the ids (None: the index's rows already are the ids)."""
 
     def __init__(self, index, rows: list[int] | None, n: int, depth: int):
         self.index, self.rows, self.n, self.depth = index, rows, n, depth
 
     def distances(self, queries: np.ndarray) -> np.ndarray:
-        found, dist = self.index.search(queries, self.depth)
-        full = np.full((len(queries), self.n), np.nan)
-        ok = found >= 0
-        full[np.nonzero(ok)[0], found[ok]] = dist[ok]
+        full = self.index.candidates(queries, self.depth, self.n)
         return full if self.rows is None else full[:, self.rows]
 
 
 def _searcher(catalogue: StoreCatalogue, model: str, store: FeatureStore, metric: str, db: np.ndarray, ids: list[str],
-              backend: str, depth: int):
-    if backend == "exact":
-        return PreparedIndex(db, metric)
-    return _Candidates(catalogue.indexes.vector_index(model, store, metric, backend), store.rows_for(ids), len(store), depth)
+              backend: str, depth: int) -> _Searcher:
+    if get_backend(backend).exact:  # over the evaluated (possibly re-ranked) vectors themselves
+        return _Searcher(ExactIndex(db, metric), None, len(db), depth)
+    return _Searcher(catalogue.indexes.vector_index(model, store, metric, backend), store.rows_for(ids), len(store), depth)
 
 
 def evaluate(
@@ -119,7 +120,7 @@ def evaluate(
     rerank = rerank or Rerank()
     if rerank.active:
         check_metric(metric)
-        if backend != "exact":
+        if get_backend(backend).approximate:
             raise CBIRError("re-ranked evaluation runs on the exact index: use --backend exact")
     if len(models) > 1 and method is None:
         method = "average"
@@ -145,11 +146,12 @@ def evaluate(
         name += f" ({sample.size} of {n} queries, seeded sample, seed {seed})"
     if rerank.active:
         name += f" + {rerank.label}"
-    if backend != "exact":
+    exact = get_backend(backend).exact
+    if not exact:
         name += f" [{backend}, mAP@{depth}]"
     report = merge_reports(chunks, [labels[r] for r in sample], name, metric)
     report.seconds = time.perf_counter() - t_start
-    report.depth = None if backend == "exact" else depth
+    report.depth = None if exact else depth
     return report
 
 
@@ -160,7 +162,7 @@ def evaluate_feedback(catalogue: StoreCatalogue, model: str, rounds: int = 1, k:
     stores = catalogue.stores([model])
     ids, labels = labelled_ids(catalogue, stores)
     db, queries = _database_and_queries(catalogue, model, stores[model], ids, rerank)
-    index, lab = PreparedIndex(db, "cosine"), np.asarray(labels, dtype=object)
+    index, lab = ExactIndex(db, "cosine"), np.asarray(labels, dtype=object)
     reports = []
     for r in range(rounds + 1):
         chunks, tops = [], []

@@ -9,15 +9,14 @@ take full (q, n) distance matrices, never truncated lists, and never mutate inpu
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import CBIRError, unknown
 
 RRF_K = 60
-FUSION_LABELS = {"average": "Average", "weighted": "Weighted", "rrf": "Reciprocal rank fusion"}
-FUSION_SHORT = {"average": "Average", "weighted": "Weighted", "rrf": "RRF"}
 
 
 def minmax_normalise(distances: np.ndarray) -> np.ndarray:
@@ -95,9 +94,41 @@ def rrf_fusion(mats: list[np.ndarray], weights: np.ndarray, excluded: np.ndarray
     return -np.asarray(score, dtype=np.float64)
 
 
-#: name -> fusion function (mats, weights, excluded, rrf_k) -> fused (q, n), lower is closer
-FUSERS = {"average": average_fusion, "weighted": weighted_fusion, "rrf": rrf_fusion}
-FUSION_METHODS = tuple(FUSERS)
+#: fuser(mats, weights, excluded, rrf_k) -> fused (q, n) float64, lower is closer: ``mats`` are
+#: the models' (q, n) float64 distances (NaN: not returned), ``weights`` (m,) >= 0 and
+#: ``excluded`` (q, n) bool (+inf in any model)
+Fuser = Callable[[list[np.ndarray], np.ndarray, np.ndarray, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class FusionMethod:
+    """One fusion method: its name, labels (long for menus, short for run names), the
+    formula it computes (one line, shown by the pages and the CLI's help) and its function."""
+
+    name: str
+    label: str
+    short: str
+    formula: str
+    fuser: Fuser
+    weighted: bool  # whether it reads the per-model weights
+
+
+#: The fusion methods, one record each: the API schema, the CLI and the app pages read this.
+FUSIONS: dict[str, FusionMethod] = {
+    "average": FusionMethod("average", "Average", "Average", "mean_m minmax(d_m)", average_fusion, False),
+    "weighted": FusionMethod("weighted", "Weighted", "Weighted", "sum_m w_m minmax(d_m) / sum_m w_m", weighted_fusion, True),
+    "rrf": FusionMethod("rrf", "Reciprocal rank fusion", "RRF",
+                        f"-sum_m w_m / ({RRF_K} + rank_m) (Cormack, Clarke & Büttcher, SIGIR 2009)", rrf_fusion, True),
+}
+FUSION_METHODS = tuple(FUSIONS)
+
+
+def fusion_method(name: str) -> FusionMethod:
+    """The record of fusion method ``name`` (case ignored); the unknown-name error otherwise."""
+    key = str(name).lower()
+    if key not in FUSIONS:
+        raise unknown("fusion method", name, FUSIONS)
+    return FUSIONS[key]
 
 
 def fuse(
@@ -118,9 +149,7 @@ def fuse(
     """
     if not distances:
         raise CBIRError("nothing to fuse: choose at least one model")
-    method = str(method).lower()
-    if method not in FUSERS:
-        raise unknown("fusion method", method, FUSERS)
+    record = fusion_method(method)
     models = list(distances)
     mats = [np.asarray(distances[m], dtype=np.float64) for m in models]
     mats = [m[None, :] if m.ndim == 1 else m for m in mats]
@@ -132,7 +161,7 @@ def fuse(
     for m in mats:
         excluded |= np.isinf(m)
         nowhere &= np.isnan(m)
-    w = np.ones(len(models)) if method == "average" else check_weights(models, weights)
-    out = FUSERS[method](mats, w, excluded, rrf_k)
+    w = check_weights(models, weights) if record.weighted else np.ones(len(models))
+    out = record.fuser(mats, w, excluded, rrf_k)
     out[excluded | nowhere] = np.inf
     return out

@@ -6,16 +6,17 @@ set of models, so that a search at a million images does no per-request O(n) Pyt
 from __future__ import annotations
 
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Protocol
 
 import numpy as np
 
-from .distances import PreparedIndex
 from .errors import StoreError
-from .index import IndexBackendError, VectorIndex, faiss_index, neighbour_graph, open_index
+from .index import VectorIndex, get_backend, neighbour_graph, open_index
+from .index.exact import ExactIndex
+from .lru import LRU
 from .rerank import Rerank, database_augmentation
 from .derived import derived_array
 from .store import FeatureStore, common_ids
@@ -50,22 +51,13 @@ class IndexCache:
     def __init__(self, owner: Stores):
         self.owner = owner
         self._lock = threading.RLock()
-        self._dba: OrderedDict[tuple, PreparedIndex] = OrderedDict()
-        self._indexes: OrderedDict[tuple, VectorIndex] = OrderedDict()
-        self._spaces: OrderedDict[tuple, IdSpace] = OrderedDict()
+        # one re-entrant lock for the three: a DBA build opens a vector index
+        self._dba: LRU[tuple, ExactIndex] = LRU(DBA_IN_MEMORY, self._lock)
+        self._indexes: LRU[tuple, VectorIndex] = LRU(INDEXES_IN_MEMORY, self._lock)
+        self._spaces: LRU[tuple, IdSpace] = LRU(INDEXES_IN_MEMORY, self._lock)
         self.last_dba_seconds: dict[str, float] = {}
 
-    def _keep(self, cache: OrderedDict, key: tuple, build, bound: int = INDEXES_IN_MEMORY):
-        """``cache[key]``, built by ``build()`` when missing; the least recently used go first."""
-        with self._lock:
-            if key not in cache:
-                cache[key] = build()
-                while len(cache) > bound:
-                    cache.popitem(last=False)
-            cache.move_to_end(key)
-            return cache[key]
-
-    def rerank_index(self, model: str, store: FeatureStore, rerank: Rerank, backend: str = "exact") -> PreparedIndex:
+    def rerank_index(self, model: str, store: FeatureStore, rerank: Rerank, backend: str = "exact") -> ExactIndex:
         """Cosine index over the store, or over its DBA vectors (built once per store
         version, (n, alpha) and backend, cached beside the store; the newest few in memory).
         The exact backend finds each vector's neighbours by brute force (the reference);
@@ -73,28 +65,31 @@ class IndexCache:
         if rerank.method != "dba_aqe":
             return store.index("cosine")
 
-        def build() -> PreparedIndex:
+        def build() -> ExactIndex:
             name, graph = f"dba-n{rerank.n}-a{rerank.alpha:g}", None
-            if backend != "exact":
+            if get_backend(backend).approximate:
                 name, index = f"{name}-{backend}", self.vector_index(model, store, "cosine", backend)
                 graph = lambda: neighbour_graph(index, store.embeddings, rerank.n)  # noqa: E731
             matrix, seconds = derived_array(store, self.owner.store_folder(model), name, lambda: database_augmentation(
                 store.embeddings, rerank.n, rerank.alpha, graph() if graph else None))
             self.last_dba_seconds[model] = seconds
-            return PreparedIndex(matrix, "cosine")
+            return ExactIndex(matrix, "cosine")
 
-        return self._keep(self._dba, (model, rerank.n, rerank.alpha, backend, store.version), build, DBA_IN_MEMORY)
+        return self._dba.get_or_build((model, rerank.n, rerank.alpha, backend, store.version), build)
 
     def dba_index(self, model: str, store: FeatureStore, rerank: Rerank, backend: str) -> tuple[np.ndarray, VectorIndex]:
-        """An approximate backend's DBA vectors and its index over them (FAISS only)."""
-        if backend != "faiss":
-            raise IndexBackendError(
-                f"DBA + αQE needs an index over the augmented vectors: use --backend faiss or exact (or αQE with {backend})")
-        db = self.rerank_index(model, store, rerank, backend).vectors
-        kind = self.owner.settings.faiss_kind
-        index = self._keep(self._indexes, (model, "dba", rerank.n, rerank.alpha, backend, store.version), lambda: faiss_index(
-            store, self.owner.store_folder(model), f"faissdba-{kind}-n{rerank.n}-a{rerank.alpha:g}", db, "cosine", kind))
-        return db, index
+        """The (N, d) DBA vectors of the model's store and the backend's cosine index over
+        them: the exact one is :meth:`rerank_index`'s, an approximate one is built by the
+        backend record's ``open_derived``. Raises :class:`~cbir.index.IndexBackendError` for a
+        backend without DBA (``not get_backend(backend).supports_rerank("dba_aqe")``)."""
+        record = get_backend(backend)
+        record.check_rerank(rerank.method)
+        dba = self.rerank_index(model, store, rerank, backend)
+        if record.exact:
+            return dba.stored, dba
+        index = self._indexes.get_or_build((model, "dba", rerank.n, rerank.alpha, backend, store.version), lambda: record.open_derived(
+            store, self.owner.store_folder(model), f"dba-n{rerank.n}-a{rerank.alpha:g}", dba.stored, "cosine", self.owner.settings))
+        return dba.stored, index
 
     def vector_index(self, model: str, store: FeatureStore, metric: str, backend: str) -> VectorIndex:
         """The backend's index of the model's store for ``metric``, per store version."""
@@ -104,7 +99,7 @@ class IndexCache:
             labels = [owner.collection.label_of(i) if i in owner.collection else None for i in store.ids.tolist()]
             return open_index(backend, store, owner.store_folder(model), metric, owner.settings, labels, owner.collection.name)
 
-        return self._keep(self._indexes, (model, metric, backend, store.version), build)
+        return self._indexes.get_or_build((model, metric, backend, store.version), build)
 
     def id_space(self, stores: Mapping[str, FeatureStore]) -> IdSpace:
         """The ids the models' stores have in common, with positions, labels and label counts,
@@ -120,4 +115,4 @@ class IndexCache:
             counts = {} if labels is None else Counter(label for label in labels.tolist() if label is not None)
             return IdSpace(ids, position, labels, dict(counts))
 
-        return self._keep(self._spaces, tuple((m, s.version, len(s)) for m, s in zip(models, stores)), build)
+        return self._spaces.get_or_build(tuple((m, s.version, len(s)) for m, s in zip(models, stores)), build)

@@ -1,5 +1,6 @@
 """2-D maps of one model's features over a whole collection, for looking at what a model
-sees: PCA (instant, the default), UMAP (``umap-learn``) and t-SNE (``openTSNE``).
+sees: PCA (instant, the default), UMAP (``umap-learn``) and t-SNE (``openTSNE``), one
+record each in :data:`MAPS` (label, description, package, parameters, fit).
 
 Features are L2-normalised first (the cosine geometry every search uses). A map is cached
 beside the store as a derived array keyed by the store version, the method and its
@@ -20,7 +21,6 @@ import io
 import re
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -29,24 +29,16 @@ import numpy as np
 
 from .distances import l2_normalise
 from .errors import CBIRError, unknown
+from .lru import LRU
 
 if TYPE_CHECKING:
     from .catalogue import StoreCatalogue
 
-MAP_LABELS = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE"}
-MAP_METHODS = tuple(MAP_LABELS)
-#: method -> parameter -> (default, low, high)
-MAP_PARAMS: dict[str, dict[str, tuple[float, float, float]]] = {
-    "pca": {},
-    "umap": {"n_neighbors": (15, 2, 200), "min_dist": (0.1, 0.0, 1.0)},
-    "tsne": {"perplexity": (30, 2, 100)},
-}
-_PACKAGES = {"umap": "umap", "tsne": "openTSNE"}
 #: fitted UMAP / t-SNE models kept in memory for placing new points (the newest ones; about
 #: 5 MB and 15 MB for 1,000 images, and 20 times that for a 20,000-image sample)
 FITTED_MAX = 2
-_FITTED: OrderedDict[tuple, object] = OrderedDict()
-_FITTED_LOCK = threading.Lock()  # also serialises openTSNE's transform, which moves its map
+_FITTED: LRU[tuple, object] = LRU(FITTED_MAX)
+_FITTED_LOCK = threading.Lock()  # serialises UMAP's and openTSNE's transform (openTSNE moves its map)
 #: a larger store is mapped through a seeded random sample of this many images (a scatter of
 #: more points is unreadable and unresponsive in a browser; UMAP and t-SNE would take hours)
 MAP_MAX_POINTS = 20_000
@@ -58,30 +50,25 @@ Progress = Callable[[int, int], None]
 
 
 def map_status() -> dict[str, tuple[bool, str]]:
-    """method -> (can run here, why not)."""
-    out = {"pca": (True, "numpy")}
-    for method, package in _PACKAGES.items():
-        ok = importlib.util.find_spec(package) is not None
-        out[method] = (ok, package if ok else f"`pip install {'umap-learn' if method == 'umap' else 'openTSNE'}`")
-    return out
+    """method -> (can run here, why not), from each record's :meth:`MapMethod.available`."""
+    return {name: m.available() for name, m in MAPS.items()}
 
 
 def check_params(method: str, params: dict | None) -> dict:
     """The method's parameters, defaults filled in, each within its bounds."""
-    if method not in MAP_METHODS:
-        raise unknown("map method", method, MAP_METHODS)
-    ok, why = map_status()[method]
+    record = map_method(method)
+    ok, why = record.available()
     if not ok:
-        raise CBIRError(f"{MAP_LABELS[method]} is not installed here: {why}")
+        raise CBIRError(f"{record.label} is not installed here: {why}")
     out = {}
-    for name, (default, low, high) in MAP_PARAMS[method].items():
+    for name, (default, low, high) in record.params.items():
         value = float((params or {}).get(name, default))
         if not low <= value <= high:
-            raise CBIRError(f"{MAP_LABELS[method]} {name} must be between {low:g} and {high:g}, got {value:g}")
+            raise CBIRError(f"{record.label} {name} must be between {low:g} and {high:g}, got {value:g}")
         out[name] = int(value) if isinstance(default, int) else value
     extra = set(params or {}) - set(out)
     if extra:
-        raise CBIRError(f"{MAP_LABELS[method]} takes {', '.join(out) or 'no parameters'}; not {', '.join(sorted(extra))}")
+        raise CBIRError(f"{record.label} takes {', '.join(out) or 'no parameters'}; not {', '.join(sorted(extra))}")
     return out
 
 
@@ -132,29 +119,69 @@ def _tsne(x: np.ndarray, perplexity: float, progress: Progress | None):
     return np.array(embedding), embedding  # a TSNEEmbedding: the map and what transform needs
 
 
+#: fit(x, params, progress) -> ((n, 2) coordinates, the fitted model or None): ``x`` (n, d)
+#: float32 L2-normalised, ``params`` checked by :func:`check_params`
+Fit = Callable[[np.ndarray, dict, "Progress | None"], tuple[np.ndarray, object]]
+
+
+@dataclass(frozen=True)
+class MapMethod:
+    """One map method: label, one-line description, the package it needs (None: numpy),
+    its parameters (name -> (default, low, high)), how a new point is placed, and its fit."""
+
+    name: str
+    label: str
+    description: str
+    module: str | None  # the import name of the package it needs
+    pip: str | None  # what to install for it
+    params: dict[str, tuple[float, float, float]]
+    placement: str  # how a new point (an upload) is placed on the map
+    fit: Fit
+
+    def available(self) -> tuple[bool, str]:
+        """(whether it can run here, the package it uses or how to install it)."""
+        if self.module is None:
+            return True, "numpy"
+        ok = importlib.util.find_spec(self.module) is not None
+        return ok, self.module if ok else f"`pip install {self.pip}`"
+
+
+#: The map methods, one record each: the API, the Map page and the benchmarks read this.
+MAPS: dict[str, MapMethod] = {
+    "pca": MapMethod("pca", "PCA", "the two principal axes of the normalised features (an SVD): instant, linear", None, None, {},
+                     "projected on the map's PCA axes", lambda x, params, progress: (_pca(x), None)),
+    "umap": MapMethod("umap", "UMAP", "uniform manifold approximation (McInnes, Healy & Melville 2018), cosine k-NN graph",
+                      "umap", "umap-learn", {"n_neighbors": (15, 2, 200), "min_dist": (0.1, 0.0, 1.0)},
+                      "placed by UMAP's transform", lambda x, params, progress: _umap(x, **params, progress=progress)),
+    "tsne": MapMethod("tsne", "t-SNE", "t-distributed stochastic neighbour embedding (van der Maaten & Hinton 2008), openTSNE",
+                      "openTSNE", "openTSNE", {"perplexity": (30, 2, 100)},
+                      "placed by t-SNE's transform",
+                      lambda x, params, progress: _tsne(x, params["perplexity"], progress)),
+}
+MAP_METHODS = tuple(MAPS)
+
+
+def map_method(name: str) -> MapMethod:
+    """The record of map method ``name``; the project's unknown-name error otherwise."""
+    if name not in MAPS:
+        raise unknown("map method", name, MAPS)
+    return MAPS[name]
+
+
 def fit_map(vectors: np.ndarray, method: str, params: dict, progress: Progress | None = None) -> tuple[np.ndarray, object]:
     """(n, 2) float32 coordinates of the L2-normalised ``vectors``, and the fitted model that
     places new points (None for PCA, which needs none)."""
     if len(vectors) < 3:
         raise CBIRError("a map needs at least 3 indexed images")
     x = l2_normalise(np.asarray(vectors, dtype=np.float32))
-    if method == "pca":
-        out, fitted = _pca(x), None
-    elif method == "umap":
-        out, fitted = _umap(x, **params, progress=progress)
-    else:
-        out, fitted = _tsne(x, params["perplexity"], progress)
+    out, fitted = map_method(method).fit(x, params, progress)
     if progress:
         progress(1, 1)
     return np.asarray(out, dtype=np.float32), fitted
 
 
 def _keep_fitted(key: tuple, fitted: object) -> None:
-    with _FITTED_LOCK:
-        _FITTED[key] = fitted
-        _FITTED.move_to_end(key)
-        while len(_FITTED) > FITTED_MAX:
-            _FITTED.popitem(last=False)
+    _FITTED.put(key, fitted)
 
 
 @dataclass
@@ -190,8 +217,7 @@ class EmbeddingMap:
             axes = ((x - mean).T @ self.coords) / np.maximum((self.coords ** 2).sum(0), 1e-12)
             point = (q[0] - mean) @ axes
             return float(point[0]), float(point[1])
-        with _FITTED_LOCK:
-            fitted = _FITTED.get(self.key)
+        fitted = _FITTED.get(self.key)
         if fitted is None:
             # seeded and single-threaded: the same input gives the same map again (the store's
             # vectors as they are: normalising twice moves the last bits and UMAP amplifies them)

@@ -82,12 +82,15 @@ def check_metric(metric: str) -> None:
 def alpha_query_expansion(
     queries: np.ndarray, database: np.ndarray, n: int, alpha: float, exclude: np.ndarray | None = None
 ) -> np.ndarray:
-    """(q, d) float32 expanded queries: normalise(q + sum_{top-n} max(sim, 0)^alpha * x).
+    """(q, d) float32 expanded queries: normalise(q + sum_{top-n} max(sim, 0)^alpha * x),
+    αQE of Radenović, Tolias & Chum, "Fine-tuning CNN image retrieval with no human
+    annotation", TPAMI 2018. The one implementation: the exact evaluation and DBA call it
+    over the whole database, :func:`cbir.index.expanded_query` (every backend's search) over
+    the top-n neighbours an index returned.
 
-    αQE: Radenović, Tolias & Chum, "Fine-tuning CNN image retrieval with no human
-    annotation", TPAMI 2018. ``queries`` (q, d) or (d,) and ``database`` (N, d) are
-    L2-normalised; ``exclude[i]`` is a database row
-    that query i may not use (itself, for a collection query), or -1.
+    ``queries`` (q, d) or (d,) and ``database`` (N, d) are L2-normalised; ``exclude[i]`` is a
+    database row that query i may not use (itself, for a collection query), or -1. n is
+    capped at the rows available.
     """
     q = np.atleast_2d(queries).astype(np.float32)
     out = np.empty_like(q)

@@ -82,11 +82,12 @@ class FeatureStore:
 
     def index(self, metric: str):
         """The vectors prepared for ``metric`` (built on first use, then reused)."""
-        from .distances import PreparedIndex, normalise_metric
+        from .distances import normalise_metric
+        from .index.exact import ExactIndex
 
         key = normalise_metric(metric)
         if key not in self._indexes:
-            self._indexes[key] = PreparedIndex(self.embeddings, key)
+            self._indexes[key] = ExactIndex(self.embeddings, key)
         return self._indexes[key]
 
     def rows_for(self, ids: list[str]) -> list[int] | None:

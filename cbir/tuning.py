@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from .distances import PreparedIndex, normalise_metric
+from .distances import normalise_metric
 from .errors import CBIRError, WorkLimitError
 from .evaluation import evaluate_distances
 from .fusion import fuse
+from .index.exact import ExactIndex
 
 if TYPE_CHECKING:
     from .catalogue import StoreCatalogue
@@ -155,7 +156,7 @@ def sweep_weights(catalogue: StoreCatalogue, models: Sequence[str], method: str 
     dists = {}
     for m in models:  # each model's full distance matrix, once, in blocks of rows
         db = stores[m].aligned(ids)
-        index = PreparedIndex(db, metric)
+        index = ExactIndex(db, metric)
         d = np.empty((len(ids), len(ids)))
         for start in range(0, len(ids), MATRIX_ROWS):
             d[start : start + MATRIX_ROWS] = index.distances(db[start : start + MATRIX_ROWS])

@@ -72,6 +72,13 @@ class VectorIndex:
     backend = ""
     approximate = True
 
+    def candidates(self, queries: np.ndarray, depth: int, n: int) -> np.ndarray:
+        """(q, n) float distances over all ``n`` store rows: each query's ``depth`` nearest as
+        found by the index, NaN for every other row ("not returned": fusion and ranking skip
+        them). What every search and evaluation asks an index for; the exact index returns
+        every row's distance instead (see :class:`cbir.index.exact.ExactIndex`)."""
+        return candidate_matrix(self, queries, depth, n)
+
     def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(q, k) rows and distances of the nearest vectors, nearest first; ``rows``
         restricts the search to those store rows (a label filter). Missing: row -1, +inf."""
@@ -90,6 +97,17 @@ class VectorIndex:
 
     def describe(self) -> dict:
         return {"backend": self.backend, "approximate": self.approximate, "vectors": len(self)}
+
+
+def candidate_matrix(index: VectorIndex, queries: np.ndarray, depth: int, n: int) -> np.ndarray:
+    """(q, n) float64: the distances of the ``depth`` rows ``index.search`` returns for each
+    of the (q, d) ``queries`` (a (d,) query counts as one), NaN for every other row of the
+    ``n`` store rows. The one place where an approximate index's answer becomes a distance row."""
+    found, dist = index.search(np.atleast_2d(queries), depth)
+    out = np.full((len(found), n), np.nan)
+    ok = found >= 0
+    out[np.nonzero(ok)[0], found[ok]] = dist[ok]
+    return out
 
 
 def top_k(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -72,7 +72,7 @@ def test_umap_and_tsne_separate_classes_and_place_new_points_with_their_fitted_m
     folder = tmp_path / "image.orig" / "efficientnet_lite0"
     save_store(FeatureStore(src.model, src.weights, np.asarray(src.embeddings)[rows], src.ids[rows], src.signatures[rows]), folder)
     engine = Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=tmp_path, var_dir=tmp_path / "var"))
-    monkeypatch.setattr(cbir.maps, "_FITTED", type(cbir.maps._FITTED)())
+    monkeypatch.setattr(cbir.maps, "_FITTED", type(cbir.maps._FITTED)(cbir.maps.FITTED_MAX))
     for method, params, kind in (("umap", {"n_neighbors": 10}, "UMAP"), ("tsne", {"perplexity": 20}, "TSNEEmbedding")):
         ticks = []
         emap = embedding_map(engine, "efficientnet_lite0", method, params, progress=lambda d, t: ticks.append(d / t))

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from cbir import cli
 from cbir.config import ServerSettings, Settings, get_settings, reset_settings, server_settings
-from cbir.distances import PreparedIndex, pairwise_distances
+from cbir.distances import pairwise_distances
+from cbir.index.exact import ExactIndex
 from cbir.distributed import DistributedError
 from cbir.errors import (
     UNEXPECTED, AuthError, BusyError, Cancelled, CBIRError, CollectionError, ConfigError, ErrorContract,
@@ -135,7 +136,7 @@ def test_an_unexpected_error_is_not_a_user_error_in_the_cli(monkeypatch, capsys)
 
 
 def test_a_bad_feature_matrix_is_exit_2_in_the_cli(monkeypatch, capsys):
-    got, err = _cli(monkeypatch, capsys, lambda: PreparedIndex(np.ones(3), "cosine"))
+    got, err = _cli(monkeypatch, capsys, lambda: ExactIndex(np.ones(3), "cosine"))
     assert got == 2 and err.startswith("cbir: error: expected a 2-D (n, d) array") and err.count("\n") == 1
 
 

@@ -138,8 +138,6 @@ def test_search_by_array_matches_search_by_file():
 def test_an_upload_searched_again_is_not_extracted_again(monkeypatch):
     """The Map page searches with an upload and then places its vector; the Search page
     searches the same upload again with other settings: one extraction, bounded memory."""
-    import cbir.engine
-
     engine = Engine(scan_collection(ROOT / "image.orig"), Settings(features_dir=ROOT / "features"))
     extractor = engine.extractor("efficientnet_lite0")
     calls = []
@@ -154,7 +152,7 @@ def test_an_upload_searched_again_is_not_extracted_again(monkeypatch):
     fresh = Engine(scan_collection(ROOT / "image.orig"), Settings(features_dir=ROOT / "features"))
     np.testing.assert_allclose(vector, fresh.query_vector("efficientnet_lite0", image=data), atol=1e-6)
     assert not vector.flags.writeable  # shared by the searches that reuse it
-    monkeypatch.setattr(cbir.engine, "QUERY_VECTORS_MAX", 2)
+    monkeypatch.setattr(engine._query_vectors, "bound", 2)  # the LRU that QUERY_VECTORS_MAX bounds
     for name in ("613.jpg", "614.jpg"):  # two newer uploads push 612 out
         engine.query_vector("efficientnet_lite0", image=(ROOT / "image.orig" / name).read_bytes())
     engine.query_vector("efficientnet_lite0", image=data)

@@ -117,14 +117,14 @@ def test_writer_killed_before_the_manifest_switch_keeps_the_previous_version(tmp
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean", "chi_square", "bhattacharyya"])
 def test_streamed_search_equals_prepared(metric, monkeypatch):
-    import cbir.distances as distances
+    import cbir.index.exact
 
-    monkeypatch.setattr(distances, "_STREAM_ROWS", 37)  # several blocks, the last one short
+    monkeypatch.setattr(cbir.index.exact, "_STREAM_ROWS", 37)  # several blocks, the last one short
     x = np.random.default_rng(0).random((500, 16)).astype(np.float16)
     q = np.random.default_rng(1).random((3, 16))
-    streamed = distances.PreparedIndex(x, metric, max_bytes=0)
+    streamed = cbir.index.exact.ExactIndex(x, metric, max_bytes=0)
     assert streamed.streamed
-    np.testing.assert_allclose(streamed.distances(q), distances.PreparedIndex(x, metric).distances(q), atol=1e-6)
+    np.testing.assert_allclose(streamed.distances(q), cbir.index.exact.ExactIndex(x, metric).distances(q), atol=1e-6)
     with pytest.raises(Exception, match="backend faiss"):
         streamed.vectors  # re-ranking needs the prepared matrix: a clear error
 

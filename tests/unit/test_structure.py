@@ -36,12 +36,12 @@ def test_one_source_for_names():
 
     from cbir.api import schemas
     from cbir.distances import METRICS
-    from cbir.fusion import FUSERS, FUSION_METHODS
+    from cbir.fusion import FUSION_METHODS, FUSIONS
     from cbir.rerank import RERANK_METHODS
     from cbir.auth.records import ROLES
 
     # metrics are parsed by the engine's one parser (aliases too): the schema only names them
     assert all(m in schemas.SearchBody.model_fields["metric"].description for m in METRICS)
-    assert get_args(schemas.Method) == FUSION_METHODS == tuple(FUSERS)
+    assert get_args(schemas.Method) == FUSION_METHODS == tuple(FUSIONS)
     assert get_args(schemas.RerankParams.model_fields["method"].annotation) == RERANK_METHODS
     assert get_args(schemas.AddUserRequest.model_fields["role"].annotation) == ROLES
