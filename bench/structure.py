@@ -44,7 +44,22 @@ def graph_figures(root: Path) -> dict:
     front = lambda m: any(m == f or m.startswith(f + ".") for f in FRONT_ENDS)  # noqa: E731
     up = [(m, t) for m, ts in graph.items() if not front(m) for t in ts if front(t)]
     return {"modules": len(graph), "layers": max(layer(n) for n in dag), "cycles": len(found),
-            "modules in cycles": sum(len(c) for c in found), "imports pointing up": len(up)}
+            "modules in cycles": sum(len(c) for c in found), "imports pointing up": len(up),
+            "lazy imports within cbir": lazy_imports(root)}
+
+
+def lazy_imports(root: Path) -> int:
+    """Imports of a cbir module inside a function (deferred: often a cycle dodged, or a heavy
+    module kept out of start-up), TYPE_CHECKING blocks excluded."""
+    import ast
+
+    count = 0
+    for path in (root / "cbir").rglob("*.py"):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                count += sum(1 for node in ast.walk(fn) if isinstance(node, ast.ImportFrom)
+                             and (node.level or (node.module or "").startswith("cbir")))
+    return count
 
 
 def search_figures() -> dict:
