@@ -73,6 +73,11 @@ class MalformedInputError(CBIRError, ValueError):
     """A request value whose structure is refused before it is read (JSON nested too deep)."""
 
 
+class RequestError(CBIRError, ValueError):
+    """A search request with a value out of its bounds or a missing part (top k, depth, the
+    number of models, the query): what :func:`cbir.request.parse_search` refuses (HTTP 422)."""
+
+
 class StoreError(CBIRError):
     """A feature store that does not exist or does not match."""
 
@@ -166,6 +171,7 @@ UNEXPECTED = ErrorContract(500, EXIT_UNEXPECTED, "error")
 CONTRACTS: dict[type | tuple[type, str], ErrorContract] = {
     CBIRError: ErrorContract(400),
     UnknownNameError: ErrorContract(422),
+    RequestError: ErrorContract(422),
     UnknownImageError: ErrorContract(404),
     (ImageError, "not_image"): ErrorContract(415),
     (ImageError, "too_large"): ErrorContract(413),

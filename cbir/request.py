@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .distances import normalise_metric
-from .errors import CBIRError, unknown
+from .errors import RequestError, unknown
 from .extractors import get_spec
 from .fusion import FUSION_METHODS, check_weights
 from .index import check_backend
@@ -45,11 +45,11 @@ class Query:
 
     def __post_init__(self):
         if (self.image_id is None) == (self.image is None):
-            raise CBIRError("give exactly one query: a collection image id or an image")
+            raise RequestError("give exactly one query: a collection image id or an image")
         if self.image_id is not None:
             image_id = str(self.image_id)
             if len(image_id) > MAX_ID_CHARS:
-                raise CBIRError(f"an image id has at most {MAX_ID_CHARS} characters")
+                raise RequestError(f"an image id has at most {MAX_ID_CHARS} characters")
             object.__setattr__(self, "image_id", image_id)
             object.__setattr__(self, "key", f"id:{image_id}")
             return
@@ -59,7 +59,7 @@ class Query:
         elif isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
         else:
-            raise CBIRError(f"an uploaded query is the image file's bytes or an array, not {type(image).__name__}")
+            raise RequestError(f"an uploaded query is the image file's bytes or an array, not {type(image).__name__}")
         object.__setattr__(self, "key", "img:" + hashlib.blake2b(data, digest_size=16).hexdigest())
 
     @property
@@ -114,27 +114,27 @@ class SearchRequest:
 
 
 def check_top_k(top_k: object) -> int:
-    """``top_k`` as an int in 1..MAX_TOP_K; :class:`CBIRError` otherwise."""
+    """``top_k`` as an int in 1..MAX_TOP_K; :class:`RequestError` otherwise."""
     if isinstance(top_k, bool):
-        raise CBIRError(f"top_k must be an integer, got {top_k!r}")
+        raise RequestError(f"top_k must be an integer, got {top_k!r}")
     try:
         k = int(top_k)
     except (TypeError, ValueError):
-        raise CBIRError(f"top_k must be an integer, got {top_k!r}") from None
+        raise RequestError(f"top_k must be an integer, got {top_k!r}") from None
     if k != top_k and not isinstance(top_k, str):
-        raise CBIRError(f"top_k must be an integer, got {top_k!r}")
+        raise RequestError(f"top_k must be an integer, got {top_k!r}")
     if not 1 <= k <= MAX_TOP_K:
-        raise CBIRError(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
+        raise RequestError(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
     return k
 
 
 def _models(models: Sequence[str] | str) -> tuple[str, ...]:
     names = [models] if isinstance(models, str) else list(models or [])
     if not names:
-        raise CBIRError("choose at least one model")
+        raise RequestError("choose at least one model")
     canonical = tuple(dict.fromkeys(get_spec(str(m).strip()).name for m in names))
     if len(canonical) > MAX_MODELS:
-        raise CBIRError(f"at most {MAX_MODELS} models per search, got {len(canonical)}")
+        raise RequestError(f"at most {MAX_MODELS} models per search, got {len(canonical)}")
     return canonical
 
 
@@ -144,9 +144,9 @@ def _depth(depth: object) -> int | None:
     try:
         d = int(depth)
     except (TypeError, ValueError):
-        raise CBIRError(f"depth must be an integer, got {depth!r}") from None
+        raise RequestError(f"depth must be an integer, got {depth!r}") from None
     if not 1 <= d <= MAX_DEPTH:
-        raise CBIRError(f"depth must be between 1 and {MAX_DEPTH:,}, got {d}")
+        raise RequestError(f"depth must be between 1 and {MAX_DEPTH:,}, got {d}")
     return d
 
 
@@ -180,7 +180,8 @@ def parse_search(
     Accepts model aliases, metric aliases (``l2``, ``chi2``) and re-ranking as a
     :class:`Rerank` or a mapping. Raises :class:`cbir.errors.UnknownNameError` for an
     unknown model, metric, fusion method or backend and :class:`cbir.errors.CBIRError` for
-    any other bad value, with a message that says what to do."""
+    any other bad value, with a message that says what to do; :class:`cbir.errors.RequestError` for
+    a value out of its bounds."""
     names = _models(models)
     metric, k = normalise_metric(metric), check_top_k(top_k)
     if method is not None and method not in FUSION_METHODS:

@@ -10,7 +10,7 @@ from ..fusion import FUSION_METHODS
 from ..index import CHOICES
 from ..rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, MAX_FEEDBACK_ROUNDS, N_RANGE, RERANK_METHODS, FeedbackRound
 from ..auth.records import ROLES
-from ..request import MAX_TOP_K
+from ..request import MAX_DEPTH, MAX_MODELS, MAX_TOP_K
 
 Method = Literal[FUSION_METHODS]
 
@@ -49,15 +49,16 @@ class SearchBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     image_id: str | None = Field(None, max_length=512, description="id of a collection image")
-    models: list[str] | None = Field(None, min_length=1, max_length=8, description="default: the default model")
+    models: list[str] | None = Field(None, min_length=1, max_length=MAX_MODELS, description="default: the default model")
     metric: str = Field("cosine", max_length=32, description=f"one of {', '.join(METRICS)} (aliases: {', '.join(METRIC_ALIASES)})")
-    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
+    # bounds checked once, by the engine's parser (cbir.request); here they are documented
+    top_k: int = Field(10, json_schema_extra={"minimum": 1, "maximum": MAX_TOP_K})
     exclude_query: bool = True
     rerank: RerankParams | None = Field(None, description="re-ranking (cosine only)")
     feedback: list[FeedbackRound] | None = Field(None, max_length=MAX_FEEDBACK_ROUNDS, description="Rocchio relevance-feedback rounds (cosine only)")
     backend: Literal[CHOICES] | None = Field(None, description="vector index: auto, exact, faiss or milvus (default: the server's "
                                              "CBIR_INDEX_BACKEND; auto = exact up to CBIR_EXACT_MAX vectors, FAISS above)")
-    depth: int | None = Field(None, ge=1, le=100_000, description="candidates per model from an approximate index (default max(top_k, CBIR_SEARCH_DEPTH)); AP is AP@depth")
+    depth: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": MAX_DEPTH}, description="candidates per model from an approximate index (default max(top_k, CBIR_SEARCH_DEPTH)); AP is AP@depth")
 
     @field_validator("models")
     @classmethod

@@ -12,7 +12,7 @@ import pytest
 
 from cbir.cache import ResultCache
 from cbir.config import Settings
-from cbir.errors import CBIRError, UnknownNameError
+from cbir.errors import CBIRError, RequestError, UnknownNameError, contract_for
 from cbir.ranking import rank_distances
 from cbir.request import MAX_TOP_K, Query, SearchRequest, parse_search
 from cbir.rerank import FeedbackRound, Rerank
@@ -39,28 +39,34 @@ def test_the_request_is_frozen():
 
 
 @pytest.mark.parametrize(("kwargs", "error", "words"), [
-    (dict(models=[]), CBIRError, "at least one model"),
+    (dict(models=[]), RequestError, "at least one model"),
     (dict(models=["vgg99"]), UnknownNameError, "unknown model"),
     (dict(metric="manhattan"), UnknownNameError, "unknown metric"),
-    (dict(top_k=0), CBIRError, "between 1 and"),
-    (dict(top_k=MAX_TOP_K + 1), CBIRError, "between 1 and"),
-    (dict(top_k=2.5), CBIRError, "integer"),
-    (dict(top_k=True), CBIRError, "integer"),
+    (dict(top_k=0), RequestError, "between 1 and"),
+    (dict(top_k=MAX_TOP_K + 1), RequestError, "between 1 and"),
+    (dict(top_k=2.5), RequestError, "integer"),
+    (dict(top_k=True), RequestError, "integer"),
     (dict(method="median"), UnknownNameError, "unknown fusion method"),
     (dict(weights={"efficientnet_lite0": -1}), CBIRError, "weight"),
     (dict(weights={"efficientnet_lite2": 1}), CBIRError, "not searched"),
     (dict(rerank={"method": "aqe"}, metric="euclidean"), CBIRError, "choose cosine"),
     (dict(feedback=[{"relevant": ["1"]}], metric="bhattacharyya"), CBIRError, "choose cosine"),
     (dict(backend="annoy"), UnknownNameError, "unknown index backend"),
-    (dict(depth=0), CBIRError, "depth"),
-    (dict(image_id=None), CBIRError, "exactly one query"),
-    (dict(image=b"x"), CBIRError, "exactly one query"),
-    (dict(image_id="x" * 600), CBIRError, "at most 512"),
+    (dict(depth=0), RequestError, "depth"),
+    (dict(image_id=None), RequestError, "exactly one query"),
+    (dict(image=b"x"), RequestError, "exactly one query"),
+    (dict(image_id="x" * 600), RequestError, "at most 512"),
 ])
 def test_bad_values_are_refused_with_a_message(kwargs, error, words):
     given = dict(models=LITE, metric="cosine", top_k=10, image_id="1") | kwargs
     with pytest.raises(error, match=words):
         parse_search(given.pop("models"), given.pop("metric"), given.pop("top_k"), **given)
+
+
+def test_a_value_out_of_bounds_is_a_422_and_exit_2():
+    with pytest.raises(RequestError) as caught:
+        parse_search(LITE, top_k=0, image_id="1")
+    assert (contract_for(caught.value).status, contract_for(caught.value).exit_code) == (422, 2)
 
 
 def test_rerank_and_feedback_from_plain_data():
