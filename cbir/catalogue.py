@@ -1,7 +1,7 @@
 """A collection's feature stores, opened once per version, and what is derived from them.
 
 The seam between the facade (:class:`cbir.engine.Engine`, which *is* a catalogue plus
-search) and the helpers that work on stores (:mod:`cbir.experiments`, :mod:`cbir.ranking_row`,
+search) and the helpers that work on stores (:mod:`cbir.experiments`, :mod:`cbir.distance_rows`,
 :mod:`cbir.index_cache`, :mod:`cbir.tuning`, :mod:`cbir.maps`): the helpers take a catalogue,
 never the engine, so none of them imports the module that calls them.
 """

@@ -12,7 +12,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from . import experiments, model_search
+from . import distance_rows, experiments
 from .catalogue import StoreCatalogue
 from .errors import CBIRError
 from .evaluation import EvaluationReport
@@ -142,7 +142,7 @@ class Engine(StoreCatalogue):
         out: dict[str, np.ndarray] = {}
         for m, s in stores.items():
             t0 = time.perf_counter()
-            row = model_search.distance_row(self, m, s, request, vectors[m], backend, depth)
+            row = distance_rows.distance_row(self, m, s, request, vectors[m], backend, depth)
             d = np.asarray(s.aligned(space.ids, row), dtype=np.float64)  # a fresh row: no copy when already float64
             if position is not None:
                 d[position] = np.inf
