@@ -19,7 +19,7 @@ from cbir.distributed import DistributedError
 from cbir.errors import (
     UNEXPECTED, AuthError, BusyError, Cancelled, CBIRError, CollectionError, ConfigError, ErrorContract,
     FeatureImportError, ImageError, ImportConflictError, ImportForbiddenError, ImportLimitError, LockedError,
-    MalformedInputError, MetricError, ServiceUnavailable, StoreError, UnknownImageError, UnknownNameError, UserError,
+    MalformedInputError, MetricError, RequestError, ServiceUnavailable, StoreError, UnknownImageError, UnknownNameError, UserError,
     WeightsFileError, WeightsUnavailableError, WorkLimitError, contract_for,
 )
 from cbir.index.base import IndexBackendError, UnsupportedMetric
@@ -41,6 +41,7 @@ CASES = {
     "MalformedInputError": (MalformedInputError("filters is nested deeper than 32 levels"), 400, 2, "error"),
     "StoreError": (StoreError("no store"), 400, 2, "error"),
     "WorkLimitError": (WorkLimitError("sweep too fine"), 422, 2, "error"),
+    "RequestError": (RequestError("top_k must be between 1 and 1000, got 0"), 422, 2, "error"),
     "BusyError": (BusyError("CBIR_JOBS_PER_USER = 1 job at once", 7), 429, 3, "error"),
     "Cancelled": (Cancelled("the server is stopping"), 503, 3, "error"),
     "ServiceUnavailable": (ServiceUnavailable(), 503, 3, "warning"),
