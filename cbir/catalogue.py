@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .collection import Collection, scan_collection
 from .config import Settings, get_settings
-from .errors import CBIRError, StoreError
+from .errors import StoreError
 from .extractors import get_spec
 from .index_cache import IndexCache
 from .store import FeatureStore
@@ -66,12 +66,3 @@ class StoreCatalogue:
         """Each model's store, looked up once: what one request works on from start to end
         (a store rewritten meanwhile is seen by the next request)."""
         return {m: self.store(m) for m in models}
-
-    def searchable(self, model: str) -> FeatureStore | None:
-        """The model's store, or None when it has none or it cannot be read."""
-        if not self.has_store(model):
-            return None
-        try:
-            return self.store(model)
-        except CBIRError:
-            return None

@@ -127,13 +127,12 @@ class Engine(StoreCatalogue):
         return self._upload_vectors([model], query, {})[model]
 
     # -- search ---------------------------------------------------------------------
-    def full_distances(self, request: SearchRequest, stores: Mapping[str, FeatureStore], backend: str, depth: int,
-                       space: IdSpace | None = None) -> tuple[list[str], dict[str, np.ndarray], dict[str, float]]:
+    def _distance_rows(self, request: SearchRequest, stores: Mapping[str, FeatureStore], backend: str, depth: int,
+                       space: IdSpace) -> tuple[list[str], dict[str, np.ndarray], dict[str, float]]:
         """Each model's (n,) float64 distances to every image the models have in common
         (+inf: the query itself when excluded; NaN: not a candidate of an approximate index)."""
         timings: dict[str, float] = {}
         query = request.query
-        space = space or self.indexes.id_space(stores)
         position = space.position.get(query.image_id) if request.exclude_query and query.image_id is not None else None
         if query.is_upload:
             vectors = self._upload_vectors(list(stores), query, timings)
@@ -169,7 +168,7 @@ class Engine(StoreCatalogue):
         backend = self.resolve_backend(request.backend, stores)
         depth = None if get_backend(backend).exact else max(request.top_k, int(request.depth or self.settings.search_depth))
         space = self.indexes.id_space(stores)
-        ids, dists, timings = self.full_distances(request, stores, backend, depth or 0, space)
+        ids, dists, timings = self._distance_rows(request, stores, backend, depth or 0, space)
         query, top_k = request.query, request.top_k
         inputs = FusionInputs(ids, dists, space.labels, space.label_counts, query.label, top_k, depth)
         per_model = {m: rank_distances(m, d, ids, space.labels, query.label, top_k, depth=depth, label_counts=space.label_counts,
