@@ -157,14 +157,15 @@ class MapMethod:
 #: The map methods, one record each: the API, the Map page and the benchmarks read this.
 MAPS: dict[str, MapMethod] = {
     "pca": MapMethod("pca", "PCA", "the two principal axes of the normalised features (an SVD): instant, linear", None, None, {},
-                     "projected on the map's PCA axes", lambda x, params, progress: (_pca(x), None)),
+                     "projected on the map's PCA axes", lambda x, params, progress: (_pca(x), None), min_points=3),
     "umap": MapMethod("umap", "UMAP", "uniform manifold approximation (McInnes, Healy & Melville 2018), cosine k-NN graph",
                       "umap", "umap-learn", {"n_neighbors": (15, 2, 200), "min_dist": (0.1, 0.0, 1.0)},
-                      "placed by UMAP's transform", lambda x, params, progress: _umap(x, **params, progress=progress)),
+                      "placed by UMAP's transform", lambda x, params, progress: _umap(x, **params, progress=progress),
+                      min_points=4),  # its spectral layout takes 3 eigenvectors of the n x n graph (scipy: 3 < n)
     "tsne": MapMethod("tsne", "t-SNE", "t-distributed stochastic neighbour embedding (van der Maaten & Hinton 2008), openTSNE",
                       "openTSNE", "openTSNE", {"perplexity": (30, 2, 100)},
                       "placed by t-SNE's transform",
-                      lambda x, params, progress: _tsne(x, params["perplexity"], progress)),
+                      lambda x, params, progress: _tsne(x, params["perplexity"], progress), min_points=3),
 }
 MAP_METHODS = tuple(MAPS)
 
