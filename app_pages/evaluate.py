@@ -49,7 +49,7 @@ def evaluate_cached(models: tuple[str, ...], metric: str, method: str | None, re
     """Cached per store version: a second view is instant, a re-index recomputes."""
     report = engine.evaluate(list(models), metric, method=method, rerank=Rerank(*rerank))
     out = report.to_dict()
-    out["ap"] = report.ap.tolist()
+    out["ap"] = [None if v != v else v for v in report.ap.tolist()]  # NaN: a left-out (singleton) query
     return out
 
 
@@ -148,9 +148,16 @@ if not results:
 
 table = pd.DataFrame(
     [{"Model": r["model"], "Metric": r["metric_label"], "mAP": r["mAP"], "P@10": r["P@10"], "P@20": r["P@20"],
-      "R-precision": r["R-precision"], "Queries": r["queries"], "Seconds": r["seconds"]} for r in results]
+      "R-precision": r["R-precision"], "Queries": r["queries"], "Scored": r.get("queries_scored", r["queries"]),
+      "Left out (singleton)": r.get("singleton_queries_left_out", 0), "Mixed ties": r.get("ties", 0),
+      "Seconds": r["seconds"]} for r in results]
 ).sort_values("mAP", ascending=False)
 st.subheader("Summary")
+for note in dict.fromkeys(n for r in results for n in r.get("notes", []) if "singleton" in n):
+    st.warning(note)
+if any(r.get("ties") for r in results):
+    st.caption("Mixed ties: groups of equal distances holding relevant and non-relevant images; they keep the "
+               "collection's order (the README's evaluation protocol), so such a class's AP can depend on file names.")
 st.dataframe(
     table, hide_index=True, width="stretch",
     column_config={c: st.column_config.ProgressColumn(c, format="%.3f", min_value=0, max_value=1) for c in ("mAP", "P@10", "P@20", "R-precision")},

@@ -63,7 +63,7 @@ if not searchable:
 status = map_status()
 c1, c2, c3 = st.columns([2, 1.2, 2.5])
 model = c1.selectbox("Model", searchable, format_func=model_label, key="map_model")
-method = c2.selectbox("Method", MAP_METHODS, key="map_method", help="  \n".join(f"**{m.label}**: {m.description}" for m in MAPS.values()),
+method = c2.selectbox("Method", MAP_METHODS, key="map_method", help="  \n".join(f"**{m.label}**: {m.description} (at least {m.min_points} images)" for m in MAPS.values()),
                       format_func=lambda m: MAPS[m].label + ("" if status[m][0] else " (not installed)"))
 params = {}
 with c3:

@@ -224,13 +224,16 @@ def cmd_evaluate(args) -> int:
             print(f"round {r}: mAP={rep.map:.4f}  P@10={rep.p_at_10:.4f}  P@20={rep.p_at_20:.4f}{gain}")
         return 0
     report = engine.evaluate(models, args.metric, method=method, weights=weights, progress=_tqdm_progress(bar), rerank=rerank,
-                             backend=args.backend, depth=args.depth, queries=args.queries, seed=args.seed)
+                             backend=args.backend, depth=args.depth, queries=args.queries, seed=args.seed, ties=args.ties)
     bar.close()
-    print(f"{report.name}  metric={report.metric}  queries={report.n_queries}  ({report.seconds:.1f} s)")
+    scored = f" (scored {report.n_scored}, {report.n_singleton} left out: singleton classes)" if report.n_singleton else ""
+    print(f"{report.name}  metric={report.metric}  queries={report.n_queries}{scored}  ({report.seconds:.1f} s)")
     print(f"{report.map_label}={report.map:.4f}  P@10={report.p_at_10:.4f}  P@20={report.p_at_20:.4f}  R-precision={report.r_precision:.4f}")
     print(f"{'class':<16}{'AP':>8}")
     for c, v in report.per_class_ap.items():
         print(f"{c:<16}{v:>8.4f}")
+    for note in report.notes:
+        print(f"note: {note}")
     print(f"protocol: {PROTOCOL}")
     _write_report(args, report.to_dict())
     return 0
@@ -393,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_options(sp)
     sp.add_argument("--queries", type=int, default=None, help="evaluate a seeded random sample of N queries (default: every labelled image)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the --queries sample (default 0)")
+    sp.add_argument("--ties", choices=("stable", "average"), default="stable",
+                    help="equal distances: 'stable' (collection order, default) or 'average' (tie-aware AP, P@k, "
+                         "R-precision: McSherry & Najork 2008)")
     sp.add_argument("--feedback-rounds", type=int, default=0, help="simulate N rounds of Rocchio feedback with the true labels")
     sp.add_argument("--feedback-k", type=int, default=20, help="results judged per feedback round (default 20)")
     sp.add_argument("--json", metavar="FILE", help="also write the report as JSON")

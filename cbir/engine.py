@@ -191,12 +191,13 @@ class Engine(StoreCatalogue):
     def evaluate(self, models: Sequence[str] | str, metric: str = "cosine", method: str | None = None,
                  weights: Mapping[str, float] | None = None, progress: Callable[[int, int], None] | None = None,
                  rerank: Rerank | None = None, backend: str | None = None, depth: int | None = None,
-                 queries: int | None = None, seed: int = 0) -> EvaluationReport:
+                 queries: int | None = None, seed: int = 0, ties: str = "stable") -> EvaluationReport:
         """Every labelled image (or a seeded sample of ``queries``) as a query against the
-        rest, for one model or a fusion (approximate backend: mAP at ``depth``)."""
+        rest, for one model or a fusion (approximate backend: mAP at ``depth``); ``ties``:
+        "stable" or "average" (tie-aware figures)."""
         models = [get_spec(m).name for m in ([models] if isinstance(models, str) else list(models))]
         return experiments.evaluate(self, models, metric, method, weights, progress, rerank, self.resolve_backend(backend, models),
-                                    int(depth or self.settings.search_depth), queries, seed)
+                                    int(depth or self.settings.search_depth), queries, seed, ties)
 
     def evaluate_feedback(self, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:
         """Simulated Rocchio feedback with the true labels; the report before and after each round."""

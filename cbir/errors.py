@@ -44,6 +44,11 @@ class UnknownImageError(CollectionError):
     """An image id that is not in the collection."""
 
 
+class TooFewImagesError(CollectionError):
+    """A collection (or store) with fewer images than a computation needs: a map method's own
+    minimum number of points, checked before any work."""
+
+
 class ImageError(CBIRError):
     """An image that cannot be decoded, is truncated or is too large.
 
@@ -177,6 +182,7 @@ CONTRACTS: dict[type | tuple[type, str], ErrorContract] = {
     (ImageError, "too_large"): ErrorContract(413),
     (ImageError, "missing"): ErrorContract(404),
     WorkLimitError: ErrorContract(422),
+    TooFewImagesError: ErrorContract(422),
     ImportLimitError: ErrorContract(413),
     ImportConflictError: ErrorContract(409),
     ImportForbiddenError: ErrorContract(403),

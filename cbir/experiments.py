@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 
 from .distances import normalise_metric
-from .errors import CBIRError, CollectionError
-from .evaluation import EvaluationReport, evaluate_distances, merge_reports
+from .errors import CBIRError, CollectionError, unknown
+from .evaluation import TIE_RULES, EvaluationReport, evaluate_distances, merge_reports
 from .fusion import fuse
 from .index import get_backend
 from .index.exact import ExactIndex
@@ -65,7 +65,13 @@ def labelled_ids(catalogue: StoreCatalogue, stores: Mapping[str, FeatureStore]) 
     ids = [i for i in common_ids([s.ids for s in stores.values()]) if i in collection]
     if len(ids) < 2:
         raise CollectionError("need at least two indexed, labelled images to evaluate")
-    return ids, [collection.label_of(i) for i in ids]
+    labels = [collection.label_of(i) for i in ids]
+    if len(set(labels)) == len(labels):
+        raise CollectionError(
+            f"every one of the {len(ids)} labelled images is alone in its class: no query has a relevant image, "
+            "so there is nothing to evaluate (give at least one class two images)"
+        )
+    return ids, labels
 
 
 def _database_and_queries(catalogue: StoreCatalogue, model: str, store: FeatureStore, ids: list[str],
@@ -111,12 +117,15 @@ def evaluate(
     depth: int = 1000,
     queries: int | None = None,
     seed: int = 0,
+    ties: str = "stable",
 ) -> EvaluationReport:
     """Every labelled image as a query against the rest (or a seeded sample of ``queries``
     of them, said in the report's name), for one model or a fusion; with an approximate
     ``backend``, over each query's ``depth`` candidates (mAP@depth)."""
     t_start = time.perf_counter()
     metric = normalise_metric(metric)
+    if ties not in TIE_RULES:
+        raise unknown("tie rule", ties, TIE_RULES)
     rerank = rerank or Rerank()
     if rerank.active:
         check_metric(metric)
@@ -138,7 +147,7 @@ def evaluate(
             d[np.arange(rows.size), rows] = np.inf
             per[m] = d
         d = per[models[0]] if len(models) == 1 else fuse(per, method=method, weights=weights)
-        chunks.append(evaluate_distances(d, labels, rows))
+        chunks.append(evaluate_distances(d, labels, rows, ties=ties))
         if progress:
             progress(start + rows.size, sample.size)
     name = models[0] if len(models) == 1 else f"{method}({'+'.join(models)})"

@@ -61,8 +61,10 @@ def reports_json(reports: Sequence[dict]) -> str:
 def reports_csv(reports: Sequence[dict]) -> str:
     """One row per evaluation: the summary figures, then the AP of every class."""
     classes = sorted({c for r in reports for c in r.get("per_class_AP", {})})
-    return write_csv(["name", "metric", "queries", "mAP", "P@10", "P@20", "R-precision", *[f"AP {c}" for c in classes]],
+    return write_csv(["name", "metric", "queries", "mAP", "P@10", "P@20", "R-precision", "queries scored",
+                      "singleton queries left out", "mixed ties", *[f"AP {c}" for c in classes]],
                      ([r["name"], r["metric"], r["queries"], r["mAP"], r["P@10"], r["P@20"], r["R-precision"],
+                       r.get("queries_scored", r["queries"]), r.get("singleton_queries_left_out", 0), r.get("ties", 0),
                        *[r.get("per_class_AP", {}).get(c, "") for c in classes]] for r in reports))
 
 

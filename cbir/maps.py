@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .distances import l2_normalise
-from .errors import CBIRError, unknown
+from .errors import CBIRError, TooFewImagesError, unknown
 from .lru import LRU
 
 if TYPE_CHECKING:
@@ -137,6 +137,14 @@ class MapMethod:
     params: dict[str, tuple[float, float, float]]
     placement: str  # how a new point (an upload) is placed on the map
     fit: Fit
+    min_points: int = 3  # fewer points: TooFewImagesError before any work (the method would fail or mean nothing)
+
+    def check_points(self, n: int) -> None:
+        """:class:`TooFewImagesError` (422) when ``n`` points are fewer than this method needs."""
+        if n < self.min_points:
+            raise TooFewImagesError(
+                f"a {self.label} map needs at least {self.min_points} indexed images; this store has {n}"
+            )
 
     def available(self) -> tuple[bool, str]:
         """(whether it can run here, the package it uses or how to install it)."""
@@ -149,14 +157,15 @@ class MapMethod:
 #: The map methods, one record each: the API, the Map page and the benchmarks read this.
 MAPS: dict[str, MapMethod] = {
     "pca": MapMethod("pca", "PCA", "the two principal axes of the normalised features (an SVD): instant, linear", None, None, {},
-                     "projected on the map's PCA axes", lambda x, params, progress: (_pca(x), None)),
+                     "projected on the map's PCA axes", lambda x, params, progress: (_pca(x), None), min_points=3),
     "umap": MapMethod("umap", "UMAP", "uniform manifold approximation (McInnes, Healy & Melville 2018), cosine k-NN graph",
                       "umap", "umap-learn", {"n_neighbors": (15, 2, 200), "min_dist": (0.1, 0.0, 1.0)},
-                      "placed by UMAP's transform", lambda x, params, progress: _umap(x, **params, progress=progress)),
+                      "placed by UMAP's transform", lambda x, params, progress: _umap(x, **params, progress=progress),
+                      min_points=4),  # its spectral layout takes 3 eigenvectors of the n x n graph (scipy: 3 < n)
     "tsne": MapMethod("tsne", "t-SNE", "t-distributed stochastic neighbour embedding (van der Maaten & Hinton 2008), openTSNE",
                       "openTSNE", "openTSNE", {"perplexity": (30, 2, 100)},
                       "placed by t-SNE's transform",
-                      lambda x, params, progress: _tsne(x, params["perplexity"], progress)),
+                      lambda x, params, progress: _tsne(x, params["perplexity"], progress), min_points=3),
 }
 MAP_METHODS = tuple(MAPS)
 
@@ -171,8 +180,7 @@ def map_method(name: str) -> MapMethod:
 def fit_map(vectors: np.ndarray, method: str, params: dict, progress: Progress | None = None) -> tuple[np.ndarray, object]:
     """(n, 2) float32 coordinates of the L2-normalised ``vectors``, and the fitted model that
     places new points (None for PCA, which needs none)."""
-    if len(vectors) < 3:
-        raise CBIRError("a map needs at least 3 indexed images")
+    map_method(method).check_points(len(vectors))
     x = l2_normalise(np.asarray(vectors, dtype=np.float32))
     out, fitted = map_method(method).fit(x, params, progress)
     if progress:
@@ -275,6 +283,7 @@ def _map_plan(catalogue: StoreCatalogue, model: str, method: str, params: dict |
     model = get_spec(model).name
     params = check_params(method, params)
     store = catalogue.store(model)
+    map_method(method).check_points(len(store))  # before any work (a fit, a cache read)
     rows = map_rows(len(store))
     name = "map-" + "-".join([method, *(f"{k}{v:g}" for k, v in params.items()), *([f"sample{len(rows)}"] if rows is not None else [])])
     return model, params, store, rows, name

@@ -101,7 +101,9 @@ def rank_distances(
             n_rel = int(label_counts.get(query_label, 0))
         n_rel -= int((lab[excluded] == query_label).sum())
         result.n_relevant = n_rel
-        result.precision_at_k = float(rel[:k].sum() / k) if k else 0.0
+        # k in the denominator, as trec_eval and `cbir evaluate` do: 6 images, k = 10 and
+        # 4 relevant returned give P@10 = 0.4, not 4/5 (fewer than k ranked count as misses)
+        result.precision_at_k = float(rel[:k].sum() / top_k) if top_k > 0 else 0.0
         result.recall_at_k = float(rel[:k].sum() / n_rel) if n_rel else 0.0
         result.average_precision = float(average_precision(rel, n_rel)[0])
         recall, precision = pr_curve(rel, n_rel)

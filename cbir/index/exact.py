@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..distances import _EPS, METRICS, _all_finite, _check, _check_non_negative, l2_normalise, normalise_metric
+from ..distances import _EPS, METRICS, _all_finite, _check, _check_non_negative, l2_normalise, normalise_metric, refine_euclidean
 from ..errors import CBIRError, MetricError
 from .base import VectorIndex, top_k
 
@@ -104,6 +104,8 @@ class ExactIndex(VectorIndex):
                 out[:, start : start + len(x)] = np.clip(1.0 - dots / np.maximum(np.sqrt(sq), _EPS), 0.0, 2.0)
             else:
                 out[:, start : start + len(x)] = np.sqrt(np.maximum(q_sq + sq - 2.0 * dots, 0.0))
+        if self.metric == "euclidean":  # the nearest recomputed exactly, read back from the source
+            refine_euclidean(q, out, lambda rows: np.asarray(self._source[rows], dtype=np.float32))
         return out
 
     def _blocks(self):

@@ -265,3 +265,27 @@ def test_rerank_and_feedback_fields(client):
     spec = client.get("/openapi.json").json()
     props = spec["paths"]["/api/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert {"rerank", "feedback"} <= set(props)
+
+
+def test_evaluate_route_reproduces_the_cli_and_counts_singleton_queries(client):
+    h = login(client)
+    r = client.post("/api/evaluate", json={"models": ["efficientnet_lite0"]}, headers=h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert round(body["mAP"], 4) == 0.8556 and round(body["P@10"], 4) == 0.9574 and round(body["R-precision"], 4) == 0.8042
+    assert body["queries"] == body["queries_scored"] == 1000 and body["singleton_queries_left_out"] == 0
+    assert body["tie_rule"] == "stable" and "ties" in body and "P@k = relevant in the first k / k" in body["protocol"]
+    # one image relabelled into a class of its own: left out of the figures and said so
+    collection = client.app.state.service.engine.collection
+    row = collection.index_of("0")
+    label, collection.labels[row] = collection.labels[row], "a class of one"
+    try:
+        r = client.post("/api/evaluate", json={"models": ["efficientnet_lite0"], "ties": "average"}, headers=h)
+    finally:
+        collection.labels[row] = label
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["singleton_queries_left_out"] == 1 and body["queries"] == 1000 and body["queries_scored"] == 999
+    assert "a class of one" not in body["per_class_AP"] and any("left out" in n for n in body["notes"])
+    assert body["tie_rule"] == "average"
+    assert client.post("/api/evaluate", json={"models": ["efficientnet_lite0"], "ties": "random"}, headers=h).status_code == 422

@@ -98,3 +98,28 @@ def test_weights_download_offline_fails_cleanly(tmp_path):
     r = run("weights", "download", "mobilenet", env={"KERAS_HOME": str(tmp_path)})
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1 and "mobilenet_1_0_224_tf_no_top.h5" in r.stderr
+
+
+def test_evaluate_a_tiny_collection_with_a_singleton_class(tmp_path):
+    """Five Wang images, one alone in its class, with the shipped features: the singleton query
+    is left out of every figure and the output says so; P@10 has k = 10 in its denominator."""
+    import shutil
+
+    from tests.conftest import COLLECTION, ROOT
+
+    root = tmp_path / "image.orig"  # the shipped store's folder name
+    root.mkdir()
+    for i in (0, 1, 300, 301, 400):
+        shutil.copy(COLLECTION / f"{i}.jpg", root / f"{i}.jpg")
+    (root / "labels.csv").write_text("id,label\n0,africa\n1,africa\n300,buses\n301,buses\n400,dinosaurs\n")
+    features = tmp_path / "features" / "image.orig"
+    shutil.copytree(ROOT / "features" / "image.orig" / "efficientnet_lite0", features / "efficientnet_lite0",
+                    ignore=shutil.ignore_patterns("map-*", "dba-*", "faiss*"))
+    env = {"CBIR_FEATURES_DIR": str(tmp_path / "features")}
+    out = tmp_path / "report.json"
+    r = run("evaluate", "-q", "--collection", str(root), "-m", "efficientnet_lite0", "--json", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "queries=5 (scored 4, 1 left out: singleton classes)" in r.stdout and "note: 1 of 5 queries left out" in r.stdout
+    report = json.loads(out.read_text())
+    assert report["singleton_queries_left_out"] == 1 and report["queries_scored"] == 4 and report["mAP"] == 1.0
+    assert report["P@10"] == 0.1 and "dinosaurs" not in report["per_class_AP"]

@@ -143,3 +143,37 @@ def test_api_map(fresh_redis, tmp_path, engine):
         r = c.get("/api/map?method=pca&perplexity=30", headers=auth)
         assert r.status_code == 400 and "PCA takes no parameters" in r.json()["error"]
         assert c.get("/api/map").status_code == 401
+
+
+@pytest.mark.parametrize("method", ["pca", "umap", "tsne"])
+def test_each_map_method_refuses_too_few_points_before_any_work(method, tmp_path, monkeypatch):
+    """A 3-image UMAP once raised scipy's TypeError after 23-56 s (a 500): every method states
+    its minimum and says so at once, as a 422, without fitting or reading anything."""
+    import cbir.maps
+    from cbir.errors import TooFewImagesError, contract_for
+
+    record = cbir.maps.MAPS[method]
+    assert record.min_points >= 3
+    monkeypatch.setattr(cbir.maps, "_pca", lambda x: pytest.fail("fitted"))
+    monkeypatch.setattr(cbir.maps, "_umap", lambda *a, **k: pytest.fail("fitted"))
+    monkeypatch.setattr(cbir.maps, "_tsne", lambda *a, **k: pytest.fail("fitted"))
+    few = np.random.default_rng(0).random((record.min_points - 1, 16)).astype(np.float32)
+    with pytest.raises(TooFewImagesError, match=f"{record.label} map needs at least {record.min_points}") as err:
+        cbir.maps.fit_map(few, method, check_params(method, None) if map_status()[method][0] else {})
+    assert contract_for(err.value).status == 422
+    # through a store: refused before the map is read or fitted
+    ids = np.arange(record.min_points - 1).astype(str)
+    store = FeatureStore("efficientnet_lite0", "w", few, ids, ids)
+    folder = tmp_path / "features" / "image.orig" / "efficientnet_lite0"
+
+    class Catalogue:
+        def store(self, model):
+            return store
+
+        def store_folder(self, model):
+            return folder
+
+    if map_status()[method][0]:
+        with pytest.raises(TooFewImagesError):
+            embedding_map(Catalogue(), "efficientnet_lite0", method)
+        assert not folder.exists()

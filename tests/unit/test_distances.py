@@ -98,3 +98,18 @@ def test_euclidean_matches_numpy(rng):
     x = rng.normal(size=(6, 9))
     expected = np.linalg.norm(q[:, None] - x[None], axis=-1)
     np.testing.assert_allclose(euclidean_distances(q, x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_euclidean_distance_to_itself_is_exactly_zero_and_ranks_first():
+    from cbir.distances import euclidean_distances
+    from cbir.index.exact import ExactIndex
+
+    rng = np.random.default_rng(7)
+    x = (rng.random((300, 1280)) * 3).astype(np.float32)  # large norms: the float32 expansion is off near 0
+    for d in (euclidean_distances(x, x), ExactIndex(x, "euclidean").distances(x),
+              ExactIndex(x, "euclidean", max_bytes=0).distances(x)):  # prepared and streamed
+        assert np.all(np.diag(d) == 0.0)
+        assert np.array_equal(np.argmin(d, axis=1), np.arange(300))
+        # the nearest candidates are the direct distances
+        i = np.argsort(d[5])[:10]
+        np.testing.assert_allclose(d[5, i], np.linalg.norm(x[i].astype(np.float64) - x[5].astype(np.float64), axis=1), rtol=1e-6)

@@ -11,6 +11,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...distances import METRICS
+from ...evaluation import TIE_RULES
+from ...fusion import FUSIONS
 from ...errors import CBIRError
 from ...tuning import DEFAULT_STEP, MODELS_RANGE, STEP_RANGE, SWEEP_METHODS
 from ..deps import APIError, CurrentUser, Service, Users, client_source
@@ -52,6 +54,33 @@ async def tune_weights(request: Request, service: Service, user: CurrentUser, bo
     result = await run_job(request, user, lambda progress: sweep_weights(
         service.engine, body.models, body.method, body.step, body.metric, progress))
     return result.to_dict()
+
+
+class EvaluateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: list[str] = Field(min_length=1, max_length=MODELS_RANGE[1], description="one model, or 2-3 fused")
+    metric: Literal[tuple(METRICS)] = "cosine"
+    method: Literal[tuple(FUSIONS)] = "average"
+    ties: Literal[TIE_RULES] = Field("stable", description="stable: equal distances in collection order; average: tie-aware")
+    queries: int | None = Field(None, ge=1, description="a seeded sample of this many queries (default: every labelled image)")
+    seed: int = 0
+
+
+@router.post("/evaluate", responses=JOB_ERRORS, summary="mAP, P@10, P@20, R-precision and per-class AP over the collection")
+async def evaluate_route(request: Request, service: Service, user: CurrentUser, body: EvaluateRequest) -> dict:
+    """Every labelled image as a query against the rest (`cbir evaluate`). Queries with no other
+    image of their class are left out of the figures and counted (``singleton_queries_left_out``);
+    ``ties`` counts tied groups that mixed relevant and non-relevant images. A long job:
+    CBIR_JOBS_PER_USER at once (429), stopped if the client goes."""
+    engine = service.engine
+    method = body.method if len(body.models) > 1 else None
+
+    def work(progress):
+        return engine.evaluate(body.models, body.metric, method=method, progress=progress, queries=body.queries,
+                               seed=body.seed, ties=body.ties)
+
+    report = await run_job(request, user, work)
+    return report.to_dict()
 
 
 @router.post("/import_features", status_code=201, responses=IMPORT_ERRORS,
