@@ -141,7 +141,8 @@ class Engine(StoreCatalogue):
         out: dict[str, np.ndarray] = {}
         for m, s in stores.items():
             t0 = time.perf_counter()
-            row = distance_rows.distance_row(self, m, s, request, vectors[m], backend, depth)
+            # an excluded collection query is one of its own candidates: ask one more
+            row = distance_rows.distance_row(self, m, s, request, vectors[m], backend, depth + (position is not None))
             d = np.asarray(s.aligned(space.ids, row), dtype=np.float64)  # a fresh row: no copy when already float64
             if position is not None:
                 d[position] = np.inf

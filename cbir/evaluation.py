@@ -278,8 +278,9 @@ def evaluate_distances(
     order = np.argsort(d, axis=1, kind="stable")[:, : n - 1]  # the excluded query sorts last
     sorted_d = np.take_along_axis(d, order, axis=1)
     rel = relevance_matrix(order, lab, qlab)
-    # NaN: not returned by an approximate index (sorted last): no credit, so AP is AP@depth
-    rel &= ~np.isnan(sorted_d)
+    # NaN: not returned by an approximate index (sorted last): no credit, so AP is AP@depth;
+    # +inf: excluded (the query itself, which an approximate row sorts before its NaNs)
+    rel &= np.isfinite(sorted_d)
     counts = {c: int((lab == c).sum()) for c in set(lab.tolist())}
     n_rel = np.array([counts[c] - 1 for c in qlab], dtype=int)
     scored = n_rel > 0

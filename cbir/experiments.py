@@ -136,7 +136,8 @@ def evaluate(
     stores = catalogue.stores(models)
     ids, labels = labelled_ids(catalogue, stores)
     data = {m: _database_and_queries(catalogue, m, stores[m], ids, rerank) for m in models}
-    prepared = {m: _searcher(catalogue, m, stores[m], metric, db, ids, backend, depth) for m, (db, _) in data.items()}
+    # every query is excluded from its own ranking and is one of its own candidates: one more
+    prepared = {m: _searcher(catalogue, m, stores[m], metric, db, ids, backend, depth + 1) for m, (db, _) in data.items()}
     n, chunks = len(ids), []
     sample = np.arange(n) if not queries or queries >= n else np.sort(np.random.default_rng(seed).choice(n, queries, replace=False))
     for start in range(0, sample.size, EVAL_CHUNK):

@@ -145,7 +145,8 @@ def fuse(
       with no weights every model counts 1.
     Items that are +inf (excluded) in any model stay +inf. NaN marks an item a model did
     not return (approximate search: only its top candidates); the fusion covers the union
-    of the candidates, and items no model returned are +inf.
+    of the candidates, and items no model returned stay NaN (not returned, not excluded:
+    recall still counts them as relevant items of the collection).
     """
     if not distances:
         raise CBIRError("nothing to fuse: choose at least one model")
@@ -163,5 +164,6 @@ def fuse(
         nowhere &= np.isnan(m)
     w = check_weights(models, weights) if record.weighted else np.ones(len(models))
     out = record.fuser(mats, w, excluded, rrf_k)
-    out[excluded | nowhere] = np.inf
+    out[nowhere] = np.nan
+    out[excluded] = np.inf
     return out

@@ -17,12 +17,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .distances import normalise_metric
-from .errors import RequestError, unknown
+from .errors import CBIRError, RequestError, unknown
 from .extractors import get_spec
 from .fusion import FUSION_METHODS, check_weights
 from .index import check_backend
 from .ranking import FusionInputs, RankedList
-from .rerank import FeedbackRound, Rerank, check_metric, feedback_rounds
+from .rerank import DEFAULT_ALPHA, DEFAULT_N, FeedbackRound, Rerank, check_metric, feedback_rounds
 
 MAX_TOP_K = 1000
 MAX_MODELS = 8
@@ -113,22 +113,28 @@ class SearchRequest:
         }
 
 
-def check_top_k(top_k: object) -> int:
-    """``top_k`` as an int in 1..MAX_TOP_K; :class:`RequestError` otherwise."""
-    if isinstance(top_k, bool):
-        raise RequestError(f"top_k must be an integer, got {top_k!r}")
+def _whole(name: str, value: object, low: int, high: int) -> int:
+    """``value`` as an int in low..high (a whole float or a numeric string is accepted; a bool,
+    a fraction or text is not); :class:`RequestError` otherwise."""
     try:
-        k = int(top_k)
-    except (TypeError, ValueError):
-        raise RequestError(f"top_k must be an integer, got {top_k!r}") from None
-    if k != top_k and not isinstance(top_k, str):
-        raise RequestError(f"top_k must be an integer, got {top_k!r}")
-    if not 1 <= k <= MAX_TOP_K:
-        raise RequestError(f"top_k must be between 1 and {MAX_TOP_K}, got {k}")
+        k = int(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError, OverflowError):
+        k = None
+    if k is None or (k != value and not isinstance(value, str)):
+        raise RequestError(f"{name} must be a whole number, got {value!r}")
+    if not low <= k <= high:
+        raise RequestError(f"{name} must be between {low} and {high:,}, got {k}")
     return k
 
 
+def check_top_k(top_k: object) -> int:
+    """``top_k`` as an int in 1..MAX_TOP_K; :class:`RequestError` otherwise."""
+    return _whole("top_k", top_k, 1, MAX_TOP_K)
+
+
 def _models(models: Sequence[str] | str) -> tuple[str, ...]:
+    if not isinstance(models, (str, Sequence)) or any(not isinstance(m, str) for m in ([models] if isinstance(models, str) else models)):
+        raise RequestError(f"models must be a model name or a list of names, got {type(models).__name__}")
     names = [models] if isinstance(models, str) else list(models or [])
     if not names:
         raise RequestError("choose at least one model")
@@ -139,24 +145,71 @@ def _models(models: Sequence[str] | str) -> tuple[str, ...]:
 
 
 def _depth(depth: object) -> int | None:
-    if depth is None:
-        return None
-    try:
-        d = int(depth)
-    except (TypeError, ValueError):
-        raise RequestError(f"depth must be an integer, got {depth!r}") from None
-    if not 1 <= d <= MAX_DEPTH:
-        raise RequestError(f"depth must be between 1 and {MAX_DEPTH:,}, got {d}")
-    return d
+    return None if depth is None else _whole("depth", depth, 1, MAX_DEPTH)
 
 
 def _weights(models: tuple[str, ...], weights: Mapping[str, float] | Sequence[float] | None):
-    """The weights as given, checked (non-negative, finite, not all zero, only models searched)."""
+    """The weights keyed by canonical model names (``EfficientNet-Lite0`` is
+    ``efficientnet_lite0``), checked: numbers, non-negative, finite, not all zero, only models
+    searched, one per model when given as a list."""
     if weights is None:
         return None
-    check_weights(models, weights)
-    pairs = weights.items() if isinstance(weights, Mapping) else zip(models, weights)
-    return tuple((str(m), float(w)) for m, w in pairs)
+    if isinstance(weights, Mapping):
+        pairs = [(_canonical(m), w) for m, w in weights.items()]
+    elif isinstance(weights, Sequence) and not isinstance(weights, str):
+        if len(weights) != len(models):
+            raise RequestError(f"weights: {len(models)} numbers are needed, one per model, got {len(weights)}")
+        pairs = list(zip(models, weights))
+    else:
+        raise RequestError(f"weights must map model names to numbers, got {type(weights).__name__}")
+    if any(isinstance(w, bool) or not isinstance(w, (int, float, np.number)) for _, w in pairs):
+        raise RequestError("weights must be numbers")
+    if len({m for m, _ in pairs}) < len(pairs):
+        raise RequestError("weights: one weight per model (two names given for one model)")
+    check_weights(models, dict(pairs))
+    return tuple((m, float(w)) for m, w in pairs)
+
+
+def _canonical(name: object) -> str:
+    """A model name as the registry spells it, or the name itself when it names no model
+    (check_weights then says it was not searched)."""
+    try:
+        return get_spec(str(name)).name
+    except CBIRError:
+        return str(name)
+
+
+def _rerank(rerank: Rerank | Mapping | None) -> Rerank:
+    if rerank is None or isinstance(rerank, Rerank):
+        return rerank or Rerank()
+    if not isinstance(rerank, Mapping) or set(rerank) - {"method", "n", "alpha"}:
+        raise RequestError("rerank is {method, n, alpha}, e.g. {\"method\": \"aqe\", \"n\": 10, \"alpha\": 3}")
+    n, alpha = rerank.get("n", DEFAULT_N), rerank.get("alpha", DEFAULT_ALPHA)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (isinstance(n, float) and n.is_integer()):
+        raise RequestError(f"rerank n must be a whole number, got {n!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)):
+        raise RequestError(f"rerank alpha must be a number, got {alpha!r}")
+    return Rerank(str(rerank.get("method", "none")), int(n), float(alpha))
+
+
+def _feedback(feedback) -> tuple[FeedbackRound, ...]:
+    """Rounds from FeedbackRound objects or {relevant: [...], non_relevant: [...]} mappings."""
+    if feedback is None:
+        return ()
+    if isinstance(feedback, (str, Mapping)) or not isinstance(feedback, Sequence):
+        raise RequestError("feedback is a list of rounds, each {relevant: [ids], non_relevant: [ids]}")
+    for r in feedback:
+        if isinstance(r, FeedbackRound):
+            continue
+        if not isinstance(r, Mapping) or set(r) - {"relevant", "non_relevant"}:
+            raise RequestError("a feedback round is {relevant: [ids], non_relevant: [ids]}")
+        for key in ("relevant", "non_relevant"):
+            ids = r.get(key, [])
+            if isinstance(ids, str) or not isinstance(ids, Sequence) or not all(isinstance(i, (str, int)) for i in ids):
+                raise RequestError(f"feedback {key} must be a list of image ids")
+    return tuple(feedback_rounds([r if isinstance(r, FeedbackRound) else
+                                  FeedbackRound([str(i) for i in r.get("relevant", [])], [str(i) for i in r.get("non_relevant", [])])
+                                  for r in feedback]))
 
 
 def parse_search(
@@ -186,10 +239,7 @@ def parse_search(
     metric, k = normalise_metric(metric), check_top_k(top_k)
     if method is not None and method not in FUSION_METHODS:
         raise unknown("fusion method", method, FUSION_METHODS)
-    if isinstance(rerank, Mapping):
-        rerank = Rerank(**rerank)
-    rerank = rerank or Rerank()
-    rounds = tuple(feedback_rounds(feedback))
+    rerank, rounds = _rerank(rerank), _feedback(feedback)
     if rerank.active or rounds:
         check_metric(metric)
     return SearchRequest(

@@ -143,7 +143,7 @@ def sweep_weights(catalogue: StoreCatalogue, models: Sequence[str], method: str 
     to stop the sweep there (:class:`cbir.jobs.Job` does when cancelled)."""
     from .experiments import labelled_ids
 
-    start = time.perf_counter()
+    began = time.perf_counter()
     if method not in SWEEP_METHODS:
         raise CBIRError(f"a weight sweep needs a weighted method ({', '.join(SWEEP_METHODS)}); {method!r} ignores the weights")
     models = list(dict.fromkeys(models))
@@ -172,5 +172,5 @@ def sweep_weights(catalogue: StoreCatalogue, models: Sequence[str], method: str 
             progress(i + 1, len(grid))
     equal = evaluate_distances(fuse(dists, method, {m: 1.0 for m in models}), labels)
     result.equal = {"mAP": equal.map, "P@20": equal.p_at_20}
-    result.seconds = time.perf_counter() - start
+    result.seconds = time.perf_counter() - began
     return result

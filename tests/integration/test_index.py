@@ -264,3 +264,20 @@ def test_api_search_with_a_backend(fresh_redis, tmp_path, engine):
         assert r.status_code == 400 and "CBIR_MILVUS_URI" in r.json()["error"]
         r = c.post("/api/search", json={"image_id": "5", "backend": "annoy"}, headers=auth)
         assert r.status_code == 422
+
+
+def test_approximate_lists_count_every_relevant_image_and_never_the_query(engine):
+    """depth 10 on Wang (99 relevant images per query): the query is excluded but was one of
+    its own candidates, so one more is fetched (10 hits); recall's denominator is 99 in each
+    model's list *and* in the fused one (items no model returned are not "excluded"); the
+    evaluation credits no excluded query, so R-precision stays under what 2 x 10 candidates allow."""
+    resp = engine.search(LITE[:2], "cosine", 10, image_id="42", method="average", backend="faiss", depth=10)
+    for ranked in [*resp.per_model.values(), resp.fused]:
+        assert ranked.n_relevant == 99 and ranked.recall_at_k <= 10 / 99 + 1e-12, ranked.name
+        assert "42" not in [h.id for h in ranked.hits]
+    assert all(len(r.hits) == 10 for r in resp.per_model.values())
+    report = engine.evaluate(LITE[:2], "cosine", "average", backend="faiss", depth=10, queries=200)
+    assert report.r_precision <= 20 / 99 and report.p_at_10 <= 1.0
+    single = engine.evaluate(LITE[0], backend="faiss", depth=10, queries=200)
+    exact = engine.evaluate(LITE[0], queries=200)
+    assert single.p_at_10 == pytest.approx(exact.p_at_10, abs=0.01)  # the query no longer counted as a hit

@@ -44,8 +44,23 @@ def test_the_request_is_frozen():
     (dict(metric="manhattan"), UnknownNameError, "unknown metric"),
     (dict(top_k=0), RequestError, "between 1 and"),
     (dict(top_k=MAX_TOP_K + 1), RequestError, "between 1 and"),
-    (dict(top_k=2.5), RequestError, "integer"),
-    (dict(top_k=True), RequestError, "integer"),
+    (dict(top_k=2.5), RequestError, "whole number"),
+    (dict(top_k=True), RequestError, "whole number"),
+    (dict(top_k="abc"), RequestError, "whole number"),
+    (dict(depth=2.5), RequestError, "whole number"),
+    (dict(models=5), RequestError, "models must be"),
+    (dict(models=["efficientnet_lite0", 5]), RequestError, "models must be"),
+    (dict(rerank={"method": "aqe", "n": 2.5}), RequestError, "whole number"),
+    (dict(rerank={"method": "aqe", "n": "x"}), RequestError, "whole number"),
+    (dict(rerank={"method": "aqe", "alpha": "x"}), RequestError, "alpha must be a number"),
+    (dict(rerank={"method": "aqe", "k": 3}), RequestError, "rerank is"),
+    (dict(weights={"efficientnet_lite0": "x"}), RequestError, "numbers"),
+    (dict(weights=5), RequestError, "map model names"),
+    (dict(weights=[1.0]), RequestError, "one per model"),
+    (dict(weights={"efficientnet_lite0": 1, "EfficientNet-Lite0": 2}), RequestError, "one weight per model"),
+    (dict(feedback="x"), RequestError, "list of rounds"),
+    (dict(feedback=[{"relevant": "12"}]), RequestError, "list of image ids"),
+    (dict(feedback=[{"relevant": ["1"], "extra": []}]), RequestError, "a feedback round is"),
     (dict(method="median"), UnknownNameError, "unknown fusion method"),
     (dict(weights={"efficientnet_lite0": -1}), CBIRError, "weight"),
     (dict(weights={"efficientnet_lite2": 1}), CBIRError, "not searched"),
@@ -67,6 +82,12 @@ def test_a_value_out_of_bounds_is_a_422_and_exit_2():
     with pytest.raises(RequestError) as caught:
         parse_search(LITE, top_k=0, image_id="1")
     assert (contract_for(caught.value).status, contract_for(caught.value).exit_code) == (422, 2)
+
+
+def test_weights_keyed_by_any_spelling_of_a_model():
+    r = parse_search(LITE, image_id="1", method="weighted", weights={"EfficientNet-Lite0": 1, "efficientnet-lite1": 2})
+    assert r.weight_map == {LITE[0]: 1.0, LITE[1]: 2.0}
+    assert parse_search(LITE, image_id="1", weights=[1, 3]).weight_map == {LITE[0]: 1.0, LITE[1]: 3.0}
 
 
 def test_rerank_and_feedback_from_plain_data():

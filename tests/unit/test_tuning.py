@@ -75,7 +75,11 @@ def test_cli_odd_step_is_one_line():
 
 
 def test_sweep_endpoints_are_the_single_models_and_the_middle_is_equal_weights(engine):
+    import time
+
+    began = time.perf_counter()
     r = sweep_weights(engine, LITE[:2], "weighted", 0.5)
+    assert 0 < r.seconds <= time.perf_counter() - began  # the sweep's own time (the block loop reused its timer)
     assert r.queries == 1000 and r.weights.tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
     # weight 0: that model has no say (two paths: near ties may swap, so mAP within 1e-5)
     assert r.map[0] == pytest.approx(engine.evaluate(LITE[1]).map, abs=1e-5)
