@@ -1,0 +1,92 @@
+"""A generated collection with every kind of awkward file, through `cbir index`, the
+feature store and the REST API: every skip named, nothing extracted thrown away."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from cbir.api.app import create_app
+from cbir.collection import scan_collection
+from cbir.store_format import load_store, store_dir
+from tests.conftest import COLLECTION, api_login, make_settings
+
+
+@pytest.fixture
+def awkward(tmp_path):
+    """Two class folders of real Wang images, and one of each awkward thing."""
+    root = tmp_path / "mine"
+    for cls, start in (("africa", 0), ("buses", 300)):
+        (root / cls).mkdir(parents=True)
+        for i in range(start, start + 3):
+            (root / cls / f"{i}.jpg").write_bytes((COLLECTION / f"{i}.jpg").read_bytes())
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / ".ipynb_checkpoints" / "0-checkpoint.jpg").write_bytes((COLLECTION / "0.jpg").read_bytes())
+    (root / "stray.jpg").write_bytes((COLLECTION / "1.jpg").read_bytes())
+    raw = os.path.join(os.fsencode(root / "africa"), b"caf\xe9.jpg")
+    with open(raw, "wb") as fh:
+        fh.write((COLLECTION / "5.jpg").read_bytes())
+    Image.fromarray(np.tile(np.linspace(0, 1, 64, dtype=np.float32), (48, 1)), mode="F").save(root / "buses" / "scan.tif")
+    (root / "buses" / "broken.jpg").write_bytes((COLLECTION / "2.jpg").read_bytes()[:500])
+    (root / "buses" / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    return root
+
+
+def _cbir(*args, env):
+    return subprocess.run([sys.executable, "-m", "cbir", *args], capture_output=True, text=True, env={**os.environ, **env})
+
+
+@pytest.mark.slow
+def test_index_names_every_skip_and_keeps_what_was_extracted(awkward, tmp_path):
+    env = {"CBIR_FEATURES_DIR": str(tmp_path / "f")}
+    r = _cbir("index", "-q", "--collection", str(awkward), "-m", "efficientnet_lite0", env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "8 extracted" in out and "4 skipped" in out, out  # 6 Wang + café + float TIFF; hidden, stray, heic, broken
+    for name in (".ipynb_checkpoints/", "stray.jpg", "phone.heic", "broken.jpg"):
+        assert name in out, (name, out)
+    store = load_store(store_dir(tmp_path / "f", "mine", "efficientnet_lite0", "imagenet"))
+    assert "africa/caf%E9" in store.ids.tolist() and "buses/scan" in store.ids.tolist() and len(store) == 8
+    r = _cbir("search", "--collection", str(awkward), "-m", "efficientnet_lite0", "--id", "africa/caf%E9", "-k", "2", env=env)
+    assert r.returncode == 0 and "africa" in r.stdout, r.stderr
+
+
+def test_cli_lists_all_skipped_on_request(tmp_path):
+    root = tmp_path / "many"
+    root.mkdir()
+    (root / "0.jpg").write_bytes((COLLECTION / "0.jpg").read_bytes())
+    for i in range(12):
+        (root / f"bad{i}.jpg").write_bytes(b"not a jpeg")
+    env = {"CBIR_FEATURES_DIR": str(tmp_path / "f")}
+    r = _cbir("index", "-q", "--collection", str(root), "-m", "efficientnet_lite0", env=env)
+    assert r.returncode == 0 and "12 skipped" in r.stdout and "2 more (--all-skipped" in r.stdout, r.stdout + r.stderr
+    r = _cbir("index", "-q", "--collection", str(root), "-m", "efficientnet_lite0", "--all-skipped", env=env)
+    assert r.stdout.count("  skipped ") == 12 and "bad11.jpg" in r.stdout
+
+
+def test_labels_csv_in_cp1252_is_one_line_from_the_cli(tmp_path):
+    root = tmp_path / "cp"
+    root.mkdir()
+    (root / "0.jpg").write_bytes((COLLECTION / "0.jpg").read_bytes())
+    (root / "labels.csv").write_bytes("0,caf\xe9\n".encode("cp1252"))
+    r = _cbir("index", "--collection", str(root), env={"CBIR_FEATURES_DIR": str(tmp_path / "f")})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "labels.csv: line 1 is not UTF-8" in lines[0], r.stderr
+
+
+@pytest.mark.redis
+def test_api_lists_and_serves_an_image_whose_name_is_not_utf8(awkward, fresh_redis, tmp_path):
+    settings = make_settings(fresh_redis.url, tmp_path, collection=awkward, features_dir=tmp_path / "f")
+    with TestClient(create_app(settings, warm_up=False)) as client:
+        h = api_login(client)
+        r = client.get("/api/available_images?q=caf", headers=h)
+        assert r.status_code == 200, r.text
+        item = r.json()["items"][0]
+        assert item == {"id": "africa/caf%E9", "label": "africa", "url": "/api/images/africa/caf%25E9"}
+        r = client.get(item["url"], headers=h)
+        assert r.status_code == 200 and r.content == (COLLECTION / "5.jpg").read_bytes()
+    assert "africa/caf%E9" in scan_collection(awkward)
