@@ -21,8 +21,8 @@ text in JSON, CSV and (percent-encoded) URLs whatever bytes the file name holds.
 
 Labels come, in order, from a ``labels.csv`` (``id,label``; UTF-8 with or without a BOM,
 anything else is one error naming the file and line) in the folder, from sub-folder
-names (images at the root of such a collection are strays: skipped and named, when they
-are at most a tenth of the images), or are absent. :func:`add_images` copies uploads
+names (images at the root of such a collection are strays: skipped and named, when there
+are at most 3 of them or a tenth of the images), or are absent. :func:`add_images` copies uploads
 into a collection (the app's Collection page; usable by the API and scripts).
 """
 
@@ -42,7 +42,7 @@ from .errors import CBIRError, CollectionError, UnknownImageError
 
 LABELS_FILE = "labels.csv"
 MAX_FIND_CHARS = 200  # a search text longer than any id or path is cut, not scanned
-STRAY_SHARE = 0.1  # a class-folder collection tolerates this share of root images (skipped)
+STRAY_SHARE, STRAY_MIN = 0.1, 3  # a class-folder collection tolerates max(3, a tenth) root images (skipped)
 
 def safe_text(text: str) -> str:
     """``text`` with every byte that was not UTF-8 (a lone surrogate from ``os.fsdecode``)
@@ -321,7 +321,7 @@ def _read_labels(root: Path, ids: list[str]) -> tuple[list[str | None] | None, s
     folders = [i.split("/")[0] if "/" in i else None for i in ids]
     classes = {f for f in folders if f is not None}
     strays = [i for i, f in zip(ids, folders) if f is None]
-    if len(classes) > 1 and len(strays) <= STRAY_SHARE * len(ids):
+    if len(classes) > 1 and len(strays) <= max(STRAY_MIN, STRAY_SHARE * len(ids)):
         return folders, "folders", ""
     note = "" if len(classes) < 2 else (
         f"labels not taken from the {len(classes)} sub-folders: {len(strays)} of {len(ids)} images are at the root "
