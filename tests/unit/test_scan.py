@@ -169,3 +169,39 @@ def test_12_bit_data_in_a_16_bit_png_uses_its_real_range(tmp_path):
     assert out.max() == 255 and 110 < out.mean() < 145
     full = _save((ramp.astype(np.uint32) * 16).astype(np.uint16), tmp_path / "d16.png")  # 16-bit data
     assert np.asarray(open_image(full))[:, :, 0].max() >= 254
+
+
+class _Picky:
+    """A stand-in model that fails on any batch holding a pure-blue image."""
+
+    input_size = 32
+
+    def __init__(self, dim):
+        self.spec = type("Spec", (), {"dim": dim})()
+
+    def features(self, batch):
+        if (batch[..., 2] > 200).all(axis=(1, 2)).any():
+            raise RuntimeError("the model chokes")
+        return np.ones((len(batch), self.spec.dim), np.float32)
+
+
+def test_one_image_the_model_fails_on_costs_only_itself(tmp_path):
+    from cbir.extraction import index_collection
+    from cbir.extractors import get_spec
+    from cbir.store_format import load_store
+
+    root = tmp_path / "c"
+    for i in range(5):
+        _img(root / f"{i}.png")
+    _img(root / "blue.png", colour=(0, 0, 255))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    _img(root / ".hidden" / "x.png")
+    c = scan_collection(root)
+    spec = get_spec("efficientnet_lite0")
+    report = index_collection(c, spec.name, tmp_path / "f", extractor=_Picky(spec.dim), batch_size=8)
+    assert report.images == 5 and report.extracted == 5
+    assert "2 skipped" not in report.summary() and "3 skipped" in report.summary()
+    lines = report.skipped
+    assert lines[0].startswith(".hidden/: hidden folder") and any("blue.png: the model failed" in s for s in lines)
+    assert any("broken.jpg" in s for s in lines)
+    assert sorted(load_store(report.path).ids.tolist()) == ["0", "1", "2", "3", "4"]
