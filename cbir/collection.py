@@ -38,19 +38,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import CBIRError, CollectionError, UnknownImageError
+from .errors import CBIRError, CollectionError, UnknownImageError, safe_text
 
 LABELS_FILE = "labels.csv"
 MAX_FIND_CHARS = 200  # a search text longer than any id or path is cut, not scanned
 STRAY_SHARE, STRAY_MIN = 0.1, 3  # a class-folder collection tolerates max(3, a tenth) root images (skipped)
 
-def safe_text(text: str) -> str:
-    """``text`` with every byte that was not UTF-8 (a lone surrogate from ``os.fsdecode``)
-    written ``%XX``: printable, JSON- and CSV-safe. ``caf\\udce9`` -> ``caf%E9``."""
-    return _UNDECODED.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", text)
-
-
-_UNDECODED = re.compile("[\udc80-\udcff]")
 # formats Pillow registers but cannot turn into pixels here: stubs need a plugin of their own
 _NOT_DECODED = {"MPEG", "IPTC", "BUFR", "GRIB", "HDF5", "WMF", "PDF", "PALM"}
 # common image extensions no installed Pillow plugin reads: named when skipped, never silent
