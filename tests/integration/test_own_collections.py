@@ -101,3 +101,39 @@ def test_api_lists_and_serves_an_image_whose_name_is_not_utf8(awkward, fresh_red
         assert len(json.loads(get("/api/available_images?limit=1000", token))["items"]) == 9  # the scan keeps broken.jpg: only decoding finds it broken
     finally:
         server.stop()
+
+
+@pytest.mark.redis
+def test_collection_page_names_what_the_scan_skipped(awkward, fresh_redis, tmp_path, monkeypatch):
+    """The Collection page (run by Streamlit's AppTest, logged in as an admin) lists the skips."""
+    import redis as redis_lib
+    from streamlit.testing.v1 import AppTest
+
+    import streamlit as st
+
+    from cbir.config import Settings, reset_settings
+    from cbir.users import UserStore, bootstrap
+    from tests.conftest import ROOT
+
+    for key, value in {"CBIR_REDIS_URL": fresh_redis.url, "CBIR_DEMO": "1", "CBIR_COLLECTION": str(awkward),
+                       "CBIR_FEATURES_DIR": str(tmp_path / "f"), "CBIR_VAR_DIR": str(tmp_path / "var")}.items():
+        monkeypatch.setenv(key, value)
+    reset_settings()
+    users = UserStore(redis_lib.Redis.from_url(fresh_redis.url, decode_responses=True))
+    bootstrap(users, Settings(demo=True, var_dir=tmp_path / "var"))
+    at = AppTest.from_file(str(ROOT / "app_pages" / "collection.py"), default_timeout=120)
+    at.session_state["authentication_status"] = True
+    at.session_state["username"] = "admin"
+    at.session_state["roles"] = ["admin"]
+    at.session_state["auth_binding"] = users.binding("admin")
+    try:
+        at.run()
+    finally:  # this process's next test must not see this collection
+        st.cache_resource.clear()
+        monkeypatch.undo()
+        reset_settings()
+    assert not at.exception, at.exception
+    [expander] = [e for e in at.expander if "skipped while reading the folder" in e.label]
+    assert expander.label.startswith("3 file(s)")  # hidden folder, stray, heic (broken.jpg fails only at decoding)
+    shown = expander.dataframe[0].value
+    assert set(shown["File"]) == {".ipynb_checkpoints/", "stray.jpg", "buses/phone.heic"}
