@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from cbir.collection import LABELS_FILE, add_images
+from cbir.collection import LABELS_FILE, add_images, image_extensions
 from cbir.errors import CBIRError
 from cbir.importing import IMPORT_SUFFIXES
 from cbir.extraction import index_collection
@@ -35,6 +35,11 @@ table = pd.DataFrame(
       "Last indexed": m["last_indexed"] or "never"} for m in infos]
 )
 st.dataframe(table, hide_index=True, width="stretch")
+if collection.label_note:
+    st.warning(collection.label_note)
+if collection.skipped:
+    with st.expander(f"{len(collection.skipped)} file(s) skipped while reading the folder (hidden, links, formats, strays)"):
+        st.dataframe(pd.DataFrame([{"File": name, "Why": why} for name, why in collection.skipped]), hide_index=True, width="stretch")
 
 st.subheader("Vector indexes")
 folders = {m["name"]: engine.store_folder(m["name"]) for m in infos if m["searchable"]}
@@ -81,10 +86,10 @@ def index_models(runner) -> None:
                                   threads=settings.decode_threads, max_pixels=settings.max_image_pixels,
                                   progress=progress, extractor=extractor, runner=runner)
         bar.progress(1.0, text=report.summary())
-        if report.failures:
-            with st.expander(f"{len(report.failures)} image(s) skipped"):
-                for path, reason in report.failures:
-                    st.text(for_this_user(reason))
+        if report.skipped:
+            with st.expander(f"{len(report.skipped)} image(s) skipped"):
+                for line in report.skipped:
+                    st.text(for_this_user(line))
 
 
 if st.button("Index / update", type="primary", key="coll_index", disabled=not chosen):
@@ -143,7 +148,7 @@ if not os.access(collection.root, os.W_OK):
     st.stop()
 
 with st.form("coll_upload", clear_on_submit=True):
-    files = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "webp"], accept_multiple_files=True, key="coll_files")
+    files = st.file_uploader("Images", type=sorted(e[1:] for e in image_extensions()), accept_multiple_files=True, key="coll_files")
     known = sorted(collection.class_counts())
     if collection.label_source == "labels.csv":
         c1, c2 = st.columns(2)

@@ -111,6 +111,8 @@ def cmd_index(args) -> int:
 
     settings = get_settings()
     collection = scan_collection(args.collection)
+    if collection.label_note:
+        print(f"cbir: note: {collection.label_note}", file=sys.stderr)
     weights = normalise_weights(args.weights)
     models = _models_arg(args.model) if args.model != "all" else [m for m in MODELS if can_extract(m, weights)[0]]
     scheduler = args.scheduler or (None if args.workers else settings.dask_scheduler)
@@ -137,6 +139,9 @@ def _dask_runner(workers: int | None, scheduler: str | None, chunk: int):
     return DaskRunner(workers=workers, scheduler=None if workers else scheduler, chunk=chunk)
 
 
+SHOWN_SKIPPED = 10  # `cbir index` names this many skipped images unless --all-skipped
+
+
 def _index_one(args, settings, collection, model: str, weights: str, runner) -> None:
     from tqdm import tqdm
 
@@ -153,10 +158,12 @@ def _index_one(args, settings, collection, model: str, weights: str, runner) -> 
     if runner is not None and runner.resumed:
         print(f"resumed {runner.resumed} images from the shards of an interrupted run")
     print(report.summary())
-    for path, reason in report.failures[:20]:
-        print(f"  skipped {reason}")
-    if len(report.failures) > 20:
-        print(f"  ... and {len(report.failures) - 20} more")
+    skipped = report.skipped
+    shown = skipped if args.all_skipped else skipped[:SHOWN_SKIPPED]
+    for line in shown:
+        print(f"  skipped {line}")
+    if len(skipped) > len(shown):
+        print(f"  ... and {len(skipped) - len(shown)} more (--all-skipped lists them all)")
 
 
 def cmd_search(args) -> int:
@@ -368,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--chunk", type=int, default=CHUNK, help="images per Dask task (default %(default)s)")
     sp.add_argument("--dtype", choices=DTYPES, default=None,
                     help="vectors on disk: float32, or float16 (half the disk and memory); default: the store's, else float32")
+    sp.add_argument("--all-skipped", action="store_true", help=f"list every image skipped (default: the first {SHOWN_SKIPPED})")
     sp.set_defaults(func=cmd_index)
 
     sp = sub.add_parser("search", help="search by collection id or image file")

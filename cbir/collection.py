@@ -1,9 +1,28 @@
 """The images of a collection: stable ids, paths and labels.
 
+The scan rule (one rule for every folder; README "Your own collections"):
+
+- an image is a file whose extension is a format the installed Pillow decodes
+  (:func:`image_extensions`: JPEG, PNG, BMP, WebP, TIFF, GIF, JFIF, AVIF, ...), found
+  recursively; everything else (``labels.csv``, notes) is not an image and is ignored;
+- hidden files and hidden folders (a name starting with ".": ``.ipynb_checkpoints/``,
+  ``.thumbnails/``) are skipped, the folder with everything in it;
+- symbolic links are followed (a class folder may live elsewhere); a link back to a folder
+  that contains it (a loop) is refused, a link to nothing is skipped;
+- every image skipped for any reason (hidden, broken link, loop, a format this Pillow
+  cannot decode such as ``.heic``, an id taken twice, a stray root image) is kept in
+  ``Collection.skipped`` as ``(name, why)``; indexing counts and names them.
+
 Ids are the image's path relative to the collection folder, in POSIX form and without
 the extension (``"42"``, ``"beach/7"``); when two files differ only by extension the
-extension is kept for both. Labels come, in order, from a ``labels.csv`` (``id,label``)
-in the folder, from sub-folder names, or are absent. :func:`add_images` copies uploads
+extension is kept for both. Names are decoded with ``os.fsdecode`` and every byte that
+is not UTF-8 is written ``%XX`` (``caf\\xe9.jpg`` -> ``caf%E9``), so an id is valid
+text in JSON, CSV and (percent-encoded) URLs whatever bytes the file name holds.
+
+Labels come, in order, from a ``labels.csv`` (``id,label``; UTF-8 with or without a BOM,
+anything else is one error naming the file and line) in the folder, from sub-folder
+names (images at the root of such a collection are strays: skipped and named, when there
+are at most 3 of them or a tenth of the images), or are absent. :func:`add_images` copies uploads
 into a collection (the app's Collection page; usable by the API and scripts).
 """
 
@@ -11,17 +30,36 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
-from .errors import CBIRError, CollectionError, UnknownImageError
+from .errors import CBIRError, CollectionError, UnknownImageError, safe_text
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 LABELS_FILE = "labels.csv"
 MAX_FIND_CHARS = 200  # a search text longer than any id or path is cut, not scanned
+STRAY_SHARE, STRAY_MIN = 0.1, 3  # a class-folder collection tolerates max(3, a tenth) root images (skipped)
+
+# formats Pillow registers but cannot turn into pixels here: stubs need a plugin of their own
+_NOT_DECODED = {"MPEG", "IPTC", "BUFR", "GRIB", "HDF5", "WMF", "PDF", "PALM"}
+# common image extensions no installed Pillow plugin reads: named when skipped, never silent
+_OTHER_IMAGES = frozenset({".heic", ".heif", ".jxl", ".svg", ".raw", ".cr2", ".cr3", ".nef", ".arw", ".dng",
+                           ".orf", ".rw2", ".exr", ".hdr", ".avif", ".avifs", ".eps", ".ps", ".wmf", ".emf"})
+
+
+@lru_cache(maxsize=1)
+def image_extensions() -> frozenset[str]:
+    """Every extension of a format the installed Pillow can decode (its registered
+    extensions, minus formats it only identifies, and EPS without Ghostscript)."""
+    from PIL import EpsImagePlugin, Image
+
+    Image.init()
+    drop = set(_NOT_DECODED) | (set() if EpsImagePlugin.has_ghostscript() else {"EPS"})
+    return frozenset(e.lower() for e, f in Image.registered_extensions().items() if f in Image.OPEN and f not in drop)
 
 
 LABEL_RE = re.compile(r"[\w .-]{1,40}")
@@ -43,6 +81,8 @@ class Collection:
     paths: list[Path]
     labels: list[str] | None
     label_source: str  # "labels.csv", "folders" or "none"
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative name, why) of images the scan left out
+    label_note: str = ""  # why the labels are not what the folder suggests (e.g. too many root images)
     _index: dict[str, int] = field(default_factory=dict, repr=False)
     _labels_memo: dict[tuple, object] = field(default_factory=dict, repr=False)
     _find_memo: dict[str, list[int]] = field(default_factory=dict, repr=False)
@@ -149,55 +189,159 @@ def file_signature(path: Path) -> str:
 
 
 def scan_collection(root: str | Path) -> Collection:
-    """Scan ``root`` recursively for images. Raises CollectionError if missing or empty."""
+    """Scan ``root`` by the scan rule (module docstring). Raises CollectionError if the
+    folder is missing or holds no image, or if labels.csv cannot be read."""
     root = Path(root)
     if not root.exists():
-        raise CollectionError(f"collection folder {str(root)!r} does not exist")
+        raise CollectionError(f"collection folder {safe_text(str(root))!r} does not exist")
     if not root.is_dir():
-        raise CollectionError(f"{str(root)!r} is not a folder")
-    files = [
-        p
-        for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    ]
-    if not files:
-        raise CollectionError(
-            f"collection {str(root)!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    rel = [p.relative_to(root).as_posix() for p in files]
+        raise CollectionError(f"{safe_text(str(root))!r} is not a folder")
+    found, skipped = _walk(root)
+    ids, paths = _assign_ids(found, skipped)
+    if not ids:
+        why = f"; {len(skipped)} skipped, e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise CollectionError(f"collection {safe_text(str(root))!r} holds no images (JPEG, PNG, TIFF, GIF, WebP, ...){why}")
+    labels, source, note = _read_labels(root, ids)
+    if source == "folders" and None in labels:  # stray root images: the classes stay, the strays go
+        keep = [k for k, label in enumerate(labels) if label is not None]
+        skipped += [(_shown(paths[k], root), "at the root of a collection labelled by its sub-folders, so it has no "
+                     "class: skipped (move it into a class folder)") for k, label in enumerate(labels) if label is None]
+        ids, paths, labels = [ids[k] for k in keep], [paths[k] for k in keep], [labels[k] for k in keep]
+    return Collection(root=root, ids=ids, paths=paths, labels=labels, label_source=source, skipped=skipped, label_note=note)
+
+
+def _shown(path: Path, root: Path) -> str:
+    return safe_text(os.path.relpath(path, root).replace(os.sep, "/"))
+
+
+def _walk(root: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """(relative name, path) of every image under ``root``, and (name, why) of every image
+    or folder skipped, following symbolic links but never round a loop."""
+    exts = image_extensions()
+    found: list[tuple[str, Path]] = []
+    skipped: list[tuple[str, str]] = []
+    stack = [(str(root), "", (_node(str(root)),))]
+    while stack:
+        folder, rel, ancestors = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append((safe_text(rel or ".") + "/", f"folder not readable ({exc.strerror}): skipped"))
+            continue
+        for entry in entries:
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            kind, hidden = _kind(entry), entry.name.startswith(".")
+            if kind == "dir":
+                node = _node(entry.path)
+                if hidden:
+                    skipped.append((safe_text(name) + "/", "hidden folder: skipped with everything in it"))
+                elif node in ancestors:
+                    skipped.append((safe_text(name) + "/", "symbolic link back to a folder that contains it (a loop): not followed"))
+                else:
+                    stack.append((entry.path, name, ancestors + (node,)))
+                continue
+            ext = os.path.splitext(entry.name)[1].lower()
+            why = _skip_reason(kind, hidden, ext, exts)
+            if why == "":
+                found.append((name, Path(entry.path)))
+            elif why is not None:
+                skipped.append((safe_text(name), why))
+    return found, skipped
+
+
+def _skip_reason(kind: str, hidden: bool, ext: str, exts: frozenset[str]) -> str | None:
+    """"" for an image to index, a reason for an image skipped, None for a file that is not an image."""
+    if ext not in exts and ext not in _OTHER_IMAGES:
+        return None
+    if hidden:
+        return "hidden file: skipped"
+    if kind == "broken":
+        return "symbolic link to nothing: skipped"
+    if kind != "file":
+        return "not a regular file: skipped"
+    if ext not in exts:
+        return f"{ext} is not a format the installed Pillow can decode: skipped (convert it to PNG or JPEG)"
+    return ""
+
+
+def _node(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _kind(entry: os.DirEntry) -> str:
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+        return "broken" if entry.is_symlink() else "other"
+    except OSError:
+        return "broken"
+
+
+def _assign_ids(found: list[tuple[str, Path]], skipped: list[tuple[str, str]]) -> tuple[list[str], list[Path]]:
+    """Ids in natural order and their paths; an image whose id another image already has
+    (only possible with odd names such as ``a.jpg.png`` next to ``a.jpg``) is skipped."""
+    rel = [safe_text(name) for name, _ in found]
     stems = Counter(r.rsplit(".", 1)[0] for r in rel)
     ids = [r.rsplit(".", 1)[0] if stems[r.rsplit(".", 1)[0]] == 1 else r for r in rel]
-    order = sorted(range(len(ids)), key=lambda i: _natural_key(ids[i]))
-    ids = [ids[i] for i in order]
-    paths = [files[i] for i in order]
-    labels, source = _read_labels(root, ids)
-    return Collection(root=root, ids=ids, paths=paths, labels=labels, label_source=source)
+    order = sorted(range(len(ids)), key=lambda i: (_natural_key(ids[i]), rel[i]))
+    taken: dict[str, str] = {}
+    out_ids, out_paths = [], []
+    for i in order:
+        if ids[i] in taken:
+            skipped.append((rel[i], f"its id {ids[i]!r} is already the id of {taken[ids[i]]}: skipped (rename it)"))
+            continue
+        taken[ids[i]] = rel[i]
+        out_ids.append(ids[i])
+        out_paths.append(found[i][1])
+    return out_ids, out_paths
 
 
-def _read_labels(root: Path, ids: list[str]) -> tuple[list[str] | None, str]:
+def _read_labels(root: Path, ids: list[str]) -> tuple[list[str | None] | None, str, str]:
+    """(labels aligned with ``ids``, their source, a note on why they are absent)."""
     labels_file = root / LABELS_FILE
     if labels_file.exists():
-        mapping: dict[str, str] = {}
-        with open(labels_file, newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            for row in reader:
-                if len(row) < 2 or (row[0].strip().lower() == "id" and row[1].strip().lower() == "label"):
-                    continue
-                key = row[0].strip()
-                mapping[key] = row[1].strip()
-                # accept ids written with their extension too
-                mapping.setdefault(key.rsplit(".", 1)[0], row[1].strip())
+        mapping = read_labels_csv(labels_file)
         missing = [i for i in ids if i not in mapping]
         if missing:
             raise CollectionError(
-                f"{labels_file} has no label for {len(missing)} image(s), e.g. {missing[0]!r}; "
+                f"{safe_text(str(labels_file))} has no label for {len(missing)} image(s), e.g. {missing[0]!r}; "
                 "add them or delete labels.csv"
             )
-        return [mapping[i] for i in ids], LABELS_FILE
+        return [mapping[i] for i in ids], LABELS_FILE, ""
     folders = [i.split("/")[0] if "/" in i else None for i in ids]
-    if all(f is not None for f in folders) and len(set(folders)) > 1:
-        return folders, "folders"  # type: ignore[return-value]
-    return None, "none"
+    classes = {f for f in folders if f is not None}
+    strays = [i for i, f in zip(ids, folders) if f is None]
+    if len(classes) > 1 and len(strays) <= max(STRAY_MIN, STRAY_SHARE * len(ids)):
+        return folders, "folders", ""
+    note = "" if len(classes) < 2 else (
+        f"labels not taken from the {len(classes)} sub-folders: {len(strays)} of {len(ids)} images are at the root "
+        f"(e.g. {strays[0]!r}); move them into class folders or add a labels.csv")
+    return None, "none", note
+
+
+def read_labels_csv(labels_file: Path) -> dict[str, str]:
+    """``{id: label}`` from a labels.csv in UTF-8 (a BOM is fine); ids may carry their
+    extension. Any other encoding is one CollectionError naming the file, line and fix."""
+    data = labels_file.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CollectionError(
+            f"{safe_text(str(labels_file))}: line {line} is not UTF-8 (byte 0x{data[exc.start]:02x}); save it as UTF-8 "
+            "(in a spreadsheet: 'CSV UTF-8')"
+        ) from None
+    mapping: dict[str, str] = {}
+    for row in csv.reader(io.StringIO(text, newline="")):
+        if len(row) < 2 or (row[0].strip().lower() == "id" and row[1].strip().lower() == "label"):
+            continue
+        key = row[0].strip()
+        mapping[key] = row[1].strip()
+        mapping.setdefault(key.rsplit(".", 1)[0], row[1].strip())  # ids written with their extension too
+    return mapping
 
 
 @dataclass
@@ -242,7 +386,7 @@ def _free_name(folder: Path, filename: str) -> str:
     """``upload_<clean stem>``, with ``_2``, ``_3``... until no image of that stem exists."""
     stem = re.sub(r"[^\w.-]", "_", filename.rsplit(".", 1)[0])[:60] or "upload"
     name, n = f"upload_{stem}", 1
-    while any((folder / f"{name}{e}").exists() for e in IMAGE_EXTENSIONS):
+    while any((folder / f"{name}{e}").exists() for e in image_extensions()):
         n += 1
         name = f"upload_{stem}_{n}"
     return name

@@ -233,3 +233,12 @@ def public_paths(message: str, root: Path) -> str:
             return f"…/{Path(path).name}{tail}"
 
     return _ABSOLUTE_PATH.sub(shown, message)
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every byte that was not UTF-8 (a lone surrogate from ``os.fsdecode``)
+    written ``%XX``: printable, JSON- and CSV-safe. ``caf\\udce9`` -> ``caf%E9``."""
+    return _UNDECODED.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", text)
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .collection import Collection
+from .collection import Collection, safe_text
 from .errors import CBIRError, ImageError
 from .images import DEFAULT_MAX_PIXELS, load_resized
 from .store import DTYPES, FeatureStore, merge_update
@@ -74,14 +74,31 @@ def extract_paths(
                     arrays.append(arr)
                     good.append(row)
                 else:
-                    failures.append((str(paths[row]), err))
+                    failures.append((safe_text(str(paths[row])), safe_text(err)))
             if arrays:
-                feats[good] = extractor.features(np.stack(arrays))
-                ok[good] = True
+                _features_into(extractor, arrays, good, feats, ok, failures, paths)
             done += len(rows)
             if progress:
                 progress(done, n)
     return Extraction(feats, ok, failures, time.perf_counter() - start)
+
+
+def _features_into(extractor, arrays, rows, feats, ok, failures, paths) -> None:
+    """One batch through the model; if the batch fails, image by image, so one image the
+    model chokes on is skipped and named and the rest of the run is kept."""
+    try:
+        feats[rows] = extractor.features(np.stack(arrays))
+        ok[rows] = True
+        return
+    except Exception:  # noqa: BLE001 - retried one by one below, each failure reported
+        pass
+    for arr, row in zip(arrays, rows):
+        try:
+            feats[row] = extractor.features(arr[None])[0]
+            ok[row] = True
+        except Exception as exc:  # noqa: BLE001 - never fatal: the image is skipped and reported
+            failures.append((safe_text(str(paths[row])), f"{safe_text(str(paths[row]))}: the model failed on it "
+                             f"({type(exc).__name__}: {safe_text(str(exc))})"))
 
 
 @dataclass
@@ -92,9 +109,15 @@ class IndexReport:
     extracted: int
     reused: int
     removed: int
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, why): images that failed to decode
     seconds: float = 0.0
     path: Path | None = None
+    scan_skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why): left out by the scan rule
+
+    @property
+    def skipped(self) -> list[str]:
+        """Every image left out, one "why" line each: by the scan, then at decoding."""
+        return [f"{name}: {why}" for name, why in self.scan_skipped] + [why for _, why in self.failures]
 
     @property
     def rate(self) -> float:
@@ -103,7 +126,7 @@ class IndexReport:
     def summary(self) -> str:
         return (
             f"{self.model}: {self.images} images in store ({self.extracted} extracted, {self.reused} reused, "
-            f"{self.removed} removed, {len(self.failures)} skipped) in {self.seconds:.1f} s"
+            f"{self.removed} removed, {len(self.skipped)} skipped) in {self.seconds:.1f} s"
             + (f", {self.rate:.1f} images/s" if self.extracted else "")
         )
 
@@ -169,7 +192,7 @@ def index_collection(
             if runner is not None else _extract_here(spec.name, weights, extractor, paths, batch_size, threads, max_pixels, progress)
         embeddings[todo] = ext.features
         ok[todo] = ext.ok
-        failures = ext.failures
+        failures = [(safe_text(str(p)), safe_text(str(why))) for p, why in ext.failures]  # printable, JSON-safe
     elif progress:
         progress(len(collection), len(collection))
     seconds = time.perf_counter() - start
@@ -189,4 +212,5 @@ def index_collection(
     if runner is not None:
         runner.stored(folder)  # the run's shards are no longer needed
     return IndexReport(model=spec.name, weights=weights, images=len(keep), extracted=len(todo) - len(failures),
-                       reused=len(collection) - len(todo), removed=removed, failures=failures, seconds=seconds, path=folder)
+                       reused=len(collection) - len(todo), removed=removed, failures=failures, seconds=seconds, path=folder,
+                       scan_skipped=list(collection.skipped))

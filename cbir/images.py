@@ -3,7 +3,15 @@
 Decoded images are at most ``MAX_SIDE`` pixels on their long side (features are computed
 from 224-260 px inputs, thumbnails are 256 px): JPEGs are decoded at a reduced scale
 (``draft``), other formats are shrunk with an area filter before any mode conversion, so
-peak memory follows the output size, not the megapixels of the file."""
+peak memory follows the output size, not the megapixels of the file.
+
+The decoding rule for wide images (single-channel 16-bit, 32-bit integer and float, as
+scientific and medical TIFFs and PNGs hold): their values are scaled to 8 bits by their
+real range, never by the container's. Integers: by the smallest of 8, 10, 12, 14, 16,
+24 or 32 bits that holds the image's largest value (12-bit data in a 16-bit PNG:
+x 255/4095). Floats: values in [0, 1] x 255, in [0, 255] as they are, in [0, 65535]
+x 255/65535. Negative values, NaN or infinity are refused with the reason (an
+ImageError), never guessed at: convert such an image to 8 bits yourself."""
 
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, safe_text
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
 
@@ -38,19 +46,51 @@ def _shrink(img: Image.Image, max_side: int) -> Image.Image:
 def _wide_to_grey(img: Image.Image, max_side: int, band_rows: int = 64) -> Image.Image:
     """16/32-bit single-channel image -> 8-bit "L" of at most ``max_side``, block-averaged
     band by band, so no full-size copy of the image is ever made (Pillow would widen a
-    16-bit image to 32 bits to resize it)."""
+    16-bit image to 32 bits to resize it), scaled by :func:`wide_range` (module docstring)."""
     w, h = img.size
     f = max(1, -(-max(w, h) // max_side))  # integer block size
     out_w, out_h = max(1, w // f), max(1, h // f)
     out = np.empty((out_h, out_w), np.float32)
-    peak = 0.0
+    low, peak, finite = 0.0, 0.0, True
     for y0 in range(0, out_h, band_rows):
         y1 = min(out_h, y0 + band_rows)
         band = np.asarray(img.crop((0, y0 * f, out_w * f, y1 * f)))
-        peak = max(peak, float(band.max()))
+        if img.mode == "F" and not np.isfinite(band).all():
+            finite = False
+            break
+        low, peak = min(low, float(band.min())), max(peak, float(band.max()))
         out[y0:y1] = band.reshape(y1 - y0, f, out_w, f).mean(axis=(1, 3), dtype=np.float32)
-    top = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
-    return Image.fromarray(np.clip(out * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    top = wide_range(img.mode, low, peak, finite)
+    return Image.fromarray(np.clip(np.rint(out * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
+
+
+INT_DEPTHS = (8, 10, 12, 14, 16, 24, 32)
+
+
+def wide_range(mode: str, low: float, peak: float, finite: bool = True) -> float:
+    """The value that becomes white (255) in a wide image of ``mode`` whose values run from
+    ``low`` to ``peak``, or ImageError when the range cannot be told (module docstring)."""
+    kind = "float" if mode == "F" else "integer"
+    if not finite:
+        raise ImageError(f"a {kind} image with NaN or infinite values: convert it to 8 bits first", "corrupt")
+    if low < 0:
+        raise ImageError(f"a {kind} image with negative values (down to {low:g}): its range cannot be told; "
+                         "convert it to 8 bits first", "corrupt")
+    if mode == "F":
+        for top in (1.0, 255.0, 65535.0):
+            if peak <= top:
+                return top
+        raise ImageError(f"a float image with values up to {peak:g}, over 65535: its range cannot be told; "
+                         "convert it to 8 bits first", "corrupt")
+    bits = max(1, int(peak).bit_length())
+    return float(2 ** next(d for d in INT_DEPTHS if d >= bits) - 1)
+
+
+def _wide_grey_named(img: Image.Image, max_side: int, name: str) -> Image.Image:
+    try:
+        return _wide_to_grey(img, max_side)
+    except ImageError as exc:
+        raise ImageError(f"{name}: {exc}", exc.kind) from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -67,7 +107,7 @@ def open_image(source: str | Path | bytes | io.BytesIO, max_pixels: int = DEFAUL
                max_side: int = MAX_SIDE) -> Image.Image:
     """Decode a file path or bytes into an RGB PIL image of at most ``max_side`` pixels on
     its long side, or raise ImageError saying why."""
-    name = str(source) if isinstance(source, (str, Path)) else "upload"
+    name = safe_text(str(source)) if isinstance(source, (str, Path)) else "upload"
     if isinstance(source, (bytes, bytearray)):
         if len(source) == 0:
             raise ImageError("the file is empty (0 bytes)", "empty")
@@ -88,7 +128,7 @@ def open_image(source: str | Path | bytes | io.BytesIO, max_pixels: int = DEFAUL
                 if img.format == "JPEG":
                     img.draft(img.mode, (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale
                 img.load()
-                img = _wide_to_grey(img, max_side) if img.mode in _WIDE_MODES else _shrink(img, max_side)
+                img = _wide_grey_named(img, max_side, name) if img.mode in _WIDE_MODES else _shrink(img, max_side)
                 img = ImageOps.exif_transpose(img) or img
                 return _to_rgb(img)
     except ImageError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -34,7 +35,7 @@ def available_images(
         "offset": offset,
         "limit": limit,
         "labels": sorted(c.class_counts()),
-        "items": [{"id": c.ids[i], "label": c.labels[i] if c.labels else None, "url": f"/api/images/{c.ids[i]}"} for i in page],
+        "items": [{"id": c.ids[i], "label": c.labels[i] if c.labels else None, "url": f"/api/images/{quote(c.ids[i], safe='/')}"} for i in page],
     }
 
 

@@ -1,0 +1,139 @@
+"""A generated collection with every kind of awkward file, through `cbir index`, the
+feature store and the REST API: every skip named, nothing extracted thrown away."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cbir.store_format import load_store, store_dir
+from tests.conftest import COLLECTION, ServiceProcess, free_port, service_env
+
+
+@pytest.fixture
+def awkward(tmp_path):
+    """Two class folders of real Wang images, and one of each awkward thing."""
+    root = tmp_path / "mine"
+    for cls, start in (("africa", 0), ("buses", 300)):
+        (root / cls).mkdir(parents=True)
+        for i in range(start, start + 3):
+            (root / cls / f"{i}.jpg").write_bytes((COLLECTION / f"{i}.jpg").read_bytes())
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / ".ipynb_checkpoints" / "0-checkpoint.jpg").write_bytes((COLLECTION / "0.jpg").read_bytes())
+    (root / "stray.jpg").write_bytes((COLLECTION / "1.jpg").read_bytes())
+    raw = os.path.join(os.fsencode(root / "africa"), b"caf\xe9.jpg")
+    with open(raw, "wb") as fh:
+        fh.write((COLLECTION / "5.jpg").read_bytes())
+    Image.fromarray(np.tile(np.linspace(0, 1, 64, dtype=np.float32), (48, 1)), mode="F").save(root / "buses" / "scan.tif")
+    (root / "buses" / "broken.jpg").write_bytes((COLLECTION / "2.jpg").read_bytes()[:500])
+    (root / "buses" / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    return root
+
+
+def _cbir(*args, env):
+    return subprocess.run([sys.executable, "-m", "cbir", *args], capture_output=True, text=True, env={**os.environ, **env})
+
+
+@pytest.mark.slow
+def test_index_names_every_skip_and_keeps_what_was_extracted(awkward, tmp_path):
+    env = {"CBIR_FEATURES_DIR": str(tmp_path / "f")}
+    r = _cbir("index", "-q", "--collection", str(awkward), "-m", "efficientnet_lite0", env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "8 extracted" in out and "4 skipped" in out, out  # 6 Wang + café + float TIFF; hidden, stray, heic, broken
+    for name in (".ipynb_checkpoints/", "stray.jpg", "phone.heic", "broken.jpg"):
+        assert name in out, (name, out)
+    store = load_store(store_dir(tmp_path / "f", "mine", "efficientnet_lite0", "imagenet"))
+    assert "africa/caf%E9" in store.ids.tolist() and "buses/scan" in store.ids.tolist() and len(store) == 8
+    r = _cbir("search", "--collection", str(awkward), "-m", "efficientnet_lite0", "--id", "africa/caf%E9", "-k", "2", env=env)
+    assert r.returncode == 0 and "africa" in r.stdout, r.stderr
+
+
+def test_cli_lists_all_skipped_on_request(tmp_path):
+    root = tmp_path / "many"
+    root.mkdir()
+    (root / "0.jpg").write_bytes((COLLECTION / "0.jpg").read_bytes())
+    for i in range(12):
+        (root / f"bad{i}.jpg").write_bytes(b"not a jpeg")
+    env = {"CBIR_FEATURES_DIR": str(tmp_path / "f")}
+    r = _cbir("index", "-q", "--collection", str(root), "-m", "efficientnet_lite0", env=env)
+    assert r.returncode == 0 and "12 skipped" in r.stdout and "2 more (--all-skipped" in r.stdout, r.stdout + r.stderr
+    r = _cbir("index", "-q", "--collection", str(root), "-m", "efficientnet_lite0", "--all-skipped", env=env)
+    assert r.stdout.count("  skipped ") == 12 and "bad11.jpg" in r.stdout
+
+
+def test_labels_csv_in_cp1252_is_one_line_from_the_cli(tmp_path):
+    root = tmp_path / "cp"
+    root.mkdir()
+    (root / "0.jpg").write_bytes((COLLECTION / "0.jpg").read_bytes())
+    (root / "labels.csv").write_bytes("0,caf\xe9\n".encode("cp1252"))
+    r = _cbir("index", "--collection", str(root), env={"CBIR_FEATURES_DIR": str(tmp_path / "f")})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "labels.csv: line 1 is not UTF-8" in lines[0], r.stderr
+
+
+@pytest.mark.redis
+def test_api_lists_and_serves_an_image_whose_name_is_not_utf8(awkward, fresh_redis, tmp_path):
+    """A real `cbir api` (Starlette's TestClient decodes a path twice, a server once)."""
+    import json
+    import urllib.request
+
+    port = free_port()
+    env = service_env(fresh_redis.url, tmp_path, CBIR_COLLECTION=str(awkward), CBIR_FEATURES_DIR=str(tmp_path / "f"))
+    server = ServiceProcess([sys.executable, "-m", "cbir", "api", "--port", str(port)], port, env, tmp_path / "api.log").start()
+    try:
+        def get(path, token=None):
+            req = urllib.request.Request(server.url + path, headers={"Authorization": f"Bearer {token}"} if token else {})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.read()
+
+        login = urllib.request.Request(server.url + "/api/login", data=json.dumps({"username": "researcher", "password": "umons2024"}).encode(),
+                                       headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(login, timeout=30) as r:
+            token = json.loads(r.read())["access_token"]
+        page = json.loads(get("/api/available_images?q=caf", token))
+        item = page["items"][0]
+        assert item == {"id": "africa/caf%E9", "label": "africa", "url": "/api/images/africa/caf%25E9"}
+        assert get(item["url"], token) == (COLLECTION / "5.jpg").read_bytes()
+        assert len(json.loads(get("/api/available_images?limit=1000", token))["items"]) == 9  # the scan keeps broken.jpg: only decoding finds it broken
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+def test_collection_page_names_what_the_scan_skipped(awkward, fresh_redis, tmp_path, monkeypatch):
+    """The Collection page (run by Streamlit's AppTest, logged in as an admin) lists the skips."""
+    import redis as redis_lib
+    from streamlit.testing.v1 import AppTest
+
+    import streamlit as st
+
+    from cbir.config import Settings, reset_settings
+    from cbir.users import UserStore, bootstrap
+    from tests.conftest import ROOT
+
+    for key, value in {"CBIR_REDIS_URL": fresh_redis.url, "CBIR_DEMO": "1", "CBIR_COLLECTION": str(awkward),
+                       "CBIR_FEATURES_DIR": str(tmp_path / "f"), "CBIR_VAR_DIR": str(tmp_path / "var")}.items():
+        monkeypatch.setenv(key, value)
+    reset_settings()
+    users = UserStore(redis_lib.Redis.from_url(fresh_redis.url, decode_responses=True))
+    bootstrap(users, Settings(demo=True, var_dir=tmp_path / "var"))
+    at = AppTest.from_file(str(ROOT / "app_pages" / "collection.py"), default_timeout=120)
+    at.session_state["authentication_status"] = True
+    at.session_state["username"] = "admin"
+    at.session_state["roles"] = ["admin"]
+    at.session_state["auth_binding"] = users.binding("admin")
+    try:
+        at.run()
+    finally:  # this process's next test must not see this collection
+        st.cache_resource.clear()
+        monkeypatch.undo()
+        reset_settings()
+    assert not at.exception, at.exception
+    [expander] = [e for e in at.expander if "skipped while reading the folder" in e.label]
+    assert expander.label.startswith("3 file(s)")  # hidden folder, stray, heic (broken.jpg fails only at decoding)
+    shown = expander.dataframe[0].value
+    assert set(shown["File"]) == {".ipynb_checkpoints/", "stray.jpg", "buses/phone.heic"}
