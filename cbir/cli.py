@@ -65,7 +65,7 @@ def _add_backend_options(sp) -> None:
 
     sp.add_argument("--backend", default=None, help=f"vector index: {', '.join(CHOICES)} (default: CBIR_INDEX_BACKEND, auto = "
                     "exact up to CBIR_EXACT_MAX vectors, FAISS above)")
-    sp.add_argument("--depth", type=int, default=None, help="candidates per model from an approximate index (default 1000); AP is AP@depth")
+    sp.add_argument("--depth", type=_bounded_int(1, 100_000), default=None, help="candidates per model from an approximate index (default 1000); AP is AP@depth")
 
 
 def _add_rerank_options(sp) -> None:
@@ -170,6 +170,7 @@ def cmd_search(args) -> int:
     from .index import get_backend
     from .request import parse_search
 
+    _check_outputs(args.csv)
     engine = _engine(args)
     models = _models_arg(args.model)
     if (args.id is None) == (args.image is None):
@@ -187,7 +188,7 @@ def cmd_search(args) -> int:
     if args.csv:
         from .export import search_csv
 
-        Path(args.csv).write_text(search_csv(resp.to_dict()))
+        _write_text(args.csv, search_csv(resp.to_dict()))
         print(f"wrote {args.csv}", file=sys.stderr)
     if args.json:
         print(json.dumps(resp.to_dict(), indent=2))
@@ -213,6 +214,7 @@ def cmd_evaluate(args) -> int:
 
     if args.plot and Path(args.plot).suffix.lower() not in (".html", ".png"):
         return _fail(f"--plot writes .html or .png, not {args.plot}")
+    _check_outputs(args.json, args.csv, args.plot)
     engine = _engine(args)
     models = _models_arg(args.model)
     weights = _weights_arg(args.weights, models)
@@ -246,15 +248,47 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _check_outputs(*paths: str | None) -> None:
+    """Refuse, before any work, an output file whose folder is missing or not writable."""
+    for path in filter(None, paths):
+        folder = Path(path).resolve().parent
+        if not folder.is_dir():
+            raise CBIRError(f"cannot write {path}: the folder {folder.name or folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise CBIRError(f"cannot write {path}: the folder is not writable")
+
+
+def _write_text(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise CBIRError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _bounded_int(low: int, high: int):
+    """An argparse type: a whole number in low..high (one line of usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a whole number is needed, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"between {low} and {high:,}, got {value}")
+        return value
+
+    return parse
+
+
 def _write_report(args, report: dict) -> None:
     """--json, --csv and --plot (.html or .png) of an evaluation report."""
     from .export import report_curves, reports_csv, write_figure
 
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        _write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.csv:
-        Path(args.csv).write_text(reports_csv([report]))
+        _write_text(args.csv, reports_csv([report]))
         print(f"wrote {args.csv}")
     if args.plot:
         write_figure(args.plot, report_curves([report]), f"Mean 11-point interpolated PR: {report['name']}")
@@ -266,6 +300,7 @@ def cmd_tune_weights(args) -> int:
 
     from .tuning import sweep_weights
 
+    _check_outputs(args.json)
     engine = _engine(args)
     models = _models_arg(args.model)
     bar = tqdm(unit="point", desc="weight sweep", disable=args.quiet, file=sys.stderr)
@@ -283,11 +318,11 @@ def cmd_tune_weights(args) -> int:
         if args.json == "-":
             sys.stdout.write(text)
             return 0
-        Path(args.json).write_text(text)
+        _write_text(args.json, text)
     order = sorted(range(len(result.map)), key=lambda i: -result.map[i])
-    print(f"{args.method} fusion of {', '.join(models)}, {result.metric}, step {args.step:g}: {len(result.map)} weightings x "
+    print(f"{args.method} fusion of {', '.join(result.models)}, {result.metric}, step {args.step:g}: {len(result.map)} weightings x "
           f"{result.queries} queries in {result.seconds:.1f} s")
-    print("".join(f"{m[:18]:>20}" for m in models) + f"{'mAP':>9}{'P@20':>9}")
+    print("".join(f"{m[:18]:>20}" for m in result.models) + f"{'mAP':>9}{'P@20':>9}")
     for i in order[: args.top]:
         print("".join(f"{w:>20.2f}" for w in result.weights[i]) + f"{result.map[i]:>9.4f}{result.p_at_20[i]:>9.4f}")
     best, equal = out["best"], out["equal_weights"]
@@ -402,13 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
     _add_rerank_options(sp)
     _add_backend_options(sp)
-    sp.add_argument("--queries", type=int, default=None, help="evaluate a seeded random sample of N queries (default: every labelled image)")
+    sp.add_argument("--queries", type=_bounded_int(1, 10_000_000), default=None, help="evaluate a seeded random sample of N queries (default: every labelled image)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the --queries sample (default 0)")
     sp.add_argument("--ties", choices=("stable", "average"), default="stable",
                     help="equal distances: 'stable' (collection order, default) or 'average' (tie-aware AP, P@k, "
                          "R-precision: McSherry & Najork 2008)")
-    sp.add_argument("--feedback-rounds", type=int, default=0, help="simulate N rounds of Rocchio feedback with the true labels")
-    sp.add_argument("--feedback-k", type=int, default=20, help="results judged per feedback round (default 20)")
+    sp.add_argument("--feedback-rounds", type=_bounded_int(0, 20), default=0, help="simulate N rounds of Rocchio feedback with the true labels")
+    sp.add_argument("--feedback-k", type=_bounded_int(1, 1000), default=20, help="results judged per feedback round (default 20)")
     sp.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     sp.add_argument("--csv", metavar="FILE", help="also write the report as CSV (summary and per-class AP)")
     sp.add_argument("--plot", metavar="FILE", help="also write the PR figure: FILE.html (interactive, offline) or FILE.png")

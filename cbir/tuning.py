@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from .distances import normalise_metric
-from .errors import CBIRError, WorkLimitError
+from .errors import CBIRError, RequestError, WorkLimitError
+from .extractors import get_spec
 from .evaluation import evaluate_distances
 from .fusion import fuse
 from .index.exact import ExactIndex
@@ -146,7 +147,9 @@ def sweep_weights(catalogue: StoreCatalogue, models: Sequence[str], method: str 
     began = time.perf_counter()
     if method not in SWEEP_METHODS:
         raise CBIRError(f"a weight sweep needs a weighted method ({', '.join(SWEEP_METHODS)}); {method!r} ignores the weights")
-    models = list(dict.fromkeys(models))
+    models = list(dict.fromkeys(get_spec(m).name for m in models))  # any spelling of a model, once
+    if not MODELS_RANGE[0] <= len(models) <= MODELS_RANGE[1]:
+        raise RequestError(f"a weight sweep fuses {MODELS_RANGE[0]} to {MODELS_RANGE[1]} different models, got {len(models)}")
     grid = simplex_grid(len(models), step)
     metric = normalise_metric(metric)
     stores = catalogue.stores(models)

@@ -3,7 +3,7 @@ the engine (metrics, fusion methods, roles, re-ranking), so the API cannot drift
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from ..distances import METRIC_ALIASES, METRICS
 from ..fusion import FUSION_METHODS
@@ -52,13 +52,14 @@ class SearchBody(BaseModel):
     models: list[str] | None = Field(None, min_length=1, max_length=MAX_MODELS, description="default: the default model")
     metric: str = Field("cosine", max_length=32, description=f"one of {', '.join(METRICS)} (aliases: {', '.join(METRIC_ALIASES)})")
     # bounds checked once, by the engine's parser (cbir.request); here they are documented
-    top_k: int = Field(10, json_schema_extra={"minimum": 1, "maximum": MAX_TOP_K})
+    # a JSON number (true, 2.5 refused) or a form field's text; the parser checks the value
+    top_k: StrictInt | str = Field(10, json_schema_extra={"minimum": 1, "maximum": MAX_TOP_K})
     exclude_query: bool = True
     rerank: RerankParams | None = Field(None, description="re-ranking (cosine only)")
     feedback: list[FeedbackRound] | None = Field(None, max_length=MAX_FEEDBACK_ROUNDS, description="Rocchio relevance-feedback rounds (cosine only)")
-    backend: Literal[CHOICES] | None = Field(None, description="vector index: auto, exact, faiss or milvus (default: the server's "
+    backend: str | None = Field(None, max_length=16, description=f"vector index: {', '.join(CHOICES)}, any case (default: the server's "
                                              "CBIR_INDEX_BACKEND; auto = exact up to CBIR_EXACT_MAX vectors, FAISS above)")
-    depth: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": MAX_DEPTH}, description="candidates per model from an approximate index (default max(top_k, CBIR_SEARCH_DEPTH)); AP is AP@depth")
+    depth: StrictInt | str | None = Field(None, json_schema_extra={"minimum": 1, "maximum": MAX_DEPTH}, description="candidates per model from an approximate index (default max(top_k, CBIR_SEARCH_DEPTH)); AP is AP@depth")
 
     @field_validator("models")
     @classmethod

@@ -127,12 +127,30 @@ def test_search_combined(client):
         ({"image_id": "1", "models": ["vgg16"]}, 400, "cbir index"),
         ({}, 422, "exactly one query"),
         ({"image_id": "1", "surprise": 1}, 422, "surprise"),
+        ({"image_id": "1", "top_k": True}, 422, "top_k"),
+        ({"image_id": "1", "top_k": 2.5}, 422, "top_k"),
+        ({"image_id": "1", "depth": 0, "backend": "faiss"}, 422, "depth"),
+        ({"image_id": "1", "backend": "annoy"}, 422, "unknown index backend"),
+        ({"image_id": "1", "rerank": {"method": "aqe"}, "metric": "l2"}, 400, "choose cosine"),
     ],
 )
 def test_search_bad_input(client, payload, status, message):
     r = client.post("/api/search", json=payload, headers=login(client))
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
+
+
+def test_every_spelling_the_cli_accepts_the_api_accepts(client):
+    """Names go through the engine's one parser: metric aliases, any case of a backend or a
+    model, weights keyed by another spelling of a model (the API used to refuse them)."""
+    h = login(client)
+    plain = client.post("/api/search", json={"image_id": "412", "metric": "euclidean", "backend": "exact"}, headers=h).json()
+    alias = client.post("/api/search", json={"image_id": "412", "metric": "L2", "backend": "EXACT", "models": ["EfficientNet-Lite0"]}, headers=h)
+    assert alias.status_code == 200, alias.text
+    assert alias.json()["metric"] == "euclidean" and alias.json()["models"] == plain["models"]
+    weighted = client.post("/api/search_combined", json={"image_id": "412", "models": ["EfficientNet-Lite0", "efficientnet_lite1"],
+                                                         "method": "weighted", "weights": {"EfficientNet-Lite0": 1, "efficientnet_lite1": 2}}, headers=h)
+    assert weighted.status_code == 200 and weighted.json()["weights"] == {"efficientnet_lite0": 1.0, "efficientnet_lite1": 2.0}, weighted.text
 
 
 def _jpeg_bytes(i=42):

@@ -125,3 +125,12 @@ def test_a_sweep_can_stop_inside_a_distance_matrix(engine):
     sweep_weights(engine, LITE[:2], "weighted", 0.5, progress=lambda done, total: calls.append(done))
     blocks = math.ceil(1000 / MATRIX_ROWS)
     assert calls == [0] * (2 * blocks) + [1, 2, 3]
+
+
+def test_a_sweep_names_each_model_once_whatever_its_spelling(engine):
+    from cbir.errors import RequestError
+
+    with pytest.raises(RequestError, match="2 to 3 different models"):
+        sweep_weights(engine, [LITE[0], "EfficientNet-Lite0"], "weighted", 0.5)  # one model twice
+    r = sweep_weights(engine, ["EfficientNet-Lite0", LITE[1]], "weighted", 0.5, metric="l2")
+    assert r.models == LITE[:2] and r.metric == "euclidean"

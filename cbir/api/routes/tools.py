@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ...distances import METRICS
+from ...distances import METRIC_ALIASES, METRICS
 from ...evaluation import TIE_RULES
 from ...fusion import FUSIONS
 from ...errors import CBIRError
@@ -31,7 +31,7 @@ class TuneWeightsRequest(BaseModel):
     method: Literal[SWEEP_METHODS] = "weighted"
     step: float = Field(DEFAULT_STEP, ge=STEP_RANGE[0], le=STEP_RANGE[1], allow_inf_nan=False,
                         description="grid step on the weight simplex; must divide 1")
-    metric: Literal[tuple(METRICS)] = "cosine"
+    metric: str = Field("cosine", max_length=32, description=f"one of {', '.join(METRICS)} (aliases: {', '.join(METRIC_ALIASES)})")
 
     @field_validator("step")
     @classmethod
@@ -59,7 +59,7 @@ async def tune_weights(request: Request, service: Service, user: CurrentUser, bo
 class EvaluateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     models: list[str] = Field(min_length=1, max_length=MODELS_RANGE[1], description="one model, or 2-3 fused")
-    metric: Literal[tuple(METRICS)] = "cosine"
+    metric: str = Field("cosine", max_length=32, description=f"one of {', '.join(METRICS)} (aliases: {', '.join(METRIC_ALIASES)})")
     method: Literal[tuple(FUSIONS)] = "average"
     ties: Literal[TIE_RULES] = Field("stable", description="stable: equal distances in collection order; average: tie-aware")
     queries: int | None = Field(None, ge=1, description="a seeded sample of this many queries (default: every labelled image)")
