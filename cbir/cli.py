@@ -17,10 +17,19 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
+def _collection(args):
+    """``--collection NAME|FOLDER``: a registered name, or a folder scanned as it is (default:
+    the default collection)."""
+    from .collection_registry import CollectionRegistry
+    from .config import get_settings
+
+    return CollectionRegistry(get_settings()).open(args.collection)
+
+
 def _engine(args):
     from .engine import Engine
 
-    return Engine(args.collection)
+    return Engine(_collection(args))
 
 
 def _models_arg(value: str | None) -> list[str]:
@@ -79,11 +88,9 @@ def _add_rerank_options(sp) -> None:
 
 def cmd_models(args) -> int:
     from .extractors import default_model
-    from .engine import Engine
-    from .collection import scan_collection
 
     try:
-        engine = Engine(scan_collection(args.collection))
+        engine = _engine(args)
         infos = engine.model_info()
     except CBIRError:
         from .extractors import MODELS, model_status
@@ -105,12 +112,11 @@ def cmd_models(args) -> int:
 def cmd_index(args) -> int:
     import contextlib
 
-    from .collection import scan_collection
     from .config import get_settings
     from .extractors import MODELS, can_extract, normalise_weights
 
     settings = get_settings()
-    collection = scan_collection(args.collection)
+    collection = _collection(args)
     if collection.label_note:
         print(f"cbir: note: {collection.label_note}", file=sys.stderr)
     weights = normalise_weights(args.weights)
@@ -334,13 +340,40 @@ def cmd_tune_weights(args) -> int:
     return 0
 
 
+def cmd_collections(args) -> int:
+    import getpass
+
+    from .collection_registry import CollectionRegistry, describe
+    from .config import get_settings
+
+    registry = CollectionRegistry(get_settings())
+    if args.collections_command == "add":
+        entry = registry.add(args.name, args.folder, actor=f"cli:{getpass.getuser()}")
+        print(f"added {entry.name} -> {entry.folder}; index it: cbir index --collection {entry.name}")
+        return 0
+    if args.collections_command == "remove":
+        entry = registry.remove(args.name)
+        print(f"removed {entry.name} and its feature stores (its images in {entry.folder} are left in place)")
+        return 0
+    rows = [describe(registry, entry) for entry in registry.entries().values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<24}{'images':>8}  {'labels':<12}folder; models indexed")
+    for r in rows:
+        images = "?" if r["images"] is None else str(r["images"])
+        print(f"{r['name'] + (' *' if r['default'] else ''):<24}{images:>8}  {r['labels']:<12}{r['folder']}; "
+              f"{', '.join(r['models']) or 'none'}" + (f"  ({r['error']})" if r["error"] else ""))
+    print("* default collection")
+    return 0
+
+
 def cmd_import_features(args) -> int:
-    from .collection import scan_collection
     from .config import get_settings
     from .importing import import_features
 
     settings = get_settings()
-    report = import_features(Path(args.file), args.name, scan_collection(args.collection),
+    report = import_features(Path(args.file), args.name, _collection(args),
                              Path(args.features or settings.features_dir), replace=args.replace)
     if settings.redis_url:  # the audit log, best effort (an embedded Redis is not started for one line)
         from .redisdb import get_redis
@@ -390,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
-        sp.add_argument("--collection", default=str(settings.collection), help="collection folder (default: %(default)s)")
+        sp.add_argument("--collection", default=None, metavar="NAME|FOLDER",
+                        help=f"a registered collection (`cbir collections list`) or a folder (default: {settings.collection})")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     sp = sub.add_parser("models", help="list models, their availability and why")
@@ -474,6 +508,17 @@ def build_parser() -> argparse.ArgumentParser:
     dl = wsub.add_parser("download", help="download Keras ImageNet weights into the models cache (needs network)")
     dl.add_argument("models", nargs="*", help="vgg16, resnet50, mobilenet (default: all three)")
     dl.set_defaults(func=cmd_weights_download)
+    sp = sub.add_parser("collections", help="the collections this server knows (name -> folder)")
+    csub = sp.add_subparsers(dest="collections_command", required=True)
+    cl = csub.add_parser("list", help="name, folder, images, labels, models indexed")
+    cl.add_argument("--json", action="store_true", help="machine-readable output")
+    ca = csub.add_parser("add", help="register a folder of images under a name")
+    ca.add_argument("name", help="1-64 letters, digits, '_', '.' or '-'")
+    ca.add_argument("folder", help="a folder on this machine (class sub-folders or a labels.csv give labels)")
+    cr = csub.add_parser("remove", help="forget a collection and delete its feature stores (its images stay)")
+    cr.add_argument("name")
+    for c in (cl, ca, cr):
+        c.set_defaults(func=cmd_collections)
     sp = sub.add_parser("redis", help="the embedded Redis (when CBIR_REDIS_URL is unset)")
     rsub = sp.add_subparsers(dest="redis_command", required=True)
     for name, text in (("start", "start it and keep it running with no owner (reused by app, API and CLI)"),

@@ -83,6 +83,7 @@ class Collection:
     label_source: str  # "labels.csv", "folders" or "none"
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative name, why) of images the scan left out
     label_note: str = ""  # why the labels are not what the folder suggests (e.g. too many root images)
+    alias: str | None = None  # the name it is registered under (cbir.collection_registry), if not the folder's
     _index: dict[str, int] = field(default_factory=dict, repr=False)
     _labels_memo: dict[tuple, object] = field(default_factory=dict, repr=False)
     _find_memo: dict[str, list[int]] = field(default_factory=dict, repr=False)
@@ -93,7 +94,8 @@ class Collection:
 
     @property
     def name(self) -> str:
-        return self.root.resolve().name
+        """What stores and caches are keyed by: the registered name, else the folder's name."""
+        return self.alias or self.root.resolve().name
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -188,9 +190,10 @@ def file_signature(path: Path) -> str:
     return digest.hexdigest()
 
 
-def scan_collection(root: str | Path) -> Collection:
-    """Scan ``root`` by the scan rule (module docstring). Raises CollectionError if the
-    folder is missing or holds no image, or if labels.csv cannot be read."""
+def scan_collection(root: str | Path, name: str | None = None) -> Collection:
+    """Scan ``root`` by the scan rule (module docstring); ``name``: the name it is registered
+    under, when not the folder's. Raises CollectionError if the folder is missing or holds
+    no image, or if labels.csv cannot be read."""
     root = Path(root)
     if not root.exists():
         raise CollectionError(f"collection folder {safe_text(str(root))!r} does not exist")
@@ -207,7 +210,8 @@ def scan_collection(root: str | Path) -> Collection:
         skipped += [(_shown(paths[k], root), "at the root of a collection labelled by its sub-folders, so it has no "
                      "class: skipped (move it into a class folder)") for k, label in enumerate(labels) if label is None]
         ids, paths, labels = [ids[k] for k in keep], [paths[k] for k in keep], [labels[k] for k in keep]
-    return Collection(root=root, ids=ids, paths=paths, labels=labels, label_source=source, skipped=skipped, label_note=note)
+    return Collection(root=root, ids=ids, paths=paths, labels=labels, label_source=source, skipped=skipped, label_note=note,
+                      alias=name)
 
 
 def _shown(path: Path, root: Path) -> str:

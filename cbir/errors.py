@@ -40,6 +40,10 @@ class CollectionError(CBIRError):
     """A missing folder, an empty collection, missing labels, an unknown image id."""
 
 
+class CollectionExistsError(CollectionError):
+    """A collection name that is taken (HTTP 409)."""
+
+
 class UnknownImageError(CollectionError):
     """An image id that is not in the collection."""
 
@@ -178,6 +182,7 @@ CONTRACTS: dict[type | tuple[type, str], ErrorContract] = {
     UnknownNameError: ErrorContract(422),
     RequestError: ErrorContract(422),
     UnknownImageError: ErrorContract(404),
+    CollectionExistsError: ErrorContract(409),
     (ImageError, "not_image"): ErrorContract(415),
     (ImageError, "too_large"): ErrorContract(413),
     (ImageError, "missing"): ErrorContract(404),

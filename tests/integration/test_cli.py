@@ -123,3 +123,26 @@ def test_evaluate_a_tiny_collection_with_a_singleton_class(tmp_path):
     report = json.loads(out.read_text())
     assert report["singleton_queries_left_out"] == 1 and report["queries_scored"] == 4 and report["mAP"] == 1.0
     assert report["P@10"] == 0.1 and "dinosaurs" not in report["per_class_AP"]
+
+
+@pytest.mark.slow
+def test_a_named_collection_from_add_to_remove(small_collection, tmp_path):
+    """`cbir collections add` names a folder; every command then takes the name (stores under
+    features/<name>/), `list` shows it indexed, `remove` takes its stores and leaves its images."""
+    env = {"CBIR_FEATURES_DIR": str(tmp_path / "features"), "CBIR_VAR_DIR": str(tmp_path / "var")}
+    added = run("collections", "add", "wang-12", str(small_collection), env=env)
+    assert added.returncode == 0 and "added wang-12" in added.stdout, added.stderr
+    indexed = run("index", "-q", "--collection", "wang-12", "-m", "efficientnet_lite0", env=env)
+    assert indexed.returncode == 0, indexed.stderr
+    assert (tmp_path / "features" / "wang-12" / "efficientnet_lite0" / "manifest.json").exists()
+    found = run("search", "--collection", "wang-12", "--id", "300", "-k", "3", "--json", env=env)
+    hits = json.loads(found.stdout)["models"]["efficientnet_lite0"]["results"]
+    assert [h["label"] for h in hits] == ["buses"] * 3, found.stderr
+    listed = {r["name"]: r for r in json.loads(run("collections", "list", "--json", env=env).stdout)}
+    assert listed["wang-12"]["images"] == 12 and listed["wang-12"]["models"] == ["efficientnet_lite0"]
+    assert listed["image.orig"]["default"]
+    removed = run("collections", "remove", "wang-12", env=env)
+    assert removed.returncode == 0 and not (tmp_path / "features" / "wang-12").exists()
+    assert len(list(small_collection.glob("*.jpg"))) == 12  # a server folder's images stay
+    gone = run("search", "--collection", "wang-12", "--id", "300", env=env)
+    assert gone.returncode == 2 and "unknown collection 'wang-12'" in gone.stderr

@@ -1,0 +1,145 @@
+"""The collections a server knows: a name and a folder each, kept in one JSON file with the
+runtime state (``<CBIR_VAR_DIR>/collections.json``), written atomically under a lock.
+
+The default collection (CBIR_COLLECTION, ``image.orig``) is always there, under its folder's
+name, and cannot be removed. A name is what stores, caches and URLs use (``features/<name>/``),
+so two folders both called ``photos`` live side by side under two names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .collection import Collection, scan_collection
+from .config import Settings
+from .errors import CollectionError, CollectionExistsError, RequestError, UnknownNameError
+from .store_format import store_exists, store_lock, write_atomic
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+REGISTRY_FILE = "collections.json"
+
+
+@dataclass(frozen=True)
+class CollectionEntry:
+    """One registered collection: ``name`` (1-64 of ``A-Za-z0-9_.-``), its ``folder``
+    (absolute), who added it and when (Unix seconds), and whether its images were uploaded
+    (removed with it) or are a folder of the server's (left in place)."""
+
+    name: str
+    folder: str
+    added_by: str = "settings"
+    added_at: float = 0.0
+    uploaded: bool = False
+    default: bool = False
+
+
+class CollectionRegistry:
+    """The server's collections. Raises :class:`UnknownNameError` for a name not registered,
+    :class:`CollectionExistsError` for a name taken, :class:`RequestError` for a bad name and
+    :class:`CollectionError` for a folder that is not a collection."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.path = Path(settings.var_dir) / REGISTRY_FILE
+
+    @property
+    def default(self) -> CollectionEntry:
+        folder = Path(self.settings.collection).resolve()
+        return CollectionEntry(folder.name, str(folder), default=True)
+
+    def entries(self) -> dict[str, CollectionEntry]:
+        """Every collection by name, the default first."""
+        stored = self._read()
+        out = {self.default.name: self.default}
+        out.update({name: CollectionEntry(**e) for name, e in sorted(stored.items()) if name != self.default.name})
+        return out
+
+    def get(self, name: str) -> CollectionEntry:
+        found = self.entries().get(name)
+        if found is None:
+            raise UnknownNameError(f"unknown collection {name!r}; choose one of: {', '.join(self.entries())} "
+                                   "(or add it: `cbir collections add NAME FOLDER`)")
+        return found
+
+    def open(self, name_or_folder: str | Path | None = None) -> Collection:
+        """The named collection scanned (None: the default); a path to a folder that is not a
+        registered name is scanned as it is (the CLI's ``--collection FOLDER``)."""
+        if name_or_folder is None:
+            return scan_collection(self.default.folder)
+        key = str(name_or_folder)
+        if key in self.entries():
+            entry = self.entries()[key]
+            return scan_collection(entry.folder, name=entry.name)
+        if os.sep in key or Path(key).is_dir():
+            return scan_collection(key)
+        return scan_collection(self.get(key).folder)  # raises the unknown-name error
+
+    def add(self, name: str, folder: str | Path, actor: str, uploaded: bool = False) -> CollectionEntry:
+        """Register ``folder`` as ``name`` after scanning it (it must hold images)."""
+        if not NAME_RE.match(name or ""):
+            raise RequestError(f"a collection name is 1-64 letters, digits, '_', '.' or '-' and starts with a letter "
+                               f"or digit, got {name!r}")
+        folder = Path(folder).resolve()
+        collection = scan_collection(folder, name=name)  # CollectionError: missing, not a folder, no images
+        with self._locked():
+            stored = self._read()
+            if name in stored or name == self.default.name:
+                raise CollectionExistsError(f"a collection named {name!r} exists; choose another name or remove it first")
+            entry = CollectionEntry(name, str(folder), actor, time.time(), uploaded)
+            stored[name] = asdict(entry)
+            self._write(stored)
+        del collection
+        return entry
+
+    def remove(self, name: str) -> CollectionEntry:
+        """Forget ``name`` and delete its feature stores; its images only if they were uploaded."""
+        entry = self.get(name)
+        if entry.default:
+            raise RequestError(f"{name!r} is the default collection (CBIR_COLLECTION): it cannot be removed")
+        with self._locked():
+            stored = self._read()
+            stored.pop(name, None)
+            self._write(stored)
+        shutil.rmtree(Path(self.settings.features_dir) / name, ignore_errors=True)
+        if entry.uploaded:
+            shutil.rmtree(entry.folder, ignore_errors=True)
+        return entry
+
+    # -- the file -----------------------------------------------------------------------------
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise CollectionError(f"{self.path} is damaged ({exc}); fix or delete it (the default collection "
+                                  "needs no entry)") from None
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, stored: dict) -> None:
+        write_atomic(self.path, lambda fh: fh.write(json.dumps(stored, indent=1, sort_keys=True).encode()))
+
+    def _locked(self):
+        """One writer at a time, across processes (the flock the stores use, on this file)."""
+        return store_lock(self.path)
+
+
+def describe(registry: CollectionRegistry, entry: CollectionEntry) -> dict:
+    """What a listing shows of one collection: name, folder, images, labels source, the models
+    with a feature store for it; ``error`` when its folder cannot be read now."""
+    row = {"name": entry.name, "folder": entry.folder, "default": entry.default, "uploaded": entry.uploaded,
+           "added_by": entry.added_by, "images": None, "labels": "?", "models": [], "error": None}
+    try:
+        collection = scan_collection(entry.folder, name=entry.name)
+        row.update(images=len(collection), labels=collection.label_source)
+    except CollectionError as exc:
+        row["error"] = str(exc)
+    stores = Path(registry.settings.features_dir) / entry.name
+    row["models"] = sorted(p.name for p in stores.iterdir() if p.is_dir() and store_exists(p)) if stores.is_dir() else []
+    return row
