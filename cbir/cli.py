@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rerank_options(sp)
     _add_backend_options(sp)
     sp.add_argument("--queries", type=_bounded_int(1, 10_000_000), default=None, help="evaluate a seeded random sample of N queries (default: every labelled image)")
-    sp.add_argument("--seed", type=int, default=0, help="seed of the --queries sample (default 0)")
+    sp.add_argument("--seed", type=_bounded_int(0, 2**32 - 1), default=0, help="seed of the --queries sample (default 0)")
     sp.add_argument("--ties", choices=("stable", "average"), default="stable",
                     help="equal distances: 'stable' (collection order, default) or 'average' (tie-aware AP, P@k, "
                          "R-precision: McSherry & Najork 2008)")

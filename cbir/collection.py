@@ -7,8 +7,11 @@ The scan rule (one rule for every folder; README "Your own collections"):
   recursively; everything else (``labels.csv``, notes) is not an image and is ignored;
 - hidden files and hidden folders (a name starting with ".": ``.ipynb_checkpoints/``,
   ``.thumbnails/``) are skipped, the folder with everything in it;
-- symbolic links are followed (a class folder may live elsewhere); a link back to a folder
-  that contains it (a loop) is refused, a link to nothing is skipped;
+- symbolic links to folders are followed (a class folder may live elsewhere); a link back to
+  a folder that contains it (a loop) is refused, a link to nothing is skipped, a link to a
+  *file* outside the collection and its linked folders is skipped (``leak.png ->
+  /etc/passwd`` in a downloaded archive would be served as an image); a scan stops with an
+  error past 5,000,000 entries or 64 folders deep;
 - every image skipped for any reason (hidden, broken link, loop, a format this Pillow
   cannot decode such as ``.heic``, an id taken twice, a stray root image) is kept in
   ``Collection.skipped`` as ``(name, why)``; indexing counts and names them.
@@ -66,7 +69,9 @@ LABEL_RE = re.compile(r"[\w .-]{1,40}")
 
 
 def _natural_key(text: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+    """Natural order: the ASCII digit runs compare as numbers ("2" < "10"), the rest as text
+    (a "²" is text: ``str.isdigit`` would take it for a number that ``int`` refuses)."""
+    return [(0, int(t), "") if k % 2 else (1, 0, t) for k, t in enumerate(re.split(r"([0-9]+)", text))]
 
 
 @dataclass
@@ -174,6 +179,17 @@ class Collection:
             self._search_names = [f"{i} {str(p).removeprefix(prefix)}".lower() for i, p in zip(self.ids, self.paths)]
         return self._search_names
 
+    @property
+    def labels_digest(self) -> str:
+        """A hash of the collection's name and every (id, label): what a cached answer's labels,
+        relevance and figures depend on besides the stores (computed once)."""
+        if "digest" not in self._labels_memo:
+            digest = hashlib.blake2b(self.name.encode(), digest_size=12)
+            for image_id, label in zip(self.ids, self.labels or [None] * len(self.ids)):
+                digest.update(f"{image_id}\0{label}\0".encode("utf-8", "surrogateescape"))
+            self._labels_memo["digest"] = digest.hexdigest()
+        return self._labels_memo["digest"]
+
     def class_counts(self) -> dict[str, int]:
         return dict(Counter(self.labels)) if self.labels else {}
 
@@ -218,13 +234,20 @@ def _shown(path: Path, root: Path) -> str:
     return safe_text(os.path.relpath(path, root).replace(os.sep, "/"))
 
 
+#: Bounds of one scan (a link to ``/`` must not walk the whole machine).
+MAX_SCAN_ENTRIES = 5_000_000
+MAX_SCAN_DEPTH = 64
+
+
 def _walk(root: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
     """(relative name, path) of every image under ``root``, and (name, why) of every image
     or folder skipped, following symbolic links but never round a loop."""
     exts = image_extensions()
     found: list[tuple[str, Path]] = []
     skipped: list[tuple[str, str]] = []
+    allowed = [os.path.realpath(root) + os.sep]  # where a file link may point: the collection, linked folders
     stack = [(str(root), "", (_node(str(root)),))]
+    visited = 0
     while stack:
         folder, rel, ancestors = stack.pop()
         try:
@@ -232,6 +255,10 @@ def _walk(root: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
         except OSError as exc:
             skipped.append((safe_text(rel or ".") + "/", f"folder not readable ({exc.strerror}): skipped"))
             continue
+        visited += len(entries)
+        if visited > MAX_SCAN_ENTRIES or len(ancestors) > MAX_SCAN_DEPTH:
+            raise CollectionError(f"collection {safe_text(str(root))!r} is too large to scan: over {MAX_SCAN_ENTRIES:,} "
+                                  f"entries or {MAX_SCAN_DEPTH} folders deep (a link to a whole disk?)")
         for entry in entries:
             name = f"{rel}/{entry.name}" if rel else entry.name
             kind, hidden = _kind(entry), entry.name.startswith(".")
@@ -242,7 +269,13 @@ def _walk(root: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
                 elif node in ancestors:
                     skipped.append((safe_text(name) + "/", "symbolic link back to a folder that contains it (a loop): not followed"))
                 else:
+                    if entry.is_symlink():  # a class folder living elsewhere: its files may be links into it
+                        allowed.append(os.path.realpath(entry.path) + os.sep)
                     stack.append((entry.path, name, ancestors + (node,)))
+                continue
+            if kind == "file" and entry.is_symlink() and not os.path.realpath(entry.path).startswith(tuple(allowed)):
+                # `leak.png -> /etc/passwd` in a downloaded archive would be served as an image
+                skipped.append((safe_text(name), "symbolic link to a file outside the collection: not followed"))
                 continue
             ext = os.path.splitext(entry.name)[1].lower()
             why = _skip_reason(kind, hidden, ext, exts)

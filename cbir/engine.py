@@ -17,6 +17,7 @@ from .catalogue import StoreCatalogue
 from .errors import CBIRError
 from .evaluation import EvaluationReport
 from .extractors import FAMILIES, MODELS, build_extractor, get_spec, model_status
+from .fusion import fusion_method
 from .images import image_from_array, open_image, resize_rgb
 from .importing import imported_models
 from .index import get_backend, resolve_backend
@@ -79,6 +80,11 @@ class Engine(StoreCatalogue):
         """The backend a request uses (``auto``: by the size of the largest store)."""
         stores = models if isinstance(models, Mapping) else self.stores(models)
         return resolve_backend(backend or self.settings.index_backend, max(len(s) for s in stores.values()), self.settings)
+
+    def search_depth(self, request: SearchRequest, backend: str) -> int | None:
+        """Candidates per model for ``backend``: None for an exact one, else
+        max(top k, the request's depth or CBIR_SEARCH_DEPTH)."""
+        return None if get_backend(backend).exact else max(request.top_k, int(request.depth or self.settings.search_depth))
 
     # -- query vectors ----------------------------------------------------------------
     def _with_label(self, query: Query) -> Query:
@@ -143,7 +149,7 @@ class Engine(StoreCatalogue):
             t0 = time.perf_counter()
             # an excluded collection query is one of its own candidates: ask one more
             row = distance_rows.distance_row(self, m, s, request, vectors[m], backend, depth + (position is not None))
-            d = np.asarray(s.aligned(space.ids, row), dtype=np.float64)  # a fresh row: no copy when already float64
+            d = np.asarray(space.align(m, row), dtype=np.float64)  # a fresh row: no copy when already float64
             if position is not None:
                 d[position] = np.inf
             timings[f"search:{m}"] = time.perf_counter() - t0
@@ -167,7 +173,7 @@ class Engine(StoreCatalogue):
         self.collection.check_ids([i for r in request.feedback for i in (*r.relevant, *r.non_relevant)], "feedback")
         stores = self.stores(request.models)
         backend = self.resolve_backend(request.backend, stores)
-        depth = None if get_backend(backend).exact else max(request.top_k, int(request.depth or self.settings.search_depth))
+        depth = self.search_depth(request, backend)
         space = self.indexes.id_space(stores)
         ids, dists, timings = self._distance_rows(request, stores, backend, depth or 0, space)
         query, top_k = request.query, request.top_k
@@ -183,7 +189,7 @@ class Engine(StoreCatalogue):
         return SearchResponse(
             query=query, metric=request.metric, top_k=top_k, per_model=per_model, fused=fused,
             method=request.method if fused is not None else None,
-            weights=request.weight_map if (request.weights and fused is not None and request.method == "weighted") else None,
+            weights=request.weight_map if (request.weights and fused is not None and fusion_method(request.method).weighted) else None,
             rerank=request.rerank, feedback_rounds=len(request.feedback), timings=timings, backend=backend, depth=depth,
             inputs=inputs,
         )
@@ -196,7 +202,7 @@ class Engine(StoreCatalogue):
         """Every labelled image (or a seeded sample of ``queries``) as a query against the
         rest, for one model or a fusion (approximate backend: mAP at ``depth``); ``ties``:
         "stable" or "average" (tie-aware figures)."""
-        models = [get_spec(m).name for m in ([models] if isinstance(models, str) else list(models))]
+        models = list(dict.fromkeys(get_spec(m).name for m in ([models] if isinstance(models, str) else list(models))))
         return experiments.evaluate(self, models, metric, method, weights, progress, rerank, self.resolve_backend(backend, models),
                                     int(depth or self.settings.search_depth), queries, seed, ties)
 

@@ -161,16 +161,22 @@ def _looks_like_image(source) -> bool:
 
 
 def image_from_array(array: np.ndarray) -> Image.Image:
-    """An (h, w) or (h, w, 1|3|4) array (uint8, or floats in [0, 1]) as an RGB image."""
+    """An (h, w) or (h, w, 1|3|4) array as an RGB image: uint8 as it is; any other dtype scaled
+    by the decoding rule of files (:func:`wide_range`: floats in [0, 1], [0, 255] or
+    [0, 65535], integers by the fewest bits that hold their largest value), rounded;
+    negative, NaN or infinite values refused (:class:`ImageError`)."""
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))) or min(a.shape[:2]) == 0:
         raise ImageError(f"an image array must be (h, w) or (h, w, 3|4), got shape {a.shape}", "not_image")
     if a.dtype != np.uint8:
-        if not np.isfinite(a).all():
-            raise ImageError("the image array contains NaN or infinity", "corrupt")
-        a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
+        if a.dtype == bool or not np.issubdtype(a.dtype, np.number):
+            raise ImageError(f"an image array must hold numbers, got {a.dtype}", "not_image")
+        finite = bool(np.isfinite(a).all())
+        white = wide_range("F" if np.issubdtype(a.dtype, np.floating) else "I", float(a.min()) if finite else 0.0,
+                           float(a.max()) if finite else 0.0, finite)
+        a = np.rint(np.clip(a.astype(np.float64) * (255.0 / white), 0, 255)).astype(np.uint8)
     return _to_rgb(Image.fromarray(a))
 
 

@@ -33,6 +33,12 @@ class IdSpace:
     position: Mapping[str, int]
     labels: np.ndarray | None
     label_counts: dict[str, int]
+    rows: dict[str, np.ndarray | None]  # per model: its store's rows of ``ids`` (None: already in that order)
+
+    def align(self, model: str, row: np.ndarray) -> np.ndarray:
+        """One of ``model``'s per-store-row arrays (n,) restricted to ``ids``, in that order."""
+        rows = self.rows[model]
+        return row if rows is None else row[rows]
 
 
 class Stores(Protocol):
@@ -110,9 +116,11 @@ class IndexCache:
             ids = common_ids([s.ids for s in stores])
             if not ids:
                 raise StoreError("the chosen models share no indexed image; index them on the same collection")
-            position = stores[0].rows if stores[0].rows_for(ids) is None else {image_id: i for i, image_id in enumerate(ids)}
+            rows = {m: s.rows_for(ids) for m, s in zip(models, stores)}
+            rows = {m: None if r is None else np.asarray(r) for m, r in rows.items()}
+            position = stores[0].rows if rows[models[0]] is None else {image_id: i for i, image_id in enumerate(ids)}
             labels = self.owner.collection.labels_for(ids)
             counts = {} if labels is None else Counter(label for label in labels.tolist() if label is not None)
-            return IdSpace(ids, position, labels, dict(counts))
+            return IdSpace(ids, position, labels, dict(counts), rows)
 
         return self._spaces.get_or_build(tuple((m, s.version, len(s)) for m, s in zip(models, stores)), build)

@@ -3,9 +3,10 @@ objects: opened vector indexes and DBA vectors (:mod:`cbir.index_cache`), upload
 vectors (:mod:`cbir.engine`) and fitted UMAP / t-SNE models (:mod:`cbir.maps`).
 
 Thread-safe: every operation holds one lock (an ``RLock`` by default, or the caller's, so
-that several caches of one owner can share its lock). :meth:`LRU.get_or_build` builds a
-missing value while holding that lock, so two threads never build the same (large) object
-twice; a build may itself use another cache sharing the same re-entrant lock.
+that several caches of one owner can share its lock) only to look up and insert.
+:meth:`LRU.get_or_build` builds a missing value outside it, under a lock of that key alone:
+two threads never build the same (large) object twice, and a build of minutes (DBA, a FAISS
+index, a Milvus sync) holds up no lookup of another key.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class LRU(Generic[K, V]):
         self.bound = int(bound)
         self._lock = lock if lock is not None else threading.RLock()
         self._items: OrderedDict[K, V] = OrderedDict()
+        self._building: dict[K, threading.Lock] = {}  # one per key being built
 
     def get(self, key: K, default: V | None = None) -> V | None:
         """The value of ``key`` (now the most recent), or ``default``."""
@@ -48,12 +50,24 @@ class LRU(Generic[K, V]):
             return value
 
     def get_or_build(self, key: K, build: Callable[[], V]) -> V:
-        """``self[key]``, built by ``build()`` (under the lock) when missing."""
+        """``self[key]``, built by ``build()`` when missing: once, by the first thread that
+        asks; the others asking for that key wait for it, nobody else does."""
+        missing = object()
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            return self.put(key, build())
+            found = self.get(key, missing)
+            if found is not missing:
+                return found
+            gate = self._building.setdefault(key, threading.Lock())
+        with gate:
+            found = self.get(key, missing)
+            if found is not missing:  # built while this thread waited
+                return found
+            try:
+                return self.put(key, build())
+            finally:
+                with self._lock:
+                    if self._building.get(key) is gate:
+                        del self._building[key]
 
     def clear(self) -> None:
         with self._lock:

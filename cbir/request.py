@@ -17,9 +17,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .distances import normalise_metric
-from .errors import CBIRError, RequestError, unknown
+from .errors import CBIRError, RequestError, UnknownNameError
 from .extractors import get_spec
-from .fusion import FUSION_METHODS, check_weights
+from .fusion import check_weights, fusion_method
 from .index import check_backend
 from .ranking import FusionInputs, RankedList
 from .rerank import DEFAULT_ALPHA, DEFAULT_N, FeedbackRound, Rerank, check_metric, feedback_rounds
@@ -96,8 +96,10 @@ class SearchRequest:
     def weight_map(self) -> dict[str, float] | None:
         return None if self.weights is None else dict(self.weights)
 
-    def cache_fields(self, default_backend: str) -> dict:
-        """Everything that decides the response, as JSON-able values (the result cache's key)."""
+    def cache_fields(self, backend: str, depth: int | None = None) -> dict:
+        """The request's part of the result cache's key, JSON-able: every field, with the
+        ``backend`` and ``depth`` the server resolved it to (the service adds the collection,
+        its labels and the stores' versions)."""
         return {
             "models": list(self.models),
             "metric": self.metric,
@@ -108,8 +110,8 @@ class SearchRequest:
             "weights": self.weight_map,
             "rerank": [self.rerank.method, self.rerank.n, self.rerank.alpha] if self.rerank.active else None,
             "feedback": [{"relevant": list(r.relevant), "non_relevant": list(r.non_relevant)} for r in self.feedback] or None,
-            "backend": self.backend or default_backend,
-            "depth": self.depth,
+            "backend": backend,
+            "depth": depth,
         }
 
 
@@ -230,15 +232,26 @@ def parse_search(
 ) -> SearchRequest:
     """The one parser of a search, for every front end.
 
-    Accepts model aliases, metric aliases (``l2``, ``chi2``) and re-ranking as a
-    :class:`Rerank` or a mapping. Raises :class:`cbir.errors.UnknownNameError` for an
-    unknown model, metric, fusion method or backend and :class:`cbir.errors.CBIRError` for
-    any other bad value, with a message that says what to do; :class:`cbir.errors.RequestError` for
-    a value out of its bounds."""
+    Accepts model aliases, metric aliases (``l2``, ``chi2``), any case of a fusion method or a
+    backend, and re-ranking as a :class:`Rerank` or a mapping. Raises
+    :class:`cbir.errors.UnknownNameError` for an unknown model, metric, fusion method or
+    backend, and :class:`cbir.errors.RequestError` for any other bad value (out of its bounds,
+    of the wrong type, or refused with the metric: re-ranking needs cosine), with a message
+    that says what to do: 422 in the API, exit 2 in the CLI."""
+    try:
+        return _parse(models, metric, top_k, query, image_id, image, exclude_query, method, weights, rerank, feedback,
+                      backend, depth)
+    except (UnknownNameError, RequestError):
+        raise
+    except CBIRError as exc:  # check_weights, Rerank, feedback_rounds, check_metric: one class for a bad request
+        raise RequestError(str(exc)) from None
+
+
+def _parse(models, metric, top_k, query, image_id, image, exclude_query, method, weights, rerank, feedback,
+           backend, depth) -> SearchRequest:
     names = _models(models)
     metric, k = normalise_metric(metric), check_top_k(top_k)
-    if method is not None and method not in FUSION_METHODS:
-        raise unknown("fusion method", method, FUSION_METHODS)
+    method = None if method is None else fusion_method(method).name  # "RRF" is rrf
     rerank, rounds = _rerank(rerank), _feedback(feedback)
     if rerank.active or rounds:
         check_metric(metric)

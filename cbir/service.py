@@ -56,12 +56,19 @@ class SearchService:
         return Served(body, cached=False, inputs=resp.inputs if with_inputs else None)
 
     def _cache_key(self, request: SearchRequest) -> str | None:
-        """The result-cache key of a request (None when a store is missing: the search says why)."""
+        """The result-cache key of a request: the request with the backend and depth it resolves
+        to (and the FAISS kind), the collection's name and labels, and the version of every
+        store searched. None when a store is missing (the search says why)."""
+        engine = self.engine
         try:
-            versions = {m: s.version for m, s in self.engine.stores(request.models).items()}
+            stores = engine.stores(request.models)
+            backend = engine.resolve_backend(request.backend, stores)
         except CBIRError:
             return None
-        return self.cache.key(request.cache_fields(self.engine.settings.index_backend), versions)
+        depth = engine.search_depth(request, backend)
+        fields = {**request.cache_fields(backend, depth), "collection": engine.collection.labels_digest,
+                  "faiss_kind": engine.settings.faiss_kind if backend == "faiss" else None}
+        return self.cache.key(fields, {m: s.version for m, s in stores.items()})
 
     def stats(self) -> dict:
         from .distances import DISTANCES

@@ -91,8 +91,9 @@ class FeatureStore:
         return self._indexes[key]
 
     def rows_for(self, ids: list[str]) -> list[int] | None:
-        """Rows of ``ids`` in that order, or None when the store already is in that order."""
-        if len(self) == len(ids) and (len(ids) == 0 or (self.ids[0] == ids[0] and self.ids[-1] == ids[-1])):
+        """Rows of ``ids`` in that order, or None when the store already is in that order (every
+        id compared: O(n), so a search takes the rows its cached id space computed once)."""
+        if len(self) == len(ids) and np.array_equal(self.ids, np.asarray(ids, dtype=self.ids.dtype)):
             return None
         return [self.row_of(i) for i in ids]
 

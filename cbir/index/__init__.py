@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import AUTO, BACKENDS
+from ..config import AUTO
 from ..errors import unknown
 from .backends import BACKENDS, Backend, faiss_index, get_backend
 from .base import IndexBackendError, UnsupportedMetric, VectorIndex, candidate_matrix, space_for
 
-AUTO = "auto"  # exact up to CBIR_EXACT_MAX vectors, FAISS above (when installed)
 AUTO_LABEL = "Automatic (by size)"
 #: what a request may name: ``auto`` or a backend (the API schema and the CLI read this)
 CHOICES = (AUTO, *BACKENDS)

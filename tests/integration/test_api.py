@@ -112,7 +112,7 @@ def test_search_combined(client):
     # all weight on Lite1: the fused ranking is Lite1's ranking
     assert_same_ranking(w["combined"]["results"], w["models"]["efficientnet_lite1"]["results"])
     bad = client.post("/api/search_combined", json={**body, "method": "weighted", "weights": {"efficientnet_lite0": -1}}, headers=h)
-    assert bad.status_code == 400 and "non-negative" in bad.json()["error"]
+    assert bad.status_code == 422 and "non-negative" in bad.json()["error"]
     one = client.post("/api/search_combined", json={**body, "models": ["efficientnet_lite0"]}, headers=h)
     assert one.status_code == 422
 
@@ -131,7 +131,7 @@ def test_search_combined(client):
         ({"image_id": "1", "top_k": 2.5}, 422, "top_k"),
         ({"image_id": "1", "depth": 0, "backend": "faiss"}, 422, "depth"),
         ({"image_id": "1", "backend": "annoy"}, 422, "unknown index backend"),
-        ({"image_id": "1", "rerank": {"method": "aqe"}, "metric": "l2"}, 400, "choose cosine"),
+        ({"image_id": "1", "rerank": {"method": "aqe"}, "metric": "l2"}, 422, "choose cosine"),
     ],
 )
 def test_search_bad_input(client, payload, status, message):
@@ -273,7 +273,7 @@ def test_rerank_and_feedback_fields(client):
     r = client.post("/api/search_combined", json={**base, "models": ["efficientnet_lite0", "efficientnet_lite1"], "method": "rrf", "feedback": fb}, headers=h)
     assert r.status_code == 200 and r.json()["feedback_rounds"] == 1
     r = client.post("/api/search", json={**base, "metric": "euclidean", "rerank": {"method": "aqe"}}, headers=h)
-    assert r.status_code == 400 and "cosine" in r.json()["error"]
+    assert r.status_code == 422 and "cosine" in r.json()["error"]
     r = client.post("/api/search", json={**base, "rerank": {"method": "aqe", "n": 0}}, headers=h)
     assert r.status_code == 422
     # multipart: rerank as JSON text

@@ -142,13 +142,13 @@ def test_streamed_body_over_the_limit_is_refused_while_streaming(api_server):
     assert sent < 100 * 2**20  # answered before the body ended
 
 
-def test_nan_weights_and_unknown_feedback_ids_are_400(client):
+def test_nan_weights_are_422_and_unknown_feedback_ids_400(client):
     headers = login(client)
     both = ["efficientnet_lite0", "efficientnet_lite1"]
     for method in ("average", "weighted", "rrf"):
         r = client.post("/api/search_combined", content=json.dumps({"image_id": "1", "models": both, "method": method,
                         "weights": {"efficientnet_lite0": float("nan")}}), headers={**headers, "content-type": "application/json"})
-        assert r.status_code == 400 and "finite" in r.json()["error"], (method, r.text)
+        assert r.status_code == 422 and "finite" in r.json()["error"], (method, r.text)  # the parser's RequestError
     r = client.post("/api/search", json={"image_id": "1", "feedback": [{"relevant": ["2", "no-such-id"]}]}, headers=headers)
     assert r.status_code == 400 and "no-such-id" in r.json()["error"]
 

@@ -2,6 +2,7 @@
 search; one αQE, one "NaN outside the candidates" step and one bounded LRU cache."""
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,37 @@ def test_lru_builds_once_under_threads():
     for t in threads:
         t.join()
     assert len(calls) == 1
+
+
+def test_a_long_build_holds_up_no_other_key():
+    """A DBA or FAISS build takes minutes: lookups and builds of other keys (another model's
+    id space, an index) go on meanwhile (they waited for the whole build on the shared lock)."""
+    shared = threading.RLock()
+    dba, spaces = LRU(2, shared), LRU(2, shared)
+    started, release = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        release.wait(10)
+        return "dba"
+
+    worker = threading.Thread(target=lambda: dba.get_or_build("lite0", slow))
+    worker.start()
+    started.wait(5)
+    began = time.perf_counter()
+    assert spaces.get_or_build("lite1", lambda: "space") == "space"
+    assert dba.get_or_build("lite1", lambda: "other dba") == "other dba"
+    waited = time.perf_counter() - began
+    release.set()
+    worker.join(5)
+    assert waited < 1.0 and dba.get("lite0") == "dba"
+
+
+def test_a_failed_build_is_retried_by_the_next_caller():
+    cache = LRU(2)
+    with pytest.raises(RuntimeError):
+        cache.get_or_build("k", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert cache.get_or_build("k", lambda: 7) == 7
 
 
 def test_the_engine_caches_are_bounded_lrus(engine):

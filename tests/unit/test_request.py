@@ -107,30 +107,53 @@ def test_an_upload_is_hashed_once_into_its_key():
 
 
 # -- the result cache's key ----------------------------------------------------------------
-def _key(request: SearchRequest, versions=None) -> str:
-    return ResultCache.key(request.cache_fields("exact"), versions or {m: "v1" for m in request.models})
+def _key(engine, request: SearchRequest) -> str:
+    from cbir.service import SearchService
+
+    return SearchService(engine, ResultCache(None))._cache_key(request)
 
 
-def test_cache_key_is_the_same_for_the_same_search_however_it_was_written():
+def test_cache_key_is_the_same_for_the_same_search_however_it_was_written(engine):
     a = parse_search(LITE, "l2", 10, image_id="412", method="rrf")
     b = parse_search(["EfficientNet-Lite0", "efficientnet-lite1"], "euclidean", "10", image_id="412", method="rrf")
-    assert _key(a) == _key(b)
-    assert parse_search(LITE, image_id="1", backend=None).cache_fields("exact")["backend"] == "exact"
+    assert _key(engine, a) == _key(engine, b)
+    # no backend named: the server's default, resolved, is in the key (so is the depth it implies)
+    assert _key(engine, parse_search(LITE, image_id="1")) == _key(engine, parse_search(LITE, image_id="1", backend="exact"))
 
 
 @pytest.mark.parametrize("change", [
     dict(top_k=11), dict(metric="euclidean"), dict(method="average"), dict(image_id="413"), dict(exclude_query=False),
-    dict(weights={"efficientnet_lite0": 2}), dict(rerank=Rerank("aqe")), dict(backend="faiss"), dict(depth=50),
+    dict(weights={"efficientnet_lite0": 2}), dict(rerank=Rerank("aqe")), dict(backend="faiss"),
     dict(feedback=[{"relevant": ["2"]}]),
 ])
-def test_cache_key_changes_with_anything_that_changes_the_answer(change):
+def test_cache_key_changes_with_anything_that_changes_the_answer(engine, change):
     base = dict(metric="cosine", top_k=10, image_id="412", method="rrf")
-    assert _key(parse_search(LITE, **base)) != _key(parse_search(LITE, **(base | change)))
+    assert _key(engine, parse_search(LITE, **base)) != _key(engine, parse_search(LITE, **(base | change)))
 
 
-def test_cache_key_changes_with_a_store_version():
+def test_cache_key_holds_the_server_settings_and_the_labels(engine, monkeypatch):
+    """What the server resolves a request to is in the key: CBIR_SEARCH_DEPTH for an
+    approximate backend, the FAISS kind; so are the collection's labels (a relabelled
+    collection must not be served the old relevance from Redis)."""
+    faiss = parse_search(LITE, image_id="412", backend="faiss")
+    before = _key(engine, faiss)
+    monkeypatch.setattr(engine.settings, "search_depth", 500)
+    assert _key(engine, faiss) != before
+    monkeypatch.setattr(engine.settings, "faiss_kind", "ivfpq")
+    third = _key(engine, faiss)
+    # depth 500 asked for, or the server's default of 500: the same answer, the same key
+    assert third != before and _key(engine, parse_search(LITE, image_id="412", backend="faiss", depth=500)) == third
+    exact = _key(engine, parse_search(LITE, image_id="412"))
+    monkeypatch.setitem(engine.collection._labels_memo, "digest", "relabelled")
+    assert _key(engine, parse_search(LITE, image_id="412")) != exact
+
+
+def test_cache_key_changes_with_a_store_version(engine, monkeypatch):
     r = parse_search(LITE, image_id="412")
-    assert _key(r, {LITE[0]: "v1", LITE[1]: "v1"}) != _key(r, {LITE[0]: "v1", LITE[1]: "v2"})
+    before = _key(engine, r)
+    store = engine.store(LITE[1])
+    monkeypatch.setattr(type(store), "version", property(lambda self: "other"))
+    assert _key(engine, r) != before
 
 
 # -- rank_distances ------------------------------------------------------------------------
@@ -211,3 +234,44 @@ def test_building_a_model_is_not_reported_as_decoding(engine):
     resp = engine.search(parse_search(LITE[1], image=data))
     load, decode = resp.timings.get(f"load:{LITE[1]}", 0.0), resp.timings["decode"]
     assert load > decode, resp.timings  # seconds to build the model; milliseconds to decode a JPEG
+
+
+def test_two_stores_in_different_orders_are_aligned_row_by_row(tmp_path):
+    """Same ids, same first and last, another order between: the second store's rows must be
+    realigned (they were taken as already aligned, and its distances landed on other images)."""
+    from cbir.index_cache import IndexCache
+    from cbir.store import FeatureStore
+
+    ids_a, ids_b = ["a", "b", "c", "d"], ["a", "c", "b", "d"]
+    a = FeatureStore("m1", "none", np.eye(4, dtype=np.float32), ids_a, ["s"] * 4)
+    b = FeatureStore("m2", "none", np.eye(4, dtype=np.float32), ids_b, ["s"] * 4)
+    assert a.rows_for(ids_a) is None and b.rows_for(ids_a) == [0, 2, 1, 3]
+
+    class Owner:
+        settings = Settings(collection=COLLECTION, features_dir=tmp_path, var_dir=tmp_path)
+        collection = type("C", (), {"labels_for": staticmethod(lambda ids: None)})()
+
+        def store_folder(self, model):
+            return tmp_path / model
+
+    space = IndexCache(Owner()).id_space({"m1": a, "m2": b})
+    row_b = np.array([10.0, 20.0, 30.0, 40.0])  # b's distances per b-row: a=10, c=20, b=30, d=40
+    assert space.ids == ids_a and space.align("m2", row_b).tolist() == [10.0, 30.0, 20.0, 40.0]
+    assert space.align("m1", row_b) is row_b  # a's own order: no copy
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(weights={"efficientnet_lite0": -1}), dict(weights={"efficientnet_lite0": 0, "efficientnet_lite1": 0}),
+    dict(rerank={"method": "aqe", "n": 10**9}), dict(rerank={"method": "aqe"}, metric="euclidean"),
+    dict(feedback=[{"relevant": ["1"]}] * 21),
+])
+def test_every_refusal_of_the_parser_is_one_class_one_status(kwargs):
+    """A bad value in one field is a 422 whatever its defect (it was 400 or 422 by defect)."""
+    given = dict(metric="cosine") | kwargs
+    with pytest.raises(RequestError) as refused:
+        parse_search(LITE, given.pop("metric"), 10, image_id="1", **given)
+    assert contract_for(refused.value).status == 422
+
+
+def test_fusion_method_in_any_case():
+    assert parse_search(LITE, image_id="1", method="RRF").method == "rrf"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from cbir.collection import image_extensions, read_labels_csv, safe_text, scan_collection
 from cbir.errors import CollectionError, ImageError
-from cbir.images import open_image
+from cbir.images import image_from_array, open_image
 
 
 def _img(path, colour=(200, 30, 30), fmt=None):
@@ -205,3 +205,52 @@ def test_one_image_the_model_fails_on_costs_only_itself(tmp_path):
     assert lines[0].startswith(".hidden/: hidden folder") and any("blue.png: the model failed" in s for s in lines)
     assert any("broken.jpg" in s for s in lines)
     assert sorted(load_store(report.path).ids.tolist()) == ["0", "1", "2", "3", "4"]
+
+
+def test_a_file_link_out_of_the_collection_is_not_followed(tmp_path):
+    """`leak.png -> /etc/passwd` (a downloaded archive) is skipped and named; a file link into
+    the collection, or into a linked class folder, still counts."""
+    root, elsewhere = tmp_path / "coll", tmp_path / "elsewhere" / "birds"
+    _classes(root)
+    _img(elsewhere / "0.png")
+    os.symlink(elsewhere, root / "birds")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    os.symlink(secret, root / "cats" / "leak.png")
+    os.symlink(root / "dogs" / "0.jpg", root / "cats" / "alias.png")  # inside: followed
+    os.symlink(elsewhere / "0.png", root / "dogs" / "bird.png")  # into a linked folder: followed
+    c = scan_collection(root)
+    assert "cats/leak" not in c and "cats/alias" in c and "dogs/bird" in c and "birds/0" in c
+    assert "outside the collection" in _skipped(c)["cats/leak.png"]
+
+
+def test_a_scan_is_bounded(tmp_path, monkeypatch):
+    import cbir.collection as collection
+
+    _classes(tmp_path / "coll")
+    monkeypatch.setattr(collection, "MAX_SCAN_ENTRIES", 3)
+    with pytest.raises(CollectionError, match="too large to scan"):
+        scan_collection(tmp_path / "coll")
+
+
+def test_the_api_serves_a_collection_file_only_when_it_is_an_image(tmp_path):
+    from cbir.api.deps import APIError
+    from cbir.api.routes.images import _image_type
+
+    _img(tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").write_text("root:x:0:0")  # not an image, whatever its name
+    assert _image_type(tmp_path / "a.jpg") == "image/jpeg"
+    with pytest.raises(APIError) as refused:
+        _image_type(tmp_path / "b.jpg")
+    assert refused.value.status == 404
+
+
+def test_an_array_query_follows_the_decoding_rule_of_files():
+    """12-bit data in uint16 is scaled by 4095 (it saturated to white), floats in [0, 1] by 255
+    and rounded, negative values refused (they became black)."""
+    a = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 65)  # up to 4095
+    grey = np.asarray(image_from_array(a))[..., 0]
+    assert grey.max() == 255 and abs(float(grey.mean()) - 127.5) < 2
+    assert np.asarray(image_from_array(np.full((2, 2), 0.5)))[0, 0, 0] == 128
+    with pytest.raises(ImageError, match="negative"):
+        image_from_array(np.full((2, 2), -0.5))

@@ -50,8 +50,8 @@ def image(service: Service, user: CurrentUser, image_id: str, thumb: Annotated[i
         path = c.path_of(image_id)  # ids come from the scan: no path from the request touches the disk
     except CollectionError as exc:
         raise APIError(404, str(exc)) from None
-    if thumb is None:
-        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+    if thumb is None:  # served as it is, once its header says it is an image (and which)
+        return FileResponse(path, media_type=_image_type(path), headers={"Cache-Control": "private, max-age=3600"})
     from ...images import thumbnail_jpeg
 
     return Response(thumbnail_jpeg(path, thumb, square=False), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
@@ -81,3 +81,15 @@ async def feature_map(
                          limited=fit)
     c = service.engine.collection
     return {**emap.to_dict(), "labels": [c.label_of(i) if i in c else None for i in emap.ids]}
+
+
+def _image_type(path) -> str:
+    """The MIME type of the image file at ``path`` from its header (Pillow reads no pixels);
+    404 when it is no image Pillow knows (a file renamed .jpg is not served as one)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return Image.MIME.get(im.format or "", "application/octet-stream")
+    except Exception:
+        raise APIError(404, "this collection file is not an image") from None

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from ...extractors import default_model
-from ...index import AUTO, get_backend
+from ...index import get_backend
 from ...request import SearchRequest, parse_search
 from ..deps import APIError, CurrentUser, Service
 from ..middleware import loads_bounded
@@ -127,17 +127,12 @@ def to_request(params, image: bytes | None) -> SearchRequest:
 INLINE_MAX_IMAGES = 20_000
 
 
-def _exact_backend(name: str | None) -> bool:
-    """Whether a request names the exact backend (None: the server's default, taken as exact;
-    ``auto`` may resolve to an approximate one, so it is not)."""
-    return name is None or (name != AUTO and get_backend(name).exact)
-
-
 async def _dispatch(service, request: SearchRequest) -> dict:
     """Searches by id over small stores take about a millisecond: run them on the event
     loop (a thread hop costs more). Uploads (decoding, a CNN) and big stores go to threads."""
-    inline = (not request.query.is_upload and len(service.engine.collection) <= INLINE_MAX_IMAGES
-              and _exact_backend(request.backend) and request.rerank.method != "dba_aqe")
+    engine = service.engine
+    inline = (not request.query.is_upload and len(engine.collection) <= INLINE_MAX_IMAGES and request.rerank.method != "dba_aqe"
+              and get_backend(engine.resolve_backend(request.backend, engine.stores(request.models))).exact)
     if inline:
         return service.search(request).body
     return (await run_in_threadpool(service.search, request)).body

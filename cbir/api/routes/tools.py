@@ -63,7 +63,7 @@ class EvaluateRequest(BaseModel):
     method: Literal[tuple(FUSIONS)] = "average"
     ties: Literal[TIE_RULES] = Field("stable", description="stable: equal distances in collection order; average: tie-aware")
     queries: int | None = Field(None, ge=1, description="a seeded sample of this many queries (default: every labelled image)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the queries sample")
 
 
 @router.post("/evaluate", responses=JOB_ERRORS, summary="mAP, P@10, P@20, R-precision and per-class AP over the collection")
