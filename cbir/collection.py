@@ -211,7 +211,11 @@ def scan_collection(root: str | Path, name: str | None = None) -> Collection:
     under, when not the folder's. Raises CollectionError if the folder is missing or holds
     no image, or if labels.csv cannot be read."""
     root = Path(root)
-    if not root.exists():
+    try:
+        exists = root.exists()
+    except OSError as exc:  # a name too long, a permission on a parent
+        raise CollectionError(f"collection folder {safe_text(str(root))[:200]!r} cannot be read ({exc.strerror})") from None
+    if not exists:
         raise CollectionError(f"collection folder {safe_text(str(root))!r} does not exist")
     if not root.is_dir():
         raise CollectionError(f"{safe_text(str(root))!r} is not a folder")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .collection import Collection, scan_collection
 from .config import Settings
-from .errors import CollectionError, CollectionExistsError, RequestError, UnknownNameError
+from .errors import CollectionError, CollectionExistsError, ForbiddenError, RequestError, UnknownNameError
 from .store_format import store_exists, store_lock, write_atomic
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -80,12 +80,17 @@ class CollectionRegistry:
             return scan_collection(key)
         return scan_collection(self.get(key).folder)  # raises the unknown-name error
 
-    def add(self, name: str, folder: str | Path, actor: str, uploaded: bool = False) -> CollectionEntry:
-        """Register ``folder`` as ``name`` after scanning it (it must hold images)."""
+    def add(self, name: str, folder: str | Path, actor: str, uploaded: bool = False, confined: bool = False) -> CollectionEntry:
+        """Register ``folder`` as ``name`` after scanning it (it must hold images). ``confined``
+        (the API, the app): the folder must lie inside CBIR_COLLECTIONS_ROOT (raises
+        :class:`cbir.errors.ForbiddenError` otherwise), so a web user cannot publish any
+        folder of the server."""
+        if confined:
+            self.check_confined(folder)
         if not NAME_RE.match(name or ""):
             raise RequestError(f"a collection name is 1-64 letters, digits, '_', '.' or '-' and starts with a letter "
                                f"or digit, got {name!r}")
-        folder = Path(folder).resolve()
+        folder = Path(folder if Path(folder).is_absolute() or not confined else Path(self.settings.collections_root) / folder).resolve()
         collection = scan_collection(folder, name=name)  # CollectionError: missing, not a folder, no images
         with self._locked():
             stored = self._read()
@@ -96,6 +101,13 @@ class CollectionRegistry:
             self._write(stored)
         del collection
         return entry
+
+    def check_confined(self, folder: str | Path) -> None:
+        root = Path(self.settings.collections_root).resolve()
+        target = Path(folder if Path(folder).is_absolute() else root / folder).resolve()
+        if target != root and root not in target.parents:
+            raise ForbiddenError(f"collections are added from folders inside CBIR_COLLECTIONS_ROOT ({root.name}/): "
+                                 "copy the images there, or ask an admin to run `cbir collections add`")
 
     def remove(self, name: str) -> CollectionEntry:
         """Forget ``name`` and delete its feature stores; its images only if they were uploaded."""

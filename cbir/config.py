@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CBIR_", env_file=".env", extra="ignore")
 
     collection: Path = Field(Path("image.orig"), description="Folder of the default collection")
+    collections_root: Path = Field(Path("collections"), description="The API and the app add collections only "
+                                   "from folders inside this one (the CLI, a shell user, from any folder)")
     features_dir: Path = Field(Path("features"), description="Where feature stores are written")
     models_cache: Path = Field(Path("models_cache"), description="Keras models cache (KERAS_HOME)")
     var_dir: Path = Field(Path("var"), description="Runtime state: embedded Redis file, logs")

@@ -40,6 +40,10 @@ class CollectionError(CBIRError):
     """A missing folder, an empty collection, missing labels, an unknown image id."""
 
 
+class ForbiddenError(CBIRError):
+    """An action the user's role or the server's settings do not allow (HTTP 403)."""
+
+
 class CollectionExistsError(CollectionError):
     """A collection name that is taken (HTTP 409)."""
 
@@ -183,6 +187,7 @@ CONTRACTS: dict[type | tuple[type, str], ErrorContract] = {
     RequestError: ErrorContract(422),
     UnknownImageError: ErrorContract(404),
     CollectionExistsError: ErrorContract(409),
+    ForbiddenError: ErrorContract(403),
     (ImageError, "not_image"): ErrorContract(415),
     (ImageError, "too_large"): ErrorContract(413),
     (ImageError, "missing"): ErrorContract(404),

@@ -69,6 +69,11 @@ class LRU(Generic[K, V]):
                     if self._building.get(key) is gate:
                         del self._building[key]
 
+    def pop(self, key: K) -> V | None:
+        """Remove ``key``; its value, or None."""
+        with self._lock:
+            return self._items.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -10,6 +10,7 @@ from . import telemetry  # Prometheus
 from .cache import ResultCache
 from .engine import Engine
 from .errors import CBIRError
+from .lru import LRU
 from .ranking import FusionInputs
 from .request import SearchRequest
 
@@ -85,3 +86,30 @@ class SearchService:
             **self.cache.stats(),
             "uptime_seconds": round(time.time() - self.started, 1),
         }
+
+
+class Services:
+    """One :class:`SearchService` per collection of the registry, opened on first use: the
+    default one always, at most ``bound`` others (least recently used closed first). All share
+    the Redis result cache, whose keys hold the collection and its labels."""
+
+    def __init__(self, default: SearchService, registry, bound: int = 4):
+        self.default, self.registry = default, registry
+        self._open: LRU[str, SearchService] = LRU(bound)
+
+    def get(self, name: str | None) -> SearchService:
+        """The service of collection ``name`` (None or the default's name: the default).
+        Raises :class:`cbir.errors.UnknownNameError` for a name not registered."""
+        if name is None or name == self.default.engine.collection.name:
+            return self.default
+        entry = self.registry.get(name)  # the unknown-name error, before anything is opened
+
+        def build() -> SearchService:
+            engine = Engine(self.registry.open(entry.name), self.default.engine.settings)
+            return SearchService(engine, self.default.cache)
+
+        return self._open.get_or_build(entry.name, build)
+
+    def forget(self, name: str) -> None:
+        """Close a removed collection's service (its stores are gone)."""
+        self._open.pop(name)

@@ -24,7 +24,8 @@ from ..errors import UNEXPECTED, CBIRError, contract_for, public_paths
 from ..jobs import UserSlots
 from .readiness import alive
 from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
-from ..service import SearchService
+from ..collection_registry import CollectionRegistry
+from ..service import SearchService, Services
 from ..auth.bootstrap import bootstrap
 from ..auth.users import UserStore
 from .deps import APIError
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     app.state.users = UserStore(client, token_ttl=settings.session_minutes * 60, login_rate=settings.login_rate,
                                 proxy_failures=settings.login_proxy_failures)
     app.state.service = SearchService(engine, ResultCache(client, enabled=settings.cache))
+    app.state.services = Services(app.state.service, CollectionRegistry(settings))
     app.state.redis = client
     app.state.started = time.time()
     app.state.warm = False
@@ -173,9 +175,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
 
     _install_error_handlers(app)
 
-    from .routes import admin, auth, images, meta, search, tools
+    from .routes import admin, auth, collections, images, meta, search, tools
 
-    for module in (meta, auth, search, images, tools, admin):
+    for module in (meta, auth, search, images, tools, collections, admin):
         app.include_router(module.router)
     # Outermost last: forwarded headers (only from trusted proxies) -> headers -> limits -> metrics.
     app.add_middleware(RequestMetrics)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..service import SearchService
@@ -20,8 +20,11 @@ class APIError(Exception):
         super().__init__(message)
 
 
-def get_service(request: Request) -> SearchService:
-    return request.app.state.service
+def get_service(request: Request, collection: Annotated[str | None, Query(
+        max_length=64, description="a collection's name (GET /api/collections); default: the default collection")] = None,
+) -> SearchService:
+    """The search service of the collection the request names (``?collection=NAME``)."""
+    return request.app.state.services.get(collection)
 
 
 def get_users(request: Request) -> UserStore:

@@ -94,3 +94,20 @@ def test_listing_says_size_labels_and_models(registry, tmp_path):
     assert rows["mine"]["images"] == 3 and rows["mine"]["labels"] == "none" and rows["mine"]["models"] == []
     shutil.rmtree(tmp_path / "p")
     assert "does not exist" in describe(registry, registry.get("mine"))["error"]
+
+
+def test_a_folder_name_too_long_is_a_collection_error(registry):
+    """Found by schemathesis: a 4096-character folder raised OSError (a 500)."""
+    with pytest.raises(CollectionError, match="cannot be read"):
+        registry.add("long", "0" * 5000, actor="alice")
+
+
+def test_web_adds_are_confined_to_the_collections_root(registry, tmp_path):
+    from cbir.errors import ForbiddenError
+
+    registry.settings.collections_root = tmp_path / "collections"
+    _photos(tmp_path / "collections" / "ok")
+    assert registry.add("ok", "ok", actor="api:alice", confined=True).folder == str((tmp_path / "collections" / "ok").resolve())
+    for outside in ("/", "../..", str(COLLECTION)):
+        with pytest.raises(ForbiddenError, match="CBIR_COLLECTIONS_ROOT"):
+            registry.add("x", outside, actor="api:alice", confined=True)

@@ -17,7 +17,8 @@ from cbir.distances import pairwise_distances
 from cbir.index.exact import ExactIndex
 from cbir.distributed import DistributedError
 from cbir.errors import (
-    UNEXPECTED, AuthError, BusyError, Cancelled, CBIRError, CollectionError, ConfigError, ErrorContract,
+    UNEXPECTED, AuthError, BusyError, Cancelled, CBIRError, CollectionError, CollectionExistsError, ConfigError, ErrorContract,
+    ForbiddenError,
     FeatureImportError, ImageError, ImportConflictError, ImportForbiddenError, ImportLimitError, LockedError,
     MalformedInputError, MetricError, RequestError, ServiceUnavailable, StoreError, UnknownImageError, UnknownNameError, UserError,
     WeightsFileError, WeightsUnavailableError, WorkLimitError, contract_for,
@@ -42,6 +43,8 @@ CASES = {
     "StoreError": (StoreError("no store"), 400, 2, "error"),
     "WorkLimitError": (WorkLimitError("sweep too fine"), 422, 2, "error"),
     "RequestError": (RequestError("top_k must be between 1 and 1000, got 0"), 422, 2, "error"),
+    "ForbiddenError": (ForbiddenError("only inside CBIR_COLLECTIONS_ROOT"), 403, 2, "error"),
+    "CollectionExistsError": (CollectionExistsError("a collection named 'x' exists"), 409, 2, "error"),
     "BusyError": (BusyError("CBIR_JOBS_PER_USER = 1 job at once", 7), 429, 3, "error"),
     "Cancelled": (Cancelled("the server is stopping"), 503, 3, "error"),
     "ServiceUnavailable": (ServiceUnavailable(), 503, 3, "warning"),
