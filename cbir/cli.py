@@ -274,14 +274,13 @@ def _write_text(path: str, text: str) -> None:
 def _bounded_int(low: int, high: int):
     """An argparse type: a whole number in low..high (one line of usage error otherwise)."""
 
+    from .request import check_whole
+
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"a whole number is needed, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"between {low} and {high:,}, got {value}")
-        return value
+            return check_whole("the value", text, low, high)  # the parser's rule, one line from argparse
+        except CBIRError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("the value ")) from None
 
     return parse
 

@@ -72,10 +72,9 @@ class CollectionRegistry:
         registered name is scanned as it is (the CLI's ``--collection FOLDER``)."""
         if name_or_folder is None:
             return scan_collection(self.default.folder)
-        key = str(name_or_folder)
-        if key in self.entries():
-            entry = self.entries()[key]
-            return scan_collection(entry.folder, name=entry.name)
+        key, entries = str(name_or_folder), self.entries()  # the file, read once
+        if key in entries:
+            return scan_collection(entries[key].folder, name=key)
         if os.sep in key or Path(key).is_dir():
             return scan_collection(key)
         return scan_collection(self.get(key).folder)  # raises the unknown-name error

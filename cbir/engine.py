@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -32,6 +32,15 @@ from .store import FeatureStore
 #: an upload and then needs its vector (the Map), or searches it again with other settings,
 #: does not decode or extract it again (a 1280-d vector is 5 KB)
 QUERY_VECTORS_MAX = 32
+
+
+class Plan(NamedTuple):
+    """A request resolved on this server: ``stores`` by model, the ``backend``, ``depth``
+    (candidates per model; None for an exact backend)."""
+
+    stores: dict[str, FeatureStore]
+    backend: str
+    depth: int | None
 
 
 class Engine(StoreCatalogue):
@@ -156,7 +165,15 @@ class Engine(StoreCatalogue):
             out[m] = d
         return space.ids, out, timings
 
-    def search(self, request: SearchRequest | Sequence[str] | str, *args, **kwargs) -> SearchResponse:
+    def plan(self, request: SearchRequest) -> Plan:
+        """What ``request`` resolves to on this server now: each model's store (looked up once),
+        the backend (``auto`` and None resolved) and the candidates per model. Computed once per
+        request, shared by the API's dispatch, the result cache's key and the search."""
+        stores = self.stores(request.models)
+        backend = self.resolve_backend(request.backend, stores)
+        return Plan(stores, backend, self.search_depth(request, backend))
+
+    def search(self, request: SearchRequest | Sequence[str] | str, *args, plan: Plan | None = None, **kwargs) -> SearchResponse:
         """Run a :class:`SearchRequest`; called with anything else, the arguments of
         :func:`cbir.request.parse_search` (models, metric, top_k, image_id= or image=, ...).
 
@@ -164,16 +181,15 @@ class Engine(StoreCatalogue):
         ``feedback`` (Rocchio rounds) apply per model before fusion (cosine). ``backend``
         (default CBIR_INDEX_BACKEND): exact ranks the whole collection; faiss and milvus fetch
         ``depth`` candidates per model (default max(k, CBIR_SEARCH_DEPTH)), fuse their union,
-        and report AP@depth. Each store is looked up once. Raises :class:`CBIRError`
-        subclasses for an unknown image id, a model with no store, or a bad argument."""
+        and report AP@depth. Each store is looked up once (``plan``: already, by the caller).
+        Raises :class:`CBIRError` subclasses for an unknown image id, a model with no store, or
+        a bad argument."""
         if not isinstance(request, SearchRequest):
             request = parse_search(request, *args, **kwargs)
         start = time.perf_counter()
         request = replace(request, query=self._with_label(request.query))
         self.collection.check_ids([i for r in request.feedback for i in (*r.relevant, *r.non_relevant)], "feedback")
-        stores = self.stores(request.models)
-        backend = self.resolve_backend(request.backend, stores)
-        depth = self.search_depth(request, backend)
+        stores, backend, depth = plan or self.plan(request)
         space = self.indexes.id_space(stores)
         ids, dists, timings = self._distance_rows(request, stores, backend, depth or 0, space)
         query, top_k = request.query, request.top_k

@@ -115,7 +115,7 @@ class SearchRequest:
         }
 
 
-def _whole(name: str, value: object, low: int, high: int) -> int:
+def check_whole(name: str, value: object, low: int, high: int) -> int:
     """``value`` as an int in low..high (a whole float or a numeric string is accepted; a bool,
     a fraction or text is not); :class:`RequestError` otherwise."""
     try:
@@ -131,7 +131,7 @@ def _whole(name: str, value: object, low: int, high: int) -> int:
 
 def check_top_k(top_k: object) -> int:
     """``top_k`` as an int in 1..MAX_TOP_K; :class:`RequestError` otherwise."""
-    return _whole("top_k", top_k, 1, MAX_TOP_K)
+    return check_whole("top_k", top_k, 1, MAX_TOP_K)
 
 
 def _models(models: Sequence[str] | str) -> tuple[str, ...]:
@@ -147,7 +147,7 @@ def _models(models: Sequence[str] | str) -> tuple[str, ...]:
 
 
 def _depth(depth: object) -> int | None:
-    return None if depth is None else _whole("depth", depth, 1, MAX_DEPTH)
+    return None if depth is None else check_whole("depth", depth, 1, MAX_DEPTH)
 
 
 def _weights(models: tuple[str, ...], weights: Mapping[str, float] | Sequence[float] | None):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from . import telemetry  # Prometheus
 from .cache import ResultCache
-from .engine import Engine
+from .engine import Engine, Plan
 from .errors import CBIRError
 from .lru import LRU
 from .ranking import FusionInputs
@@ -37,18 +37,25 @@ class SearchService:
         self.cache = cache
         self.started = time.time()
 
-    def search(self, request: SearchRequest, *, with_inputs: bool = False, use_cache: bool = True) -> Served:
+    def search(self, request: SearchRequest, *, with_inputs: bool = False, use_cache: bool = True,
+               plan: Plan | None = None) -> Served:
         """Serve one request: from the result cache when it holds it (keyed by the request and
         the versions of the stores searched), else computed and cached. ``with_inputs`` (the
-        app, for live re-fusion) keeps the distance rows, so such a search is always computed."""
-        key = self._cache_key(request) if use_cache and self.cache.enabled and not with_inputs else None
+        app, for live re-fusion) keeps the distance rows, so such a search is always computed.
+        ``plan``: :meth:`Engine.plan` of the request, when the caller has it already."""
+        if use_cache and self.cache.enabled and not with_inputs and plan is None:
+            try:
+                plan = self.engine.plan(request)
+            except CBIRError:
+                plan = None  # a missing store: the search below says why
+        key = self._cache_key(request, plan) if plan is not None and use_cache and self.cache.enabled and not with_inputs else None
         hit = None if key is None else self.cache.get(key)
         if key is not None:
             telemetry.CACHE.labels("miss" if hit is None else "hit").inc()
         if hit is not None:
             self.cache.count_search()
             return Served({**hit, "cached": True}, cached=True)
-        resp = self.engine.search(request)
+        resp = self.engine.search(request, plan=plan)
         telemetry.observe_timings(resp.timings)
         body = {**resp.to_dict(), "cached": False}
         if key is not None:
@@ -56,17 +63,15 @@ class SearchService:
         self.cache.count_search()
         return Served(body, cached=False, inputs=resp.inputs if with_inputs else None)
 
-    def _cache_key(self, request: SearchRequest) -> str | None:
+    def _cache_key(self, request: SearchRequest, plan: Plan | None = None) -> str | None:
         """The result-cache key of a request: the request with the backend and depth it resolves
         to (and the FAISS kind), the collection's name and labels, and the version of every
         store searched. None when a store is missing (the search says why)."""
         engine = self.engine
         try:
-            stores = engine.stores(request.models)
-            backend = engine.resolve_backend(request.backend, stores)
+            stores, backend, depth = plan or engine.plan(request)
         except CBIRError:
             return None
-        depth = engine.search_depth(request, backend)
         fields = {**request.cache_fields(backend, depth), "collection": engine.collection.labels_digest,
                   "faiss_kind": engine.settings.faiss_kind if backend == "faiss" else None}
         return self.cache.key(fields, {m: s.version for m, s in stores.items()})
@@ -102,6 +107,9 @@ class Services:
         Raises :class:`cbir.errors.UnknownNameError` for a name not registered."""
         if name is None or name == self.default.engine.collection.name:
             return self.default
+        opened = self._open.get(name)  # an open collection: no registry read per request
+        if opened is not None:
+            return opened
         entry = self.registry.get(name)  # the unknown-name error, before anything is opened
 
         def build() -> SearchService:

@@ -131,11 +131,12 @@ async def _dispatch(service, request: SearchRequest) -> dict:
     """Searches by id over small stores take about a millisecond: run them on the event
     loop (a thread hop costs more). Uploads (decoding, a CNN) and big stores go to threads."""
     engine = service.engine
+    plan = engine.plan(request)  # once: the backend decides here, and the cache key and the search reuse it
     inline = (not request.query.is_upload and len(engine.collection) <= INLINE_MAX_IMAGES and request.rerank.method != "dba_aqe"
-              and get_backend(engine.resolve_backend(request.backend, engine.stores(request.models))).exact)
+              and get_backend(plan.backend).exact)
     if inline:
-        return service.search(request).body
-    return (await run_in_threadpool(service.search, request)).body
+        return service.search(request, plan=plan).body
+    return (await run_in_threadpool(lambda: service.search(request, plan=plan))).body
 
 
 @router.post("/search", responses=ERRORS, openapi_extra=_openapi_body(SearchBody), summary="Search with one or more models")
