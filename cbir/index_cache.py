@@ -108,14 +108,18 @@ class IndexCache:
         return self._indexes.get_or_build((model, metric, backend, store.version), build)
 
     def id_space(self, stores: Mapping[str, FeatureStore]) -> IdSpace:
-        """The ids the models' stores have in common, with positions, labels and label counts,
-        once per set of store versions (a search at 10^6 images rebuilds no million-entry list)."""
+        """The ids the models' stores have in common that are in the collection's folder now,
+        with positions, labels and label counts, once per set of store versions (a search at 10^6 images rebuilds no million-entry list)."""
         models, stores = list(stores), list(stores.values())
 
         def build() -> IdSpace:
             ids = common_ids([s.ids for s in stores])
+            collection = self.owner.collection
+            if not all(i in collection for i in ids):  # images removed from the folder since indexing
+                ids = [i for i in ids if i in collection]
             if not ids:
-                raise StoreError("the chosen models share no indexed image; index them on the same collection")
+                raise StoreError("the chosen models share no indexed image of this collection's folder; index them on it "
+                                 "(Collection page, or `cbir index`)")
             rows = {m: s.rows_for(ids) for m, s in zip(models, stores)}
             rows = {m: None if r is None else np.asarray(r) for m, r in rows.items()}
             position = stores[0].rows if rows[models[0]] is None else {image_id: i for i, image_id in enumerate(ids)}

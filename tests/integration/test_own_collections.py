@@ -137,3 +137,33 @@ def test_collection_page_names_what_the_scan_skipped(awkward, fresh_redis, tmp_p
     assert expander.label.startswith("3 file(s)")  # hidden folder, stray, heic (broken.jpg fails only at decoding)
     shown = expander.dataframe[0].value
     assert set(shown["File"]) == {".ipynb_checkpoints/", "stray.jpg", "buses/phone.heic"}
+
+
+def _wang_subset_store(folder, features, ids):
+    """The bundled Wang EfficientNet-Lite0 vectors of ``ids``, stored for the collection in ``folder``."""
+    from cbir.store import FeatureStore
+    from cbir.store_format import save_store
+    from tests.conftest import ROOT
+
+    wang = load_store(ROOT / "features" / "image.orig" / "efficientnet_lite0")
+    rows = [wang.row_of(i) for i in ids]
+    save_store(FeatureStore("efficientnet_lite0", "imagenet", np.asarray(wang.embeddings[rows], dtype=np.float32), ids,
+                            wang.signatures[rows]), store_dir(features, folder.name, "efficientnet_lite0"))
+
+
+def test_images_removed_from_the_folder_since_indexing_are_not_ranked(small_collection, tmp_path):
+    """A store holding images no longer in the folder (deleted after indexing): searches and
+    evaluations rank the folder's images only (they ranked the deleted ones too)."""
+    from cbir.config import Settings
+    from cbir.engine import Engine
+
+    ids = sorted(p.stem for p in small_collection.glob("*.jpg"))
+    _wang_subset_store(small_collection, tmp_path / "f", ids)
+    (small_collection / "301.jpg").unlink()
+    (small_collection / "302.jpg").unlink()
+    engine = Engine(small_collection, Settings(collection=small_collection, features_dir=tmp_path / "f", var_dir=tmp_path / "var"))
+    ranked = engine.search(["efficientnet_lite0"], "cosine", 20, image_id="300").per_model["efficientnet_lite0"]
+    got = [h.id for h in ranked.hits]
+    assert len(got) == 9 and not {"301", "302"} & set(got), got  # 10 images in the folder, the query left out
+    assert ranked.n_relevant == 1  # 303: the one other bus still in the folder
+    assert engine.evaluate(["efficientnet_lite0"], "cosine").n_queries == 10
