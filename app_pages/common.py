@@ -22,23 +22,47 @@ from cbir.evaluation import PROTOCOL
 from cbir.export import pr_figure, report_curves
 from cbir.extractors import IMPORTED, MODELS, get_spec
 from cbir.redisdb import ServiceUnavailable, get_redis
-from cbir.service import SearchService
+from cbir.collection_registry import CollectionRegistry
+from cbir.service import SearchService, Services
 from cbir.auth.users import UserStore
 
 
 
 @st.cache_resource(show_spinner="Loading the collection and its feature stores…")
-def get_engine() -> Engine:
+def get_services() -> Services:
+    """The search service of every collection, opened on first use (the default at once):
+    one set per app process, shared by every session; each session works on the one it chose
+    (:func:`current_collection`)."""
     from cbir.process import return_large_buffers
 
     return_large_buffers()  # once per app process: big temporaries go back to the OS
-    return Engine(get_settings().collection, get_settings())
-
-
-@st.cache_resource
-def get_service() -> SearchService:
     settings = get_settings()
-    return SearchService(get_engine(), ResultCache(get_redis(settings), enabled=settings.cache))
+    default = SearchService(Engine(settings.collection, settings), ResultCache(get_redis(settings), enabled=settings.cache))
+    return Services(default, CollectionRegistry(settings))
+
+
+#: Session state: the name of the collection this session works on (the sidebar's switcher
+#: sets it; the page URL carries it as ``?collection=NAME``).
+COLLECTION_KEY = "collection_name"
+COLLECTION_PARAM = "collection"
+
+
+def current_collection() -> str:
+    """The collection this session works on (default: the server's default collection)."""
+    return st.session_state.get(COLLECTION_KEY) or get_services().default.engine.collection.name
+
+
+def get_service() -> SearchService:
+    """The search service of this session's collection (opened with a spinner the first time)."""
+    services, name = get_services(), current_collection()
+    if services.is_open(name):
+        return services.get(name)
+    with st.spinner(f"Opening the collection {name}…"):
+        return services.get(name)
+
+
+def get_engine() -> Engine:
+    return get_service().engine
 
 
 @st.cache_resource
@@ -48,9 +72,9 @@ def get_users() -> UserStore:
 
 
 def reload_engine() -> None:
-    """After the collection changed on disk (uploads)."""
-    get_engine.clear()
-    get_service.clear()
+    """After this session's collection changed on disk (uploads, imports): rescanned for
+    every session."""
+    get_services().reload(current_collection())
 
 
 def model_label(name: str) -> str:

@@ -45,8 +45,11 @@ with st.form("eval_form"):
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def evaluate_cached(models: tuple[str, ...], metric: str, method: str | None, rerank: tuple, versions: tuple[str, ...]) -> dict:
-    """Cached per store version: a second view is instant, a re-index recomputes."""
+def evaluate_cached(models: tuple[str, ...], metric: str, method: str | None, rerank: tuple, versions: tuple[str, ...],
+                    collection: str) -> dict:
+    """Cached per store version and ``collection`` (its name and labels' digest: two folders of
+    the same images under other labels share store versions): a second view is instant, a
+    re-index recomputes."""
     report = engine.evaluate(list(models), metric, method=method, rerank=Rerank(*rerank))
     out = report.to_dict()
     out["ap"] = [None if v != v else v for v in report.ap.tolist()]  # NaN: a left-out (singleton) query
@@ -70,7 +73,7 @@ if go:
             bar.progress(i / len(jobs), text=f"Evaluating {name} · {metric_label(metric)} ({i + 1}/{len(jobs)})")
             try:
                 versions = tuple(engine.store(m).version for m in ms)
-                rep = evaluate_cached(ms, metric, method, rerank_key, versions)
+                rep = evaluate_cached(ms, metric, method, rerank_key, versions, engine.collection.labels_digest)
             except Exception as exc:
                 show_error(exc)
                 continue

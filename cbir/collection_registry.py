@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,9 +87,7 @@ class CollectionRegistry:
         folder of the server."""
         if confined:
             self.check_confined(folder)
-        if not NAME_RE.match(name or ""):
-            raise RequestError(f"a collection name is 1-64 letters, digits, '_', '.' or '-' and starts with a letter "
-                               f"or digit, got {name!r}")
+        self._check_new_name(name)
         folder = Path(folder if Path(folder).is_absolute() or not confined else Path(self.settings.collections_root) / folder).resolve()
         collection = scan_collection(folder, name=name)  # CollectionError: missing, not a folder, no images
         with self._locked():
@@ -100,6 +99,32 @@ class CollectionRegistry:
             self._write(stored)
         del collection
         return entry
+
+    def add_zip(self, name: str, source: str | Path | bytes, actor: str, limits=None,
+                progress: Callable[[int, int], None] | None = None):
+        """Unpack the zip ``source`` (path or bytes) into ``CBIR_COLLECTIONS_ROOT/<name>`` and
+        register it as an uploaded collection (removed with its images). Returns
+        (:class:`CollectionEntry`, :class:`cbir.archive.Unpacked`). Raises what :meth:`add`
+        raises, and :class:`cbir.archive.ArchiveError` for a zip that breaks a bound
+        (:class:`cbir.archive.ZipLimits`, default from the settings); on any error no folder is
+        left behind."""
+        from .archive import ZipLimits, unpack_zip
+
+        self._check_new_name(name)
+        target = Path(self.settings.collections_root).resolve() / name
+        unpacked = unpack_zip(source, target, limits or ZipLimits.from_settings(self.settings), progress)
+        try:
+            return self.add(name, target, actor, uploaded=True, confined=True), unpacked
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+
+    def _check_new_name(self, name: str) -> None:
+        if not NAME_RE.match(name or ""):
+            raise RequestError(f"a collection name is 1-64 letters, digits, '_', '.' or '-' and starts with a letter "
+                               f"or digit, got {name!r}")
+        if name in self.entries():
+            raise CollectionExistsError(f"a collection named {name!r} exists; choose another name or remove it first")
 
     def check_confined(self, folder: str | Path) -> None:
         root = Path(self.settings.collections_root).resolve()

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
                                "(more: 429 with Retry-After; a cached map is not a fit)")
     shutdown_seconds: int = Field(3, ge=1, le=600, description="On SIGTERM, requests still running after this long are "
                                   "cancelled (long jobs stop at their next step)")
+    zip_max_mb: int = Field(200, ge=1, le=4096, description="A zip uploaded in the app as a new collection: its size in MB "
+                            "(Streamlit's server.maxUploadSize; other uploads keep CBIR_MAX_UPLOAD_MB)")
+    zip_max_mb_unpacked: int = Field(4096, ge=1, description="A zip's uncompressed size, all entries, in MB")
+    zip_max_entries: int = Field(100_000, ge=1, description="A zip's entries (files and folders)")
+    zip_max_ratio: float = Field(100.0, ge=1.0, description="A zip's compression ratio (whole archive, and each entry over 1 MiB)")
     metrics_token: str | None = Field(None, description="Bearer token for /metrics from non-loopback clients; unset = loopback only")
 
 

@@ -131,6 +131,11 @@ class IndexReport:
         )
 
 
+#: Images that failed to decode or extract, kept by id (with the reason) in the store's manifest
+#: for the Collection page; the count is always exact.
+FAILED_KEPT = 1000
+
+
 def _reusable_store(folder: Path, dim: int, weights: str, dtype: str | None) -> FeatureStore | None:
     """The existing store when its vectors can be kept (same width and weights, and not
     float16 vectors asked to become float32), else None."""
@@ -199,14 +204,17 @@ def index_collection(
     if not ok.any():
         raise CBIRError(f"no image of {collection.root} could be read; {len(failures)} failed, e.g. {failures[0][1]}")
     keep = np.flatnonzero(ok)
-    if todo or removed or old is None or len(old) != len(keep) or old.dtype != dtype:
+    id_of = {safe_text(str(collection.paths[i])): collection.ids[i] for i in todo if not ok[i]}
+    failed_ids = [[id_of.get(path, path), why] for path, why in failures]
+    if todo or removed or old is None or len(old) != len(keep) or old.dtype != dtype or old.manifest.get("failed_count"):
         store = FeatureStore(
             model=spec.name,
             weights=weights,
             embeddings=embeddings[keep],
             ids=np.asarray(collection.ids)[keep],
             signatures=np.asarray(signatures)[keep],
-            manifest={"collection": collection.name, "created": old.manifest.get("created") if old else None},
+            manifest={"collection": collection.name, "created": old.manifest.get("created") if old else None,
+                      "failed": failed_ids[:FAILED_KEPT], "failed_count": len(failed_ids)},
         )
         save_store(store, folder, dtype)
     if runner is not None:

@@ -118,6 +118,20 @@ class Services:
 
         return self._open.get_or_build(entry.name, build)
 
+    def is_open(self, name: str | None) -> bool:
+        """Whether ``name``'s service is open (a switch to it opens nothing)."""
+        return name is None or name == self.default.engine.collection.name or name in self._open
+
     def forget(self, name: str) -> None:
         """Close a removed collection's service (its stores are gone)."""
         self._open.pop(name)
+
+    def reload(self, name: str | None) -> SearchService:
+        """Open ``name``'s collection again (images added, features imported): the folder
+        rescanned, the stores looked up afresh. Returns the new service."""
+        if name is None or name == self.default.engine.collection.name:
+            engine = self.default.engine
+            self.default = SearchService(Engine(self.registry.open(None), engine.settings), self.default.cache)
+            return self.default
+        self.forget(name)
+        return self.get(name)
