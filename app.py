@@ -34,7 +34,7 @@ from cbir.config import install_secret, server_settings  # noqa: E402
 from cbir.redisdb import ServiceUnavailable  # noqa: E402
 from cbir.auth.bootstrap import DEMO_USERS, bootstrap  # noqa: E402
 from cbir.errors import AuthError, ConfigError, LockedError  # noqa: E402
-from app_pages.common import get_users, show_error, touch_activity  # noqa: E402
+from app_pages.common import collection_switcher, get_users, show_error, touch_activity  # noqa: E402
 
 try:
     settings = server_settings()  # the environment's, refused (ConfigError) when a server must not run with them
@@ -228,6 +228,7 @@ with st.sidebar:
             del st.session_state[key]
 
     authenticator.logout("Log out", location="sidebar", key="auth_logout", callback=_on_logout)
+    collection_switcher()
 
 pages = [
     st.Page(f, title=title, icon=icon, default=i == 0)

@@ -41,10 +41,13 @@ def get_services() -> Services:
     return Services(default, CollectionRegistry(settings))
 
 
-#: Session state: the name of the collection this session works on (the sidebar's switcher
-#: sets it; the page URL carries it as ``?collection=NAME``).
-COLLECTION_KEY = "collection_name"
-COLLECTION_PARAM = "collection"
+#: The sidebar's collection switcher: its session-state key and the page URL's parameter
+#: (``?collection=NAME``, absent for the default collection), kept across page switches.
+COLLECTION_KEY = "collection"
+#: Session state: a collection to switch to on the next run (set after the switcher has run).
+COLLECTION_NEXT = "collection_next"
+#: Session-state prefixes of the pages' work; cleared when the session switches collection.
+PAGE_STATE = ("search_", "eval_", "map_", "coll_")
 
 
 def current_collection() -> str:
@@ -52,13 +55,61 @@ def current_collection() -> str:
     return st.session_state.get(COLLECTION_KEY) or get_services().default.engine.collection.name
 
 
+def switch_collection(name: str) -> None:
+    """Open ``name`` on the next run (after an add or a remove: the switcher has run)."""
+    st.session_state[COLLECTION_NEXT] = name
+    st.rerun()
+
+
+def _clear_page_state() -> None:
+    for key in [k for k in st.session_state if k.startswith(PAGE_STATE)]:
+        del st.session_state[key]
+
+
+def collection_switcher() -> str:
+    """The sidebar's collection picker, bound to the URL (``?collection=NAME``) so that a link
+    opens the same collection. Results, evaluations and maps of the previous collection are
+    dropped on a switch. A name the server does not know (a stale link, a collection an admin
+    removed) falls back to the default, with a warning. Returns the chosen name."""
+    from cbir.collection_registry import NAME_RE
+
+    services = get_services()
+    default = services.default.engine.collection.name
+    try:
+        names = list(services.registry.entries())
+    except CBIRError as exc:  # a damaged registry file: the default still works
+        show_error(exc)
+        names = [default]
+    asked = st.query_params.get(COLLECTION_KEY)
+    if asked is not None and asked not in names:
+        shown = f"`{asked}`" if NAME_RE.match(asked) else "the link's"  # a URL is hostile: only a valid name is echoed
+        st.warning(f"There is no collection {shown} on this server (removed, or a mistyped link); showing `{default}`.", icon="⚠️")
+    pending = st.session_state.pop(COLLECTION_NEXT, None)
+    current = st.session_state.get(COLLECTION_KEY)
+    if pending in names and pending != current:
+        st.session_state[COLLECTION_KEY] = pending
+        _clear_page_state()
+    elif current is not None and current not in names:
+        st.warning(f"The collection `{current}` was removed; showing `{default}`.", icon="⚠️")
+        st.session_state[COLLECTION_KEY] = default
+        _clear_page_state()
+    return st.selectbox("Collection", names, key=COLLECTION_KEY, bind="query-params", on_change=_clear_page_state,
+                        help="The image collection every page works on; the page URL keeps it, so a link opens the same "
+                             "one. Add one on the Collection page.")
+
+
 def get_service() -> SearchService:
-    """The search service of this session's collection (opened with a spinner the first time)."""
+    """The search service of this session's collection (opened with a spinner the first time).
+    A collection removed meanwhile stops the page with a message (the switcher resets it)."""
     services, name = get_services(), current_collection()
-    if services.is_open(name):
-        return services.get(name)
-    with st.spinner(f"Opening the collection {name}…"):
-        return services.get(name)
+    try:
+        if services.is_open(name):
+            return services.get(name)
+        with st.spinner(f"Opening the collection {name}…"):
+            return services.get(name)
+    except CBIRError as exc:
+        show_error(exc)
+        st.stop()
 
 
 def get_engine() -> Engine:
@@ -85,6 +136,17 @@ def model_label(name: str) -> str:
 
 def metric_label(name: str) -> str:
     return METRIC_LABELS.get(name, name)
+
+
+def upload_bytes(upload) -> bytes | None:
+    """An uploaded image's bytes, or None with a message when it is over CBIR_MAX_UPLOAD_MB.
+    The uploaders pass that limit as ``max_upload_size``, which only the browser enforces:
+    Streamlit's own limit (server.maxUploadSize) is the larger zip limit, CBIR_ZIP_MAX_MB."""
+    limit = get_settings().max_upload_mb
+    if upload.size > limit << 20:
+        st.error(f"{upload.name}: {upload.size / 2**20:.1f} MB is over the {limit} MB limit (CBIR_MAX_UPLOAD_MB)", icon="🚫")
+        return None
+    return upload.getvalue()
 
 
 def current_role() -> str:

@@ -10,11 +10,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from cbir.collection import image_extensions
 from cbir.errors import CBIRError
 from cbir.images import thumbnail_data_url
 from cbir.maps import MAP_METHODS, MAP_THUMBNAILS_MAX, MAPS, embedding_map, map_cached, map_status
 from cbir.request import parse_search
-from app_pages.common import require_login, get_engine, get_service, long_job_slot, model_label, result_grid, show_error, thumbnail_of
+from app_pages.common import require_login, get_engine, get_service, long_job_slot, model_label, result_grid, show_error, thumbnail_of, upload_bytes
 
 #: a five-pointed star as an SVG path in Vega's unit square, for the query
 STAR = "M0,-1L0.22,-0.31L0.95,-0.31L0.36,0.12L0.59,0.81L0,0.38L-0.59,0.81L-0.36,0.12L-0.95,-0.31L-0.22,-0.31Z"
@@ -142,13 +143,16 @@ chart = alt.layer(*layers).properties(height=620).configure_view(strokeWidth=0)
 event = st.altair_chart(chart, key=f"map_plot_{model}_{method}", on_select="rerun", width="stretch")
 
 picked = [p.get("id") for p in ((event.selection or {}).get("pick") or [] if event else []) if p.get("id")]
-upload = st.file_uploader("…or place an uploaded image on the map", type=["jpg", "jpeg", "png", "bmp", "webp"], key="map_upload")
+upload = st.file_uploader("…or place an uploaded image on the map", type=sorted(e[1:] for e in image_extensions()), key="map_upload",
+                          max_upload_size=engine.settings.max_upload_mb)
 # act on what changed since the last run: a click on a dot, or a new upload (either may stay set)
 seen = st.session_state.setdefault("map_seen", {"pick": None, "upload": None})
 now = {"pick": picked[0] if picked else None, "upload": upload.file_id if upload is not None else None}
 new_query = (("id", now["pick"]) if now["pick"] and now["pick"] != seen["pick"] else
-             ("upload", upload.getvalue()) if now["upload"] and now["upload"] != seen["upload"] else None)
+             ("upload", upload_bytes(upload)) if now["upload"] and now["upload"] != seen["upload"] else None)
 seen.update(now)
+if new_query and new_query[1] is None:  # an upload over the limit (said above)
+    new_query = None
 if new_query:
     try:
         kind, value = new_query

@@ -6,6 +6,8 @@ import random
 
 import streamlit as st
 
+from cbir.collection import image_extensions
+from cbir.config import get_settings
 from cbir.distances import METRICS
 from cbir.export import search_csv, search_json
 from cbir.extractors import MODELS, default_model
@@ -14,7 +16,7 @@ from cbir.index import AUTO, BACKENDS, backend_label, get_backend
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, ROCCHIO_TEXT, Rerank
 from cbir.request import parse_search
 from app_pages.common import (
-    require_login,
+    require_login, upload_bytes,
     get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row, thumbnail_of,
 )
 
@@ -143,9 +145,10 @@ with qcol:
     if source == "Collection image":
         image_id = query_picker(collection)
     else:
-        upload = st.file_uploader("Upload an image", type=["jpg", "jpeg", "png", "bmp", "webp"], key="search_upload")
+        upload = st.file_uploader("Upload an image", type=sorted(e[1:] for e in image_extensions()), key="search_upload",
+                                  max_upload_size=get_settings().max_upload_mb)
         if upload is not None:
-            image_bytes = upload.getvalue()
+            image_bytes = upload_bytes(upload)
 with pcol:
     if image_id is not None:
         st.image(str(collection.path_of(image_id)), caption=f"query {image_id}" + (f" · {collection.label_of(image_id)}" if collection.has_labels else ""), width="stretch")

@@ -87,7 +87,7 @@ def _start_services(settings, env: dict, procs: list[subprocess.Popen], stopping
     procs.append(api)
     app = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", settings.app_host,
-         "--server.port", str(settings.app_port), "--server.headless", "true"],
+         "--server.port", str(settings.app_port), "--server.headless", "true", "--server.maxUploadSize", str(settings.zip_max_mb)],
         env=env, start_new_session=True,
     )
     procs.append(app)

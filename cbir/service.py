@@ -101,12 +101,32 @@ class Services:
     def __init__(self, default: SearchService, registry, bound: int = 4):
         self.default, self.registry = default, registry
         self._open: LRU[str, SearchService] = LRU(bound)
+        self._opened_as: dict[str, tuple[str, float]] = {}  # name -> (folder, added_at) it was opened as
+        self._stamp: tuple | None = None  # the registry file's (mtime_ns, size, inode) when last checked
+
+    def _revalidate(self) -> None:
+        """Close open services whose collection was removed or replaced (by another process:
+        the CLI, the API, the app) since the registry file was last seen: one stat per call."""
+        try:
+            st = self.registry.path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = None
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        entries = self.registry.entries()
+        for name in list(self._open):
+            entry = entries.get(name)
+            if entry is None or (entry.folder, entry.added_at) != self._opened_as.get(name):
+                self.forget(name)
 
     def get(self, name: str | None) -> SearchService:
         """The service of collection ``name`` (None or the default's name: the default).
         Raises :class:`cbir.errors.UnknownNameError` for a name not registered."""
         if name is None or name == self.default.engine.collection.name:
             return self.default
+        self._revalidate()
         opened = self._open.get(name)  # an open collection: no registry read per request
         if opened is not None:
             return opened
@@ -114,6 +134,7 @@ class Services:
 
         def build() -> SearchService:
             engine = Engine(self.registry.open(entry.name), self.default.engine.settings)
+            self._opened_as[entry.name] = (entry.folder, entry.added_at)
             return SearchService(engine, self.default.cache)
 
         return self._open.get_or_build(entry.name, build)
@@ -125,6 +146,7 @@ class Services:
     def forget(self, name: str) -> None:
         """Close a removed collection's service (its stores are gone)."""
         self._open.pop(name)
+        self._opened_as.pop(name, None)
 
     def reload(self, name: str | None) -> SearchService:
         """Open ``name``'s collection again (images added, features imported): the folder

@@ -186,6 +186,7 @@ def service_env(redis_url: str, tmp: Path, **extra) -> dict:
         "CBIR_COLLECTION": str(COLLECTION),
         "CBIR_FEATURES_DIR": str(ROOT / "features"),
         "CBIR_VAR_DIR": str(tmp / "var"),
+        "CBIR_COLLECTIONS_ROOT": str(tmp / "collections"),  # collections added by a test: never in the checkout
         "PYTHONUNBUFFERED": "1",
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
     }
@@ -226,7 +227,7 @@ def app_server(session_tmp):
         port, service_env(redis.url, session_tmp / "app", CBIR_LOGIN_RATE="1000", CBIR_FEATURES_DIR=str(features)),
         session_tmp / "app.log", ready_path="/_stcore/health",
     ).start()
-    server.redis, server.features = redis, features
+    server.redis, server.features, server.collections_root = redis, features, session_tmp / "app" / "collections"
     yield server
     server.stop()
     redis.stop()

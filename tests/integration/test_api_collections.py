@@ -68,3 +68,26 @@ def test_two_collections_side_by_side(api):
     assert gone.status_code == 200 and not (features / "trip").exists() and photos.is_dir()
     assert client.post("/api/search?collection=trip", json={"image_id": "buses/300"}, headers=student).status_code == 422
     assert client.delete("/api/collections/image.orig", headers=admin).status_code == 422
+
+
+@pytest.mark.redis
+def test_a_collection_replaced_by_another_process_is_reopened(api, tmp_path):
+    """The API had "trip" open; the CLI (another process, another registry object) removes it
+    and adds another folder under the same name: the next request sees the new folder (it
+    served the old one's images until a restart)."""
+    from cbir.collection_registry import CollectionRegistry
+
+    client, photos, _ = api
+    student = api_login(client, "student", "multimedia")
+    cli = CollectionRegistry(make_settings(None, tmp_path, collections_root=tmp_path / "collections"))
+    cli.add("trip", photos, actor="cli")
+    assert client.get("/api/available_images?collection=trip", headers=student).json()["total"] == 6
+    other = tmp_path / "collections" / "other"
+    other.mkdir()
+    shutil.copy(COLLECTION / "0.jpg", other / "0.jpg")
+    cli.remove("trip")
+    cli.add("trip", other, actor="cli")
+    listed = client.get("/api/available_images?collection=trip", headers=student).json()
+    assert listed["total"] == 1 and listed["items"][0]["id"] == "0"
+    cli.remove("trip")
+    assert client.get("/api/available_images?collection=trip", headers=student).status_code == 422
