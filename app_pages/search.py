@@ -251,7 +251,8 @@ for tab, name in zip(tabs, names):
         has_metrics = ranked["average_precision"] is not None
         c1, c2, c3, c4 = st.columns(4)
         k = result["top_k"]
-        c1.metric(f"P@{k}", f"{ranked['precision_at_k']:.3f}" if has_metrics else "—")
+        alone = ranked.get("relevant_in_collection") == 0
+        c1.metric(f"P@{k}", f"{ranked['precision_at_k']:.3f}" if has_metrics or alone else "—")
         c2.metric(f"R@{k}", f"{ranked['recall_at_k']:.3f}" if has_metrics else "—")
         singles = [r["average_precision"] for r in result["models"].values() if r["average_precision"] is not None]
         fused_gain = ranked["average_precision"] - max(singles) if name == "combined" and has_metrics and singles else None
@@ -261,6 +262,9 @@ for tab, name in zip(tabs, names):
             st.caption("AP per model: " + " · ".join(f"{model_label(m)} {r['average_precision']:.3f}" for m, r in result["models"].items())
                        + f" → fused {ranked['average_precision']:.3f}")
         c4.metric("Time", f"{1000 * ranked['seconds']:.1f} ms")
+        if alone:
+            st.caption("The query is the only image of its class here: recall, AP and the PR curve are undefined "
+                       "(evaluations leave such queries out of mAP and count them).")
         result_grid(engine, ranked, columns=5, key=f"search_fb_{st.session_state.get('search_fb_gen', 0)}_{name}", feedback=True)
         if has_metrics:
             history = [(r["combined"] if name == "combined" else r["models"].get(name)) for r in rounds]

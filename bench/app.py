@@ -4,6 +4,7 @@ collection image; prints the median and the maximum."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -25,13 +26,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> None:
+@contextlib.contextmanager
+def running_app(**env_extra: str):
+    """A real Redis and the Streamlit app on loopback, and a chromium page logged in as the
+    researcher (demo mode); stopped (by pid) on exit. Yields (page, url, state folder)."""
     from playwright.sync_api import sync_playwright
 
     tmp = Path(tempfile.mkdtemp(prefix="cbir-bench-app-"))
     rport, port = free_port(), free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(rport), "--save", "", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
-    env = {**os.environ, "CBIR_REDIS_URL": f"redis://127.0.0.1:{rport}/0", "CBIR_DEMO": "1", "CBIR_VAR_DIR": str(tmp)}
+    env = {**os.environ, "CBIR_REDIS_URL": f"redis://127.0.0.1:{rport}/0", "CBIR_DEMO": "1", "CBIR_VAR_DIR": str(tmp),
+           **env_extra}
     app = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
                             "--server.address", "127.0.0.1", "--server.headless", "true"], env=env, cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -53,26 +58,32 @@ def main() -> None:
             page.get_by_label("Password", exact=True).fill("umons2024")
             page.get_by_role("button", name="Log in").click()
             page.get_by_text("Images indexed").wait_for()
-            times = []
-            for i in range(11):
-                page.get_by_role("button", name=re.compile("Random")).click()
-                page.wait_for_timeout(800)
-                query = page.get_by_text(re.compile(r"^query \d+")).first.inner_text().split()[1]
-                t = time.perf_counter()
-                page.get_by_role("button", name="Search", exact=True).click()
-                page.get_by_text(f"Results for query {query}", exact=True).wait_for()
-                page.locator(".cbir-hit").nth(9).wait_for()
-                page.locator(".js-plotly-plot").first.wait_for()
-                if i:  # the first search also loads the stores
-                    times.append(time.perf_counter() - t)
+            yield page, url, tmp
             browser.close()
-        print(f"click to results (10 thumbnails, metrics, PR curve), {len(times)} searches: "
-              f"median {1000 * statistics.median(times):.0f} ms, max {1000 * max(times):.0f} ms")
     finally:
         app.terminate()
         redis.terminate()
         app.wait(10)
+        redis.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    with running_app() as (page, _url, _tmp):
+        times = []
+        for i in range(11):
+            page.get_by_role("button", name=re.compile("Random")).click()
+            page.wait_for_timeout(800)
+            query = page.get_by_text(re.compile(r"^query \d+")).first.inner_text().split()[1]
+            t = time.perf_counter()
+            page.get_by_role("button", name="Search", exact=True).click()
+            page.get_by_text(f"Results for query {query}", exact=True).wait_for()
+            page.locator(".cbir-hit").nth(9).wait_for()
+            page.locator(".js-plotly-plot").first.wait_for()
+            if i:  # the first search also loads the stores
+                times.append(time.perf_counter() - t)
+    print(f"click to results (10 thumbnails, metrics, PR curve), {len(times)} searches: "
+          f"median {1000 * statistics.median(times):.0f} ms, max {1000 * max(times):.0f} ms")
 
 
 if __name__ == "__main__":

@@ -195,7 +195,10 @@ def unpack_zip(source: str | Path | bytes, target: str | Path, limits: ZipLimits
                 out.files += 1
                 if progress:
                     progress(out.bytes, need)
-            staging.rename(target)
+            try:
+                staging.rename(target)  # atomic; refused when another upload took the name meanwhile
+            except OSError:
+                raise CollectionExistsError(f"{target.name}/ was created meanwhile (another upload?): choose another name") from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -210,6 +210,9 @@ def cmd_search(args) -> int:
         if rl.has_metrics:
             ap = "AP" if rl.depth is None else f"AP@{rl.depth}"
             print(f"P@{resp.top_k}={rl.precision_at_k:.3f}  R@{resp.top_k}={rl.recall_at_k:.3f}  {ap}={rl.average_precision:.4f}")
+        elif rl.n_relevant == 0:
+            print(f"P@{resp.top_k}={rl.precision_at_k:.3f}  R@{resp.top_k} and AP undefined: the query is the only image of "
+                  "its class (evaluations leave such queries out of mAP)")
     return 0
 
 
@@ -347,12 +350,33 @@ def cmd_collections(args) -> int:
 
     registry = CollectionRegistry(get_settings())
     if args.collections_command == "add":
-        entry = registry.add(args.name, args.folder, actor=f"cli:{getpass.getuser()}")
+        actor = f"cli:{getpass.getuser()}"
+        if Path(args.folder).is_file() and args.folder.lower().endswith(".zip"):
+            from tqdm import tqdm
+
+            bars = []  # the bar appears once the zip passed its checks: a refusal is one line
+
+            def progress(done: int, total: int) -> None:
+                if not bars:
+                    bars.append(tqdm(total=total, unit="B", unit_scale=True, desc="unpacking", file=sys.stderr))
+                _tqdm_progress(bars[0])(done, total)
+
+            try:
+                entry, unpacked = registry.add_zip(args.name, args.folder, actor, progress=progress)
+            finally:
+                for bar in bars:
+                    bar.close()
+            print(f"unpacked {unpacked.files} file(s) into {entry.folder}" + (f", {len(unpacked.skipped)} skipped" if unpacked.skipped else ""))
+            for name, why in unpacked.skipped[:10]:
+                print(f"  skipped {name}: {why}")
+        else:
+            entry = registry.add(args.name, args.folder, actor=actor)
         print(f"added {entry.name} -> {entry.folder}; index it: cbir index --collection {entry.name}")
         return 0
     if args.collections_command == "remove":
         entry = registry.remove(args.name)
-        print(f"removed {entry.name} and its feature stores (its images in {entry.folder} are left in place)")
+        print(f"removed {entry.name} and its feature stores" + (" and its uploaded images" if entry.uploaded else
+                                                                  f" (its images in {entry.folder} are left in place)"))
         return 0
     rows = [describe(registry, entry) for entry in registry.entries().values()]
     if args.json:
@@ -513,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--json", action="store_true", help="machine-readable output")
     ca = csub.add_parser("add", help="register a folder of images under a name")
     ca.add_argument("name", help="1-64 letters, digits, '_', '.' or '-'")
-    ca.add_argument("folder", help="a folder on this machine (class sub-folders or a labels.csv give labels)")
+    ca.add_argument("folder", help="a folder on this machine (class sub-folders or a labels.csv give labels), or a .zip "
+                    "of one: unpacked safely into CBIR_COLLECTIONS_ROOT/NAME and removed with the collection")
     cr = csub.add_parser("remove", help="forget a collection and delete its feature stores (its images stay)")
     cr.add_argument("name")
     for c in (cl, ca, cr):

@@ -230,7 +230,7 @@ class Engine(StoreCatalogue):
             method=request.method if fused is not None else None,
             weights=request.weight_map if (request.weights and fused is not None and fusion_method(request.method).weighted) else None,
             rerank=request.rerank, feedback_rounds=len(request.feedback), timings=timings, backend=backend, depth=depth,
-            inputs=inputs,
+            inputs=inputs, collection=self.collection.name,
         )
 
     # -- experiments (cbir.experiments) ------------------------------------------------
@@ -242,8 +242,10 @@ class Engine(StoreCatalogue):
         rest, for one model or a fusion (approximate backend: mAP at ``depth``); ``ties``:
         "stable" or "average" (tie-aware figures)."""
         models = list(dict.fromkeys(get_spec(m).name for m in ([models] if isinstance(models, str) else list(models))))
-        return experiments.evaluate(self, models, metric, method, weights, progress, rerank, self.resolve_backend(backend, models),
-                                    int(depth or self.settings.search_depth), queries, seed, ties)
+        report = experiments.evaluate(self, models, metric, method, weights, progress, rerank, self.resolve_backend(backend, models),
+                                      int(depth or self.settings.search_depth), queries, seed, ties)
+        report.collection = self.collection.name
+        return report
 
     def evaluate_feedback(self, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:
         """Simulated Rocchio feedback with the true labels; the report before and after each round."""

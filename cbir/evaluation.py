@@ -201,6 +201,7 @@ class EvaluationReport:
     ties: int = 0
     tied_queries: int = 0
     tie_rule: str = "stable"
+    collection: str | None = None  # the name of the collection evaluated
 
     @property
     def n_scored(self) -> int:
@@ -227,6 +228,7 @@ class EvaluationReport:
     def to_dict(self) -> dict:
         return {
             "name": self.name,
+            "collection": self.collection,
             "metric": self.metric,
             "queries": self.n_queries,
             "queries_scored": self.n_scored,

@@ -104,14 +104,15 @@ def rank_distances(
         # k in the denominator, as trec_eval and `cbir evaluate` do: 6 images, k = 10 and
         # 4 relevant returned give P@10 = 0.4, not 4/5 (fewer than k ranked count as misses)
         result.precision_at_k = float(rel[:k].sum() / top_k) if top_k > 0 else 0.0
-        result.recall_at_k = float(rel[:k].sum() / n_rel) if n_rel else 0.0
-        result.average_precision = float(average_precision(rel, n_rel)[0])
-        recall, precision = pr_curve(rel, n_rel)
-        last = int(np.searchsorted(recall, 1.0 - 1e-12)) + 1 if n_rel else len(recall)
-        last = min(max(last, k), MAX_PR_POINTS, len(recall))
-        result.pr_recall = recall[:last].round(5).tolist()
-        result.pr_precision = precision[:last].round(5).tolist()
-        result.pr_11 = interpolated_pr(rel, n_rel)[0].round(5).tolist()
+        if n_rel:  # a query alone in its class: recall, AP and the PR curve are undefined (None, not 0)
+            result.recall_at_k = float(rel[:k].sum() / n_rel)
+            result.average_precision = float(average_precision(rel, n_rel)[0])
+            recall, precision = pr_curve(rel, n_rel)
+            last = int(np.searchsorted(recall, 1.0 - 1e-12)) + 1
+            last = min(max(last, k), MAX_PR_POINTS, len(recall))
+            result.pr_recall = recall[:last].round(5).tolist()
+            result.pr_precision = precision[:last].round(5).tolist()
+            result.pr_11 = interpolated_pr(rel, n_rel)[0].round(5).tolist()
     for r in range(k):
         i = order[r]
         result.hits.append(

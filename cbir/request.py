@@ -280,7 +280,8 @@ class SearchResponse:
     ``backend``: the vector index that served it (``depth``: candidates per model of an
     approximate one, whose AP is AP@depth); ``timings``: seconds per step (``decode``,
     ``load:<model>``, ``extract:<model>``, ``search:<model>``, ``fusion``, ``total``);
-    ``inputs``: every model's full distance row, kept for re-fusion, never serialised."""
+    ``inputs``: every model's full distance row, kept for re-fusion, never serialised;
+    ``collection``: the name of the collection searched."""
 
     query: Query
     metric: str
@@ -295,10 +296,12 @@ class SearchResponse:
     backend: str = "exact"
     depth: int | None = None
     inputs: FusionInputs | None = field(default=None, repr=False)  # for re-fusion; not part of the JSON
+    collection: str | None = None  # the name of the collection searched
 
     def to_dict(self) -> dict:
         """The JSON body the API returns (and the CLI's ``--json``, the exports)."""
         return {
+            "collection": self.collection,
             "query": {"id": self.query.image_id, "label": self.query.label, "upload": self.query.is_upload},
             "metric": self.metric,
             "top_k": self.top_k,

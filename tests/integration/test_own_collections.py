@@ -167,3 +167,62 @@ def test_images_removed_from_the_folder_since_indexing_are_not_ranked(small_coll
     assert len(got) == 9 and not {"301", "302"} & set(got), got  # 10 images in the folder, the query left out
     assert ranked.n_relevant == 1  # 303: the one other bus still in the folder
     assert engine.evaluate(["efficientnet_lite0"], "cosine").n_queries == 10
+
+
+def test_a_query_alone_in_its_class_has_no_ap_rather_than_ap_0(small_collection, tmp_path):
+    """AP and recall are undefined with no relevant image: the search says so (None, and a line
+    in the CLI) instead of scoring 0, as the evaluation leaves such queries out of mAP."""
+    from cbir.config import Settings
+    from cbir.engine import Engine
+
+    labels = small_collection / "labels.csv"
+    labels.write_text(labels.read_text().replace("400,dinosaurs", "400,lonely"))
+    ids = sorted(p.stem for p in small_collection.glob("*.jpg"))
+    _wang_subset_store(small_collection, tmp_path / "f", ids)
+    engine = Engine(small_collection, Settings(collection=small_collection, features_dir=tmp_path / "f", var_dir=tmp_path / "var"))
+    alone = engine.search(["efficientnet_lite0"], "cosine", 5, image_id="400").per_model["efficientnet_lite0"]
+    assert alone.n_relevant == 0 and alone.precision_at_k == 0.0
+    assert alone.average_precision is None and alone.recall_at_k is None and alone.pr_recall == []
+    assert alone.to_dict()["average_precision"] is None
+    from cbir.export import search_csv
+
+    response = engine.search(["efficientnet_lite0"], "cosine", 5, image_id="400").to_dict()
+    assert response["collection"] == "small"  # every export names its collection
+    assert search_csv(response).splitlines()[1].endswith(",small")
+    other = engine.search(["efficientnet_lite0"], "cosine", 5, image_id="401").per_model["efficientnet_lite0"]
+    assert other.n_relevant == 2 and other.average_precision > 0
+    report = engine.evaluate(["efficientnet_lite0"], "cosine")
+    assert report.n_singleton == 1 and report.n_scored == 11 and report.to_dict()["collection"] == "small"
+    r = _cbir("search", "--collection", str(small_collection), "-m", "efficientnet_lite0", "--id", "400", "-k", "3",
+              env={"CBIR_FEATURES_DIR": str(tmp_path / "f")})
+    assert r.returncode == 0 and "AP undefined: the query is the only image of its class" in r.stdout, r.stdout + r.stderr
+
+
+def test_cli_adds_a_zip_as_a_collection_and_refuses_a_bomb_in_one_line(tmp_path):
+    import io
+    import zipfile
+
+    env = {"CBIR_VAR_DIR": str(tmp_path / "var"), "CBIR_COLLECTIONS_ROOT": str(tmp_path / "collections"),
+           "CBIR_FEATURES_DIR": str(tmp_path / "f")}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for cls, first in (("africa", 0), ("buses", 300)):
+            for i in range(first, first + 2):
+                z.write(COLLECTION / f"{i}.jpg", f"mine/{cls}/{i}.jpg")
+        z.writestr("mine/notes.txt", "x")
+    (tmp_path / "mine.zip").write_bytes(buf.getvalue())
+    r = _cbir("collections", "add", "mine", str(tmp_path / "mine.zip"), env=env)
+    assert r.returncode == 0 and "unpacked 4 file(s)" in r.stdout and "skipped mine/notes.txt" in r.stdout, r.stdout + r.stderr
+    listed = _cbir("collections", "list", env=env).stdout
+    assert "mine" in listed and "folders" in listed
+    r = _cbir("collections", "remove", "mine", env=env)
+    assert r.returncode == 0 and "and its uploaded images" in r.stdout and not (tmp_path / "collections" / "mine").exists()
+
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(COLLECTION / "0.jpg", "0.jpg")
+        z.writestr("zeros.png", b"\0" * (30 << 20))
+    (tmp_path / "bomb.zip").write_bytes(bomb.getvalue())
+    r = _cbir("collections", "add", "bomb", str(tmp_path / "bomb.zip"), env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "zip bomb" in r.stderr, r.stderr
+    assert list((tmp_path / "collections").iterdir()) == []
