@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .collection import Collection, scan_collection
 from .config import Settings, get_settings
-from .errors import StoreError
+from .errors import CBIRError, StoreError
 from .extractors import get_spec
 from .index_cache import IndexCache
 from .store import FeatureStore
@@ -66,3 +66,30 @@ class StoreCatalogue:
         """Each model's store, looked up once: what one request works on from start to end
         (a store rewritten meanwhile is seen by the next request)."""
         return {m: self.store(m) for m in models}
+
+    def coverage(self, model: str) -> dict:
+        """How much of the collection the model's store covers now: ``indexed`` (images of the
+        folder with a vector), ``missing`` (in the folder, not extracted yet: new or changed
+        since the last run), ``failed`` (the last run could not decode or extract them; the
+        first ``cbir.extraction.FAILED_KEPT`` as (id, why) in ``failed_list``), ``stale`` (vectors of images
+        no longer in the folder, never ranked), and ``skipped`` (left out by the scan rule,
+        for every model). Counts are ints; an unreadable store counts as none (``model_info``
+        gives the reason)."""
+        ids = self.collection.ids
+        out = {"model": model, "images": len(ids), "indexed": 0, "missing": len(ids), "failed": 0, "failed_list": [],
+               "stale": 0, "skipped": len(self.collection.skipped)}
+        try:
+            store = self.store(model) if self.has_store(model) else None
+        except CBIRError:  # unreadable: model_info says why; nothing of it is searchable
+            store = None
+        if store is None:
+            return out
+        stored = set(store.ids.tolist())
+        indexed = sum(1 for i in ids if i in stored)
+        kept = store.manifest.get("failed", [])
+        failed = [(i, why) for i, why in kept if i in self.collection and i not in stored]
+        total = int(store.manifest.get("failed_count", len(kept)))
+        count = len(failed) if total <= len(kept) else min(total, len(ids) - indexed)  # beyond the list: the run's count
+        out.update(indexed=indexed, failed=count, failed_list=failed, missing=len(ids) - indexed - count,
+                   stale=len(stored) - indexed)
+        return out

@@ -82,29 +82,6 @@ class Engine(StoreCatalogue):
             out.append(info)
         return out
 
-    def coverage(self, model: str) -> dict:
-        """How much of the collection the model's store covers now: ``indexed`` (images of the
-        folder with a vector), ``missing`` (in the folder, not extracted yet: new or changed
-        since the last run), ``failed`` (the last run could not decode or extract them; the
-        first ``cbir.extraction.FAILED_KEPT`` as (id, why) in ``failed_list``), ``stale`` (vectors of images
-        no longer in the folder, never ranked), and ``skipped`` (left out by the scan rule,
-        for every model). Counts are ints; raises :class:`StoreError` for an unreadable store."""
-        ids = self.collection.ids
-        out = {"model": model, "images": len(ids), "indexed": 0, "missing": len(ids), "failed": 0, "failed_list": [],
-               "stale": 0, "skipped": len(self.collection.skipped)}
-        if not self.has_store(model):
-            return out
-        store = self.store(model)
-        stored = set(store.ids.tolist())
-        indexed = sum(1 for i in ids if i in stored)
-        kept = store.manifest.get("failed", [])
-        failed = [(i, why) for i, why in kept if i in self.collection and i not in stored]
-        total = int(store.manifest.get("failed_count", len(kept)))
-        count = len(failed) if total <= len(kept) else min(total, len(ids) - indexed)  # beyond the list: the run's count
-        out.update(indexed=indexed, failed=count, failed_list=failed, missing=len(ids) - indexed - count,
-                   stale=len(stored) - indexed)
-        return out
-
     def searchable_models(self) -> list[str]:
         return [m["name"] for m in self.model_info() if m["searchable"]]
 

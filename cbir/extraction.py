@@ -161,6 +161,12 @@ def _extract_here(model: str, weights: str, extractor, paths, batch_size, thread
     return extract_paths(extractor or build_extractor(model, weights), paths, batch_size, threads, max_pixels, progress)
 
 
+def _failed_ids(collection: Collection, rows: list[int], failures: list[tuple[str, str]]) -> list[list[str]]:
+    """[id, why] of each failure (reported by path) at ``rows`` of the collection."""
+    id_of = {safe_text(str(collection.paths[i])): collection.ids[i] for i in rows}
+    return [[id_of.get(path, path), why] for path, why in failures]
+
+
 def index_collection(
     collection: Collection,
     model: str,
@@ -204,8 +210,7 @@ def index_collection(
     if not ok.any():
         raise CBIRError(f"no image of {collection.root} could be read; {len(failures)} failed, e.g. {failures[0][1]}")
     keep = np.flatnonzero(ok)
-    id_of = {safe_text(str(collection.paths[i])): collection.ids[i] for i in todo if not ok[i]}
-    failed_ids = [[id_of.get(path, path), why] for path, why in failures]
+    failed_ids = _failed_ids(collection, [i for i in todo if not ok[i]], failures)
     if todo or removed or old is None or len(old) != len(keep) or old.dtype != dtype or old.manifest.get("failed_count"):
         store = FeatureStore(
             model=spec.name,

@@ -399,7 +399,7 @@ def test_pages_need_a_login(browser, app_server):
 
 
 # -- sessions: deep links, forged cookies, revocation ---------------------------------------
-PAGE_HEADINGS = {"/": "🔎 Search", "/evaluate": "📈 Evaluate", "/collection": "🗂️ Collection", "/admin": "🛡️ Admin"}
+PAGE_HEADINGS = {"/": "🔎 Search", "/evaluate": "📈 Evaluate", "/collection": "🗂️ Collection · image.orig", "/admin": "🛡️ Admin"}
 
 
 @pytest.mark.parametrize("username,password,paths", [

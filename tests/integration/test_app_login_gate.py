@@ -21,7 +21,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from tests.conftest import ROOT, RedisServer, ServiceProcess, free_port, service_env
 
 PAGE_TITLES = {"search": "🔎 Search", "evaluate": "📈 Evaluate", "map": "🗺️ Map",
-               "collection": "🗂️ Collection", "admin": "🛡️ Admin"}
+               "collection": "🗂️ Collection · image.orig", "admin": "🛡️ Admin"}
 ANY_PAGE = re.compile("|".join(re.escape(t) for t in PAGE_TITLES.values()))
 TIMEOUT = 60_000
 

@@ -51,6 +51,21 @@ def test_index_names_every_skip_and_keeps_what_was_extracted(awkward, tmp_path):
     r = _cbir("search", "--collection", str(awkward), "-m", "efficientnet_lite0", "--id", "africa/caf%E9", "-k", "2", env=env)
     assert r.returncode == 0 and "africa" in r.stdout, r.stderr
 
+    # what the Collection page shows per model: indexed, missing, failed (named), stale, skipped
+    from cbir.config import Settings
+    from cbir.engine import Engine
+
+    def coverage():
+        return Engine(awkward, Settings(collection=awkward, features_dir=tmp_path / "f", var_dir=tmp_path / "var")).coverage("efficientnet_lite0")
+
+    c = coverage()
+    assert (c["images"], c["indexed"], c["missing"], c["failed"], c["stale"], c["skipped"]) == (9, 8, 0, 1, 0, 3), c
+    assert [i for i, _ in c["failed_list"]] == ["buses/broken"] and "broken.jpg" in c["failed_list"][0][1]
+    (awkward / "buses" / "303.jpg").write_bytes((COLLECTION / "303.jpg").read_bytes())
+    (awkward / "africa" / "0.jpg").unlink()
+    c = coverage()
+    assert (c["indexed"], c["missing"], c["failed"], c["stale"]) == (7, 1, 1, 1), c
+
 
 def test_cli_lists_all_skipped_on_request(tmp_path):
     root = tmp_path / "many"

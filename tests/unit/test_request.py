@@ -249,7 +249,7 @@ def test_two_stores_in_different_orders_are_aligned_row_by_row(tmp_path):
 
     class Owner:
         settings = Settings(collection=COLLECTION, features_dir=tmp_path, var_dir=tmp_path)
-        collection = type("C", (), {"labels_for": staticmethod(lambda ids: None)})()
+        collection = type("C", (), {"labels_for": staticmethod(lambda ids: None), "__contains__": lambda self, i: True})()
 
         def store_folder(self, model):
             return tmp_path / model
