@@ -40,6 +40,10 @@ st.caption(
 )
 if "collection_notice" in st.session_state:
     st.success(st.session_state.pop("collection_notice"))
+    skipped_entries = st.session_state.pop("collection_notice_skipped", None)
+    if skipped_entries:
+        with st.expander(f"{len(skipped_entries)} zip entr{'y' if len(skipped_entries) == 1 else 'ies'} skipped", expanded=True):
+            st.dataframe(pd.DataFrame([{"Entry": n, "Why": w} for n, w in skipped_entries]), hide_index=True, width="stretch")
 
 infos = engine.model_info()
 coverage = {m["name"]: engine.coverage(m["name"]) for m in infos}
@@ -81,19 +85,12 @@ if missing:
         for m in missing:
             st.markdown(f"**{model_label(m['name'])}**: {for_this_user(m['reason'])}")
 
-st.subheader("Index or update")
-available = [m["name"] for m in infos if m["available"] and m["extracts"]]  # imported features are never extracted
-c1, c2, c3 = st.columns([3, 1, 1])
-chosen = c1.multiselect("Models to index", available, default=[m for m in available if coverage[m]["indexed"] != len(collection)][:1], format_func=model_label, key="coll_models")
-where = c2.selectbox("Run on", ["This process", "Local Dask cluster"] + (["Dask scheduler"] if settings.dask_scheduler else []),
-                     key="coll_where", help="A local Dask cluster runs one worker process per core; the Dask scheduler is "
-                     f"{settings.dask_scheduler or 'unset (CBIR_DASK_SCHEDULER)'}. Workers must see the collection at the same path.")
-workers = c3.number_input("Workers", 1, 64, max(1, os.cpu_count() or 1), key="coll_workers", disabled=where != "Local Dask cluster")
 
 
-def index_models(target, models: list[str], runner=None) -> None:
+def index_models(target, models: list[str], runner=None) -> list[str]:
     """Index each of ``models`` on ``target`` (an engine) with a progress bar (and the Dask
-    dashboard's address)."""
+    dashboard's address); returns each run's summary."""
+    summaries = []
     if runner is not None:
         st.markdown(f"Dask dashboard: [{runner.dashboard}]({runner.dashboard}) (reachable from this machine)")
     for name in models:
@@ -110,13 +107,30 @@ def index_models(target, models: list[str], runner=None) -> None:
                                   threads=settings.decode_threads, max_pixels=settings.max_image_pixels,
                                   progress=progress, extractor=extractor, runner=runner)
         bar.progress(1.0, text=report.summary())
+        summaries.append(report.summary())
         if report.skipped:
             with st.expander(f"{len(report.skipped)} image(s) skipped"):
                 for line in report.skipped:
                     st.text(for_this_user(line))
+    return summaries
 
 
-if st.button("Index / update", type="primary", key="coll_index", disabled=not chosen):
+def index_section() -> None:
+    """Index or update: researchers and admins (a student only sees the counts above)."""
+    st.subheader("Index or update")
+    if role not in ("admin", "researcher"):
+        st.caption("Researchers and admins index collections (extraction takes the server's cores).")
+        return
+    available = [m["name"] for m in infos if m["available"] and m["extracts"]]  # imported features are never extracted
+    c1, c2, c3 = st.columns([3, 1, 1])
+    chosen = c1.multiselect("Models to index", available, default=[m for m in available if coverage[m]["indexed"] != len(collection)][:1],
+                            format_func=model_label, key="coll_models")
+    where = c2.selectbox("Run on", ["This process", "Local Dask cluster"] + (["Dask scheduler"] if settings.dask_scheduler else []),
+                         key="coll_where", help="A local Dask cluster runs one worker process per core; the Dask scheduler is "
+                         f"{settings.dask_scheduler or 'unset (CBIR_DASK_SCHEDULER)'}. Workers must see the collection at the same path.")
+    workers = c3.number_input("Workers", 1, 64, max(1, os.cpu_count() or 1), key="coll_workers", disabled=where != "Local Dask cluster")
+    if not st.button("Index / update", type="primary", key="coll_index", disabled=not chosen):
+        return
     from cbir.distributed import DaskRunner
 
     try:
@@ -127,10 +141,15 @@ if st.button("Index / update", type="primary", key="coll_index", disabled=not ch
         else:
             runner = contextlib.nullcontext()
         with st.spinner("Indexing…" if where == "This process" else f"Indexing on the {where.lower()}…"), runner as dask:
-            index_models(engine, chosen, dask)
-        st.success("Indexing finished. Searches use the new features right away.")
+            summaries = index_models(engine, chosen, dask)
+        st.session_state["collection_notice"] = "\n\n".join(["Indexing finished. Searches use the new features right away."]
+                                                             + [for_this_user(line) for line in summaries])
+        st.rerun()  # the counts above, up to date
     except Exception as exc:
         show_error(exc)
+
+
+index_section()
 
 st.subheader("Import features computed elsewhere")
 if role in ("admin", "researcher"):
@@ -238,12 +257,12 @@ def unpack_and_index(name: str, upload, model: str | None) -> None:
     upload.seek(0)
     entry, unpacked = services.registry.add_zip(name, upload, username, progress=progress)
     get_users().log("collection_added", entry.name, "app", "ok", username)
-    bar.progress(1.0, text=f"Unpacked {unpacked.files:,} file(s), {unpacked.bytes / 2**20:,.1f} MiB"
+    bar.progress(1.0, text=f"Unpacked {unpacked.images:,} image(s), {unpacked.bytes / 2**20:,.1f} MiB"
                  + (f" (the top folder {unpacked.prefix}/ stripped)" if unpacked.prefix else ""))
-    if unpacked.skipped:
-        with st.expander(f"{len(unpacked.skipped)} zip entr{'y' if len(unpacked.skipped) == 1 else 'ies'} skipped"):
-            st.dataframe(pd.DataFrame([{"Entry": n, "Why": w} for n, w in unpacked.skipped]), hide_index=True, width="stretch")
-    notice = f"The collection **{entry.name}** was added from the zip ({unpacked.files:,} files)."
+    st.session_state["collection_notice_skipped"] = unpacked.skipped  # shown on the new collection's page
+    notice = (f"The collection **{entry.name}** was added from the zip ({unpacked.images:,} images"
+              + (f", {len(unpacked.skipped)} entr{'y' if len(unpacked.skipped) == 1 else 'ies'} skipped: listed below"
+                 if unpacked.skipped else "") + ").")
     if model:
         try:
             index_models(services.get(entry.name).engine, [model])

@@ -38,7 +38,7 @@ def get_services() -> Services:
     return_large_buffers()  # once per app process: big temporaries go back to the OS
     settings = get_settings()
     default = SearchService(Engine(settings.collection, settings), ResultCache(get_redis(settings), enabled=settings.cache))
-    return Services(default, CollectionRegistry(settings))
+    return Services(default, CollectionRegistry(settings), settings.open_collections)
 
 
 #: The sidebar's collection switcher: its session-state key and the page URL's parameter
@@ -82,8 +82,9 @@ def collection_switcher() -> str:
         names = [default]
     asked = st.query_params.get(COLLECTION_KEY)
     if asked is not None and asked not in names:
-        shown = f"`{asked}`" if NAME_RE.match(asked) else "the link's"  # a URL is hostile: only a valid name is echoed
-        st.warning(f"There is no collection {shown} on this server (removed, or a mistyped link); showing `{default}`.", icon="⚠️")
+        # a URL is hostile: only a valid name is echoed
+        what = f"There is no collection `{asked}` on this server" if NAME_RE.fullmatch(asked) else "The link names no collection of this server"
+        st.warning(f"{what} (removed, or a mistyped link); showing `{default}`.", icon="⚠️")
     pending = st.session_state.pop(COLLECTION_NEXT, None)
     current = st.session_state.get(COLLECTION_KEY)
     if pending in names and pending != current:

@@ -77,6 +77,13 @@ class CollectionRegistry:
         if key in entries:
             return scan_collection(entries[key].folder, name=key)
         if os.sep in key or Path(key).is_dir():
+            folder = Path(key).resolve()
+            taken = entries.get(folder.name)
+            if taken is not None and Path(taken.folder).resolve() != folder:
+                # its stores would be written over the registered collection's (features/<name>/)
+                raise CollectionError(f"the folder {key} has the name of the registered collection {folder.name!r} (another "
+                                      f"folder): register it under a name of its own (`cbir collections add NAME {key}`) "
+                                      "and use that name")
             return scan_collection(key)
         return scan_collection(self.get(key).folder)  # raises the unknown-name error
 
@@ -90,10 +97,15 @@ class CollectionRegistry:
         self._check_new_name(name)
         folder = Path(folder if Path(folder).is_absolute() or not confined else Path(self.settings.collections_root) / folder).resolve()
         collection = scan_collection(folder, name=name)  # CollectionError: missing, not a folder, no images
+        self._check_not_inside_uploaded(folder, uploaded)
         with self._locked():
             stored = self._read()
             if name in stored or name == self.default.name:
                 raise CollectionExistsError(f"a collection named {name!r} exists; choose another name or remove it first")
+            # stores already under this unused name are orphans (a removed collection's, written by an
+            # indexing run that outlived the removal, or a folder of that name scanned by path): they
+            # describe other images, so they go before the name is given to this folder
+            shutil.rmtree(Path(self.settings.features_dir) / name, ignore_errors=True)
             entry = CollectionEntry(name, str(folder), actor, time.time(), uploaded)
             stored[name] = asdict(entry)
             self._write(stored)
@@ -119,8 +131,18 @@ class CollectionRegistry:
             shutil.rmtree(target, ignore_errors=True)
             raise
 
+    def _check_not_inside_uploaded(self, folder: Path, uploaded: bool) -> None:
+        """A folder inside (or around) an uploaded collection's is refused: removing that
+        collection deletes its folder, and with it the other collection's images."""
+        for other in self.entries().values():
+            theirs = Path(other.folder).resolve()
+            if (other.uploaded or uploaded) and (folder == theirs or theirs in folder.parents or folder in theirs.parents):
+                raise ForbiddenError(f"that folder overlaps the collection {other.name!r}"
+                                     + (", whose images were uploaded" if other.uploaded else "")
+                                     + ": choose a folder of its own")
+
     def _check_new_name(self, name: str) -> None:
-        if not NAME_RE.match(name or ""):
+        if not NAME_RE.fullmatch(name or ""):
             raise RequestError(f"a collection name is 1-64 letters, digits, '_', '.' or '-' and starts with a letter "
                                f"or digit, got {name!r}")
         if name in self.entries():
@@ -129,7 +151,7 @@ class CollectionRegistry:
     def check_confined(self, folder: str | Path) -> None:
         root = Path(self.settings.collections_root).resolve()
         target = Path(folder if Path(folder).is_absolute() else root / folder).resolve()
-        if target != root and root not in target.parents:
+        if root not in target.parents:  # strictly inside: the root itself would span every collection in it
             raise ForbiddenError(f"collections are added from folders inside CBIR_COLLECTIONS_ROOT ({root.name}/): "
                                  "copy the images there, or ask an admin to run `cbir collections add`")
 

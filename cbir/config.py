@@ -76,6 +76,8 @@ class Settings(BaseSettings):
                                "(more: 429 with Retry-After; a cached map is not a fit)")
     shutdown_seconds: int = Field(3, ge=1, le=600, description="On SIGTERM, requests still running after this long are "
                                   "cancelled (long jobs stop at their next step)")
+    open_collections: int = Field(4, ge=1, le=64, description="Collections besides the default one each server process keeps "
+                                  "open (their stores and indexes in memory); the least recently used is closed first")
     zip_max_mb: int = Field(200, ge=1, le=4096, description="A zip uploaded in the app as a new collection: its size in MB "
                             "(Streamlit's server.maxUploadSize; other uploads keep CBIR_MAX_UPLOAD_MB)")
     zip_max_mb_unpacked: int = Field(4096, ge=1, description="A zip's uncompressed size, all entries, in MB")

@@ -165,7 +165,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, w
     app.state.users = UserStore(client, token_ttl=settings.session_minutes * 60, login_rate=settings.login_rate,
                                 proxy_failures=settings.login_proxy_failures)
     app.state.service = SearchService(engine, ResultCache(client, enabled=settings.cache))
-    app.state.services = Services(app.state.service, CollectionRegistry(settings))
+    app.state.services = Services(app.state.service, CollectionRegistry(settings), settings.open_collections)
     app.state.redis = client
     app.state.started = time.time()
     app.state.warm = False

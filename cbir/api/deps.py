@@ -20,11 +20,9 @@ class APIError(Exception):
         super().__init__(message)
 
 
-def get_service(request: Request, collection: Annotated[str | None, Query(
-        max_length=64, description="a collection's name (GET /api/collections); default: the default collection")] = None,
-) -> SearchService:
-    """The search service of the collection the request names (``?collection=NAME``)."""
-    return request.app.state.services.get(collection)
+def get_default_service(request: Request) -> SearchService:
+    """The default collection's service, for the routes that need no login (``/ready``)."""
+    return request.app.state.services.default
 
 
 def get_users(request: Request) -> UserStore:
@@ -47,6 +45,15 @@ async def current_user(
         raise APIError(401, "token expired or invalid: log in again", {"WWW-Authenticate": "Bearer"})
     request.state.role = user.role  # error messages show server paths to admins only
     return user
+
+
+def get_service(request: Request, user: Annotated[User, Depends(current_user)], collection: Annotated[str | None, Query(
+        max_length=64, description="a collection's name (GET /api/collections); default: the default collection")] = None,
+) -> SearchService:
+    """The search service of the collection the request names (``?collection=NAME``), once the
+    caller is authenticated: an anonymous request neither learns which names exist nor makes
+    the server scan a collection (the 401 comes first)."""
+    return request.app.state.services.get(collection)
 
 
 async def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
@@ -72,6 +79,7 @@ def client_source(request: Request) -> str:
 
 
 Service = Annotated[SearchService, Depends(get_service)]
+DefaultService = Annotated[SearchService, Depends(get_default_service)]
 Users = Annotated[UserStore, Depends(get_users)]
 CurrentUser = Annotated[User, Depends(current_user)]
 AdminUser = Annotated[User, Depends(admin_user)]

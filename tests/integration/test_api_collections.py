@@ -91,3 +91,18 @@ def test_a_collection_replaced_by_another_process_is_reopened(api, tmp_path):
     assert listed["total"] == 1 and listed["items"][0]["id"] == "0"
     cli.remove("trip")
     assert client.get("/api/available_images?collection=trip", headers=student).status_code == 422
+
+
+@pytest.mark.redis
+def test_an_anonymous_request_learns_no_collection_and_opens_none(api):
+    """401 before the collection is looked up: no list of names, no folder scanned."""
+    client, photos, _ = api
+    researcher = api_login(client, "researcher", "umons2024")
+    assert client.post("/api/collections", json={"name": "trip", "folder": "photos"}, headers=researcher).status_code == 201
+    services = client.app.state.services
+    services.forget("trip")
+    for url in ("/api/stats?collection=nope", "/api/stats?collection=trip", "/api/models?collection=trip"):
+        r = client.get(url)
+        assert r.status_code == 401 and "trip" not in r.text and "image.orig" not in r.text, (url, r.text)
+    assert "trip" not in services._open
+    assert client.get("/ready?collection=trip").status_code in (200, 503) and "trip" not in services._open

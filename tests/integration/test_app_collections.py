@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import COLLECTION
-from tests.integration.test_app_browser import TIMEOUT, choose, click_until, logged_in, run_search, settled
+from tests.integration.test_app_browser import TIMEOUT, choose, click_until, logged_in, login, run_search, settled
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
 
@@ -64,7 +64,8 @@ def test_a_zip_becomes_a_collection_two_sessions_search_their_own_and_an_admin_r
         form.get_by_label("Name").fill("trip")
         form.get_by_role("button", name="Upload and index").click()
         a.get_by_text(re.compile("Unpack")).first.wait_for()  # the progress bar's text
-        a.get_by_text(re.compile("The collection trip was added from the zip \\(8 files\\)")).wait_for(timeout=180_000)
+        a.get_by_text(re.compile("The collection trip was added from the zip \\(8 images, 1 entry skipped")).wait_for(timeout=180_000)
+        a.get_by_text("1 zip entry skipped").wait_for()  # listed (by name, in a table) on the new collection's page
         assert "It is indexed with" in a.locator("[data-testid='stAlert']").first.inner_text()
         assert "collection=trip" in a.url
         assert switcher(a).input_value() == "trip" or "trip" in switcher(a).inner_text()
@@ -87,11 +88,16 @@ def test_a_zip_becomes_a_collection_two_sessions_search_their_own_and_an_admin_r
         run_search(b)  # B again, A untouched: each keeps its own
         assert set(result_ids(a)) <= trip_ids and not set(result_ids(b)) & trip_ids
 
-        # a link keeps its collection: a new session opening A's URL logs in onto the trip
-        c_ctx, c = new_page(browser, a.url)
-        logged_in(c, "student", "multimedia")
-        c.get_by_text(re.compile("Images indexed")).wait_for()
-        assert "collection=trip" in c.url
+        # a link keeps its page and its collection, even opened before the login (a link to a
+        # page other than Search crashed the app once logged in)
+        assert "collection=trip" in a.url
+        c_ctx, c = new_page(browser, app_server.url + "/evaluate?collection=trip")
+        login(c, "student", "multimedia")
+        c.get_by_role("heading", name="📈 Evaluate", exact=True).wait_for()
+        assert "collection=trip" in c.url and "/evaluate" in c.url, c.url
+        assert c.get_by_text("encountered an error").count() == 0
+        click_until(c, c.get_by_role("link", name=re.compile("Search")), c.get_by_role("heading", name="🔎 Search", exact=True))
+        c.get_by_text("8 images").first.wait_for()  # the picker: the trip's images
         c.get_by_role("button", name=re.compile("Random")).click()
         run_search(c)
         assert set(result_ids(c)) <= trip_ids

@@ -11,7 +11,7 @@ import pytest
 
 from cbir.collection_registry import CollectionRegistry, describe
 from cbir.config import Settings
-from cbir.errors import CollectionError, CollectionExistsError, RequestError, UnknownNameError, contract_for
+from cbir.errors import CollectionError, CollectionExistsError, ForbiddenError, RequestError, UnknownNameError, contract_for
 from tests.conftest import COLLECTION
 
 
@@ -111,3 +111,36 @@ def test_web_adds_are_confined_to_the_collections_root(registry, tmp_path):
     for outside in ("/", "../..", str(COLLECTION)):
         with pytest.raises(ForbiddenError, match="CBIR_COLLECTIONS_ROOT"):
             registry.add("x", outside, actor="api:alice", confined=True)
+
+
+def test_a_reused_name_never_inherits_old_stores(registry, tmp_path):
+    """Stores under a name no collection holds (a removed one's, rewritten by an indexing run
+    that outlived the removal; a folder of that name scanned by path) go when the name is
+    given to a folder: they describe other images."""
+    orphan = tmp_path / "features" / "trip" / "efficientnet_lite0"
+    orphan.mkdir(parents=True)
+    (orphan / "manifest.json").write_text("{}")
+    registry.add("trip", _photos(tmp_path / "a" / "trip"), actor="alice")
+    assert not (tmp_path / "features" / "trip").exists()
+
+
+def test_a_folder_named_like_another_registered_collection_is_refused_by_path(registry, tmp_path):
+    registry.add("trip", _photos(tmp_path / "a" / "trip"), actor="alice")
+    other = _photos(tmp_path / "b" / "trip")
+    with pytest.raises(CollectionError, match="has the name of the registered collection 'trip'"):
+        registry.open(str(other))  # its stores would be written over the registered trip's
+    assert len(registry.open(str(tmp_path / "a" / "trip"))) == 3  # the registered folder itself is fine
+
+
+def test_names_roots_and_uploaded_folders(registry, tmp_path):
+    registry.settings.collections_root = tmp_path / "collections"
+    with pytest.raises(RequestError):
+        registry.add("nl\n", _photos(tmp_path / "collections" / "x"), actor="bob", confined=True)  # fullmatch, not match
+    with pytest.raises(ForbiddenError):
+        registry.add("everything", ".", actor="bob", confined=True)  # the root spans every collection in it
+    up = _photos(tmp_path / "collections" / "up")
+    registry.add("up", up, actor="alice", uploaded=True, confined=True)
+    (up / "sub").mkdir()
+    shutil.copy(COLLECTION / "5.jpg", up / "sub" / "5.jpg")
+    with pytest.raises(ForbiddenError, match="overlaps the collection 'up', whose images were uploaded"):
+        registry.add("part", "up/sub", actor="bob", confined=True)

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from ...errors import public_paths
 from ...extractors import default_model
 from ...redisdb import ping
-from ..deps import APIError, CurrentUser, Service, client_host
+from ..deps import APIError, CurrentUser, DefaultService, Service, client_host
 
 router = APIRouter(tags=["service"])
 
@@ -23,7 +23,7 @@ def health() -> dict:
 
 
 @router.get("/ready", summary="Readiness: Redis reachable, feature stores loaded, every worker's default model built and warm")
-def ready(request: Request, service: Service):
+def ready(request: Request, service: DefaultService):
     from ..readiness import warm_workers
 
     state = request.app.state
