@@ -228,7 +228,6 @@ with st.sidebar:
             del st.session_state[key]
 
     authenticator.logout("Log out", location="sidebar", key="auth_logout", callback=_on_logout)
-    collection_switcher()
 
 pages = [
     st.Page(f, title=title, icon=icon, default=i == 0)
@@ -241,8 +240,10 @@ if wanted in by_path and wanted != current.url_path and switches > 0:
     # kept until a run lands there: a rerun the browser asks for at the same moment (the
     # cookie manager's) carries the page it last showed and can undo one switch
     st.session_state["auth_entry_page"] = (wanted, switches - 1)
-    # the URL's parameters go along: the collection is bound to the sidebar's switcher, which
-    # st.switch_page may not clear (a shared /map?collection=X link crashed after the login)
+    # before the switcher is drawn, and with the URL's parameters: the collection goes along
+    # (a shared /map?collection=X link landed on Search, or crashed, after the login)
     st.switch_page(by_path[wanted], query_params=st.query_params.to_dict())
 st.session_state["auth_entry_page"] = None  # once per session
+with st.sidebar:
+    collection_switcher()
 current.run()

@@ -62,15 +62,20 @@ def switch_collection(name: str) -> None:
 
 
 def _clear_page_state() -> None:
-    for key in [k for k in st.session_state if k.startswith(PAGE_STATE)]:
+    """The pages' work, and the Search page's model choice and weights (the models of another
+    collection); its other settings are kept (from the page URL)."""
+    for key in [k for k in st.session_state if k.startswith(PAGE_STATE) or k == "models" or k.startswith("w_")]:
         del st.session_state[key]
 
 
 def collection_switcher() -> str:
-    """The sidebar's collection picker, bound to the URL (``?collection=NAME``) so that a link
-    opens the same collection. Results, evaluations and maps of the previous collection are
-    dropped on a switch. A name the server does not know (a stale link, a collection an admin
-    removed) falls back to the default, with a warning. Returns the chosen name."""
+    """The sidebar's collection picker, kept in the page URL (``?collection=NAME``, none for the
+    default) so that a link opens the same collection. The session's choice is the truth: the
+    URL is read once, when the session first draws the switcher (a rerun carrying an older URL,
+    such as the login cookie's, must not switch it back; a widget bound to the URL did). Results,
+    evaluations and maps of the previous collection are dropped on a switch. A name the server
+    does not know (a stale link, a collection an admin removed) falls back to the default, with
+    a warning. Returns the chosen name."""
     from cbir.collection_registry import NAME_RE
 
     services = get_services()
@@ -80,23 +85,31 @@ def collection_switcher() -> str:
     except CBIRError as exc:  # a damaged registry file: the default still works
         show_error(exc)
         names = [default]
-    asked = st.query_params.get(COLLECTION_KEY)
-    if asked is not None and asked not in names:
-        # a URL is hostile: only a valid name is echoed
-        what = f"There is no collection `{asked}` on this server" if NAME_RE.fullmatch(asked) else "The link names no collection of this server"
-        st.warning(f"{what} (removed, or a mistyped link); showing `{default}`.", icon="⚠️")
-    pending = st.session_state.pop(COLLECTION_NEXT, None)
-    current = st.session_state.get(COLLECTION_KEY)
-    if pending in names and pending != current:
-        st.session_state[COLLECTION_KEY] = pending
+    state = st.session_state
+    if COLLECTION_KEY not in state:  # the session's first draw: the link's collection
+        asked = st.query_params.get(COLLECTION_KEY)
+        if asked is not None and asked not in names:
+            # a URL is hostile: only a valid name is echoed
+            what = f"There is no collection `{asked}` on this server" if NAME_RE.fullmatch(asked) else "The link names no collection of this server"
+            st.warning(f"{what} (removed, or a mistyped link); showing `{default}`.", icon="⚠️")
+        state[COLLECTION_KEY] = asked if asked in names else default
+    pending = state.pop(COLLECTION_NEXT, None)
+    if pending in names and pending != state[COLLECTION_KEY]:
+        state[COLLECTION_KEY] = pending
         _clear_page_state()
-    elif current is not None and current not in names:
-        st.warning(f"The collection `{current}` was removed; showing `{default}`.", icon="⚠️")
-        st.session_state[COLLECTION_KEY] = default
+    elif state[COLLECTION_KEY] not in names:
+        st.warning(f"The collection `{state[COLLECTION_KEY]}` was removed; showing `{default}`.", icon="⚠️")
+        state[COLLECTION_KEY] = default
         _clear_page_state()
-    return st.selectbox("Collection", names, key=COLLECTION_KEY, bind="query-params", on_change=_clear_page_state,
-                        help="The image collection every page works on; the page URL keeps it, so a link opens the same "
-                             "one. Add one on the Collection page.")
+    # index=None always (the value is the session's): a default that changed between runs reset the widget
+    chosen = st.selectbox("Collection", names, index=None, key=COLLECTION_KEY, on_change=_clear_page_state,
+                          help="The image collection every page works on; the page URL keeps it, so a link opens the same "
+                               "one. Add one on the Collection page.") or default
+    if chosen == default:
+        st.query_params.pop(COLLECTION_KEY, None)
+    elif st.query_params.get(COLLECTION_KEY) != chosen:
+        st.query_params[COLLECTION_KEY] = chosen
+    return chosen
 
 
 def get_service() -> SearchService:

@@ -29,15 +29,30 @@ collection = engine.collection
 st.title("🔎 Search")
 stats_slot = st.container()  # filled after this run's search, so the counter includes it
 
+# -- the settings, kept in the page URL -----------------------------------------------------
+#: Every setting of the sidebar is bound to a URL parameter of its key's name (Streamlit's
+#: ``bind="query-params"``; a value equal to the default leaves the URL) and kept for the
+#: session (``persist_state="session"``): a search can be bookmarked and shared with a class,
+#: the link opens the same query and settings and runs the search, and the settings survive
+#: a reload and a visit to another page. The query travels as ``q``.
+KEPT = dict(bind="query-params", persist_state="session")
+QUERY_PARAM = "q"
+
+
 # -- sidebar: models, metric, k, fusion ---------------------------------------------------
 infos = {m["name"]: m for m in engine.model_info()}
 searchable = [n for n, m in infos.items() if m["searchable"]]
 applied = st.session_state.pop("search_apply", None)  # "Use these weights" on the Evaluate page
 if applied:
-    st.session_state.update({"search_models": applied["models"], "search_method": applied["method"],
-                             **{f"search_w_{m}": w for m, w in applied["weights"].items()}})
+    st.session_state.update({"models": applied["models"], "fusion": applied["method"],
+                             **{f"w_{m}": w for m, w in applied["weights"].items()}})
     st.success("Weights from the sweep: " + ", ".join(f"{model_label(m)} {w:g}" for m, w in applied["weights"].items())
                + f" ({applied['method']} fusion). Press **Search**.")
+
+usable = [AUTO] + [name for name, b in BACKENDS.items() if b.available(engine.settings)[0]]
+if "search_query_id" not in st.session_state and st.query_params.get(QUERY_PARAM) in collection:
+    st.session_state["search_query_id"] = st.query_params[QUERY_PARAM]  # a link names its query: searched at once
+    st.session_state["search_linked"] = True
 
 with st.sidebar:
     st.header("Search settings")
@@ -48,7 +63,7 @@ with st.sidebar:
     default_choice = [preferred] if preferred in searchable else searchable[:1]
     models = st.multiselect(
         "Models", searchable, default=None if applied else default_choice,
-        format_func=model_label, key="search_models",
+        format_func=model_label, key="models", **KEPT,
         help="Feature extractors with features for this collection.",
     )
     unavailable = [n for n in MODELS if n not in searchable]
@@ -57,33 +72,32 @@ with st.sidebar:
             for n in unavailable:
                 st.checkbox(model_label(n), value=False, disabled=True, key=f"search_na_{n}", help=infos[n]["reason"])
                 st.caption(infos[n]["reason"] if not infos[n]["available"] else "Not indexed yet: use the Collection page.")
-    metric = st.selectbox("Metric", list(METRICS), index=list(METRICS).index("cosine"), format_func=metric_label, key="search_metric")
-    usable = [AUTO] + [name for name, b in BACKENDS.items() if b.available(engine.settings)[0]]
+    metric = st.selectbox("Metric", list(METRICS), index=list(METRICS).index("cosine"), format_func=metric_label, key="metric", **KEPT)
     default_backend = engine.settings.index_backend if engine.settings.index_backend in usable else AUTO
-    backend = st.selectbox("Index", usable, index=usable.index(default_backend), format_func=backend_label,
-                           key="search_backend", help=f"Automatic: exact up to {engine.settings.exact_max:,} images, FAISS above. "
+    backend = st.selectbox("Index", usable, index=usable.index(default_backend), format_func=backend_label, **KEPT,
+                           key="index", help=f"Automatic: exact up to {engine.settings.exact_max:,} images, FAISS above. "
                            "Exact ranks the whole collection; FAISS and Milvus are approximate and return the top "
                            f"{engine.settings.search_depth:,} candidates per model (AP is then AP@{engine.settings.search_depth}).")
-    top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="search_top_k") or 10
+    top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="k", **KEPT) or 10
     method, weights = None, None
     if len(models) >= 2:
-        method = st.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSIONS[m].label, key="search_method")
-        st.caption("Weights (used by weighted fusion and weighted RRF)")
-        weights = {
-            m: st.slider(model_label(m), 0.0, 1.0, None if applied and m in applied["weights"] else 1.0, 0.05,
-                         key=f"search_w_{m}", disabled=method == "average")
-            for m in models
-        }
-        if method == "average":
-            weights = None
-        elif sum(weights.values()) == 0:
-            st.warning("All weights are zero: give at least one model a positive weight.")
+        method = st.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSIONS[m].label, key="fusion", **KEPT)
+        st.caption(f"`{FUSIONS[method].formula}`: d_m are model m's distances, min-max normalised per query")
+        if FUSIONS[method].weighted:  # sliders only where they change something
+            weights = {
+                m: st.slider(f"Weight of {model_label(m)}", 0.0, 1.0, None if f"w_{m}" in st.session_state else 1.0, 0.05,
+                             key=f"w_{m}", **KEPT)
+                for m in models
+            }
+            if sum(weights.values()) == 0:
+                st.warning("All weights are zero: give at least one model a positive weight.")
     st.header("Re-ranking")
     rr_method = st.radio("Re-ranking", RERANK_METHODS, format_func=lambda m: RERANK_LABELS[m], horizontal=True,
-                         key="search_rerank", label_visibility="collapsed",
+                         key="rerank", label_visibility="collapsed", **KEPT,
                          help="αQE: expand the query with its top-n neighbours. DBA + αQE: first augment every stored vector the same way.")
-    rr_n = st.slider("n (neighbours)", N_RANGE[0], N_RANGE[1], DEFAULT_N, key="search_rerank_n", disabled=rr_method == "none")
-    rr_alpha = st.slider("α (similarity exponent)", ALPHA_RANGE[0], ALPHA_RANGE[1], DEFAULT_ALPHA, 0.5, key="search_rerank_alpha", disabled=rr_method == "none")
+    rr_n = st.slider("n (neighbours)", N_RANGE[0], N_RANGE[1], DEFAULT_N, key="n", disabled=rr_method == "none", **KEPT)
+    rr_alpha = st.slider("α (similarity exponent)", ALPHA_RANGE[0], ALPHA_RANGE[1], DEFAULT_ALPHA, 0.5, key="alpha",
+                         disabled=rr_method == "none", **KEPT)
     rerank = Rerank(rr_method, rr_n, rr_alpha)
     if (rerank.active or st.session_state.get("search_feedback")) and metric != "cosine":
         st.warning(f"Re-ranking and feedback need the cosine metric; {metric_label(metric)} does not admit them.")
@@ -207,8 +221,13 @@ def do_search(feedback: list[dict]) -> None:
         del st.session_state[key]
 
 
+if image_id is not None and st.query_params.get(QUERY_PARAM) != image_id:
+    st.query_params[QUERY_PARAM] = image_id  # (an upload has no link)
+elif image_id is None:
+    st.query_params.pop(QUERY_PARAM, None)
+linked = st.session_state.pop("search_linked", False)
 run = st.button("Search", type="primary", key="search_run", disabled=not models or (image_id is None and image_bytes is None))
-if run:
+if run or (linked and image_id is not None and models and "search_result" not in st.session_state):
     do_search([])
 
 with stats_slot:
@@ -242,8 +261,9 @@ if result.get("rerank"):
 if len(rounds) > 1:
     st.caption(f"Relevance feedback: {len(rounds) - 1} round(s) of Rocchio refinement")
 names = list(result["models"]) + (["combined"] if result.get("combined") else [])
-tab_titles = [model_label(n) if n != "combined" else f"Combined ({FUSIONS[result['method']].label})" for n in names]
-tabs = st.tabs(tab_titles)
+# the same labels whatever the fusion method, and a key: re-fusing keeps the tab the class is looking at
+tab_titles = [model_label(n) if n != "combined" else "Combined" for n in names]
+tabs = st.tabs(tab_titles, key="search_tabs", default="Combined" if result.get("combined") else None)
 curves = [(model_label(n), r["pr_curve"]["recall"], r["pr_curve"]["precision"]) for n, r in result["models"].items() if r["average_precision"] is not None]
 for tab, name in zip(tabs, names):
     ranked = result["combined"] if name == "combined" else result["models"][name]

@@ -174,18 +174,44 @@ def test_two_models_with_rrf_show_combined_tab(page):
     sidebar.get_by_text("Fusion", exact=True).wait_for()
     choose(page, sidebar.get_by_role("combobox", name="Fusion"), "Reciprocal rank fusion")
     run_search(page)
-    tab = page.get_by_role("tab", name=re.compile("Combined"))
-    tab.wait_for()
-    tab.click()
+    tab = page.get_by_role("tab", name="Combined", exact=True)
+    expect(tab).to_have_attribute("aria-selected", "true")  # a fusion opens on its own tab
     page.get_by_text("every model and the fusion").wait_for()
     assert page.get_by_role("tab").count() == 3
     page.get_by_text(re.compile(r"^AP per model: EfficientNet-Lite0 0\.\d{3} · EfficientNet-Lite1 0\.\d{3} → fused")).wait_for()
-    # another method re-fuses the rankings already computed, without a new search
+    # another method re-fuses the rankings already computed, without a new search, and the
+    # class keeps looking at the same tab (it jumped back to the first model's)
     searches = page.get_by_text("Searches performed").locator("xpath=..").inner_text()
+    choose(page, sidebar.get_by_role("combobox", name="Fusion"), "Average")
+    page.get_by_text(re.compile(r"^Re-fused live with Average in [\d.]+ ms")).wait_for()
+    expect(tab).to_have_attribute("aria-selected", "true")
+    expect(sidebar.get_by_text("Weight of EfficientNet-Lite0")).to_have_count(0)  # average reads no weight: no slider
+    page.get_by_role("tab", name="EfficientNet-Lite1", exact=True).click()
     choose(page, sidebar.get_by_role("combobox", name="Fusion"), "Weighted")
     page.get_by_text(re.compile(r"^Re-fused live with Weighted in [\d.]+ ms")).wait_for()
-    page.get_by_role("tab", name="Combined (Weighted)").wait_for()
+    expect(page.get_by_role("tab", name="EfficientNet-Lite1", exact=True)).to_have_attribute("aria-selected", "true")
+    sidebar.get_by_text("Weight of EfficientNet-Lite0").wait_for()
     assert page.get_by_text("Searches performed").locator("xpath=..").inner_text() == searches
+    # the settings are in the URL: a reload (or the link, shared) opens the same search, run at once
+    assert "models=EfficientNet-Lite1" in page.url and "fusion=Weighted" in page.url and "q=" in page.url, page.url
+    page.reload()
+    page.get_by_text(re.compile("^Results for query")).wait_for()
+    assert page.get_by_role("tab").count() == 3
+    expect(sidebar.get_by_role("combobox", name="Fusion")).to_have_value("Weighted")
+
+
+def test_search_settings_survive_a_visit_to_another_page(page):
+    logged_in(page)
+    sidebar = page.locator("section[data-testid='stSidebar']")
+    choose(page, sidebar.get_by_role("combobox", name="Metric"), "Euclidean")
+    sidebar.get_by_role("radio", name="20", exact=True).click()
+    settled(page)
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Evaluate").click()
+    page.get_by_role("heading", name="📈 Evaluate", exact=True).wait_for()
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Search").click()
+    page.get_by_role("heading", name="🔎 Search", exact=True).wait_for()
+    expect(sidebar.get_by_role("combobox", name="Metric")).to_have_value("Euclidean")
+    assert "metric=Euclidean" in page.url and "k=20" in page.url, page.url
 
 
 def test_student_does_not_see_admin(page):
@@ -234,7 +260,8 @@ def test_evaluate_page(page):
     click_until(page, page.get_by_role("button", name="Use these weights"),
                 page.get_by_text(re.compile("^Weights from the sweep: EfficientNet-Lite0")))
     run_search(page)
-    page.get_by_role("tab", name="Combined (Weighted)").wait_for()
+    expect(page.get_by_role("tab", name="Combined", exact=True)).to_have_attribute("aria-selected", "true")
+    page.get_by_text(re.compile(r"AP per model: .* → fused")).wait_for()
 
 
 def hover_a_dot(page, canvas):

@@ -100,7 +100,8 @@ def test_a_zip_becomes_a_collection_two_sessions_search_their_own_and_an_admin_r
         c.get_by_text("8 images").first.wait_for()  # the picker: the trip's images
         c.get_by_role("button", name=re.compile("Random")).click()
         run_search(c)
-        assert set(result_ids(c)) <= trip_ids
+        expect(c.locator(".cbir-hit")).to_have_count(7)
+        assert set(result_ids(c)) <= trip_ids, result_ids(c)
 
         # a switch back in the sidebar drops the other collection's results
         choose(a, switcher(a), "image.orig")
