@@ -26,7 +26,9 @@ ENTRY_SWITCHES = 5
 if "auth_entry_page" not in st.session_state:
     st.session_state["auth_entry_page"] = (url_page(), ENTRY_SWITCHES)
 
-st.set_page_config(page_title="CBIR workbench", page_icon="🔎", layout="wide", initial_sidebar_state="expanded")
+# no page_title: each page's own title names the browser tab ("Search", "Evaluate", ...); "auto"
+# starts the sidebar collapsed on a narrow screen (it covered 300 of a phone's 390 px)
+st.set_page_config(page_icon="🔎", layout="wide", initial_sidebar_state="auto")
 
 import streamlit_authenticator as stauth  # noqa: E402
 
@@ -236,6 +238,16 @@ pages = [
 current = st.navigation(pages)
 wanted, switches = st.session_state.get("auth_entry_page") or (None, 0)
 by_path = {p.url_path: p for p in pages}
+if wanted and wanted not in by_path and switches == ENTRY_SWITCHES:  # a link to a page this role may not open
+    refused = next(((title, roles) for f, title, _icon, roles in PAGES if Path(f).stem == wanted), None)
+    if refused is not None:  # said on the page the user lands on, until they go elsewhere (reruns would wipe it)
+        st.session_state["auth_refused_note"] = (f"The {refused[0]} page is for {' and '.join(sorted(refused[1]))} "
+                                                 f"accounts; you are logged in as a {role}.", current.url_path)
+note = st.session_state.get("auth_refused_note")
+if note and note[1] == current.url_path:
+    st.warning(note[0], icon="🔒")
+elif note:
+    del st.session_state["auth_refused_note"]
 if wanted in by_path and wanted != current.url_path and switches > 0:
     # kept until a run lands there: a rerun the browser asks for at the same moment (the
     # cookie manager's) carries the page it last showed and can undo one switch

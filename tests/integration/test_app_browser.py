@@ -586,3 +586,29 @@ def test_collection_names_and_labels_never_run_as_script(browser, hostile_app):
         assert pg.evaluate("window.__pwned") is None
     finally:
         context.close()
+
+
+def test_pages_name_the_browser_tab_and_a_refused_page_says_why(page, app_server):
+    """Every tab was titled "CBIR workbench"; a researcher opening an /admin link landed on
+    Search without a word."""
+    page.goto(app_server.url + "/admin")
+    login(page, "researcher", "umons2024")
+    page.get_by_role("heading", name="🔎 Search", exact=True).wait_for()
+    page.get_by_text("The Admin page is for admin accounts; you are logged in as a researcher.").wait_for()
+    expect(page).to_have_title("Search")
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Evaluate").click()
+    expect(page).to_have_title("Evaluate")
+    expect(page.get_by_text("The Admin page is for")).to_have_count(0)
+
+
+def test_a_phone_starts_with_the_sidebar_closed(browser, app_server):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT)
+        pg.goto(app_server.url)
+        logged_in(pg, "student", "multimedia")
+        box = pg.locator("[data-testid='stSidebar']").bounding_box()
+        assert box is None or box["x"] + box["width"] <= 0, box  # off screen: the results are not covered
+    finally:
+        context.close()
