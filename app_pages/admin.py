@@ -27,6 +27,8 @@ except Exception as exc:
     show_error(exc)
     st.stop()
 
+if "admin_notice" in st.session_state:
+    st.success(st.session_state.pop("admin_notice"))
 st.subheader("Users")
 st.dataframe(
     pd.DataFrame([{"Username": u.username, "Name": u.name, "Email": u.email, "Role": u.role, "Created": when(u.created)} for u in all_users]),
@@ -35,7 +37,7 @@ st.dataframe(
 
 c1, c2 = st.columns(2)
 with c1:
-    with st.form("admin_add", clear_on_submit=True):
+    with st.form("admin_add", clear_on_submit=False):  # a refused user keeps what was typed
         st.markdown("**Add a user**")
         username = st.text_input("Username", key="admin_new_username")
         name = st.text_input("Display name", key="admin_new_name")
@@ -45,7 +47,10 @@ with c1:
         if st.form_submit_button("Add user", type="primary"):
             try:
                 users.create(username, password, role, name, email, actor=me, source="app")
-                st.success(f"User {username.strip().lower()} created.")
+                st.session_state["admin_notice"] = f"User {username.strip().lower()} created."
+                for key in ("admin_new_username", "admin_new_name", "admin_new_email", "admin_new_password"):
+                    st.session_state.pop(key, None)
+                st.rerun()  # the list above shows them, the form is empty again
             except Exception as exc:
                 show_error(exc)
 with c2:

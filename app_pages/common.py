@@ -46,19 +46,30 @@ def get_services() -> Services:
 COLLECTION_KEY = "collection"
 #: Session state: a collection to switch to on the next run (set after the switcher has run).
 COLLECTION_NEXT = "collection_next"
+#: Session state: the collection this session works on (the truth; the widget shows it). A
+#: rerun carrying an older URL, or a widget value lost in a redraw, cannot switch it.
+COLLECTION_CURRENT = "collection_current"
 #: Session-state prefixes of the pages' work; cleared when the session switches collection.
 PAGE_STATE = ("search_", "eval_", "map_", "coll_")
 
 
 def current_collection() -> str:
     """The collection this session works on (default: the server's default collection)."""
-    return st.session_state.get(COLLECTION_KEY) or get_services().default.engine.collection.name
+    return st.session_state.get(COLLECTION_CURRENT) or get_services().default.engine.collection.name
 
 
 def switch_collection(name: str) -> None:
     """Open ``name`` on the next run (after an add or a remove: the switcher has run)."""
     st.session_state[COLLECTION_NEXT] = name
     st.rerun()
+
+
+def _collection_picked() -> None:
+    """The user picked a collection in the switcher (a callback: before the script runs)."""
+    picked = st.session_state.get(COLLECTION_KEY)
+    if picked and picked != st.session_state.get(COLLECTION_CURRENT):
+        st.session_state[COLLECTION_CURRENT] = picked
+        _clear_page_state()
 
 
 def _clear_page_state() -> None:
@@ -70,9 +81,10 @@ def _clear_page_state() -> None:
 
 def collection_switcher() -> str:
     """The sidebar's collection picker, kept in the page URL (``?collection=NAME``, none for the
-    default) so that a link opens the same collection. The session's choice is the truth: the
-    URL is read once, when the session first draws the switcher (a rerun carrying an older URL,
-    such as the login cookie's, must not switch it back; a widget bound to the URL did). Results,
+    default) so that a link opens the same collection. The session's choice (COLLECTION_CURRENT)
+    is the truth: the URL is read once, when the session first draws the switcher (a rerun
+    carrying an older URL, such as the login cookie's, switched a widget bound to the URL back;
+    a widget value lost in a redraw switched the session to the default and wiped its work). Results,
     evaluations and maps of the previous collection are dropped on a switch. A name the server
     does not know (a stale link, a collection an admin removed) falls back to the default, with
     a warning. Returns the chosen name."""
@@ -86,25 +98,27 @@ def collection_switcher() -> str:
         show_error(exc)
         names = [default]
     state = st.session_state
-    if COLLECTION_KEY not in state:  # the session's first draw: the link's collection
+    current = state.get(COLLECTION_CURRENT)
+    if current is None:  # the session's first draw: the link's collection
         asked = st.query_params.get(COLLECTION_KEY)
         if asked is not None and asked not in names:
             # a URL is hostile: only a valid name is echoed
             what = f"There is no collection `{asked}` on this server" if NAME_RE.fullmatch(asked) else "The link names no collection of this server"
             st.warning(f"{what} (removed, or a mistyped link); showing `{default}`.", icon="⚠️")
-        state[COLLECTION_KEY] = asked if asked in names else default
+        current = state[COLLECTION_CURRENT] = asked if asked in names else default
     pending = state.pop(COLLECTION_NEXT, None)
-    if pending in names and pending != state[COLLECTION_KEY]:
-        state[COLLECTION_KEY] = pending
+    if pending in names and pending != current:
+        current = state[COLLECTION_CURRENT] = pending
         _clear_page_state()
-    elif state[COLLECTION_KEY] not in names:
-        st.warning(f"The collection `{state[COLLECTION_KEY]}` was removed; showing `{default}`.", icon="⚠️")
-        state[COLLECTION_KEY] = default
+    elif current not in names:
+        st.warning(f"The collection `{current}` was removed; showing `{default}`.", icon="⚠️")
+        current = state[COLLECTION_CURRENT] = default
         _clear_page_state()
-    # index=None always (the value is the session's): a default that changed between runs reset the widget
-    chosen = st.selectbox("Collection", names, index=None, key=COLLECTION_KEY, on_change=_clear_page_state,
+    if state.get(COLLECTION_KEY) != current:  # the widget shows the session's choice (set, not a default: no reset)
+        state[COLLECTION_KEY] = current
+    chosen = st.selectbox("Collection", names, key=COLLECTION_KEY, on_change=_collection_picked,
                           help="The image collection every page works on; the page URL keeps it, so a link opens the same "
-                               "one. Add one on the Collection page.") or default
+                               "one. Add one on the Collection page.") or current
     if chosen == default:
         st.query_params.pop(COLLECTION_KEY, None)
     elif st.query_params.get(COLLECTION_KEY) != chosen:

@@ -124,9 +124,11 @@ def query_picker(collection) -> str:
         if st.button("🎲 Random", key="search_random", width="stretch"):
             state["search_query_id"] = random.choice(collection.ids)
     with c1:
-        text = st.text_input("Find an image", key="search_find", placeholder="id, file name or label — Enter to filter")
+        text = st.text_input("Find an image", key="search_find", placeholder="id, file name or label — Enter to filter (an exact id picks it)")
     if state.get("search_find_text") != text:  # a new filter starts on its first page
         state["search_find_text"], state["search_page"] = text, 0
+        if text.strip() in collection:  # an exact id and Enter: that image is the query
+            state["search_query_id"] = text.strip()
     total, _ = collection.find(text, 0, 0)
     pages = max(1, -(-total // PICKER_PAGE))
     page = min(state.get("search_page", 0), pages - 1)
@@ -241,6 +243,13 @@ if not result:
 # -- results -----------------------------------------------------------------------------
 result, live = refuse_live(result)
 query = result["query"]
+asked = {"query": image_id if image_bytes is None else "(upload)", "metric": metric, "top k": int(top_k),
+         "models": sorted(models), "re-ranking": rerank.method}
+shown = {"query": query["id"] or "(upload)", "metric": result["metric"], "top k": result["top_k"],
+         "models": sorted(result["models"]), "re-ranking": (result.get("rerank") or {}).get("method", "none")}
+changed = [k for k in asked if asked[k] != shown[k] and not (k == "query" and image_bytes is not None and query["upload"])]
+if changed:  # the sidebar says one thing, the results another: say so
+    st.warning(f"These results are for the previous {', '.join(changed)}: press **Search** to update them.", icon="🔄")
 title = f"query {query['id']}" if query["id"] else "uploaded image"
 st.subheader(f"Results for {title}")
 st.caption(
