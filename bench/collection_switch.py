@@ -24,8 +24,9 @@ from app import ROOT, running_app  # noqa: E402
 WANG = ROOT / "image.orig"
 
 
-def second_collection(root: Path, features: Path, n: int) -> str:
-    """``root``/half: the first ``n`` Wang images in class folders, with Lite0 vectors."""
+def second_collection(root: Path, features: Path, n: int, registry) -> str:
+    """``root``/half: the first ``n`` Wang images in class folders, registered, with Lite0 vectors
+    (written after the registration: stores under a name no collection holds are orphans)."""
     from cbir.collection import scan_collection
     from cbir.store import FeatureStore
     from cbir.store_format import load_store, save_store, store_dir
@@ -36,6 +37,7 @@ def second_collection(root: Path, features: Path, n: int) -> str:
         target = folder / wang.label_of(image_id) / f"{image_id}.jpg"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(wang.path_of(image_id), target)  # a copy: file links leaving a collection are skipped
+    registry.add("half", folder, actor="bench", confined=True)
     store = load_store(ROOT / "features" / "image.orig" / "efficientnet_lite0")
     half = scan_collection(folder, name="half")
     rows = [store.row_of(i.rsplit("/", 1)[1]) for i in half.ids]
@@ -52,14 +54,15 @@ def main(n: int = 500) -> None:
     shutil.copytree(ROOT / "features" / "image.orig" / "efficientnet_lite0", features / "image.orig" / "efficientnet_lite0",
                     ignore=shutil.ignore_patterns("dba-*", "faiss-*", "map-*"))
     try:
-        count = second_collection(work / "collections", features, n)
         env = {"CBIR_FEATURES_DIR": str(features), "CBIR_COLLECTIONS_ROOT": str(work / "collections")}
         with running_app(**env) as (page, _url, state):
             from cbir.collection_registry import CollectionRegistry
             from cbir.config import Settings
 
-            CollectionRegistry(Settings(var_dir=state, features_dir=features, collections_root=work / "collections")).add(
-                "half", work / "collections" / "half", actor="bench", confined=True)
+            registry = CollectionRegistry(Settings(var_dir=state, features_dir=features, collections_root=work / "collections"))
+            count = second_collection(work / "collections", features, n, registry)  # registered, then its store written
+            page.reload()  # the switcher lists the new collection
+            page.get_by_text("Images indexed").wait_for()
             box = page.locator("[data-testid='stSidebar']").get_by_role("combobox", name="Collection")
             shown = {"half": count, "image.orig": "1,000"}
 
