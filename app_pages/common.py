@@ -114,9 +114,13 @@ def collection_switcher() -> str:
         st.warning(f"The collection `{current}` was removed; showing `{default}`.", icon="⚠️")
         current = state[COLLECTION_CURRENT] = default
         _clear_page_state()
-    if state.get(COLLECTION_KEY) != current:  # the widget shows the session's choice (set, not a default: no reset)
+    # The session's choice first: it is the widget's value (set here when it changed) *and* its
+    # default, so a redrawn widget that lost its value falls back to it (to the default collection,
+    # before: the next rerun switched the session to it)
+    options = [current, *(n for n in names if n != current)]
+    if state.get(COLLECTION_KEY) != current:
         state[COLLECTION_KEY] = current
-    chosen = st.selectbox("Collection", names, key=COLLECTION_KEY, on_change=_collection_picked,
+    chosen = st.selectbox("Collection", options, index=0, key=COLLECTION_KEY, on_change=_collection_picked,
                           help="The image collection every page works on; the page URL keeps it, so a link opens the same "
                                "one. Add one on the Collection page.") or current
     if chosen == default:

@@ -206,26 +206,7 @@ def unpack_zip(source, target: str | Path, limits: ZipLimits = ZipLimits(),
         staging = Path(tempfile.mkdtemp(prefix=f".unpack-{target.name}-", dir=target.parent))
         out = Unpacked(target, skipped=skipped, prefix=prefix)
         try:
-            for info, parts in chosen:
-                path = staging.joinpath(*parts)
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    # O_EXCL | O_NOFOLLOW: never through a link, never over a file written before
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-                except (OSError, ValueError) as exc:  # a duplicate name, a name the file system refuses
-                    out.skipped.append((info.filename, f"not written ({exc.strerror or exc})"))
-                    continue
-                try:
-                    with os.fdopen(fd, "wb") as fh, archive.open(info) as src:
-                        out.bytes += _copy_counted(src, fh, info.file_size, info.filename)
-                except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
-                    path.unlink(missing_ok=True)
-                    out.skipped.append((info.filename, f"damaged in the zip ({exc})"))
-                    continue
-                out.files += 1
-                out.images += parts[-1].lower() != LABELS_FILE
-                if progress:
-                    progress(out.bytes, need)
+            _write_entries(archive, chosen, staging, out, need, progress)
             try:
                 staging.rename(target)  # atomic; refused when another upload took the name meanwhile
             except OSError:
@@ -235,3 +216,28 @@ def unpack_zip(source, target: str | Path, limits: ZipLimits = ZipLimits(),
             raise
     return out
 
+
+def _write_entries(archive: zipfile.ZipFile, chosen, staging: Path, out: Unpacked, need: int,
+                   progress: Callable[[int, int], None] | None) -> None:
+    """Write the chosen entries under ``staging`` (never through a link, never over a file),
+    counting into ``out``; an entry that cannot be written or is damaged is skipped and named."""
+    for info, parts in chosen:
+        path = staging.joinpath(*parts)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # O_EXCL | O_NOFOLLOW: never through a link, never over a file written before
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except (OSError, ValueError) as exc:  # a duplicate name, a name the file system refuses
+            out.skipped.append((info.filename, f"not written ({exc.strerror or exc})"))
+            continue
+        try:
+            with os.fdopen(fd, "wb") as fh, archive.open(info) as src:
+                out.bytes += _copy_counted(src, fh, info.file_size, info.filename)
+        except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError) as exc:
+            path.unlink(missing_ok=True)
+            out.skipped.append((info.filename, f"damaged in the zip ({exc})"))
+            continue
+        out.files += 1
+        out.images += parts[-1].lower() != LABELS_FILE
+        if progress:
+            progress(out.bytes, need)

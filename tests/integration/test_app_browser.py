@@ -1,5 +1,6 @@
 """The Streamlit app in Debian chromium (Playwright) against a real app, a real Redis and real images."""
 
+import contextlib
 import json
 import os
 import re
@@ -581,12 +582,22 @@ def hostile_app(tmp_path):
         redis.stop()
 
 
-def test_collection_names_and_labels_never_run_as_script(browser, hostile_app):
-    context = browser.new_context(viewport={"width": 1400, "height": 1800})
+@contextlib.contextmanager
+def browser_page(browser, url: str, width: int = 1400, height: int = 1800):
+    """A page of its own browser context (its own cookies: another session) at ``url``;
+    the context is closed on exit."""
+    context = browser.new_context(viewport={"width": width, "height": height})
     try:
         pg = context.new_page()
         pg.set_default_timeout(TIMEOUT)
-        pg.goto(hostile_app.url)
+        pg.goto(url)
+        yield pg
+    finally:
+        context.close()
+
+
+def test_collection_names_and_labels_never_run_as_script(browser, hostile_app):
+    with browser_page(browser, hostile_app.url) as pg:
         logged_in(pg, "student", "multimedia")
         shown = pg.locator(".cbir-hit", has_text=HOSTILE_ID)
         # the first image (the hostile one) is the query at first: pick "a" by its id button,
@@ -599,8 +610,6 @@ def test_collection_names_and_labels_never_run_as_script(browser, hostile_app):
         expect(pg.locator(".cbir-hit").first).to_contain_text(HOSTILE_LABEL)  # shown as text
         assert shown.count() == 1 and pg.locator(".cbir-hit iframe, .cbir-hit img").count() == 0
         assert pg.evaluate("window.__pwned") is None
-    finally:
-        context.close()
 
 
 def test_pages_name_the_browser_tab_and_a_refused_page_says_why(page, app_server):
@@ -617,13 +626,7 @@ def test_pages_name_the_browser_tab_and_a_refused_page_says_why(page, app_server
 
 
 def test_a_phone_starts_with_the_sidebar_closed(browser, app_server):
-    context = browser.new_context(viewport={"width": 390, "height": 844})
-    try:
-        pg = context.new_page()
-        pg.set_default_timeout(TIMEOUT)
-        pg.goto(app_server.url)
+    with browser_page(browser, app_server.url, 390, 844) as pg:
         logged_in(pg, "student", "multimedia")
         box = pg.locator("[data-testid='stSidebar']").bounding_box()
         assert box is None or box["x"] + box["width"] <= 0, box  # off screen: the results are not covered
-    finally:
-        context.close()

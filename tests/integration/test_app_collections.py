@@ -2,6 +2,7 @@
 page becomes a searchable collection (with progress); two sessions search two collections at
 the same time and each sees its own results; a link keeps its collection; an admin removes it."""
 
+import contextlib
 import io
 import re
 import zipfile
@@ -10,7 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import COLLECTION
-from tests.integration.test_app_browser import TIMEOUT, choose, click_until, logged_in, login, run_search, settled
+from tests.integration.test_app_browser import browser_page, choose, click_until, logged_in, login, run_search, settled
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
 
@@ -28,14 +29,6 @@ def trip_zip(path) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def new_page(browser, url):
-    context = browser.new_context(viewport={"width": 1400, "height": 1800})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT)
-    page.goto(url)
-    return context, page
-
-
 def result_ids(page) -> list[str]:
     return [re.search(r"id (\S+)", t).group(1) for t in page.locator(".cbir-hit").all_inner_texts()]
 
@@ -48,10 +41,9 @@ def test_a_zip_becomes_a_collection_two_sessions_search_their_own_and_an_admin_r
     archive = tmp_path / "trip.zip"
     trip_zip(archive)
     trip_ids = {f"{cls}/{n}" for cls, numbers in TRIP.items() for n in numbers}
-    a_ctx, a = new_page(browser, app_server.url)
-    b_ctx, b = new_page(browser, app_server.url)
-    c_ctx = None
-    try:
+    with contextlib.ExitStack() as pages:  # three sessions, each a browser context of its own, closed at the end
+        a = pages.enter_context(browser_page(browser, app_server.url))
+        b = pages.enter_context(browser_page(browser, app_server.url))
         logged_in(a)  # researcher
         logged_in(b, "student", "multimedia")
 
@@ -91,7 +83,7 @@ def test_a_zip_becomes_a_collection_two_sessions_search_their_own_and_an_admin_r
         # a link keeps its page and its collection, even opened before the login (a link to a
         # page other than Search crashed the app once logged in)
         assert "collection=trip" in a.url
-        c_ctx, c = new_page(browser, app_server.url + "/evaluate?collection=trip")
+        c = pages.enter_context(browser_page(browser, app_server.url + "/evaluate?collection=trip"))
         login(c, "student", "multimedia")
         c.get_by_role("heading", name="📈 Evaluate", exact=True).wait_for()
         assert "collection=trip" in c.url and "/evaluate" in c.url, c.url
@@ -119,7 +111,3 @@ def test_a_zip_becomes_a_collection_two_sessions_search_their_own_and_an_admin_r
         assert not (app_server.collections_root / "trip").exists()
         c.get_by_role("button", name="Search", exact=True).click()
         c.get_by_text(re.compile("was removed; showing")).wait_for()
-    finally:
-        for ctx in (a_ctx, b_ctx, c_ctx):
-            if ctx is not None:
-                ctx.close()

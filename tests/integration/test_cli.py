@@ -115,7 +115,7 @@ def test_evaluate_a_tiny_collection_with_a_singleton_class(tmp_path):
     features = tmp_path / "features" / "image.orig"
     shutil.copytree(ROOT / "features" / "image.orig" / "efficientnet_lite0", features / "efficientnet_lite0",
                     ignore=shutil.ignore_patterns("map-*", "dba-*", "faiss*"))
-    env = {"CBIR_FEATURES_DIR": str(tmp_path / "features")}
+    env = {"CBIR_FEATURES_DIR": str(tmp_path / "features"), "CBIR_COLLECTION": str(root)}  # its own default image.orig
     out = tmp_path / "report.json"
     r = run("evaluate", "-q", "--collection", str(root), "-m", "efficientnet_lite0", "--json", str(out), env=env)
     assert r.returncode == 0, r.stderr

@@ -457,7 +457,7 @@ def test_a_one_image_store_searches_without_a_500(tmp_path):
     from cbir.ranking import rank_distances
 
     empty = rank_distances("m", np.array([np.inf]), ["7"], ["a"], "a", 5)
-    assert empty.hits == [] and empty.pr_11 == [0.0] * 11 and empty.average_precision == 0.0
+    assert empty.hits == [] and empty.pr_11 == [] and empty.average_precision is None  # nothing relevant: AP undefined
     (tmp_path / "one.csv").write_text("id,a,b\n7,0.1,0.2\n")
     features = tmp_path / "features"
     import_features(tmp_path / "one.csv", "one", scan_collection(COLLECTION), features)
