@@ -19,7 +19,7 @@ from cbir.extraction import index_collection
 from cbir.index import BACKENDS
 from app_pages.common import (
     current_role, for_this_user, get_engine, get_services, get_users, model_label, reload_engine, require_login, show_error,
-    switch_collection,
+    switch_collection, upload_bytes,
 )
 
 require_login()  # first: this page also runs if Streamlit ever reaches it without app.py
@@ -163,13 +163,12 @@ if role in ("admin", "researcher"):
         import_replace = c2.checkbox("Replace", key="coll_import_replace", help="overwrite an existing model of this name "
                                      "(yours, or any as an admin)")
         imported = st.form_submit_button("Import")
-    if imported and features_file is not None and features_file.size > settings.max_upload_mb << 20:
-        st.error(f"{features_file.name} is over the {settings.max_upload_mb} MB limit (CBIR_MAX_UPLOAD_MB).")
-    elif imported and features_file is not None:
+    features_bytes = upload_bytes(features_file) if imported and features_file is not None else None
+    if features_bytes is not None:
         from cbir.importing import ImportLimits, Importer, import_upload
 
         try:
-            report = import_upload(features_file.getvalue(), features_file.name, import_name, collection, settings.features_dir,
+            report = import_upload(features_bytes, features_file.name, import_name, collection, settings.features_dir,
                                    limits=ImportLimits.from_settings(settings, len(collection)),
                                    by=Importer(username, admin=role == "admin"), replace=import_replace)
             get_users().log("features_imported", report.model, "app", "replaced" if report.replaced else "created", username)
@@ -208,12 +207,9 @@ def add_images_section() -> None:
     if not (submitted and files):
         return
     label = (label_new.strip() if label_pick == "(new label)" else label_pick) if collection.label_source == LABELS_FILE else None
-    limit = settings.max_upload_mb << 20  # the uploader's limit is the browser's; the server checks it again
-    big = [f for f in files if f.size > limit]
-    for f in big:
-        st.error(f"{f.name}: {f.size / 2**20:.1f} MB is over the {settings.max_upload_mb} MB limit (CBIR_MAX_UPLOAD_MB)")
+    uploads = [(f.name, upload_bytes(f)) for f in files]  # the uploader's limit is the browser's; the server checks it again
     try:
-        report = add_images(collection, [(f.name, f.getvalue()) for f in files if f.size <= limit], label, settings.max_image_pixels)
+        report = add_images(collection, [(name, data) for name, data in uploads if data is not None], label, settings.max_image_pixels)
     except CBIRError as exc:
         show_error(exc)
         return

@@ -96,7 +96,13 @@ def check_directory(fh, limits: ZipLimits) -> None:
     if end is None:
         raise ArchiveError("not a readable zip file (no end-of-archive record)")
     entries, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
-    if entries > limits.entries or size > limits.entries * DIRECTORY_BYTES_PER_ENTRY:
+    _check_count(max(entries, size // DIRECTORY_BYTES_PER_ENTRY), limits)
+
+
+def _check_count(entries: int, limits: ZipLimits) -> None:
+    """The end record's count can lie (zipfile parses the directory by its size), so the
+    count is checked again on the parsed directory."""
+    if entries > limits.entries:
         raise ArchiveError(f"the zip holds {entries:,} entries; at most {limits.entries:,} are accepted "
                            "(CBIR_ZIP_MAX_ENTRIES): split it")
 
@@ -107,9 +113,7 @@ def plan_entries(archive: zipfile.ZipFile, limits: ZipLimits) -> tuple[list[tupl
     when the archive as a whole breaks a bound (count, size, ratio) or holds an entry whose
     path leaves the target."""
     infos = archive.infolist()
-    if len(infos) > limits.entries:
-        raise ArchiveError(f"the zip holds {len(infos):,} entries; at most {limits.entries:,} are accepted "
-                           "(CBIR_ZIP_MAX_ENTRIES): split it")
+    _check_count(len(infos), limits)
     total = sum(i.file_size for i in infos)
     packed = sum(i.compress_size for i in infos)
     if total > limits.total_bytes:

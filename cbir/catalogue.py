@@ -84,7 +84,7 @@ class StoreCatalogue:
             store = None
         if store is None:
             return out
-        stored = set(store.ids.tolist())
+        stored = store.rows  # id -> row, built once per opened store
         indexed = sum(1 for i in ids if i in stored)
         kept = store.manifest.get("failed", [])
         failed = [(i, why) for i, why in kept if i in self.collection and i not in stored]

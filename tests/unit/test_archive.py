@@ -88,6 +88,18 @@ def test_entry_count_and_total_size_bounds(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_an_end_record_that_understates_the_entry_count_is_caught_on_the_directory(tmp_path):
+    """zipfile parses the central directory by its size, not by the end record's count."""
+    data = bytearray(_zip(_wang(0, 1, 2, 3)))
+    end = data.rfind(b"PK\x05\x06")  # the end record: entries on this disk at 8, in total at 10
+    for offset in (end + 8, end + 10):
+        assert int.from_bytes(data[offset:offset + 2], "little") == 4
+        data[offset:offset + 2] = (1).to_bytes(2, "little")
+    with pytest.raises(ArchiveError, match="holds 4 entries; at most 3"):
+        unpack_zip(bytes(data), tmp_path / "c", ZipLimits(entries=3))
+    assert _leftovers(tmp_path) == []
+
+
 def test_a_header_that_understates_the_size_is_caught_while_inflating(tmp_path):
     data = bytearray(_zip({**_wang(0), "big.jpg": _wang(1)["1.jpg"]}, method=zipfile.ZIP_STORED))
     # shrink big.jpg's declared size in its local header and in the central directory
