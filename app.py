@@ -29,6 +29,10 @@ if "auth_entry_page" not in st.session_state:
 # no page_title: each page's own title names the browser tab ("Search", "Evaluate", ...); "auto"
 # starts the sidebar collapsed on a narrow screen (it covered 300 of a phone's 390 px)
 st.set_page_config(page_icon="🔎", layout="wide", initial_sidebar_state="auto")
+# Thumbnail grids (app_pages.common.tiles) without a "Fullscreen" button per image: 28 Tab stops
+# from the find box to Search. A smaller top margin: the first result row in view at 1280x720.
+st.html("<style>[class*='st-key-cbir_tiles_'] [data-testid='stElementToolbar'] {display: none}"
+        "[data-testid='stMainBlockContainer'] {padding-top: 3rem}</style>")
 
 import streamlit_authenticator as stauth  # noqa: E402
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -170,6 +171,13 @@ def metric_label(name: str) -> str:
     return METRIC_LABELS.get(name, name)
 
 
+def plain(text) -> str:
+    """``text`` shown literally inside Streamlit Markdown: every ASCII punctuation character
+    backslash-escaped (CommonMark allows it for all of them), so an id or a label from a user's
+    folder cannot become a link, emphasis or ``$...$`` math. (HTML is escaped by Streamlit.)"""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", str(text))
+
+
 def upload_bytes(upload) -> bytes | None:
     """An uploaded image's bytes, or None with a message when it is over CBIR_MAX_UPLOAD_MB.
     The uploaders pass that limit as ``max_upload_size``, which only the browser enforces:
@@ -267,13 +275,12 @@ def show_error(exc: Exception) -> None:
 
 
 def stats_row(service: SearchService) -> None:
+    """One line of counters (four metric cards took a hundred pixels above the results)."""
     stats = service.stats()
-    c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Images indexed", f"{stats['images']:,}")
-    c2.metric("Models available", f"{len(stats['models_searchable'])} / {len(MODELS)}")
-    c3.metric("Metrics", len(stats["metrics"]))
     searches = stats.get("searches_performed")
-    c4.metric("Searches performed", "—" if searches is None else f"{searches:,}", help=None if searches is not None else "Redis unavailable")
+    st.caption(f"{stats['images']:,} images indexed · {len(stats['models_searchable'])} / {len(MODELS)} models available · "
+               f"{len(stats['metrics'])} metrics · "
+               + ("searches performed: unknown (Redis unavailable)" if searches is None else f"{searches:,} searches performed"))
 
 
 @st.cache_data(max_entries=4000, show_spinner=False)
@@ -301,24 +308,42 @@ def hit_html(hit: dict) -> str:
             f"<span style='color:#6b7280'>score {float(hit['score']):.4f}</span></div>")
 
 
-def result_grid(engine: Engine, ranked: dict, columns: int = 5, key: str = "", feedback: bool = False) -> None:
-    """Thumbnails with rank, score and label; relevant ones marked green, others red."""
+#: A result tile's width in CSS pixels: five in a row beside the query at 1280 px, two on a phone.
+TILE_PX = 136
+
+
+def tiles(key: str, count: int, width: int = TILE_PX) -> list:
+    """``count`` containers of ``width`` px in a row that wraps: as many per line as the screen
+    holds (``st.columns`` stacked one per line on a phone: a 12,000 px results page). The
+    images' fullscreen buttons are hidden (a Tab stop per thumbnail) by the app's style sheet."""
+    row = st.container(horizontal=True, wrap=True, gap="small", key=f"cbir_tiles_{key}")
+    return [row.container(width=width) for _ in range(count)]
+
+
+def result_grid(engine: Engine, ranked: dict, key: str = "", feedback: bool = False, query: tuple | None = None) -> None:
+    """Thumbnails with rank, score and label; relevant ones marked green, others red. ``query``
+    (image, caption) comes first, framed in blue: the query beside its results."""
     hits = ranked["results"]
     if not hits:
         st.info("No results.")
         return
-    rows = [hits[i : i + columns] for i in range(0, len(hits), columns)]
-    for row in rows:
-        cols = st.columns(columns)
-        for col, h in zip(cols, row):
-            with col:
-                try:
-                    st.image(thumbnail_of(engine, h["id"]), width="stretch")
-                except (CBIRError, OSError):
-                    st.caption("(image removed)")
-                st.markdown(hit_html(h), unsafe_allow_html=True)
-                if feedback:  # read back by the page from st.session_state
-                    st.segmented_control("Feedback", ["👍", "👎"], key=f"{key}::{h['id']}", label_visibility="collapsed")
+    boxes = tiles(key or "grid", len(hits) + (query is not None))
+    if query is not None:
+        with boxes.pop(0):
+            st.image(query[0], width="stretch")
+            st.markdown(f"<div class='cbir-query' style='border-left:4px solid #2563eb;padding-left:6px;font-size:0.8rem'>"
+                        f"<b>{html.escape(query[1])}</b></div>", unsafe_allow_html=True)
+    for h, tile in zip(hits, boxes):
+        with tile:
+            try:
+                st.image(thumbnail_of(engine, h["id"]), width="stretch")
+            except (CBIRError, OSError):
+                st.caption("(image removed)")
+            st.markdown(hit_html(h), unsafe_allow_html=True)
+            if feedback:  # read back by the page from st.session_state on the next run (Refine):
+                # "ignore" draws a mark at once, with no rerun (a rerun per mark took 1.2-1.5 s)
+                st.segmented_control("Feedback", ["👍", "👎"], key=f"{key}::{h['id']}", label_visibility="collapsed",
+                                     on_change="ignore")
 
 
 def interpolated_figure(reports: list[dict], title: str = "Mean 11-point interpolated PR") -> go.Figure:

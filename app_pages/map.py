@@ -175,4 +175,4 @@ if result and result.get("model") == model:
     else:
         st.markdown("**Top 10 for the uploaded image** (the star is where it lands: placed, not recomputed)")
     st.caption(f"The star: {result['how']}.")
-    result_grid(engine, result["ranked"], columns=5, key="map_grid")
+    result_grid(engine, result["ranked"], key="map_grid")

@@ -16,8 +16,8 @@ from cbir.index import AUTO, BACKENDS, backend_label, get_backend
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, ROCCHIO_TEXT, Rerank
 from cbir.request import parse_search
 from app_pages.common import (
-    require_login, upload_bytes,
-    get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row, thumbnail_of,
+    require_login, upload_bytes, plain,
+    get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row, thumbnail_of, tiles, TILE_PX,
 )
 
 require_login()  # first: this page also runs if Streamlit ever reaches it without app.py
@@ -79,18 +79,6 @@ with st.sidebar:
                            "Exact ranks the whole collection; FAISS and Milvus are approximate and return the top "
                            f"{engine.settings.search_depth:,} candidates per model (AP is then AP@{engine.settings.search_depth}).")
     top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="k", **KEPT) or 10
-    method, weights = None, None
-    if len(models) >= 2:
-        method = st.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSIONS[m].label, key="fusion", **KEPT)
-        st.caption(f"`{FUSIONS[method].formula}`: d_m are model m's distances, min-max normalised per query")
-        if FUSIONS[method].weighted:  # sliders only where they change something
-            weights = {
-                m: st.slider(f"Weight of {model_label(m)}", 0.0, 1.0, None if f"w_{m}" in st.session_state else 1.0, 0.05,
-                             key=f"w_{m}", **KEPT)
-                for m in models
-            }
-            if sum(weights.values()) == 0:
-                st.warning("All weights are zero: give at least one model a positive weight.")
     st.header("Re-ranking")
     rr_method = st.radio("Re-ranking", RERANK_METHODS, format_func=lambda m: RERANK_LABELS[m], horizontal=True,
                          key="rerank", label_visibility="collapsed", **KEPT,
@@ -112,9 +100,12 @@ with st.sidebar:
 PICKER_PAGE = 12  # thumbnails per page of the picker
 
 
+@st.fragment
 def query_picker(collection) -> str:
     """Find by id, file name or label, page through the matches as thumbnails, or draw one
-    at random: usable at a million images, where a select box is not."""
+    at random: usable at a million images, where a select box is not. A fragment: paging and
+    picking redraw only the picker (the page reran for each, 0.75 s idle, 4.7 s under load);
+    the pick is read by the next full run (Search) from the session."""
     state = st.session_state
     if state.get("search_query_id") not in collection:
         state["search_query_id"] = collection.ids[0]
@@ -136,28 +127,41 @@ def query_picker(collection) -> str:
     nav = st.columns([1, 4, 1])
     if nav[0].button("◀", key="search_prev", disabled=page == 0, width="stretch"):
         state["search_page"] = page - 1
-        st.rerun()
-    found = f"{total:,} image{'' if total == 1 else 's'}" + (f" match “{text.strip()}”" if text.strip() else "")
-    nav[1].caption(found + (f" · page {page + 1} of {pages:,}" if total else " — try another id, file name or label"))
+        st.rerun(scope="fragment")
+    found = f"{total:,} image{'' if total == 1 else 's'}" + (f" match “{plain(text.strip())}”" if text.strip() else "")
+    chosen = state["search_query_id"]
+    nav[1].caption(found + (f" · page {page + 1} of {pages:,}" if total else " — try another id, file name or label")
+                   + f" · chosen: query {plain(chosen)}" + (f" · {plain(collection.label_of(chosen))}" if collection.has_labels else ""))
     if nav[2].button("▶", key="search_next", disabled=page >= pages - 1, width="stretch"):
         state["search_page"] = page + 1
-        st.rerun()
-    for row in range(0, len(shown), 6):
-        for col, image_id in zip(st.columns(6), shown[row : row + 6]):
-            col.image(thumbnail_of(engine, image_id, 128), width="stretch")
-            chosen = image_id == state["search_query_id"]
-            if col.button(f"{'✓ ' if chosen else ''}{image_id}", key=f"search_pick_{image_id}", width="stretch",
-                          type="primary" if chosen else "secondary", help=collection.label_of(image_id)):
-                state["search_query_id"] = image_id
-                st.rerun()
+        st.rerun(scope="fragment")
+    for image_id, tile in zip(shown, tiles("search_picker", len(shown), TILE_PX - 20)):
+        tile.image(thumbnail_of(engine, image_id, 128), width="stretch")
+        chosen = image_id == state["search_query_id"]
+        if tile.button(f"{'✓ ' if chosen else ''}{image_id}", key=f"search_pick_{image_id}", width="stretch",
+                       type="primary" if chosen else "secondary", help=collection.label_of(image_id)):
+            state["search_query_id"] = image_id
+            st.rerun(scope="fragment")
+    if st.query_params.get(QUERY_PARAM) != state["search_query_id"]:
+        st.query_params[QUERY_PARAM] = state["search_query_id"]  # the link names the query
     return state["search_query_id"]
 
 
-st.subheader("Query")
-source = st.radio("Query from", ["Collection image", "Upload"], horizontal=True, key="search_source", label_visibility="collapsed")
-image_id, image_bytes = None, None
-qcol, pcol = st.columns([4, 1])
-with qcol:
+def fold_picker() -> None:
+    """The Search button's callback: fold the picker away, so the results come into view."""
+    st.session_state["search_picker_open"] = False
+    st.session_state["search_start"] = True
+
+
+image_id, image_bytes, query_image = None, None, None
+# one row that never wraps: on a phone the Search button stays beside the picker, not below it
+# (tapped after scrolling past the open picker, the folding page left the results above the screen)
+top = st.container(horizontal=True, wrap=False, vertical_alignment="top", key="search_top")
+# open until a search folds it (fold_picker); the label and ``expanded`` never change: Streamlit
+# gives an expander with other ones a new identity, and its open/closed state is lost
+with top.expander("Query — choose another", expanded=True, key="search_picker_open",
+                  on_change="rerun", icon="🖼️"):
+    source = st.radio("Query from", ["Collection image", "Upload"], horizontal=True, key="search_source", label_visibility="collapsed")
     if source == "Collection image":
         image_id = query_picker(collection)
     else:
@@ -165,29 +169,58 @@ with qcol:
                                   max_upload_size=get_settings().max_upload_mb)
         if upload is not None:
             image_bytes = upload_bytes(upload)
-with pcol:
-    if image_id is not None:
-        st.image(str(collection.path_of(image_id)), caption=f"query {image_id}" + (f" · {collection.label_of(image_id)}" if collection.has_labels else ""), width="stretch")
-    elif image_bytes is not None:
-        try:
-            from cbir.images import open_image
+        if image_bytes is not None:
+            try:
+                from cbir.images import open_image
 
-            st.image(open_image(image_bytes), caption="uploaded query", width="stretch")
-        except Exception as exc:
-            show_error(exc)
-            image_bytes = None
+                query_image = open_image(image_bytes)
+                st.image(query_image, caption="uploaded query", width=160)
+            except Exception as exc:
+                show_error(exc)
+                image_bytes = None
 
-def fusion_state() -> tuple:
-    """The fusion the sidebar asks for: models, method and the weights it uses."""
+if image_id is not None and st.query_params.get(QUERY_PARAM) != image_id:
+    st.query_params[QUERY_PARAM] = image_id  # (an upload has no link)
+elif image_id is None:
+    st.query_params.pop(QUERY_PARAM, None)
+if st.session_state.pop("search_linked", False) and image_id is not None and models and "search_result" not in st.session_state:
+    st.session_state["search_start"] = True  # a link with a query: its search runs at once
+
+# -- the results: a fragment, so fusion changes and feedback marks redraw only this part -----
+
+
+def fusion_controls() -> tuple[str | None, dict | None]:
+    """The fusion method and, for the methods that read them, one weight per model: beside the
+    results, so tuning them redraws only the results (no new search)."""
+    if len(models) < 2:
+        return None, None
+    c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+    method = c1.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSIONS[m].label, key="fusion", **KEPT)
+    c1.caption(f"`{FUSIONS[method].formula}` (d_m: model m's distances, min-max normalised per query)")
+    weights = None
+    if FUSIONS[method].weighted:  # sliders only where they change something
+        with c2:
+            weights = {
+                m: col.slider(f"Weight of {model_label(m)}", 0.0, 1.0, None if f"w_{m}" in st.session_state else 1.0, 0.05,
+                              key=f"w_{m}", **KEPT)
+                for m, col in zip(models, st.columns(len(models)))
+            }
+        if sum(weights.values()) == 0:
+            st.warning("All weights are zero: give at least one model a positive weight.")
+    return method, weights
+
+
+def fusion_state(method, weights) -> tuple:
+    """The fusion asked for: models, method and the weights it uses."""
     used = None if method in (None, "average") else tuple(sorted((weights or {}).items()))
     return tuple(models), method, used
 
 
-def refuse_live(result: dict) -> tuple[dict, float | None]:
+def refuse_live(result: dict, method, weights) -> tuple[dict, float | None]:
     """With the same models, a new fusion method or weights re-fuses the distance rows of
     the last search (no new search); returns the result shown and the re-fusion time."""
     inputs, shown = st.session_state.get("search_inputs"), st.session_state.get("search_fusion")
-    now = fusion_state()
+    now = fusion_state(method, weights)
     if inputs is None or not method or now == shown or set(models) != set(result["models"]):
         return result, None
     try:
@@ -200,7 +233,7 @@ def refuse_live(result: dict) -> tuple[dict, float | None]:
     return result, combined.seconds
 
 
-def do_search(feedback: list[dict]) -> None:
+def do_search(feedback: list[dict], method, weights) -> None:
     try:
         with st.spinner("Searching…"):
             request = parse_search(models, metric, int(top_k), image_id=image_id, image=image_bytes, method=method,
@@ -215,7 +248,7 @@ def do_search(feedback: list[dict]) -> None:
     st.session_state["search_rounds"] = st.session_state.get("search_rounds", []) + [result]
     st.session_state["search_feedback"] = feedback
     st.session_state["search_inputs"] = served.inputs
-    st.session_state["search_fusion"] = fusion_state()
+    st.session_state["search_fusion"] = fusion_state(method, weights)
     st.session_state["search_result"] = result
     # fresh toggle widgets for the new results: a new key generation, the old keys dropped
     st.session_state["search_fb_gen"] = st.session_state.get("search_fb_gen", 0) + 1
@@ -223,112 +256,152 @@ def do_search(feedback: list[dict]) -> None:
         del st.session_state[key]
 
 
-if image_id is not None and st.query_params.get(QUERY_PARAM) != image_id:
-    st.query_params[QUERY_PARAM] = image_id  # (an upload has no link)
-elif image_id is None:
-    st.query_params.pop(QUERY_PARAM, None)
-linked = st.session_state.pop("search_linked", False)
-run = st.button("Search", type="primary", key="search_run", disabled=not models or (image_id is None and image_bytes is None))
-if run or (linked and image_id is not None and models and "search_result" not in st.session_state):
-    do_search([])
+def outdated(result: dict) -> list[str]:
+    """The settings the results no longer match (the sidebar says one thing, the results another)."""
+    query = result["query"]
+    asked = {"query": image_id if image_bytes is None else "(upload)", "metric": metric, "top k": int(top_k),
+             "models": sorted(models), "re-ranking": rerank.method}
+    shown = {"query": query["id"] or "(upload)", "metric": result["metric"], "top k": result["top_k"],
+             "models": sorted(result["models"]), "re-ranking": (result.get("rerank") or {}).get("method", "none")}
+    return [k for k in asked if asked[k] != shown[k] and not (k == "query" and image_bytes is not None and query["upload"])]
+
+
+def measures_line(name: str, ranked: dict, result: dict) -> None:
+    """P@k, R@k, AP and time in one line (four metric cards took a hundred pixels above the grid)."""
+    has_metrics = ranked["average_precision"] is not None
+    k = result["top_k"]
+    alone = ranked.get("relevant_in_collection") == 0
+    singles = [r["average_precision"] for r in result["models"].values() if r["average_precision"] is not None]
+    gain = ranked["average_precision"] - max(singles) if name == "combined" and has_metrics and singles else None
+    parts = [f"**P@{k}** " + (f"{ranked['precision_at_k']:.3f}" if has_metrics or alone else "—"),
+             f"**R@{k}** " + (f"{ranked['recall_at_k']:.3f}" if has_metrics else "—"),
+             f"**{ranked.get('ap_label', 'AP')}** " + (f"{ranked['average_precision']:.3f}" if has_metrics else "—")
+             + ("" if gain is None else f" ({gain:+.3f} vs the best model)"),
+             f"**Time** {1000 * ranked['seconds']:.1f} ms"]
+    st.markdown(" · ".join(parts))
+    if gain is not None:
+        st.caption("AP per model: " + " · ".join(f"{model_label(m)} {r['average_precision']:.3f}" for m, r in result["models"].items())
+                   + f" → fused {ranked['average_precision']:.3f}")
+    if alone:
+        st.caption("The query is the only image of its class here: recall, AP and the PR curve are undefined "
+                   "(evaluations leave such queries out of mAP and count them).")
+
+
+def pr_plot(name: str, ranked: dict, result: dict, rounds: list[dict]) -> None:
+    query = result["query"]
+    if ranked["average_precision"] is None:
+        if query["id"] is None:
+            st.info("No precision/recall for an uploaded image: it has no label to compare against.")
+        elif ranked.get("relevant_in_collection") != 0:
+            st.info("No precision/recall: this collection has no labels (add a labels.csv or one sub-folder per class).")
+        return
+    curves = [(model_label(n), r["pr_curve"]["recall"], r["pr_curve"]["precision"])
+              for n, r in result["models"].items() if r["average_precision"] is not None]
+    history = [(r["combined"] if name == "combined" else r["models"].get(name)) for r in rounds]
+    history = [h for h in history if h and h["average_precision"] is not None]
+    if name == "combined":
+        fig = pr_figure(curves + [(f"Combined ({result['method']})", ranked["pr_curve"]["recall"], ranked["pr_curve"]["precision"])],
+                        "Precision–recall: every model and the fusion")
+    elif len(history) > 1:
+        fig = pr_figure([(f"round {i} · AP {h['average_precision']:.3f}", h["pr_curve"]["recall"], h["pr_curve"]["precision"])
+                         for i, h in enumerate(history)], f"Precision–recall of {model_label(name)} across feedback rounds")
+    else:
+        fig = pr_figure([(model_label(name), ranked["pr_curve"]["recall"], ranked["pr_curve"]["precision"])])
+    st.plotly_chart(fig, key=f"search_pr_{name}")
+    protocol_note()
+
+
+def feedback_bar(method, weights) -> None:
+    """Rocchio relevance feedback: the 👍/👎 marks of the result grids, and Refine. A mark
+    reruns nothing (it is read here when Refine reruns the page)."""
+    st.divider()
+    c1, c2 = st.columns([3, 1])
+    c1.markdown(f"**Relevance feedback** · mark results 👍 relevant or 👎 not relevant, then refine (Rocchio: {ROCCHIO_TEXT}).")
+    if not c2.button("Refine", key="search_refine", type="primary", disabled=metric != "cosine",
+                     help="Needs the cosine metric" if metric != "cosine" else "Search again with the marks of every tab"):
+        return
+    marks = {}
+    prefix = f"search_fb_{st.session_state.get('search_fb_gen', 0)}_"
+    for key, value in st.session_state.items():
+        if key.startswith(prefix) and value in ("👍", "👎"):
+            marks[key.split("::", 1)[1]] = value == "👍"
+    if not marks:
+        st.warning("Mark at least one result 👍 or 👎 first.", icon="👆")
+        return
+    previous = st.session_state.get("search_feedback") or []
+    do_search(previous + [{"relevant": sorted(i for i, v in marks.items() if v),
+                           "non_relevant": sorted(i for i, v in marks.items() if not v)}], method, weights)
+    st.rerun()  # the whole page: the search counter and the query's state
+
+
+def query_tile(result: dict) -> tuple | None:
+    """The query's picture and caption, shown first in each grid: the class sees the query beside its results."""
+    query = result["query"]
+    if query["id"] is not None and query["id"] in collection:
+        label = collection.label_of(query["id"]) if collection.has_labels else None
+        return thumbnail_of(engine, query["id"]), f"query {query['id']}" + (f" · {label}" if label else "")
+    if query["id"] is None and image_bytes is not None:
+        return query_image, "uploaded query"
+    return None
+
+
+@st.fragment
+def results_panel() -> None:
+    """Everything below the query: fusion, results, PR curves, feedback. A fragment: a fusion
+    change or a weight reruns only this function, not the page."""
+    method, weights = fusion_controls()
+    if st.session_state.pop("search_start", False) and models and (image_id is not None or image_bytes is not None):
+        do_search([], method, weights)
+    result = st.session_state.get("search_result")
+    if not result:
+        st.info("Choose a query and press **Search**.")
+        return
+    result, live = refuse_live(result, method, weights)
+    changed = outdated(result)
+    if changed:
+        st.warning(f"These results are for the previous {', '.join(changed)}: press **Search** to update them.", icon="🔄")
+    query = result["query"]
+    line, d1, d2 = st.columns([6, 1, 1], vertical_alignment="center")
+    title = f"query {plain(query['id'])}" if query["id"] else "uploaded image"
+    line.markdown(
+        f"**Results for {title}** · {metric_label(result['metric'])} distance "
+        f"· top {result['top_k']} · {1000 * result['timings'].get('total', 0):.1f} ms" + (" · from cache" if result.get("cached") else "")
+    )
+    name = f"search-{query['id'] or 'upload'}-{result['metric']}"
+    d1.download_button("⬇ CSV", lambda r=result: search_csv(r), f"{name}.csv", "text/csv", key="search_dl_csv", on_click="ignore",
+                       help="Every list's hits with the parameters used", width="stretch")
+    d2.download_button("⬇ JSON", lambda r=result: search_json(r), f"{name}.json", "application/json", key="search_dl_json",
+                       on_click="ignore", help="The whole response, as the API returns it", width="stretch")
+    notes = []
+    if live is not None:
+        used = "" if not result.get("weights") else " (" + ", ".join(f"{model_label(m)} {w:g}" for m, w in result["weights"].items()) + ")"
+        notes.append(f"Re-fused live with {FUSIONS[result['method']].label}{used} in {1000 * live:.1f} ms, from the rankings already computed")
+    if result.get("rerank"):
+        notes.append(f"Re-ranked with {RERANK_LABELS[result['rerank']['method']]} (n={result['rerank']['n']}, α={result['rerank']['alpha']:g})")
+    rounds = st.session_state.get("search_rounds", [result])
+    if len(rounds) > 1:
+        last = st.session_state.get("search_feedback") or [{}]
+        notes.append(f"Relevance feedback: {len(rounds) - 1} round(s) of Rocchio refinement (the last with "
+                     f"{len(last[-1].get('relevant', []))} 👍, {len(last[-1].get('non_relevant', []))} 👎)")
+    for note in notes:
+        st.caption(note)
+    names = list(result["models"]) + (["combined"] if result.get("combined") else [])
+    # the same labels whatever the fusion method, and a key: re-fusing keeps the tab the class is looking at
+    tabs = st.tabs([model_label(n) if n != "combined" else "Combined" for n in names], key="search_tabs",
+                   default="Combined" if result.get("combined") else None)
+    for tab, name in zip(tabs, names):
+        ranked = result["combined"] if name == "combined" else result["models"][name]
+        with tab:
+            measures_line(name, ranked, result)
+            result_grid(engine, ranked, key=f"search_fb_{st.session_state.get('search_fb_gen', 0)}_{name}", feedback=True,
+                        query=query_tile(result))
+            pr_plot(name, ranked, result, rounds)
+    feedback_bar(method, weights)
+
+
+top.button("Search", type="primary", key="search_run", on_click=fold_picker,  # in one place, folded or not
+          disabled=not models or (image_id is None and image_bytes is None))
+results_panel()
 
 with stats_slot:
     stats_row(service)
-
-result = st.session_state.get("search_result")
-if not result:
-    st.info("Choose a query and press **Search**.")
-    st.stop()
-
-# -- results -----------------------------------------------------------------------------
-result, live = refuse_live(result)
-query = result["query"]
-asked = {"query": image_id if image_bytes is None else "(upload)", "metric": metric, "top k": int(top_k),
-         "models": sorted(models), "re-ranking": rerank.method}
-shown = {"query": query["id"] or "(upload)", "metric": result["metric"], "top k": result["top_k"],
-         "models": sorted(result["models"]), "re-ranking": (result.get("rerank") or {}).get("method", "none")}
-changed = [k for k in asked if asked[k] != shown[k] and not (k == "query" and image_bytes is not None and query["upload"])]
-if changed:  # the sidebar says one thing, the results another: say so
-    st.warning(f"These results are for the previous {', '.join(changed)}: press **Search** to update them.", icon="🔄")
-title = f"query {query['id']}" if query["id"] else "uploaded image"
-st.subheader(f"Results for {title}")
-st.caption(
-    f"{metric_label(result['metric'])} distance · top {result['top_k']} · "
-    f"{1000 * result['timings'].get('total', 0):.1f} ms" + (" · from cache" if result.get("cached") else "")
-)
-rounds = st.session_state.get("search_rounds", [result])
-d1, d2, _ = st.columns([1, 1, 6])
-name = f"search-{query['id'] or 'upload'}-{result['metric']}"
-d1.download_button("⬇ CSV", lambda r=result: search_csv(r), f"{name}.csv", "text/csv", key="search_dl_csv", on_click="ignore",
-                   help="Every list's hits with the parameters used")
-d2.download_button("⬇ JSON", lambda r=result: search_json(r), f"{name}.json", "application/json", key="search_dl_json",
-                   on_click="ignore", help="The whole response, as the API returns it")
-if live is not None:
-    st.caption(f"Re-fused live with {FUSIONS[result['method']].label} in {1000 * live:.1f} ms, from the rankings already computed")
-if result.get("rerank"):
-    st.caption(f"Re-ranked with {RERANK_LABELS[result['rerank']['method']]} (n={result['rerank']['n']}, α={result['rerank']['alpha']:g})")
-if len(rounds) > 1:
-    st.caption(f"Relevance feedback: {len(rounds) - 1} round(s) of Rocchio refinement")
-names = list(result["models"]) + (["combined"] if result.get("combined") else [])
-# the same labels whatever the fusion method, and a key: re-fusing keeps the tab the class is looking at
-tab_titles = [model_label(n) if n != "combined" else "Combined" for n in names]
-tabs = st.tabs(tab_titles, key="search_tabs", default="Combined" if result.get("combined") else None)
-curves = [(model_label(n), r["pr_curve"]["recall"], r["pr_curve"]["precision"]) for n, r in result["models"].items() if r["average_precision"] is not None]
-for tab, name in zip(tabs, names):
-    ranked = result["combined"] if name == "combined" else result["models"][name]
-    with tab:
-        has_metrics = ranked["average_precision"] is not None
-        c1, c2, c3, c4 = st.columns(4)
-        k = result["top_k"]
-        alone = ranked.get("relevant_in_collection") == 0
-        c1.metric(f"P@{k}", f"{ranked['precision_at_k']:.3f}" if has_metrics or alone else "—")
-        c2.metric(f"R@{k}", f"{ranked['recall_at_k']:.3f}" if has_metrics else "—")
-        singles = [r["average_precision"] for r in result["models"].values() if r["average_precision"] is not None]
-        fused_gain = ranked["average_precision"] - max(singles) if name == "combined" and has_metrics and singles else None
-        c3.metric(ranked.get("ap_label", "AP"), f"{ranked['average_precision']:.3f}" if has_metrics else "—",
-                  delta=None if fused_gain is None else f"{fused_gain:+.3f} vs the best model")
-        if fused_gain is not None:
-            st.caption("AP per model: " + " · ".join(f"{model_label(m)} {r['average_precision']:.3f}" for m, r in result["models"].items())
-                       + f" → fused {ranked['average_precision']:.3f}")
-        c4.metric("Time", f"{1000 * ranked['seconds']:.1f} ms")
-        if alone:
-            st.caption("The query is the only image of its class here: recall, AP and the PR curve are undefined "
-                       "(evaluations leave such queries out of mAP and count them).")
-        result_grid(engine, ranked, columns=5, key=f"search_fb_{st.session_state.get('search_fb_gen', 0)}_{name}", feedback=True)
-        if has_metrics:
-            history = [(r["combined"] if name == "combined" else r["models"].get(name)) for r in rounds]
-            history = [h for h in history if h and h["average_precision"] is not None]
-            if name == "combined":
-                fig = pr_figure(curves + [(f"Combined ({result['method']})", ranked["pr_curve"]["recall"], ranked["pr_curve"]["precision"])],
-                                "Precision–recall: every model and the fusion")
-            elif len(history) > 1:
-                fig = pr_figure([(f"round {i} · AP {h['average_precision']:.3f}", h["pr_curve"]["recall"], h["pr_curve"]["precision"]) for i, h in enumerate(history)],
-                                f"Precision–recall of {model_label(name)} across feedback rounds")
-            else:
-                fig = pr_figure([(model_label(name), ranked["pr_curve"]["recall"], ranked["pr_curve"]["precision"])])
-            st.plotly_chart(fig, key=f"search_pr_{name}")
-            protocol_note()
-        elif query["id"] is None:
-            st.info("No precision/recall for an uploaded image: it has no label to compare against.")
-        else:
-            st.info("No precision/recall: this collection has no labels (add a labels.csv or one sub-folder per class).")
-
-# -- relevance feedback -----------------------------------------------------------------------
-marks = {}
-prefix = f"search_fb_{st.session_state.get('search_fb_gen', 0)}_"
-for key, value in st.session_state.items():
-    if key.startswith(prefix) and value in ("👍", "👎"):
-        marks[key.split("::", 1)[1]] = value == "👍"
-relevant = sorted(i for i, v in marks.items() if v)
-non_relevant = sorted(i for i, v in marks.items() if not v)
-st.divider()
-c1, c2 = st.columns([3, 1])
-c1.markdown(
-    f"**Relevance feedback** · mark results 👍 relevant or 👎 not relevant, then refine (Rocchio: "
-    f"{ROCCHIO_TEXT}). Marked: {len(relevant)} 👍, {len(non_relevant)} 👎."
-)
-if c2.button("Refine", key="search_refine", type="primary", disabled=not marks or metric != "cosine",
-             help="Needs the cosine metric" if metric != "cosine" else None):
-    previous = st.session_state.get("search_feedback") or []
-    do_search(previous + [{"relevant": relevant, "non_relevant": non_relevant}])
-    st.rerun()

@@ -72,14 +72,21 @@ def main() -> None:
     with running_app() as (page, _url, _tmp):
         times = []
         for i in range(11):
-            page.get_by_role("button", name=re.compile("Random")).click()
+            random_button = page.get_by_role("button", name=re.compile("Random"))
+            page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden")
+            page.wait_for_timeout(500)  # the picker's folding animation
+            if not random_button.is_visible():  # the picker folds after a search
+                page.get_by_text("choose another").click()
+            random_button.click()
             page.wait_for_timeout(800)
-            query = page.get_by_text(re.compile(r"^query \d+")).first.inner_text().split()[1]
+            query = re.search(r"chosen: query (\S+)", page.get_by_text("chosen: query").inner_text()).group(1)
             t = time.perf_counter()
             page.get_by_role("button", name="Search", exact=True).click()
-            page.get_by_text(f"Results for query {query}", exact=True).wait_for()
-            page.locator(".cbir-hit").nth(9).wait_for()
-            page.locator(".js-plotly-plot").first.wait_for()
+            # checked on every animation frame (Playwright's own waits poll at up to 500 ms)
+            page.wait_for_function("q => document.body.innerText.includes(`Results for query ${q}`) && "
+                                   "document.querySelectorAll('.cbir-hit').length >= 10 && "
+                                   "document.querySelector('.js-plotly-plot .main-svg') !== null && "
+                                   "document.querySelector('[data-stale=true]') === null", arg=query, polling="raf")
             if i:  # the first search also loads the stores
                 times.append(time.perf_counter() - t)
     print(f"click to results (10 thumbnails, metrics, PR curve), {len(times)} searches: "
