@@ -39,7 +39,7 @@ import streamlit_authenticator as stauth  # noqa: E402
 from cbir.config import install_secret, server_settings  # noqa: E402
 from cbir.redisdb import ServiceUnavailable  # noqa: E402
 from cbir.auth.bootstrap import DEMO_USERS, bootstrap  # noqa: E402
-from cbir.errors import AuthError, ConfigError, LockedError  # noqa: E402
+from cbir.errors import AccountDisabledError, AuthError, ConfigError, LockedError  # noqa: E402
 from app_pages.common import collection_switcher, get_users, show_error, touch_activity  # noqa: E402
 
 try:
@@ -93,7 +93,7 @@ def build_authenticator() -> stauth.Authenticate | None:
             user = users.authenticate(username, password, source=_login_source())
             st.session_state["auth_binding"] = users.binding(user.username)
             return True
-        except LockedError as exc:
+        except (LockedError, AccountDisabledError) as exc:
             st.session_state["auth_error"] = str(exc)
         except AuthError:
             st.session_state["auth_error"] = "Wrong username or password."

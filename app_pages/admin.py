@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from cbir.auth.records import ROLES
+from cbir.export import write_csv
 from app_pages.common import get_users, require_login, show_error
 
 require_login(roles={"admin"})  # first: the session, then the role
@@ -31,7 +32,8 @@ if "admin_notice" in st.session_state:
     st.success(st.session_state.pop("admin_notice"))
 st.subheader("Users")
 st.dataframe(
-    pd.DataFrame([{"Username": u.username, "Name": u.name, "Email": u.email, "Role": u.role, "Created": when(u.created)} for u in all_users]),
+    pd.DataFrame([{"Username": u.username, "Name": u.name, "Email": u.email, "Role": u.role,
+                   "Status": "disabled" if u.disabled else "active", "Created": when(u.created)} for u in all_users]),
     hide_index=True, width="stretch",
 )
 
@@ -65,6 +67,29 @@ with c2:
                 st.success(f"Password of {who} reset.")
             except Exception as exc:
                 show_error(exc)
+    st.markdown("**Change a role, disable or enable**")
+    others = {u.username: u for u in all_users if u.username != me}  # not yourself: another admin can
+    # outside the form, so the role and status below show the chosen user's
+    target = st.selectbox("User to change", list(others), key="admin_change_user")
+    current = others.get(target)
+    with st.form("admin_change"):
+        new_role = st.selectbox("Role", ROLES, index=ROLES.index(current.role) if current else 0, key=f"admin_change_role_{target}")
+        status = st.radio("Status", ["active", "disabled"], index=int(bool(current and current.disabled)), horizontal=True,
+                          key=f"admin_change_status_{target}",
+                          help="A disabled user is refused at login; their sessions and tokens end at once")
+        if st.form_submit_button("Apply") and current is not None:
+            try:
+                done = []
+                if new_role != current.role:
+                    users.set_role(target, new_role, actor=me, source="app")
+                    done.append(f"role {new_role}")
+                if (status == "disabled") != current.disabled:
+                    users.set_disabled(target, status == "disabled", actor=me, source="app")
+                    done.append(status)
+                st.session_state["admin_notice"] = f"{target}: {', '.join(done)}." if done else f"{target}: nothing changed."
+                st.rerun()  # the table above shows it
+            except Exception as exc:
+                show_error(exc)
     with st.form("admin_delete"):
         st.markdown("**Delete a user**")
         victim = st.selectbox("User", [n for n in names if n != me], key="admin_delete_user")
@@ -86,10 +111,20 @@ except Exception as exc:
     show_error(exc)
     log = []
 if log:
-    st.dataframe(
-        pd.DataFrame([{"Time": when(e["time"]), "Event": e["event"], "User": e["username"], "Source": e["source"],
-                       "Outcome": e["outcome"], "By": e.get("actor", "")} for e in log]),
-        hide_index=True, width="stretch", height=360,
-    )
+    f1, f2 = st.columns([1, 2])
+    who_filter = f1.text_input("User or source contains", key="admin_log_who", placeholder="e.g. student or 127.0.0.1")
+    events = sorted({e["event"] for e in log})
+    event_filter = f2.multiselect("Events", events, key="admin_log_events", placeholder="every event")
+    needle = who_filter.strip().lower()
+    rows = [{"Time": when(e["time"]), "Event": e["event"], "User": e["username"], "Source": e["source"],
+             "Outcome": e["outcome"], "By": e.get("actor", "")} for e in log
+            if (not event_filter or e["event"] in event_filter)
+            and (not needle or needle in str(e["username"]).lower() or needle in str(e["source"]).lower())]
+    st.caption(f"{len(rows)} of the last {len(log)} events")
+    st.dataframe(pd.DataFrame(rows, columns=["Time", "Event", "User", "Source", "Outcome", "By"]), hide_index=True, width="stretch",
+                 height=360)
+    # usernames and sources come from login attempts: every cell neutralised for spreadsheets (cbir.export.write_csv)
+    st.download_button("⬇ CSV of these events", write_csv(list(rows[0]) if rows else ["Time"], (r.values() for r in rows)),
+                       "auth-log.csv", "text/csv", key="admin_log_csv", on_click="ignore", disabled=not rows)
 else:
     st.info("No events yet.")

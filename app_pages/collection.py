@@ -151,6 +151,33 @@ def index_section() -> None:
 
 index_section()
 
+def delete_imported_section() -> None:
+    """Delete an imported model: its owner or an admin (the store records who imported it)."""
+    from cbir.importing import Importer, delete_imported, imported_models
+
+    names = imported_models(settings.features_dir, collection.name)
+    if not names:
+        return
+    with st.form("coll_delete_imported"):
+        c1, c2, c3 = st.columns([3, 2, 1], vertical_alignment="bottom")
+        victim = c1.selectbox("Delete an imported model", names, format_func=model_label, key="coll_delete_model")
+        sure = c2.checkbox("Yes, delete its features", key="coll_delete_sure")
+        go = c3.form_submit_button("Delete", width="stretch")
+    if not go:
+        return
+    if not sure:
+        st.warning("Tick the confirmation box first.")
+        return
+    try:
+        model = delete_imported(victim, collection, settings.features_dir, Importer(username, admin=role == "admin"))
+        get_users().log("features_deleted", model, "app", "ok", username)
+        reload_engine()
+        st.session_state["coll_import_done"] = f"Deleted {model} and its features."
+        st.rerun()
+    except CBIRError as exc:
+        show_error(exc)
+
+
 st.subheader("Import features computed elsewhere")
 if role in ("admin", "researcher"):
     with st.form("coll_import", clear_on_submit=True):
@@ -179,6 +206,7 @@ if role in ("admin", "researcher"):
             show_error(exc)
     if "coll_import_done" in st.session_state:
         st.success(st.session_state.pop("coll_import_done"))
+    delete_imported_section()
 else:
     st.caption("Researchers and admins can import features (`.npz`, `.npy`, Parquet, CSV, or a pickled list of (path, vector)).")
 

@@ -18,7 +18,7 @@ from cbir.cache import ResultCache
 from cbir.config import get_settings
 from cbir.distances import METRIC_LABELS
 from cbir.engine import Engine
-from cbir.errors import UNEXPECTED, CBIRError, contract_for
+from cbir.errors import UNEXPECTED, CBIRError, contract_for, said_to
 from cbir.evaluation import PROTOCOL
 from cbir.export import pr_figure, report_curves
 from cbir.extractors import IMPORTED, MODELS, get_spec
@@ -267,7 +267,7 @@ def show_error(exc: Exception) -> None:
     the error contract's level says (``cbir.errors.CONTRACTS``: st.error or st.warning);
     an error not in the table is an "Unexpected problem"."""
     contract = contract_for(exc)
-    message = f"Unexpected problem: {type(exc).__name__}: {exc}" if contract is UNEXPECTED else str(exc)
+    message = f"Unexpected problem: {type(exc).__name__}: {exc}" if contract is UNEXPECTED else said_to(exc, "app")
     if contract.level == "warning":
         st.warning(for_this_user(message), icon="⚠️")
     else:

@@ -33,11 +33,13 @@ if not searchable:
     st.stop()
 
 with st.form("eval_form"):
-    c1, c2, c3 = st.columns([2, 2, 1.3])
+    # two rows, wide boxes: three model chips were clipped ("fficientNet-Lite0") in a third of the width
+    c1, c2 = st.columns([3, 2])
     models = c1.multiselect("Models", searchable, default=searchable[:1], format_func=model_label, key="eval_models")
     metrics = c2.multiselect("Metrics", list(METRICS), default=["cosine"], format_func=metric_label, key="eval_metrics")
-    fusions = c3.multiselect("Fusions (2+ models)", FUSION_METHODS, default=[], format_func=lambda m: FUSIONS[m].label, key="eval_fusions")
-    r1, r2, r3 = st.columns([2, 1, 1])
+    c3, r1, r2, r3 = st.columns([2, 2, 0.8, 0.8])
+    fusions = c3.multiselect("Fusions (2+ models)", FUSION_METHODS, default=[], format_func=lambda m: FUSIONS[m].label, key="eval_fusions",
+                             help="With no weights to read, Weighted and weighted RRF use equal weights: tune them below")
     reranks = r1.multiselect("Re-ranking (cosine only)", RERANK_METHODS, default=["none"], format_func=lambda m: RERANK_LABELS[m], key="eval_reranks")
     rr_n = r2.number_input("n", N_RANGE[0], N_RANGE[1], DEFAULT_N, key="eval_rerank_n")
     rr_alpha = r3.number_input("α", ALPHA_RANGE[0], ALPHA_RANGE[1], DEFAULT_ALPHA, 0.5, key="eval_rerank_alpha")
@@ -67,6 +69,8 @@ if go:
         results = []
         for i, (ms, metric, method, rr) in enumerate((j.models, j.metric, j.method, j.rerank) for j in jobs):
             name = model_label(ms[0]) if method is None else f"{FUSIONS[method].short} ({' + '.join(model_label(m).replace('EfficientNet-', '') for m in ms)})"
+            if method is not None and FUSIONS[method].weighted:
+                name += " · equal weights"  # the form takes no weights (a Weighted row matched Average without a word)
             rerank_key = (rr, int(rr_n), float(rr_alpha))
             if rr != "none":
                 name += f" + {RERANK_LABELS[rr]}"
@@ -78,7 +82,9 @@ if go:
                 show_error(exc)
                 continue
             results.append({**rep, "label": f"{name} · {metric_label(metric)}", "model": name, "metric_label": metric_label(metric)})
-        bar.progress(1.0, text=f"Done: {len(results)} evaluation(s) over {results[0]['queries'] if results else 0} queries each")
+        counts = sorted({r["queries"] for r in results})
+        over = f"over {counts[0]:,} queries each" if len(counts) == 1 else f"over {counts[0]:,} to {counts[-1]:,} queries"
+        bar.progress(1.0, text=f"Done: {len(results)} evaluation(s) {over if results else ''}")
         st.session_state["eval_results"] = results
 
 def sweep_figure(sweep: dict):
@@ -108,11 +114,60 @@ def sweep_figure(sweep: dict):
                                              marker=dict(symbol="star", size=20, color="#d62728")),
                           pgo.Scatterternary(a=[1 / 3], b=[1 / 3], c=[1 / 3], mode="markers", name="equal weights",
                                              marker=dict(symbol="circle-open", size=20, color="black"))])
-        fig.update_layout(ternary=dict(aaxis_title=labels[0], baxis_title=labels[1], caxis_title=labels[2]))
+        # the legend under the triangle: it sat over the colour bar
+        fig.update_layout(ternary=dict(aaxis_title=labels[0], baxis_title=labels[1], caxis_title=labels[2]),
+                          legend=dict(orientation="h", yanchor="top", y=-0.08, xanchor="center", x=0.5))
     fig.update_layout(title=f"{FUSIONS[sweep['method']].label} fusion over the weight simplex (step {sweep['step']:g})",
                       height=460, margin=dict(l=40, r=40, t=60, b=40))
     return fig
 
+
+def show_results(results: list[dict]) -> None:
+    """The table, the PR curves, the downloads and the per-class heatmap of the last run."""
+
+    table = pd.DataFrame(
+        [{"Model": r["model"], "Metric": r["metric_label"], "mAP": r["mAP"], "P@10": r["P@10"], "P@20": r["P@20"],
+          "R-precision": r["R-precision"], "Queries": r["queries"], "Scored": r.get("queries_scored", r["queries"]),
+          "Left out (singleton)": r.get("singleton_queries_left_out", 0), "Mixed ties": r.get("ties", 0),
+          "Seconds": r["seconds"]} for r in results]
+    ).sort_values("mAP", ascending=False)
+    st.subheader("Summary")
+    counts = sorted({r["queries"] for r in results})
+    if len(counts) > 1:  # ranked together without a word before
+        st.warning(f"These rows use different query sets ({', '.join(f'{c:,}' for c in counts)} queries): a model indexed on part "
+                   "of the collection is evaluated on its images only. Compare rows with the same number of queries.", icon="⚖️")
+    for note in dict.fromkeys(n for r in results for n in r.get("notes", []) if "singleton" in n):
+        st.warning(note)
+    if any(r.get("ties") for r in results):
+        st.caption("Mixed ties: groups of equal distances holding relevant and non-relevant images; they keep the "
+                   "collection's order (the README's evaluation protocol), so such a class's AP can depend on file names.")
+    st.dataframe(
+        table, hide_index=True, width="stretch",
+        column_config={c: st.column_config.ProgressColumn(c, format="%.3f", min_value=0, max_value=1) for c in ("mAP", "P@10", "P@20", "R-precision")},
+    )
+    st.plotly_chart(interpolated_figure(results), key="eval_pr")
+    downloads = st.container(horizontal=True)  # each button as wide as its label (two read "⬇ PR figur…")
+    for label, make, ext, mime in (
+            ("⬇ CSV", lambda: reports_csv(results), "csv", "text/csv"),
+            ("⬇ JSON", lambda: reports_json(results), "json", "application/json"),
+            ("⬇ PR figure (HTML)", lambda: pr_html(report_curves(results), "Mean 11-point interpolated PR"), "html", "text/html"),
+            ("⬇ PR figure (PNG)", lambda: pr_png(report_curves(results), "Mean 11-point interpolated PR"), "png", "image/png")):
+        downloads.download_button(label, make, f"evaluation.{ext}", mime, key=f"eval_dl_{ext}", on_click="ignore", width="content")
+
+    st.subheader("Average precision per class")
+    classes = list(results[0]["per_class_AP"])
+    heat = pd.DataFrame([[r["per_class_AP"].get(c, 0.0) for c in classes] for r in results], index=[r["label"] for r in results], columns=classes)
+    fig = px.imshow(heat, text_auto=".2f", color_continuous_scale="Blues", zmin=0, zmax=1, aspect="auto")
+    # at least 260 px: with one row the colour bar collapsed to a sliver
+    fig.update_layout(height=max(260, 120 + 40 * len(results)), margin=dict(l=10, r=10, t=30, b=10), coloraxis_colorbar=dict(title="AP"))
+    st.plotly_chart(fig, key="eval_heatmap")
+
+
+# the evaluation's results under its form; the weight sweep after them (its results pushed them far down)
+if st.session_state.get("eval_results"):
+    show_results(st.session_state["eval_results"])
+else:
+    st.info("Choose models and metrics, then **Run evaluation**. Every labelled image is used once as a query.")
 
 st.subheader("Tune fusion weights")
 with st.form("sweep_form"):
@@ -143,40 +198,3 @@ if sweep:
     if c2.button("Use these weights", key="eval_use_weights", type="primary"):
         st.session_state["search_apply"] = {"models": sweep["models"], "method": sweep["method"], "weights": best["weights"]}
         st.switch_page("app_pages/search.py")
-
-results = st.session_state.get("eval_results")
-if not results:
-    st.info("Choose models and metrics, then **Run evaluation**. Every labelled image is used once as a query.")
-    st.stop()
-
-table = pd.DataFrame(
-    [{"Model": r["model"], "Metric": r["metric_label"], "mAP": r["mAP"], "P@10": r["P@10"], "P@20": r["P@20"],
-      "R-precision": r["R-precision"], "Queries": r["queries"], "Scored": r.get("queries_scored", r["queries"]),
-      "Left out (singleton)": r.get("singleton_queries_left_out", 0), "Mixed ties": r.get("ties", 0),
-      "Seconds": r["seconds"]} for r in results]
-).sort_values("mAP", ascending=False)
-st.subheader("Summary")
-for note in dict.fromkeys(n for r in results for n in r.get("notes", []) if "singleton" in n):
-    st.warning(note)
-if any(r.get("ties") for r in results):
-    st.caption("Mixed ties: groups of equal distances holding relevant and non-relevant images; they keep the "
-               "collection's order (the README's evaluation protocol), so such a class's AP can depend on file names.")
-st.dataframe(
-    table, hide_index=True, width="stretch",
-    column_config={c: st.column_config.ProgressColumn(c, format="%.3f", min_value=0, max_value=1) for c in ("mAP", "P@10", "P@20", "R-precision")},
-)
-st.plotly_chart(interpolated_figure(results), key="eval_pr")
-downloads = st.columns([1, 1, 1, 1, 4])
-for col, (label, make, ext, mime) in zip(downloads, (
-        ("⬇ CSV", lambda: reports_csv(results), "csv", "text/csv"),
-        ("⬇ JSON", lambda: reports_json(results), "json", "application/json"),
-        ("⬇ PR figure (HTML)", lambda: pr_html(report_curves(results), "Mean 11-point interpolated PR"), "html", "text/html"),
-        ("⬇ PR figure (PNG)", lambda: pr_png(report_curves(results), "Mean 11-point interpolated PR"), "png", "image/png"))):
-    col.download_button(label, make, f"evaluation.{ext}", mime, key=f"eval_dl_{ext}", on_click="ignore")
-
-st.subheader("Average precision per class")
-classes = list(results[0]["per_class_AP"])
-heat = pd.DataFrame([[r["per_class_AP"].get(c, 0.0) for c in classes] for r in results], index=[r["label"] for r in results], columns=classes)
-fig = px.imshow(heat, text_auto=".2f", color_continuous_scale="Blues", zmin=0, zmax=1, aspect="auto")
-fig.update_layout(height=120 + 40 * len(results), margin=dict(l=10, r=10, t=30, b=10), coloraxis_colorbar=dict(title="AP"))
-st.plotly_chart(fig, key="eval_heatmap")

@@ -15,7 +15,7 @@ from cbir.errors import CBIRError
 from cbir.images import thumbnail_data_url
 from cbir.maps import MAP_METHODS, MAP_THUMBNAILS_MAX, MAPS, embedding_map, map_cached, map_status
 from cbir.request import parse_search
-from app_pages.common import require_login, get_engine, get_service, long_job_slot, model_label, result_grid, show_error, thumbnail_of, upload_bytes
+from app_pages.common import require_login, get_engine, get_service, long_job_slot, model_label, plain, result_grid, show_error, thumbnail_of, upload_bytes
 
 #: a five-pointed star as an SVG path in Vega's unit square, for the query
 STAR = "M0,-1L0.22,-0.31L0.95,-0.31L0.36,0.12L0.59,0.81L0,0.38L-0.59,0.81L-0.36,0.12L-0.95,-0.31L-0.22,-0.31Z"
@@ -53,8 +53,8 @@ service = get_service()
 collection = engine.collection
 st.title("🗺️ Map")
 st.caption("Each dot is an image, placed by its features (L2-normalised, cosine geometry). Close dots look alike to the "
-           "model; colours are the collection's labels. Hover a dot to see the image, click it to search with it; "
-           "scroll to zoom, drag to pan, double-click to reset.")
+           "model; colours are the collection's labels (click a label in the legend to show only its class). Hover a dot to "
+           "see the image, click it to search with it; Shift + scroll to zoom, drag to pan, double-click to reset.")
 
 searchable = engine.searchable_models()
 if not searchable:
@@ -103,11 +103,17 @@ table = pd.DataFrame({"x": emap.coords[:, 0], "y": emap.coords[:, 1], "id": emap
 if images is not None:
     table["image"] = images
 pick = alt.selection_point(name="pick", fields=["id"], on="click")
-zoom = alt.selection_interval(name="zoom", bind="scales")
+# the wheel zooms only with Shift held: over a full-width chart it took the page's scrolling
+zoom = alt.selection_interval(name="zoom", bind="scales", zoom="wheel![event.shiftKey]")
+shown_label = alt.selection_point(name="legend", fields=["label"], bind="legend")  # a click on the legend filters
 axis = dict(axis=None, scale=alt.Scale(zero=False))
-points = alt.Chart(table).mark_circle(size=36, opacity=0.75).encode(
-    x=alt.X("x:Q", **axis), y=alt.Y("y:Q", **axis), color=alt.Color("label:N", title="label", scale=alt.Scale(scheme="tableau10")),
-    tooltip=[*(["image"] if images is not None else []), "id", "label"]).add_params(pick, zoom)
+classes = len(set(labels))
+points = alt.Chart(table).mark_circle(size=36).encode(
+    x=alt.X("x:Q", **axis), y=alt.Y("y:Q", **axis),
+    # 20 distinct colours (ten repeated after 10 labels); beyond 20 the legend still names each
+    color=alt.Color("label:N", title="label", scale=alt.Scale(scheme="tableau10" if classes <= 10 else "tableau20")),
+    opacity=alt.condition(shown_label, alt.value(0.8), alt.value(0.05)),
+    tooltip=[*(["image"] if images is not None else []), "id", "label"]).add_params(pick, zoom, shown_label)
 layers = [points]
 
 
@@ -137,8 +143,9 @@ if result and result.get("model") == model:
     top = table[table["id"].isin([h["id"] for h in result["hits"]])]
     qx, qy = result["point"]
     layers += [alt.Chart(top).mark_point(size=260, filled=False, color="black", strokeWidth=2).encode(x="x:Q", y="y:Q"),
+               # black, a colour no label has (the red star was a class's colour)
                alt.Chart(pd.DataFrame({"x": [qx], "y": [qy]})).mark_point(
-                   shape=STAR, size=900, filled=True, color="#d62728", stroke="white", strokeWidth=1).encode(x="x:Q", y="y:Q")]
+                   shape=STAR, size=900, filled=True, color="#111111", stroke="white", strokeWidth=1.5).encode(x="x:Q", y="y:Q")]
 chart = alt.layer(*layers).properties(height=620).configure_view(strokeWidth=0)
 event = st.altair_chart(chart, key=f"map_plot_{model}_{method}", on_select="rerun", width="stretch")
 
@@ -171,7 +178,13 @@ if result and result.get("model") == model:
     if result["id"]:
         c1, c2 = st.columns([1, 5])
         c1.image(thumbnail_of(engine, result["id"], 192), caption=f"query {result['id']}")
-        c2.markdown(f"**Top 10 for {result['id']}** (ringed on the map; the star is the query)")
+        c2.markdown(f"**Top 10 for {plain(result['id'])}** (ringed on the map; the star is the query)")
+        if c2.button("🔎 Open in Search", key="map_open_search", help="This image as the Search page's query, with this model"):
+            chosen = st.session_state.get("models") or []
+            st.session_state.update(search_query_id=result["id"], search_linked=True,
+                                    models=chosen if model in chosen else [model])
+            st.session_state.pop("search_result", None)  # searched at once on arrival
+            st.switch_page("app_pages/search.py", query_params={**st.query_params.to_dict(), "q": result["id"]})
     else:
         st.markdown("**Top 10 for the uploaded image** (the star is where it lands: placed, not recomputed)")
     st.caption(f"The star: {result['how']}.")

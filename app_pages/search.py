@@ -12,7 +12,7 @@ from cbir.distances import METRICS
 from cbir.export import search_csv, search_json
 from cbir.extractors import MODELS, default_model
 from cbir.fusion import FUSION_METHODS, FUSIONS
-from cbir.index import AUTO, BACKENDS, backend_label, get_backend
+from cbir.index import AUTO, BACKENDS, backend_label
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, ROCCHIO_TEXT, Rerank
 from cbir.request import parse_search
 from app_pages.common import (
@@ -49,7 +49,6 @@ if applied:
     st.success("Weights from the sweep: " + ", ".join(f"{model_label(m)} {w:g}" for m, w in applied["weights"].items())
                + f" ({applied['method']} fusion). Press **Search**.")
 
-usable = [AUTO] + [name for name, b in BACKENDS.items() if b.available(engine.settings)[0]]
 if "search_query_id" not in st.session_state and st.query_params.get(QUERY_PARAM) in collection:
     st.session_state["search_query_id"] = st.query_params[QUERY_PARAM]  # a link names its query: searched at once
     st.session_state["search_linked"] = True
@@ -73,28 +72,29 @@ with st.sidebar:
                 st.checkbox(model_label(n), value=False, disabled=True, key=f"search_na_{n}", help=infos[n]["reason"])
                 st.caption(infos[n]["reason"] if not infos[n]["available"] else "Not indexed yet: use the Collection page.")
     metric = st.selectbox("Metric", list(METRICS), index=list(METRICS).index("cosine"), format_func=metric_label, key="metric", **KEPT)
-    default_backend = engine.settings.index_backend if engine.settings.index_backend in usable else AUTO
-    backend = st.selectbox("Index", usable, index=usable.index(default_backend), format_func=backend_label, **KEPT,
-                           key="index", help=f"Automatic: exact up to {engine.settings.exact_max:,} images, FAISS above. "
-                           "Exact ranks the whole collection; FAISS and Milvus are approximate and return the top "
-                           f"{engine.settings.search_depth:,} candidates per model (AP is then AP@{engine.settings.search_depth}).")
     top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="k", **KEPT) or 10
     st.header("Re-ranking")
+    cosine = metric == "cosine"  # re-ranking and feedback are defined for cosine only: offered only there
     rr_method = st.radio("Re-ranking", RERANK_METHODS, format_func=lambda m: RERANK_LABELS[m], horizontal=True,
-                         key="rerank", label_visibility="collapsed", **KEPT,
+                         key="rerank", label_visibility="collapsed", disabled=not cosine, **KEPT,
                          help="αQE: expand the query with its top-n neighbours. DBA + αQE: first augment every stored vector the same way.")
+    if not cosine:
+        rr_method = "none"
+        st.caption(f"Re-ranking and relevance feedback need the cosine metric, not {metric_label(metric)}.")
     rr_n = st.slider("n (neighbours)", N_RANGE[0], N_RANGE[1], DEFAULT_N, key="n", disabled=rr_method == "none", **KEPT)
     rr_alpha = st.slider("α (similarity exponent)", ALPHA_RANGE[0], ALPHA_RANGE[1], DEFAULT_ALPHA, 0.5, key="alpha",
                          disabled=rr_method == "none", **KEPT)
     rerank = Rerank(rr_method, rr_n, rr_alpha)
-    if (rerank.active or st.session_state.get("search_feedback")) and metric != "cosine":
-        st.warning(f"Re-ranking and feedback need the cosine metric; {metric_label(metric)} does not admit them.")
-    chosen_backend = None if backend == AUTO else get_backend(backend)
-    if chosen_backend is not None and not chosen_backend.supports_rerank(rerank.method):
-        st.warning(f"{chosen_backend.label} does not serve {RERANK_LABELS[rerank.method]}: it needs "
-                   f"{' or '.join(b.label for b in BACKENDS.values() if b.supports_rerank(rerank.method))}.")
-    if chosen_backend is not None and not chosen_backend.supports_metric(metric):
-        st.warning(f"{chosen_backend.label} does not serve {metric_label(metric)}: use the exact index for it.")
+    # only the indexes that serve this metric and this re-ranking (FAISS was offered with
+    # chi-square, then refused twice: a warning here and an error on Search)
+    usable = [AUTO] + [name for name, b in BACKENDS.items()
+                       if b.available(engine.settings)[0] and b.supports_metric(metric) and b.supports_rerank(rerank.method)]
+    default_backend = engine.settings.index_backend if engine.settings.index_backend in usable else AUTO
+    backend = st.selectbox("Index", usable, index=usable.index(default_backend), format_func=backend_label, **KEPT,
+                           key="index", help=f"Automatic: exact up to {engine.settings.exact_max:,} images, FAISS above. "
+                           "Exact ranks the whole collection; FAISS and Milvus are approximate and return the top "
+                           f"{engine.settings.search_depth:,} candidates per model (AP is then AP@{engine.settings.search_depth}). "
+                           "Listed: the indexes that serve the metric and the re-ranking chosen.")
 
 # -- query ------------------------------------------------------------------------------
 PICKER_PAGE = 12  # thumbnails per page of the picker
@@ -233,10 +233,28 @@ def refuse_live(result: dict, method, weights) -> tuple[dict, float | None]:
     return result, combined.seconds
 
 
+def query_models() -> tuple[list[str], list[str]]:
+    """The chosen models that can describe this query, and those skipped: an imported model has
+    no extractor here, so it cannot describe an uploaded image (the whole search failed)."""
+    if image_bytes is None:
+        return list(models), []
+    return [m for m in models if infos[m]["extracts"]], [m for m in models if not infos[m]["extracts"]]
+
+
 def do_search(feedback: list[dict], method, weights) -> None:
+    used, skipped = query_models()
+    if not used:
+        st.warning(f"{', '.join(model_label(m) for m in skipped)}: features imported from elsewhere cannot describe an "
+                   "uploaded image here. Add a model this server computes (e.g. EfficientNet-Lite0), or pick a collection image.",
+                   icon="🧩")
+        return
+    if method and len(used) < 2:
+        method, weights = None, None
+    elif weights:
+        weights = {m: w for m, w in weights.items() if m in used}
     try:
         with st.spinner("Searching…"):
-            request = parse_search(models, metric, int(top_k), image_id=image_id, image=image_bytes, method=method,
+            request = parse_search(used, metric, int(top_k), image_id=image_id, image=image_bytes, method=method,
                                    weights=weights, rerank=rerank, feedback=feedback, backend=backend)
             served = service.search(request, with_inputs=len(request.models) > 1)
     except Exception as exc:
@@ -260,7 +278,7 @@ def outdated(result: dict) -> list[str]:
     """The settings the results no longer match (the sidebar says one thing, the results another)."""
     query = result["query"]
     asked = {"query": image_id if image_bytes is None else "(upload)", "metric": metric, "top k": int(top_k),
-             "models": sorted(models), "re-ranking": rerank.method}
+             "models": sorted(query_models()[0]), "re-ranking": rerank.method}
     shown = {"query": query["id"] or "(upload)", "metric": result["metric"], "top k": result["top_k"],
              "models": sorted(result["models"]), "re-ranking": (result.get("rerank") or {}).get("method", "none")}
     return [k for k in asked if asked[k] != shown[k] and not (k == "query" and image_bytes is not None and query["upload"])]
@@ -378,6 +396,10 @@ def results_panel() -> None:
         notes.append(f"Re-fused live with {FUSIONS[result['method']].label}{used} in {1000 * live:.1f} ms, from the rankings already computed")
     if result.get("rerank"):
         notes.append(f"Re-ranked with {RERANK_LABELS[result['rerank']['method']]} (n={result['rerank']['n']}, α={result['rerank']['alpha']:g})")
+    skipped = [m for m in models if m not in result["models"]] if query["upload"] else []
+    if skipped:
+        notes.append(f"Skipped for this uploaded image: {', '.join(model_label(m) for m in skipped)} (features imported from "
+                     "elsewhere; this server cannot compute them for a new image)")
     rounds = st.session_state.get("search_rounds", [result])
     if len(rounds) > 1:
         last = st.session_state.get("search_feedback") or [{}]

@@ -27,11 +27,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(**env_extra: str):
-    """A real Redis and the Streamlit app on loopback, and a chromium page logged in as the
-    researcher (demo mode); stopped (by pid) on exit. Yields (page, url, state folder)."""
-    from playwright.sync_api import sync_playwright
-
+def app_server(**env_extra: str):
+    """A real Redis and the Streamlit app on loopback (demo mode); stopped (by pid) on exit.
+    Yields (url, state folder)."""
     tmp = Path(tempfile.mkdtemp(prefix="cbir-bench-app-"))
     rport, port = free_port(), free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(rport), "--save", "", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
@@ -48,24 +46,39 @@ def running_app(**env_extra: str):
                 break
             except OSError:
                 time.sleep(0.2)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.set_default_timeout(60_000)
-            page.goto(url)
-            page.get_by_label("Username").fill("researcher")
-            page.get_by_label("Password", exact=True).fill("umons2024")
-            page.get_by_role("button", name="Log in").click()
-            page.get_by_text("Images indexed").wait_for()
-            yield page, url, tmp
-            browser.close()
+        yield url, tmp
     finally:
         app.terminate()
         redis.terminate()
         app.wait(10)
         redis.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: Debian chromium as the tests drive it.
+CHROMIUM = dict(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+
+
+@contextlib.contextmanager
+def running_app(**env_extra: str):
+    """:func:`app_server` and a chromium page logged in as the researcher. Yields (page, url,
+    state folder)."""
+    from playwright.sync_api import sync_playwright
+
+    with app_server(**env_extra) as (url, tmp), sync_playwright() as p:
+        browser = p.chromium.launch(**CHROMIUM)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        page.get_by_label("Username").fill("researcher")
+        page.get_by_label("Password", exact=True).fill("umons2024")
+        page.get_by_role("button", name="Log in").click()
+        page.get_by_text("Images indexed").wait_for()
+        try:
+            yield page, url, tmp
+        finally:
+            browser.close()
 
 
 def main() -> None:

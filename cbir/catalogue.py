@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .collection import Collection, scan_collection
 from .config import Settings, get_settings
-from .errors import CBIRError, StoreError
+from .errors import CBIRError, StoreError, index_model
 from .extractors import get_spec
 from .index_cache import IndexCache
 from .store import FeatureStore
@@ -50,10 +50,8 @@ class StoreCatalogue:
         folder = self.store_folder(spec.name, weights)
         stamp = store_stamp(folder)
         if stamp is None:
-            raise StoreError(
-                f"{spec.label} has no features for collection {self.collection.name!r}; "
-                f"run `cbir index --model {spec.name}` (or use the Collection page)"
-            )
+            raise StoreError(f"{spec.label} has no features for collection {self.collection.name!r}",
+                             remedy=index_model(spec.name, spec.label))
         with self._lock:
             cached = self._stores.get((spec.name, weights))
             if cached and cached[0] == stamp:

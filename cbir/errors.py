@@ -21,15 +21,78 @@ EXIT_UNAVAILABLE = 3  # a service (Redis) is away or busy: try again later
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
+Front = Literal["cli", "api", "app"]
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """What to do about an error, said by each front end in its own words: the CLI names a
+    flag or a command, the API a JSON field or a route, the app a control or a page (the app
+    said "use --backend exact" and "run cbir index --model imported:half")."""
+
+    cli: str
+    api: str
+    app: str
+
+    def said_to(self, front: Front) -> str:
+        return getattr(self, front)
+
+
+#: A setting a remedy may ask to change: (the CLI's flag, the API's field, the app's control).
+SETTINGS = {
+    "backend": ("--backend", "backend", "the Index box"),
+    "metric": ("--metric", "metric", "the Metric box"),
+}
+
+
+def use_setting(setting: str, value: str, shown: str | None = None) -> Remedy:
+    """Change ``setting`` to ``value`` (``shown``: the value's label in the app's menu)."""
+    flag, field, control = SETTINGS[setting]
+    return Remedy(f"use {flag} {value}", f'send "{field}": "{value}"', f"choose {shown or value} in {control}")
+
+
+def index_model(model: str, label: str | None = None) -> Remedy:
+    """Extract ``model``'s features for the collection."""
+    return Remedy(f"run `cbir index --model {model}`", f"index {model} first (`cbir index --model {model}` on the server)",
+                  f"index {label or model} on the Collection page")
+
+
+def import_again(name: str) -> Remedy:
+    """Import the imported model ``name``'s features again, over the old ones."""
+    return Remedy(f"import its features again (`cbir import-features FILE --name {name} --replace`)",
+                  f"import its features again (POST /api/import_features with name={name} and replace=true)",
+                  f"import its features again on the Collection page (name {name}, Replace)")
+
+
 class CBIRError(Exception):
     """Base class: a problem the user can fix, reported as one line.
 
-    What each front end makes of it is in :data:`CONTRACTS`; ``http_status`` reads it."""
+    What each front end makes of it is in :data:`CONTRACTS`; ``http_status`` reads it. A
+    :class:`Remedy` (``remedy=``) ends the message in each front end's words (:meth:`said_to`);
+    ``str()`` gives the CLI's."""
+
+    def __init__(self, *args, remedy: Remedy | None = None):
+        super().__init__(*args)
+        self.remedy = remedy
+
+    def __str__(self) -> str:
+        return self.said_to("cli")
+
+    def said_to(self, front: Front) -> str:
+        """The message with the remedy in ``front``'s words ("cli", "api" or "app")."""
+        base = super().__str__()
+        remedy = getattr(self, "remedy", None)
+        return base if remedy is None else f"{base}; {remedy.said_to(front)}"
 
     @property
     def http_status(self) -> int:
         """The API's status for this error (from the contract table)."""
         return contract_for(self).status
+
+
+def said_to(exc: BaseException, front: Front) -> str:
+    """Any exception's message in ``front``'s words (a :class:`CBIRError`'s remedy included)."""
+    return exc.said_to(front) if isinstance(exc, CBIRError) else str(exc)
 
 
 class UnknownNameError(CBIRError, ValueError):
@@ -124,6 +187,11 @@ class ServiceUnavailable(CBIRError):
 
 class AuthError(CBIRError):
     """Wrong username or password (never says which) (``cbir.users``)."""
+
+
+class AccountDisabledError(AuthError):
+    """The right password of a user an admin disabled (``cbir.auth``): said, since the caller
+    knows the password."""
 
 
 class LockedError(AuthError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 
 from .distances import normalise_metric
-from .errors import CBIRError, CollectionError, unknown
+from .errors import CBIRError, CollectionError, unknown, use_setting
 from .evaluation import TIE_RULES, EvaluationReport, evaluate_distances, merge_reports
 from .fusion import fuse
 from .index import get_backend
@@ -130,7 +130,7 @@ def evaluate(
     if rerank.active:
         check_metric(metric)
         if get_backend(backend).approximate:
-            raise CBIRError("re-ranked evaluation runs on the exact index: use --backend exact")
+            raise CBIRError("re-ranked evaluation runs on the exact index", remedy=use_setting("backend", "exact", "Exact (numpy)"))
     if len(models) > 1 and method is None:
         method = "average"
     stores = catalogue.stores(models)

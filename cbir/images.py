@@ -138,7 +138,7 @@ def open_image(source: str | Path | bytes | io.BytesIO, max_pixels: int = DEFAUL
     except UnidentifiedImageError:
         if _looks_like_image(source):
             raise ImageError(f"{name}: corrupt image (the header is an image's, the data is not)", "corrupt") from None
-        raise ImageError(f"{name}: not an image PIL can read (JPEG, PNG, BMP, WebP, ...)", "not_image") from None
+        raise ImageError(f"{name}: not an image this server can read (JPEG, PNG, BMP, WebP, ...)", "not_image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{name}: refused as a decompression bomb ({exc})", "too_large") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -685,6 +685,33 @@ def import_features(path: Path, name: str, collection: Collection, features_dir:
     return ImportReport(model, len(ids), store.dim, unmatched, missing, folder, replaced, by.name)
 
 
+def delete_imported(name: str, collection: Collection, features_dir: Path, by: Importer | None = None) -> str:
+    """Delete the imported model ``name`` of ``collection`` (its store and the indexes derived
+    from it, which live in its folder); returns the model's name (``imported:NAME``). Only its
+    owner or an admin may: :class:`ImportForbiddenError` otherwise; :class:`FeatureImportError`
+    when there is no such model. Under the store's writer lock, like an import."""
+    import json
+    import shutil
+
+    from .store_format import store_exists
+
+    model = check_name(name)
+    by = by or Importer.local()
+    folder = store_dir(features_dir, collection.name, model)
+    with store_lock(folder):
+        if not store_exists(folder):
+            raise FeatureImportError(f"{collection.name!r} has no imported model {model}")
+        try:
+            owner = json.loads((folder / "manifest.json").read_text()).get("imported_by")
+        except (OSError, ValueError):
+            owner = None
+        if not by.admin and by.name != owner:
+            raise ImportForbiddenError(f"{model} was imported by {owner or 'an unknown user'}: only {owner or 'its owner'} or an "
+                                       "admin may delete it")
+        shutil.rmtree(folder)
+    return model
+
+
 def import_upload(data: bytes, filename: str, name: str, collection: Collection, features_dir: Path, **options) -> ImportReport:
     """:func:`import_features` of an uploaded file's bytes (the app's form, the API): read
     from a temporary file that keeps the upload's suffix, which says how to read it."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import StoreError, import_again, index_model
 
 DTYPES = ("float32", "float16")
 
@@ -70,9 +70,8 @@ class FeatureStore:
         try:
             return self.rows[str(image_id)]
         except KeyError:
-            fix = (f"import its features again with it (`cbir import-features FILE --name {self.model[len('imported:'):]} --replace`)"
-                   if self.model.startswith("imported:") else f"run `cbir index --model {self.model}`")
-            raise StoreError(f"image {image_id!r} is not in the {self.model} feature store; {fix}") from None
+            fix = import_again(self.model[len("imported:"):]) if self.model.startswith("imported:") else index_model(self.model)
+            raise StoreError(f"image {image_id!r} is not in the {self.model} feature store", remedy=fix) from None
 
     def __contains__(self, image_id: object) -> bool:
         return str(image_id) in self.rows

@@ -20,7 +20,7 @@ from .. import __version__, telemetry
 from ..cache import ResultCache
 from ..config import Settings, get_settings, reset_settings, server_settings
 from ..engine import Engine
-from ..errors import UNEXPECTED, CBIRError, contract_for, public_paths
+from ..errors import UNEXPECTED, CBIRError, contract_for, public_paths, said_to
 from ..jobs import UserSlots
 from .readiness import alive
 from ..redisdb import REDIS_DOWN, ServiceUnavailable, get_redis
@@ -77,7 +77,7 @@ def contract_response(request: Request, exc: Exception) -> JSONResponse:
     headers = {"Retry-After": str(retry)} if retry is not None else None
     if contract.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
-    return error_response(contract.status, shown_to(request, str(exc)), headers)
+    return error_response(contract.status, shown_to(request, said_to(exc, "api")), headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

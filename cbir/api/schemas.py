@@ -72,6 +72,12 @@ class CombinedSearchBody(SearchBody):
     weights: dict[str, float] | None = Field(None, description="per-model weights for method=weighted (non-negative)")
 
 
+class UpdateUserRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal[ROLES] | None = Field(None, description="the new role")
+    disabled: bool | None = Field(None, description="true: refused at login, every session and token ends; false: enabled again")
+
+
 class AddUserRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str = Field(min_length=2, max_length=32)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from ..redisdb import KEY_PREFIX as P
 from .audit import AuditLog
-from ..errors import UserError
+from ..errors import ForbiddenError, UserError
 from .passwords import check_password_policy, hash_password
 
 ROLES = ("admin", "researcher", "student", "demo")
@@ -28,6 +28,7 @@ class User:
     email: str
     role: str
     created: float = 0.0
+    disabled: bool = False  # refused at login; every session and token died when it was set
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,7 +36,8 @@ class User:
 
 def user_from(data: dict) -> User:
     """The User of a Redis user hash (``HGETALL``, decoded)."""
-    return User(data["username"], data.get("name", ""), data.get("email", ""), data.get("role", "student"), float(data.get("created", 0)))
+    return User(data["username"], data.get("name", ""), data.get("email", ""), data.get("role", "student"), float(data.get("created", 0)),
+                data.get("disabled") == "1")
 
 
 class UserRecords(AuditLog):
@@ -122,7 +124,15 @@ class UserRecords(AuditLog):
         self._credentials_changed(username)
         self.log("password_reset", username, source, "ok", actor)
 
+    @staticmethod
+    def _not_oneself(username: str, actor: str) -> None:
+        """An admin who demoted or disabled themselves could leave the server with no admin."""
+        if actor and actor == username:
+            raise ForbiddenError("you cannot change your own role or disable yourself: another admin can")
+
     def set_role(self, username: str, role: str, actor: str = "", source: str = "") -> None:
+        """Raises UserError (unknown role, missing user), ForbiddenError (``actor`` is ``username``)."""
+        self._not_oneself(username, actor)
         if role not in ROLES:
             raise UserError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
         if not self.exists(username):
@@ -130,6 +140,17 @@ class UserRecords(AuditLog):
         self._call(self.r.hset, self._key(username), "role", role)
         self._credentials_changed(username)
         self.log("role_changed", username, source, f"role={role}", actor)
+
+    def set_disabled(self, username: str, disabled: bool, actor: str = "", source: str = "") -> None:
+        """Disable (or enable again) a user: a disabled user's password is refused at login, and
+        disabling ends every session and token of theirs. Raises UserError for a missing user."""
+        self._not_oneself(username, actor)
+        if not self.exists(username):
+            raise UserError(f"no user {username!r}")
+        self._call(self.r.hset, self._key(username), "disabled", "1" if disabled else "0")
+        if disabled:
+            self._credentials_changed(username)
+        self.log("user_disabled" if disabled else "user_enabled", username, source, "ok", actor)
 
     def delete(self, username: str, actor: str = "", source: str = "") -> None:
         if not self.exists(username):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import redis
 
-from ..errors import AuthError
+from ..errors import AccountDisabledError, AuthError
 from .lockout import Lockout
 from .passwords import check_password, dummy_check, hash_password
 from .records import User, UserRecords
@@ -51,5 +51,9 @@ class UserStore(UserRecords, Lockout, Tokens):
         if rehash:
             self._call(self.r.hset, self._key(username), "password", hash_password(password))
             self.log("password_rehashed", username, source, "bcrypt")
+        user = self.get(username)
+        if user is None or user.disabled:  # said only to who knows the password
+            self.log("login_refused", username, source, "disabled")
+            raise AccountDisabledError("this account is disabled; an admin can enable it again")
         self.record_success(username, source)
-        return self.get(username)
+        return user

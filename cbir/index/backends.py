@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..distances import METRICS
-from ..errors import unknown
+from ..errors import unknown, use_setting
 from ..rerank import RERANK_LABELS, RERANK_METHODS
 from .base import SPACES, IndexBackendError, VectorIndex, space_for
 
@@ -75,8 +75,9 @@ class Backend:
         """Raises :class:`IndexBackendError` when the backend cannot serve the re-ranking."""
         if not self.supports_rerank(method):
             able = sorted((b for b in BACKENDS.values() if b.supports_rerank(method)), key=lambda b: b.exact)  # approximate first
-            raise IndexBackendError(f"{RERANK_LABELS[method]} needs an index over the augmented vectors: use --backend "
-                                    f"{' or '.join(b.name for b in able)} (or αQE with {self.name})")
+            raise IndexBackendError(f"{RERANK_LABELS[method]} needs an index over the augmented vectors (αQE works with "
+                                    f"{self.label})", remedy=use_setting("backend", " or ".join(b.name for b in able),
+                                                                           " or ".join(b.label for b in able)))
 
     def open(self, store, folder: Path, metric: str, settings, labels=None, collection: str = "collection") -> VectorIndex:
         """The backend's index of ``store`` for ``metric`` (built, loaded or synced).

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..distances import METRICS, _sqrt_histogram, l2_normalise
-from ..errors import CBIRError
+from ..errors import CBIRError, use_setting
 
 
 class IndexBackendError(CBIRError):
@@ -60,8 +60,8 @@ SPACES: dict[str, Space] = {
 def space_for(metric: str, backend: str) -> Space:
     if metric not in SPACES:
         raise UnsupportedMetric(
-            f"the {backend} backend cannot serve {METRICS[metric].label.lower()} (it has no inner-product or L2 form): "
-            f"use --backend exact for it, or one of {', '.join(SPACES)}"
+            f"the {backend} backend cannot serve {METRICS[metric].label.lower()} (it has no inner-product or L2 form; "
+            f"it serves {', '.join(SPACES)})", remedy=use_setting("backend", "exact", "Exact (numpy)"),
         )
     return SPACES[metric]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..distances import _EPS, METRICS, _all_finite, _check, _check_non_negative, l2_normalise, normalise_metric, refine_euclidean
-from ..errors import CBIRError, MetricError
+from ..errors import CBIRError, MetricError, use_setting
 from .base import VectorIndex, top_k
 
 #: A stored matrix whose prepared float32 copy would be larger than this is not copied into
@@ -68,7 +68,7 @@ class ExactIndex(VectorIndex):
         if self.streamed:
             raise CBIRError(
                 f"this store ({self._n:,} x {self.dim}) is searched in streaming blocks, too large to prepare in memory "
-                "for re-ranking: use --backend faiss for αQE and DBA"
+                "for re-ranking", remedy=use_setting("backend", "faiss", "FAISS (HNSW / IVF-PQ)"),
             )
         return self._x
 

@@ -241,19 +241,16 @@ def test_two_models_with_rrf_show_combined_tab(page):
 
 
 def test_search_settings_survive_a_visit_to_another_page(page):
+    """The settings are kept for the session and in the URL; results that no longer match the
+    sidebar say which settings changed (the sidebar said Euclidean, the results Cosine)."""
     logged_in(page)
+    run_search(page)
     sidebar = page.locator("section[data-testid='stSidebar']")
     choose(page, sidebar.get_by_role("combobox", name="Metric"), "Euclidean")
-    for attempt in range(3):  # a click landing while the metric's rerun redraws the sidebar can be lost
-        settled(page)
-        sidebar.get_by_role("radio", name="20", exact=True).click()
-        try:
-            expect(page).to_have_url(re.compile(r"[?&]k=20"), timeout=10_000)
-            break
-        except AssertionError:
-            if attempt == 2:
-                raise
-    settled(page)  # the URL changes at the click; the session's value with the rerun it starts
+    page.get_by_text("These results are for the previous metric: press Search to update them.").wait_for()
+    # the session holds k=20 once the warning names it (the URL changes at the click already)
+    click_until(page, sidebar.get_by_role("radio", name="20", exact=True),
+                page.get_by_text("These results are for the previous metric, top k: press Search to update them."))
     page.locator("[data-testid='stSidebarNav']").get_by_text("Evaluate").click()
     page.get_by_role("heading", name="📈 Evaluate", exact=True).wait_for()
     page.locator("[data-testid='stSidebarNav']").get_by_text("Search").click()
@@ -286,7 +283,7 @@ def test_evaluate_page(page):
     page.get_by_role("button", name="Run evaluation").click()
     page.get_by_text("Average precision per class").wait_for()
     page.locator(".js-plotly-plot").nth(1).wait_for()  # PR curves and the per-class heatmap
-    page.get_by_text("Done: 8 evaluation(s) over 1000 queries each").wait_for()
+    page.get_by_text("Done: 8 evaluation(s) over 1,000 queries each").wait_for()
     assert page.get_by_text("mAP").count() >= 1
     for label, check in (("⬇ CSV", lambda b: b.startswith(b"name,metric,queries,mAP") and b.count(b"\n") == 9),
                          ("⬇ PR figure (PNG)", lambda b: b.startswith(b"\x89PNG")),
@@ -358,6 +355,22 @@ def test_map_page_hover_thumbnail_click_search_and_uploaded_image(page):
     page.get_by_text("Top 10 for the uploaded image").wait_for()
 
 
+def test_a_map_dot_opens_in_search(page):
+    """From a clicked dot to the Search page with that image as the query, searched at once."""
+    logged_in(page)
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Map").click()
+    page.get_by_text(re.compile(r"^PCA of 1,000 images · ")).wait_for()
+    canvas = page.locator("[data-testid='stVegaLiteChart'] svg.marks").first
+    canvas.wait_for()
+    x, y = hover_a_dot(page, canvas)
+    hovered = re.search(r"id\s+(\S+)", page.locator("#vg-tooltip-element").inner_text()).group(1)
+    page.mouse.click(x, y)
+    page.get_by_text(f"Top 10 for {hovered}").wait_for()
+    click_until(page, page.get_by_role("button", name="🔎 Open in Search"), page.get_by_role("heading", name="🔎 Search", exact=True))
+    page.get_by_text(f"Results for query {hovered}", exact=True).wait_for()
+    expect(page).to_have_url(re.compile(rf"[?&]q={hovered}(&|$)"))
+
+
 def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(page, app_server, tmp_path):
     """Import features as imported:NAME; then index on a local Dask cluster (the stores are up
     to date: every vector is reused), with the dashboard linked and the workers stopped."""
@@ -379,6 +392,23 @@ def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(pa
         form.get_by_role("button", name="Import").click()
         page.get_by_text(re.compile(r"^imported 1000 vectors of d=32 as imported:browsertest")).wait_for()
         assert (created / "manifest.json").exists() and not (ROOT / "features" / "image.orig" / "imported:browsertest").exists()
+        # an imported model cannot describe an uploaded image: it is skipped with a note (the
+        # whole search failed), and the other model's results are shown
+        page.locator("[data-testid='stSidebarNav']").get_by_text("Search").click()
+        choose(page, page.locator("section[data-testid='stSidebar']").get_by_role("combobox", name="Models"), "Imported: browsertest")
+        page.get_by_text("Upload", exact=True).click()
+        page.locator("input[type=file]").set_input_files(str(ROOT / "image.orig" / "412.jpg"))
+        page.get_by_text("uploaded query").wait_for()
+        run_search(page)
+        page.get_by_text(re.compile(r"^Skipped for this uploaded image: Imported: browsertest")).wait_for()
+        assert "id 412" in page.locator(".cbir-hit").first.inner_text()
+        page.locator("[data-testid='stSidebarNav']").get_by_text("Collection").click()
+        # its owner deletes it
+        form = page.locator("[data-testid='stForm']").filter(has_text="Delete an imported model")
+        form.get_by_text("Yes, delete its features").click()
+        form.get_by_role("button", name="Delete", exact=True).click()
+        page.get_by_text("Deleted imported:browsertest and its features.").wait_for()
+        assert not created.exists()
     finally:
         shutil.rmtree(created, ignore_errors=True)  # later tests see the models they expect
     choose(page, page.get_by_role("combobox", name="Models to index"), "EfficientNet-Lite0")
@@ -402,7 +432,26 @@ def test_admin_adds_user_who_can_log_in(page, browser, app_server):
     other.set_default_timeout(TIMEOUT)
     other.goto(app_server.url)
     logged_in(other, "lecturer", "teach-cbir")
+    # the admin disables the lecturer: the open session ends, and the password is refused
+    choose(page, page.get_by_role("combobox", name="User to change"), "lecturer")
+    change = page.locator("[data-testid='stForm']").filter(has_text="Status")
+    change.get_by_text("disabled", exact=True).click()
+    click_until(page, change.get_by_role("button", name="Apply"), page.get_by_text("lecturer: disabled."))
+    other.reload()
+    other.get_by_label("Username").wait_for()
+    login(other, "lecturer", "teach-cbir")
+    other.get_by_text("this account is disabled; an admin can enable it again").wait_for()
     other.context.close()
+    # the log, filtered and exported (cells neutralised for spreadsheets)
+    page.get_by_label("User or source contains").fill("lecturer")
+    page.keyboard.press("Enter")
+    page.get_by_text(re.compile(r"^\d+ of the last \d+ events")).wait_for()
+    settled(page)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="⬇ CSV of these events").click()
+    rows = open(download.value.path()).read().splitlines()
+    assert rows[0] == "Time,Event,User,Source,Outcome,By" and all(",lecturer," in r for r in rows[1:]), rows
+    assert any(",user_disabled," in r for r in rows) and any(",login_refused," in r for r in rows), rows
 
 
 def test_rerank_and_feedback_round(page):

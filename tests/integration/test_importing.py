@@ -155,3 +155,13 @@ def test_api_import_sweep_and_csv(fresh_redis, tmp_path, wang):
         r = c.post("/api/search?format=csv", json={"image_id": "412", "models": ["imported:head64"], "top_k": 3}, headers=student)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
         assert r.text.splitlines()[0].startswith("query_id,query_label") and len(r.text.splitlines()) == 4
+        # only its owner (or an admin) deletes an imported model; its store and derived indexes go
+        r = c.delete("/api/import_features/head64", headers=student)
+        assert r.status_code == 403 and "only researcher or an admin" in r.json()["error"]
+        assert (features / "image.orig" / "imported:head64" / "manifest.json").exists()
+        r = c.delete("/api/import_features/head64", headers=researcher)
+        assert r.status_code == 200 and r.json() == {"deleted": "imported:head64"}
+        assert "imported:head64" not in [m["name"] for m in c.get("/api/models", headers=student).json()["models"]]
+        assert not (features / "image.orig" / "imported:head64").exists()
+        r = c.delete("/api/import_features/head64", headers=researcher)
+        assert r.status_code == 400 and "no imported model imported:head64" in r.json()["error"]

@@ -108,6 +108,47 @@ def test_user_changes(users):
     assert {"user_created", "password_reset", "role_changed", "user_deleted"} <= set(events)
 
 
+def test_a_disabled_user_is_refused_and_loses_every_session(users, fresh_redis, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cbir.api.app import create_app
+    from cbir.errors import ForbiddenError
+    from tests.conftest import make_settings
+
+    users.create("dora", "dusty-violin-77-Keys", "student")
+    binding = users.binding("dora")
+    users.set_disabled("dora", True, actor="admin", source="test")
+    assert users.get("dora").disabled and users.binding("dora")[1] != binding[1]  # every session and token of hers ends
+    with pytest.raises(AuthError, match="this account is disabled"):
+        users.authenticate("dora", "dusty-violin-77-Keys")
+    with pytest.raises(AuthError, match="wrong username or password"):  # the wrong password says nothing more
+        users.authenticate("dora", "not-her-password-1")
+    users.set_disabled("dora", False, actor="admin", source="test")
+    assert users.authenticate("dora", "dusty-violin-77-Keys").username == "dora"
+    # nobody demotes or disables themselves (the server could be left with no admin)
+    with pytest.raises(ForbiddenError):
+        users.set_role("admin2", "student", actor="admin2")
+    with pytest.raises(ForbiddenError):
+        users.set_disabled("admin2", True, actor="admin2")
+    events = [e["event"] for e in users.auth_log()]
+    assert {"user_disabled", "user_enabled", "login_refused"} <= set(events)
+    # the same through the API: PATCH /api/users/{username}, admins only
+    with TestClient(create_app(make_settings(fresh_redis.url, tmp_path), warm_up=False)) as c:
+        def auth(name, password):
+            return {"Authorization": "Bearer " + c.post("/api/login", json={"username": name, "password": password}).json()["access_token"]}
+
+        admin = auth("admin", "password123")
+        r = c.patch("/api/users/dora", json={"role": "researcher", "disabled": True}, headers=admin)
+        assert r.status_code == 200 and r.json()["user"]["role"] == "researcher" and r.json()["user"]["disabled"] is True
+        refused = c.post("/api/login", json={"username": "dora", "password": "dusty-violin-77-Keys"})
+        assert refused.status_code == 401 and "disabled" in refused.json()["error"]
+        assert c.patch("/api/users/admin", json={"disabled": True}, headers=admin).status_code == 403
+        assert c.patch("/api/users/nobody", json={"role": "student"}, headers=admin).status_code == 400
+        assert c.patch("/api/users/dora", json={"role": "king"}, headers=admin).status_code == 422
+        student = auth("student", "multimedia")
+        assert c.patch("/api/users/dora", json={"disabled": False}, headers=student).status_code == 403
+
+
 def test_tokens_slide_and_expire(users):
     import time
 

@@ -237,3 +237,33 @@ def test_the_cli_reports_bad_settings_in_one_line(monkeypatch, capsys):
         reset_settings()
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("cbir: error: CBIR_FAISS_KIND: Input should be 'hnsw' or 'ivfpq'") and err.count("\n") == 1
+
+
+def test_a_remedy_is_said_in_each_front_ends_words(tmp_path, capsys, monkeypatch):
+    """The app said "run cbir index --model imported:half" and "use --backend exact": a
+    remedy names the CLI's flag or command, the API's field, the app's control or page."""
+    from cbir.catalogue import StoreCatalogue
+    from cbir.collection import scan_collection
+    from cbir.errors import StoreError
+    from PIL import Image
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), "red").save(folder / "a.jpg")
+    catalogue = StoreCatalogue(scan_collection(folder), Settings(_env_file=None, features_dir=tmp_path / "features"))
+    with pytest.raises(StoreError) as raised:
+        catalogue.store("efficientnet_lite1")
+    error = raised.value
+    assert str(error).endswith("; run `cbir index --model efficientnet_lite1`")  # the CLI's words are the default
+    assert error.said_to("app").endswith("; index EfficientNet-Lite1 on the Collection page")
+    assert "--model" not in error.said_to("app") and "cbir index --model efficientnet_lite1" in error.said_to("api")
+    monkeypatch.setenv("CBIR_FEATURES_DIR", str(tmp_path / "features"))
+    monkeypatch.setenv("CBIR_VAR_DIR", str(tmp_path / "var"))
+    reset_settings()
+    try:
+        code = cli.main(["search", "--collection", str(folder), "--model", "efficientnet_lite1", "--id", "a", "-q"])
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.rstrip().endswith("run `cbir index --model efficientnet_lite1`"), err

@@ -50,8 +50,11 @@ def test_backend_records_say_what_differs(tmp_path):
     assert exact.exact and not faiss.exact and not milvus.exact
     assert exact.metrics == tuple(METRICS) and not faiss.supports_metric("chi_square") and not milvus.supports_metric("chi_square")
     assert exact.supports_rerank("dba_aqe") and faiss.supports_rerank("dba_aqe") and not milvus.supports_rerank("dba_aqe")
-    with pytest.raises(IndexBackendError, match="DBA \\+ αQE needs an index over the augmented vectors: use --backend faiss or exact"):
+    with pytest.raises(IndexBackendError, match="DBA \\+ αQE needs an index over the augmented vectors .*; use --backend faiss or exact") as raised:
         milvus.check_rerank("dba_aqe")
+    # each front end in its own words: the app names its menu, the API its JSON field
+    assert raised.value.said_to("app").endswith("choose FAISS (HNSW / IVF-PQ) or Exact (numpy) in the Index box")
+    assert raised.value.said_to("api").endswith('send "backend": "faiss or exact"')
     assert exact.available(_settings(tmp_path))[0]
     assert milvus.available(_settings(tmp_path)) in {(False, "set CBIR_MILVUS_URI to a Milvus server"), (False, "`pip install pymilvus`")}
     assert CHOICES == (AUTO, *BACKENDS) and backend_label(AUTO)

@@ -106,6 +106,19 @@ async def import_features_route(service: Service, user: CurrentUser, users: User
             "summary": report.summary()}
 
 
+@router.delete("/import_features/{name}", responses=IMPORT_ERRORS,
+               summary="Delete the imported model imported:NAME (its owner or an admin)")
+async def delete_imported_route(service: Service, user: CurrentUser, users: Users, request: Request, name: str) -> dict:
+    """403 for anyone but the user who imported it and admins; 400 for a model that does not exist."""
+    from ...importing import Importer, delete_imported
+
+    engine = service.engine
+    model = await run_in_threadpool(delete_imported, name, engine.collection, engine.settings.features_dir,
+                                    Importer(user.username, admin=user.role == "admin"))
+    users.log("features_deleted", model, client_source(request), "ok", user.username)
+    return {"deleted": model}
+
+
 def csv_response(result: dict) -> Response:
     from ...export import search_csv
 
