@@ -28,8 +28,8 @@ except Exception as exc:
     show_error(exc)
     st.stop()
 
-if "admin_notice" in st.session_state:
-    st.success(st.session_state.pop("admin_notice"))
+if "admin_notice" in st.session_state:  # kept until the next action: a rerun (the login cookie's) wiped it
+    st.success(st.session_state["admin_notice"])
 st.subheader("Users")
 st.dataframe(
     pd.DataFrame([{"Username": u.username, "Name": u.name, "Email": u.email, "Role": u.role,
@@ -79,14 +79,12 @@ with c2:
                           help="A disabled user is refused at login; their sessions and tokens end at once")
         if st.form_submit_button("Apply") and current is not None:
             try:
-                done = []
                 if new_role != current.role:
                     users.set_role(target, new_role, actor=me, source="app")
-                    done.append(f"role {new_role}")
                 if (status == "disabled") != current.disabled:
                     users.set_disabled(target, status == "disabled", actor=me, source="app")
-                    done.append(status)
-                st.session_state["admin_notice"] = f"{target}: {', '.join(done)}." if done else f"{target}: nothing changed."
+                # the state reached, not the steps taken: the same words if Apply is pressed twice
+                st.session_state["admin_notice"] = f"{target} is now: role {new_role}, {status}."
                 st.rerun()  # the table above shows it
             except Exception as exc:
                 show_error(exc)

@@ -436,7 +436,7 @@ def test_admin_adds_user_who_can_log_in(page, browser, app_server):
     choose(page, page.get_by_role("combobox", name="User to change"), "lecturer")
     change = page.locator("[data-testid='stForm']").filter(has_text="Status")
     change.get_by_text("disabled", exact=True).click()
-    click_until(page, change.get_by_role("button", name="Apply"), page.get_by_text("lecturer: disabled."))
+    click_until(page, change.get_by_role("button", name="Apply"), page.get_by_text("lecturer is now: role student, disabled."))
     other.reload()
     other.get_by_label("Username").wait_for()
     login(other, "lecturer", "teach-cbir")
