@@ -177,7 +177,7 @@ if new_query:
 if result and result.get("model") == model:
     if result["id"]:
         c1, c2 = st.columns([1, 5])
-        c1.image(thumbnail_of(engine, result["id"], 192), caption=f"query {result['id']}")
+        c1.image(thumbnail_of(engine, result["id"], 192), caption=f"query {plain(result['id'])}")
         c2.markdown(f"**Top 10 for {plain(result['id'])}** (ringed on the map; the star is the query)")
         if c2.button("🔎 Open in Search", key="map_open_search", help="This image as the Search page's query, with this model"):
             chosen = st.session_state.get("models") or []

@@ -52,6 +52,8 @@ if applied:
 if "search_query_id" not in st.session_state and st.query_params.get(QUERY_PARAM) in collection:
     st.session_state["search_query_id"] = st.query_params[QUERY_PARAM]  # a link names its query: searched at once
     st.session_state["search_linked"] = True
+if st.session_state.get("search_linked"):  # a link (or the Map's Open in Search) searches at once: results in view
+    st.session_state["search_picker_open"] = False
 
 with st.sidebar:
     st.header("Search settings")
@@ -138,8 +140,9 @@ def query_picker(collection) -> str:
     for image_id, tile in zip(shown, tiles("search_picker", len(shown), TILE_PX - 20)):
         tile.image(thumbnail_of(engine, image_id, 128), width="stretch")
         chosen = image_id == state["search_query_id"]
-        if tile.button(f"{'✓ ' if chosen else ''}{image_id}", key=f"search_pick_{image_id}", width="stretch",
-                       type="primary" if chosen else "secondary", help=collection.label_of(image_id)):
+        label = collection.label_of(image_id)  # ids and labels are shown literally, never as Markdown
+        if tile.button(f"{'✓ ' if chosen else ''}{plain(image_id)}", key=f"search_pick_{image_id}", width="stretch",
+                       type="primary" if chosen else "secondary", help=plain(label) if label else None):
             state["search_query_id"] = image_id
             st.rerun(scope="fragment")
     if st.query_params.get(QUERY_PARAM) != state["search_query_id"]:

@@ -14,8 +14,9 @@ from typing import Sequence
 
 from .collection import Collection, scan_collection
 from .config import Settings, get_settings
-from .errors import CBIRError, StoreError, index_model
+from .errors import CBIRError, StoreError, import_again, index_model
 from .extractors import get_spec
+from .extractors.registry import IMPORTED
 from .index_cache import IndexCache
 from .store import FeatureStore
 from .store_format import load_store, store_dir, store_exists, store_stamp
@@ -50,8 +51,9 @@ class StoreCatalogue:
         folder = self.store_folder(spec.name, weights)
         stamp = store_stamp(folder)
         if stamp is None:
+            imported = spec.name.startswith(IMPORTED)  # imported features are never extracted here: import them again
             raise StoreError(f"{spec.label} has no features for collection {self.collection.name!r}",
-                             remedy=index_model(spec.name, spec.label))
+                             remedy=import_again(spec.name[len(IMPORTED):]) if imported else index_model(spec.name, spec.label))
         with self._lock:
             cached = self._stores.get((spec.name, weights))
             if cached and cached[0] == stamp:

@@ -257,6 +257,9 @@ def test_a_remedy_is_said_in_each_front_ends_words(tmp_path, capsys, monkeypatch
     assert str(error).endswith("; run `cbir index --model efficientnet_lite1`")  # the CLI's words are the default
     assert error.said_to("app").endswith("; index EfficientNet-Lite1 on the Collection page")
     assert "--model" not in error.said_to("app") and "cbir index --model efficientnet_lite1" in error.said_to("api")
+    with pytest.raises(StoreError) as raised:  # an imported model (deleted, say) is imported again, never indexed
+        catalogue.store("imported:gone")
+    assert raised.value.said_to("app").endswith("import its features again on the Collection page (name gone, Replace)")
     monkeypatch.setenv("CBIR_FEATURES_DIR", str(tmp_path / "features"))
     monkeypatch.setenv("CBIR_VAR_DIR", str(tmp_path / "var"))
     reset_settings()
