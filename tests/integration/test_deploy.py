@@ -280,6 +280,8 @@ def _processes_under(path: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_make_run_on_a_fresh_copy(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    assert free > 6 * 2**30, f"make run on a fresh copy installs a whole virtual environment (~3 GB): {free / 2**30:.1f} GiB free in {tmp_path.parent}, free some first"
     checkout = tmp_path / "checkout"
     _copy_checkout(checkout)
     assert not (checkout / ".venv").exists()
@@ -315,6 +317,7 @@ def test_make_run_on_a_fresh_copy(tmp_path):
         time.sleep(0.5)
     assert _processes_under(checkout) == []
     assert "stopped" in log.read_text(errors="replace")
+    shutil.rmtree(checkout)  # its virtual environment: ~3 GB the next tests may need
 
 
 def test_ctrl_c_during_a_cold_start_stops_everything(tmp_path):
