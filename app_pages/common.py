@@ -274,13 +274,52 @@ def show_error(exc: Exception) -> None:
         st.error(for_this_user(message), icon="🚫")
 
 
+def read_link(choices: dict[str, tuple[list, Callable[[object], str], bool]], page: str) -> list[str]:
+    """Make a hand-written link's settings count. Streamlit binds a widget to the URL by the
+    label of its option (``metric=Euclidean``) and drops anything else without a word, so
+    ``metric=euclidean`` (the API's and the CLI's name) was ignored. For each bound key in
+    ``choices`` (key -> (options, label of an option, whether several are chosen)), called
+    before its widget: a value naming an option by its key or its label, in any case, is
+    rewritten to the label and the page opened again on the corrected link (``page``, via
+    ``st.switch_page``: the widgets then read the URL as from a bookmark, and the URL shows
+    them); the values naming nothing are returned as ``key=value``, for the page to say so
+    (also on the run after the switch)."""
+    said = st.session_state.pop(LINK_UNKNOWN, None)
+    if said is not None:
+        return said
+    unknown, rewritten = [], False
+    params = [(k, v) for k in st.query_params for v in st.query_params.get_all(k)]
+    for key, (options, label_of, several) in choices.items():
+        values = [v for k, v in params if k == key and v.strip()]
+        labels = {str(label_of(o)) for o in options}
+        if not values or all(v in labels for v in values):
+            continue  # Streamlit reads these itself
+        by_name = {str(o).lower(): str(label_of(o)) for o in options} | {lab.lower(): lab for lab in labels}
+        found = [by_name.get(v.strip().lower()) for v in values]
+        unknown += [f"{key}={v}" for v, lab in zip(values, found) if lab is None]
+        found = list(dict.fromkeys(lab for lab in found if lab is not None))
+        rewritten = rewritten or bool(found)
+        params = [(k, v) for k, v in params if k != key] + [(key, lab) for lab in (found if several else found[:1])]
+    if rewritten:
+        st.session_state[LINK_UNKNOWN] = unknown
+        grouped: dict[str, list[str]] = {}
+        for k, v in params:
+            grouped.setdefault(k, []).append(v)
+        st.switch_page(page, query_params={k: v[0] if len(v) == 1 else v for k, v in grouped.items()})
+    return unknown
+
+
+LINK_UNKNOWN = "cbir_link_unknown"
+
+
 def stats_row(service: SearchService) -> None:
     """One line of counters (four metric cards took a hundred pixels above the results)."""
     stats = service.stats()
     searches = stats.get("searches_performed")
     st.caption(f"{stats['images']:,} images indexed · {len(stats['models_searchable'])} / {len(MODELS)} models available · "
                f"{len(stats['metrics'])} metrics · "
-               + ("searches performed: unknown (Redis unavailable)" if searches is None else f"{searches:,} searches performed"))
+               + ("searches performed: unknown (Redis unavailable)" if searches is None
+                  else f"{searches:,} search{'' if searches == 1 else 'es'} performed"))
 
 
 @st.cache_data(max_entries=4000, show_spinner=False)
@@ -320,13 +359,20 @@ def tiles(key: str, count: int, width: int = TILE_PX) -> list:
     return [row.container(width=width) for _ in range(count)]
 
 
-def result_grid(engine: Engine, ranked: dict, key: str = "", feedback: bool = False, query: tuple | None = None) -> None:
+def result_grid(engine: Engine, ranked: dict, key: str = "", feedback: bool = False, query: tuple | None = None,
+                labels: set | None = None) -> None:
     """Thumbnails with rank, score and label; relevant ones marked green, others red. ``query``
-    (image, caption) comes first, framed in blue: the query beside its results."""
+    (image, caption) comes first, framed in blue: the query beside its results. ``labels``:
+    show only the results with these labels (their ranks stay those of the whole list)."""
     hits = ranked["results"]
     if not hits:
         st.info("No results.")
         return
+    if labels:
+        hits = [h for h in hits if h["label"] in labels]
+        if not hits:
+            st.caption("None of these results has the labels chosen in *Show only*.")
+            return
     boxes = tiles(key or "grid", len(hits) + (query is not None))
     if query is not None:
         with boxes.pop(0):
@@ -342,8 +388,9 @@ def result_grid(engine: Engine, ranked: dict, key: str = "", feedback: bool = Fa
             st.markdown(hit_html(h), unsafe_allow_html=True)
             if feedback:  # read back by the page from st.session_state on the next run (Refine):
                 # "ignore" draws a mark at once, with no rerun (a rerun per mark took 1.2-1.5 s)
+                # (kept while hidden by a label filter or another view: persist_state)
                 st.segmented_control("Feedback", ["👍", "👎"], key=f"{key}::{h['id']}", label_visibility="collapsed",
-                                     on_change="ignore")
+                                     on_change="ignore", persist_state="page")
 
 
 def interpolated_figure(reports: list[dict], title: str = "Mean 11-point interpolated PR") -> go.Figure:

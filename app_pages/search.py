@@ -16,7 +16,7 @@ from cbir.index import AUTO, BACKENDS, backend_label
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, ROCCHIO_TEXT, Rerank
 from cbir.request import parse_search
 from app_pages.common import (
-    require_login, upload_bytes, plain,
+    require_login, upload_bytes, plain, read_link,
     get_engine, get_service, metric_label, model_label, pr_figure, protocol_note, result_grid, show_error, stats_row, thumbnail_of, tiles, TILE_PX,
 )
 
@@ -37,6 +37,7 @@ stats_slot = st.container()  # filled after this run's search, so the counter in
 #: a reload and a visit to another page. The query travels as ``q``.
 KEPT = dict(bind="query-params", persist_state="session")
 QUERY_PARAM = "q"
+TABS, SIDE_BY_SIDE = "Tabs", "Side by side"  # the result lists' views
 
 
 # -- sidebar: models, metric, k, fusion ---------------------------------------------------
@@ -49,10 +50,25 @@ if applied:
     st.success("Weights from the sweep: " + ", ".join(f"{model_label(m)} {w:g}" for m, w in applied["weights"].items())
                + f" ({applied['method']} fusion). Press **Search**.")
 
-if "search_query_id" not in st.session_state and st.query_params.get(QUERY_PARAM) in collection:
-    st.session_state["search_query_id"] = st.query_params[QUERY_PARAM]  # a link names its query: searched at once
-    st.session_state["search_linked"] = True
-if st.session_state.get("search_linked"):  # a link (or the Map's Open in Search) searches at once: results in view
+not_understood = read_link({  # a hand-written link may name a setting by its key (metric=euclidean)
+    "models": (searchable, model_label, True), "metric": (list(METRICS), metric_label, False),
+    "k": ([10, 20, 50], str, False), "rerank": (list(RERANK_METHODS), RERANK_LABELS.get, False),
+    "index": ([AUTO, *BACKENDS], backend_label, False), "fusion": (list(FUSION_METHODS), lambda m: FUSIONS[m].label, False),
+    "view": ([TABS, SIDE_BY_SIDE], str, False)}, "app_pages/search.py")
+linked = st.query_params.get(QUERY_PARAM)
+if "search_query_id" not in st.session_state and linked is not None:
+    if linked in collection:
+        st.session_state["search_query_id"] = linked  # a link names its query: searched at once
+        st.session_state["search_linked"] = True
+    else:
+        not_understood.append(f"{QUERY_PARAM}={linked} (no such image in this collection)")
+if not_understood:
+    st.warning("Left out of this link, as it names nothing here: " + ", ".join(map(plain, not_understood))
+               + ". The other settings are applied.", icon="🔗")
+
+# a link (or the Map's Open in Search) searches at once, with the picker folded: the results in view
+linked_search = st.session_state.pop("search_linked", False)
+if linked_search:
     st.session_state["search_picker_open"] = False
 
 with st.sidebar:
@@ -63,7 +79,7 @@ with st.sidebar:
     preferred = default_model()
     default_choice = [preferred] if preferred in searchable else searchable[:1]
     models = st.multiselect(
-        "Models", searchable, default=None if applied else default_choice,
+        "Models", searchable, default=default_choice,
         format_func=model_label, key="models", **KEPT,
         help="Feature extractors with features for this collection.",
     )
@@ -102,6 +118,16 @@ with st.sidebar:
 PICKER_PAGE = 12  # thumbnails per page of the picker
 
 
+def pick(image_id: str) -> None:
+    """A picker button's callback: run before the fragment reruns, so one run draws the pick
+    (setting it in the fragment's body and rerunning it took two runs, 273 ms)."""
+    st.session_state["search_query_id"] = image_id
+
+
+def turn_page(delta: int) -> None:
+    st.session_state["search_page"] = st.session_state.get("search_page", 0) + delta
+
+
 @st.fragment
 def query_picker(collection) -> str:
     """Find by id, file name or label, page through the matches as thumbnails, or draw one
@@ -114,8 +140,7 @@ def query_picker(collection) -> str:
     c1, c2 = st.columns([4, 1])
     with c2:
         st.write("")
-        if st.button("🎲 Random", key="search_random", width="stretch"):
-            state["search_query_id"] = random.choice(collection.ids)
+        st.button("🎲 Random", key="search_random", width="stretch", on_click=lambda: pick(random.choice(collection.ids)))
     with c1:
         text = st.text_input("Find an image", key="search_find", placeholder="id, file name or label — Enter to filter (an exact id picks it)")
     if state.get("search_find_text") != text:  # a new filter starts on its first page
@@ -124,27 +149,22 @@ def query_picker(collection) -> str:
             state["search_query_id"] = text.strip()
     total, _ = collection.find(text, 0, 0)
     pages = max(1, -(-total // PICKER_PAGE))
-    page = min(state.get("search_page", 0), pages - 1)
+    page = state["search_page"] = max(0, min(state.get("search_page", 0), pages - 1))
     _, shown = collection.find(text, page * PICKER_PAGE, PICKER_PAGE)
     nav = st.columns([1, 4, 1])
-    if nav[0].button("◀", key="search_prev", disabled=page == 0, width="stretch"):
-        state["search_page"] = page - 1
-        st.rerun(scope="fragment")
+    nav[0].button("◀", key="search_prev", disabled=page == 0, width="stretch", on_click=turn_page, args=(-1,))
     found = f"{total:,} image{'' if total == 1 else 's'}" + (f" match “{plain(text.strip())}”" if text.strip() else "")
     chosen = state["search_query_id"]
     nav[1].caption(found + (f" · page {page + 1} of {pages:,}" if total else " — try another id, file name or label")
                    + f" · chosen: query {plain(chosen)}" + (f" · {plain(collection.label_of(chosen))}" if collection.has_labels else ""))
-    if nav[2].button("▶", key="search_next", disabled=page >= pages - 1, width="stretch"):
-        state["search_page"] = page + 1
-        st.rerun(scope="fragment")
+    nav[2].button("▶", key="search_next", disabled=page >= pages - 1, width="stretch", on_click=turn_page, args=(1,))
     for image_id, tile in zip(shown, tiles("search_picker", len(shown), TILE_PX - 20)):
         tile.image(thumbnail_of(engine, image_id, 128), width="stretch")
         chosen = image_id == state["search_query_id"]
         label = collection.label_of(image_id)  # ids and labels are shown literally, never as Markdown
-        if tile.button(f"{'✓ ' if chosen else ''}{plain(image_id)}", key=f"search_pick_{image_id}", width="stretch",
-                       type="primary" if chosen else "secondary", help=plain(label) if label else None):
-            state["search_query_id"] = image_id
-            st.rerun(scope="fragment")
+        tile.button(f"{'✓ ' if chosen else ''}{plain(image_id)}", key=f"search_pick_{image_id}", width="stretch",
+                    type="primary" if chosen else "secondary", help=plain(label) if label else None,
+                    on_click=pick, args=(image_id,))
     if st.query_params.get(QUERY_PARAM) != state["search_query_id"]:
         st.query_params[QUERY_PARAM] = state["search_query_id"]  # the link names the query
     return state["search_query_id"]
@@ -186,7 +206,7 @@ if image_id is not None and st.query_params.get(QUERY_PARAM) != image_id:
     st.query_params[QUERY_PARAM] = image_id  # (an upload has no link)
 elif image_id is None:
     st.query_params.pop(QUERY_PARAM, None)
-if st.session_state.pop("search_linked", False) and image_id is not None and models and "search_result" not in st.session_state:
+if linked_search and image_id is not None and models and "search_result" not in st.session_state:
     st.session_state["search_start"] = True  # a link with a query: its search runs at once
 
 # -- the results: a fragment, so fusion changes and feedback marks redraw only this part -----
@@ -278,13 +298,24 @@ def do_search(feedback: list[dict], method, weights) -> None:
 
 
 def outdated(result: dict) -> list[str]:
-    """The settings the results no longer match (the sidebar says one thing, the results another)."""
+    """The settings the results no longer match (the sidebar says one thing, the results
+    another): query, metric, top k, models, re-ranking with its n and α, and the index."""
     query = result["query"]
+    used = (result.get("rerank") or {"method": "none"})
     asked = {"query": image_id if image_bytes is None else "(upload)", "metric": metric, "top k": int(top_k),
-             "models": sorted(query_models()[0]), "re-ranking": rerank.method}
+             "models": sorted(query_models()[0]), "re-ranking": rerank.method,
+             "n and α": (rerank.n, rerank.alpha) if rerank.active else None}
     shown = {"query": query["id"] or "(upload)", "metric": result["metric"], "top k": result["top_k"],
-             "models": sorted(result["models"]), "re-ranking": (result.get("rerank") or {}).get("method", "none")}
-    return [k for k in asked if asked[k] != shown[k] and not (k == "query" and image_bytes is not None and query["upload"])]
+             "models": sorted(result["models"]), "re-ranking": used["method"],
+             "n and α": (used["n"], used["alpha"]) if used["method"] != "none" else None}
+    changed = [k for k in asked if asked[k] != shown[k] and not (k == "query" and image_bytes is not None and query["upload"])]
+    if models and result.get("backend"):
+        try:
+            if engine.resolve_backend(backend, query_models()[0] or models, metric, rerank.method) != result["backend"]:
+                changed.append("index")
+        except Exception:  # a model gone since: the search itself will say so
+            pass
+    return changed
 
 
 def measures_line(name: str, ranked: dict, result: dict) -> None:
@@ -380,19 +411,23 @@ def results_panel() -> None:
     result, live = refuse_live(result, method, weights)
     changed = outdated(result)
     if changed:
-        st.warning(f"These results are for the previous {', '.join(changed)}: press **Search** to update them.", icon="🔄")
+        blocked = ("choose at least one model" if not models else
+                   "upload an image this server can read, or pick a collection image" if image_id is None and image_bytes is None else None)
+        st.warning(f"These results are for the previous {', '.join(changed)}: "
+                   + (f"{blocked}, then press **Search**." if blocked else "press **Search** to update them."), icon="🔄")
     query = result["query"]
-    line, d1, d2 = st.columns([6, 1, 1], vertical_alignment="center")
+    # a row that wraps: on a phone the two buttons share the line under the title (columns stacked them)
+    line = st.container(horizontal=True, wrap=True, vertical_alignment="center", key="search_results_head")
     title = f"query {plain(query['id'])}" if query["id"] else "uploaded image"
     line.markdown(
         f"**Results for {title}** · {metric_label(result['metric'])} distance "
-        f"· top {result['top_k']} · {1000 * result['timings'].get('total', 0):.1f} ms" + (" · from cache" if result.get("cached") else "")
-    )
+        f"· top {result['top_k']} · {1000 * result['timings'].get('total', 0):.1f} ms" + (" · from cache" if result.get("cached") else ""),
+        width=520)
     name = f"search-{query['id'] or 'upload'}-{result['metric']}"
-    d1.download_button("⬇ CSV", lambda r=result: search_csv(r), f"{name}.csv", "text/csv", key="search_dl_csv", on_click="ignore",
-                       help="Every list's hits with the parameters used", width="stretch")
-    d2.download_button("⬇ JSON", lambda r=result: search_json(r), f"{name}.json", "application/json", key="search_dl_json",
-                       on_click="ignore", help="The whole response, as the API returns it", width="stretch")
+    line.download_button("⬇ CSV", lambda r=result: search_csv(r), f"{name}.csv", "text/csv", key="search_dl_csv", on_click="ignore",
+                       help="Every list's hits with the parameters used")
+    line.download_button("⬇ JSON", lambda r=result: search_json(r), f"{name}.json", "application/json", key="search_dl_json",
+                       on_click="ignore", help="The whole response, as the API returns it")
     notes = []
     if live is not None:
         used = "" if not result.get("weights") else " (" + ", ".join(f"{model_label(m)} {w:g}" for m, w in result["weights"].items()) + ")"
@@ -411,17 +446,51 @@ def results_panel() -> None:
     for note in notes:
         st.caption(note)
     names = list(result["models"]) + (["combined"] if result.get("combined") else [])
-    # the same labels whatever the fusion method, and a key: re-fusing keeps the tab the class is looking at
-    tabs = st.tabs([model_label(n) if n != "combined" else "Combined" for n in names], key="search_tabs",
-                   default="Combined" if result.get("combined") else None)
-    for tab, name in zip(tabs, names):
-        ranked = result["combined"] if name == "combined" else result["models"][name]
-        with tab:
-            measures_line(name, ranked, result)
-            result_grid(engine, ranked, key=f"search_fb_{st.session_state.get('search_fb_gen', 0)}_{name}", feedback=True,
-                        query=query_tile(result))
-            pr_plot(name, ranked, result, rounds)
+    view, only = view_controls(result, names)
+    grid_key = f"search_fb_{st.session_state.get('search_fb_gen', 0)}_"
+    if view == SIDE_BY_SIDE:  # the lists in columns, for comparing models in class
+        tile = query_tile(result)
+        if tile is not None:
+            head = st.container(horizontal=True, vertical_alignment="center")
+            head.image(tile[0], width=72)
+            head.caption(plain(tile[1]))
+        for col, name in zip(st.columns(len(names), border=True), names):
+            ranked = result["combined"] if name == "combined" else result["models"][name]
+            with col:
+                st.markdown(f"**{model_label(name) if name != 'combined' else 'Combined'}**")
+                measures_line(name, ranked, result)
+                result_grid(engine, ranked, key=grid_key + name, feedback=True, labels=only)
+        pr_plot(names[-1], result.get("combined") or result["models"][names[-1]], result, rounds)
+    else:
+        # the same labels whatever the fusion method, and a key: re-fusing keeps the tab the class is looking at
+        tabs = st.tabs([model_label(n) if n != "combined" else "Combined" for n in names], key="search_tabs",
+                       default="Combined" if result.get("combined") else None)
+        for tab, name in zip(tabs, names):
+            ranked = result["combined"] if name == "combined" else result["models"][name]
+            with tab:
+                measures_line(name, ranked, result)
+                result_grid(engine, ranked, key=grid_key + name, feedback=True, query=query_tile(result), labels=only)
+                pr_plot(name, ranked, result, rounds)
     feedback_bar(method, weights)
+
+
+
+def view_controls(result: dict, names: list[str]) -> tuple[str, set | None]:
+    """How the lists are shown (tabs, or side by side when there are several) and the labels
+    the grids show (None: all). Filtering hides tiles only: the measures are those of the
+    whole list, and a hidden result keeps its 👍/👎."""
+    row = st.container(horizontal=True, wrap=True, vertical_alignment="bottom", key="search_view_row")
+    view = TABS
+    if len(names) > 1:
+        view = row.segmented_control("View", [TABS, SIDE_BY_SIDE], default=TABS, key="view", **KEPT,
+                                     help="Side by side: one column per list, to compare models") or TABS
+    found = sorted({h["label"] for r in [result.get("combined"), *result["models"].values()] if r for h in r["results"] if h["label"]})
+    only = None
+    if len(found) > 1:
+        chosen = row.pills("Show only", found, selection_mode="multi", key="search_only", format_func=plain,
+                           help="Show only the results with these labels (the measures stay those of the whole list)")
+        only = set(chosen) or None
+    return view, only
 
 
 top.button("Search", type="primary", key="search_run", on_click=fold_picker,  # in one place, folded or not

@@ -85,10 +85,13 @@ class Engine(StoreCatalogue):
     def searchable_models(self) -> list[str]:
         return [m["name"] for m in self.model_info() if m["searchable"]]
 
-    def resolve_backend(self, backend: str | None, models: Sequence[str] | Mapping[str, FeatureStore]) -> str:
-        """The backend a request uses (``auto``: by the size of the largest store)."""
+    def resolve_backend(self, backend: str | None, models: Sequence[str] | Mapping[str, FeatureStore],
+                        metric: str | None = None, rerank: str | None = None) -> str:
+        """The backend a request uses (``auto``: by the size of the largest store, among the
+        backends serving ``metric`` and the ``rerank`` method)."""
         stores = models if isinstance(models, Mapping) else self.stores(models)
-        return resolve_backend(backend or self.settings.index_backend, max(len(s) for s in stores.values()), self.settings)
+        return resolve_backend(backend or self.settings.index_backend, max(len(s) for s in stores.values()), self.settings,
+                               metric, rerank)
 
     def search_depth(self, request: SearchRequest, backend: str) -> int | None:
         """Candidates per model for ``backend``: None for an exact one, else
@@ -170,7 +173,7 @@ class Engine(StoreCatalogue):
         the backend (``auto`` and None resolved) and the candidates per model. Computed once per
         request, shared by the API's dispatch, the result cache's key and the search."""
         stores = self.stores(request.models)
-        backend = self.resolve_backend(request.backend, stores)
+        backend = self.resolve_backend(request.backend, stores, request.metric, request.rerank.method if request.rerank else None)
         return Plan(stores, backend, self.search_depth(request, backend))
 
     def search(self, request: SearchRequest | Sequence[str] | str, *args, plan: Plan | None = None, **kwargs) -> SearchResponse:
@@ -219,7 +222,7 @@ class Engine(StoreCatalogue):
         rest, for one model or a fusion (approximate backend: mAP at ``depth``); ``ties``:
         "stable" or "average" (tie-aware figures)."""
         models = list(dict.fromkeys(get_spec(m).name for m in ([models] if isinstance(models, str) else list(models))))
-        report = experiments.evaluate(self, models, metric, method, weights, progress, rerank, self.resolve_backend(backend, models),
+        report = experiments.evaluate(self, models, metric, method, weights, progress, rerank, self.resolve_backend(backend, models, metric, rerank.method if rerank else None),
                                       int(depth or self.settings.search_depth), queries, seed, ties)
         report.collection = self.collection.name
         return report

@@ -34,13 +34,18 @@ def check_backend(name: str) -> str:
     return key
 
 
-def resolve_backend(name: str, vectors: int, settings) -> str:
+def resolve_backend(name: str, vectors: int, settings, metric: str | None = None, rerank: str | None = None) -> str:
     """The backend that serves a request: ``auto`` is exact up to ``settings.exact_max``
-    vectors (the largest store searched) and FAISS above it, when faiss-cpu is installed."""
+    vectors (the largest store searched) and FAISS above it, when faiss-cpu is installed and
+    serves ``metric`` and the ``rerank`` method (FAISS has no chi-square or Bhattacharyya:
+    ``auto`` then stays exact, which serves every metric, instead of choosing a backend
+    that refuses the request)."""
     key = check_backend(name)
     if key != AUTO:
         return key
-    return "faiss" if vectors > settings.exact_max and BACKENDS["faiss"].available(settings)[0] else "exact"
+    faiss = BACKENDS["faiss"]
+    serves = (metric is None or faiss.supports_metric(metric)) and (rerank is None or faiss.supports_rerank(rerank))
+    return "faiss" if vectors > settings.exact_max and serves and faiss.available(settings)[0] else "exact"
 
 
 def open_index(backend: str, store, folder: Path, metric: str, settings, labels=None, collection: str = "collection") -> VectorIndex:

@@ -45,6 +45,11 @@ def test_backend_names_and_status(tmp_path):
     small = settings(tmp_path, exact_max=1000)
     assert [resolve_backend("auto", n, small) for n in (1000, 1001)] == ["exact", "faiss"]  # by size
     assert resolve_backend("milvus", 10, small) == "milvus" and resolve_backend(None, 10, small) == "exact"
+    # auto chose FAISS for chi-square above exact_max, and FAISS then refused the request
+    assert resolve_backend("auto", 1001, small, "chi_square") == "exact"
+    assert resolve_backend("auto", 1001, small, "cosine", "aqe") == "faiss"
+    dba_by = "faiss" if BACKENDS["faiss"].supports_rerank("dba_aqe") else "exact"
+    assert resolve_backend("auto", 1001, small, "cosine", "dba_aqe") == dba_by
     status = backend_status(settings(tmp_path))
     assert set(status) == set(BACKENDS) and status["exact"][0] and status["faiss"][0]
     assert status["milvus"] == (False, "set CBIR_MILVUS_URI to a Milvus server")
