@@ -9,7 +9,7 @@ import streamlit as st
 
 from cbir.auth.records import ROLES
 from cbir.export import write_csv
-from app_pages.common import get_users, require_login, show_error
+from app_pages.common import get_users, plain, require_login, show_error
 
 require_login(roles={"admin"})  # first: the session, then the role
 
@@ -118,7 +118,8 @@ if log:
              "Outcome": e["outcome"], "By": e.get("actor", "")} for e in log
             if (not event_filter or e["event"] in event_filter)
             and (not needle or needle in str(e["username"]).lower() or needle in str(e["source"]).lower())]
-    st.caption(f"{len(rows)} of the last {len(log)} events")
+    st.caption(f"{len(rows)} of the last {len(log)} events" + (f" · user or source contains “{plain(needle)}”" if needle else "")
+               + (f" · events: {', '.join(event_filter)}" if event_filter else ""))
     st.dataframe(pd.DataFrame(rows, columns=["Time", "Event", "User", "Source", "Outcome", "By"]), hide_index=True, width="stretch",
                  height=360)
     # usernames and sources come from login attempts: every cell neutralised for spreadsheets (cbir.export.write_csv)

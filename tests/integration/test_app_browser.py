@@ -510,7 +510,7 @@ def test_admin_adds_user_who_can_log_in(page, browser, app_server):
     # the log, filtered and exported (cells neutralised for spreadsheets)
     page.get_by_label("User or source contains").fill("lecturer")
     page.keyboard.press("Enter")
-    page.get_by_text(re.compile(r"^\d+ of the last \d+ events")).wait_for()
+    page.get_by_text(re.compile(r"^\d+ of the last \d+ events · user or source contains “lecturer”")).wait_for()  # the filter applied
     settled(page)
     with page.expect_download() as download:
         page.get_by_role("button", name="⬇ CSV of these events").click()
