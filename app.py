@@ -78,6 +78,11 @@ def build_authenticator() -> stauth.Authenticate | None:
         cookie_key=install_secret(settings),
         cookie_expiry_days=settings.session_minutes / (24 * 60),
         auto_hash=False,
+        # the library sleeps 0.7 s before every login() call while logged out (once for the
+        # old cookie component's latency, mkhorasani/Streamlit-Authenticator#124); 0.4 reads
+        # the cookie from st.context.cookies at once, and the logged-out page calls login()
+        # twice: 1.4 s per run, a login took 2.5 s alone and 5 s with four people at once
+        login_sleep_time=0,
     )
 
     # Route the password check through the Redis user store: lockout, legacy rehash, audit log.
