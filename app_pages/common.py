@@ -274,42 +274,56 @@ def show_error(exc: Exception) -> None:
         st.error(for_this_user(message), icon="🚫")
 
 
-def read_link(choices: dict[str, tuple[list, Callable[[object], str], bool]], page: str) -> list[str]:
-    """Make a hand-written link's settings count. Streamlit binds a widget to the URL by the
-    label of its option (``metric=Euclidean``) and drops anything else without a word, so
-    ``metric=euclidean`` (the API's and the CLI's name) was ignored. For each bound key in
-    ``choices`` (key -> (options, label of an option, whether several are chosen)), called
-    before its widget: a value naming an option by its key or its label, in any case, is
-    rewritten to the label and the page opened again on the corrected link (``page``, via
-    ``st.switch_page``: the widgets then read the URL as from a bookmark, and the URL shows
-    them); the values naming nothing are returned as ``key=value``, for the page to say so
-    (also on the run after the switch)."""
-    said = st.session_state.pop(LINK_UNKNOWN, None)
-    if said is not None:
-        return said
-    unknown, rewritten = [], False
+def read_link(choices: dict[str, tuple[list, Callable[[object], str], bool]], page: str, also: list[str] | None = None) -> None:
+    """Make a hand-written link's settings count, and say what it names that is not here.
+
+    Streamlit binds a widget to the URL by the label of its option (``metric=Euclidean``)
+    and drops anything else without a word, so ``metric=euclidean`` (the API's and the CLI's
+    name) was ignored. For each bound key in ``choices`` (key -> (options, label of an
+    option, whether several are chosen)), called before its widget: a value naming an option
+    by its key or its label, in any case, is rewritten to the label and the page opened again
+    on the corrected link (``page``, via ``st.switch_page``: the widgets then read the URL as
+    from a bookmark, and the URL shows them). The values naming nothing, and the page's own
+    ``also`` (e.g. an unknown image), are shown in a warning that stays while the link's
+    settings are unchanged (the login and the switch take several runs)."""
+    def bound(pairs) -> tuple:
+        return tuple(sorted((k, v) for k, v in pairs if k in choices))
+
     params = [(k, v) for k in st.query_params for v in st.query_params.get_all(k)]
-    for key, (options, label_of, several) in choices.items():
-        values = [v for k, v in params if k == key and v.strip()]
-        labels = {str(label_of(o)) for o in options}
-        if not values or all(v in labels for v in values):
-            continue  # Streamlit reads these itself
-        by_name = {str(o).lower(): str(label_of(o)) for o in options} | {lab.lower(): lab for lab in labels}
-        found = [by_name.get(v.strip().lower()) for v in values]
-        unknown += [f"{key}={v}" for v, lab in zip(values, found) if lab is None]
-        found = list(dict.fromkeys(lab for lab in found if lab is not None))
-        rewritten = rewritten or bool(found)
-        params = [(k, v) for k, v in params if k != key] + [(key, lab) for lab in (found if several else found[:1])]
-    if rewritten:
-        st.session_state[LINK_UNKNOWN] = unknown
-        grouped: dict[str, list[str]] = {}
-        for k, v in params:
-            grouped.setdefault(k, []).append(v)
-        st.switch_page(page, query_params={k: v[0] if len(v) == 1 else v for k, v in grouped.items()})
-    return unknown
+    carried = st.session_state.pop(LINK_UNKNOWN, None)  # said before the switch
+    if carried is not None:
+        unknown = carried
+    else:
+        unknown, rewritten = [], False
+        for key, (options, label_of, several) in choices.items():
+            values = [v for k, v in params if k == key and v.strip()]
+            labels = {str(label_of(o)) for o in options}
+            if not values or all(v in labels for v in values):
+                continue  # Streamlit reads these itself
+            by_name = {str(o).lower(): str(label_of(o)) for o in options} | {lab.lower(): lab for lab in labels}
+            found = [by_name.get(v.strip().lower()) for v in values]
+            unknown += [f"{key}={v}" for v, lab in zip(values, found) if lab is None]
+            found = list(dict.fromkeys(lab for lab in found if lab is not None))
+            rewritten = rewritten or bool(found)
+            params = [(k, v) for k, v in params if k != key] + [(key, lab) for lab in (found if several else found[:1])]
+        unknown += also or []
+        if rewritten:
+            st.session_state[LINK_UNKNOWN] = unknown
+            grouped: dict[str, list[str]] = {}
+            for k, v in params:
+                grouped.setdefault(k, []).append(v)
+            st.switch_page(page, query_params={k: v[0] if len(v) == 1 else v for k, v in grouped.items()})
+    if unknown:  # (Streamlit removes a value naming nothing from the URL as its widget registers)
+        st.session_state[LINK_NOTE] = (unknown, bound((k, v) for k, v in params if f"{k}={v}" not in unknown))
+    note = st.session_state.get(LINK_NOTE)
+    if note and note[1] == bound(params):
+        st.warning("Left out of this link, as it names nothing here: " + ", ".join(map(plain, note[0]))
+                   + ". The other settings are applied.", icon="🔗")
+    elif note:
+        del st.session_state[LINK_NOTE]  # the settings changed since
 
 
-LINK_UNKNOWN = "cbir_link_unknown"
+LINK_UNKNOWN, LINK_NOTE = "cbir_link_unknown", "cbir_link_note"
 
 
 def stats_row(service: SearchService) -> None:
@@ -360,7 +374,7 @@ def tiles(key: str, count: int, width: int = TILE_PX) -> list:
 
 
 def result_grid(engine: Engine, ranked: dict, key: str = "", feedback: bool = False, query: tuple | None = None,
-                labels: set | None = None) -> None:
+                labels: set | None = None, width: int = TILE_PX) -> None:
     """Thumbnails with rank, score and label; relevant ones marked green, others red. ``query``
     (image, caption) comes first, framed in blue: the query beside its results. ``labels``:
     show only the results with these labels (their ranks stay those of the whole list)."""
@@ -373,7 +387,7 @@ def result_grid(engine: Engine, ranked: dict, key: str = "", feedback: bool = Fa
         if not hits:
             st.caption("None of these results has the labels chosen in *Show only*.")
             return
-    boxes = tiles(key or "grid", len(hits) + (query is not None))
+    boxes = tiles(key or "grid", len(hits) + (query is not None), width)
     if query is not None:
         with boxes.pop(0):
             st.image(query[0], width="stretch")

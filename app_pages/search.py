@@ -38,6 +38,7 @@ stats_slot = st.container()  # filled after this run's search, so the counter in
 KEPT = dict(bind="query-params", persist_state="session")
 QUERY_PARAM = "q"
 TABS, SIDE_BY_SIDE = "Tabs", "Side by side"  # the result lists' views
+SIDE_TILE_PX = 96
 
 
 # -- sidebar: models, metric, k, fusion ---------------------------------------------------
@@ -50,21 +51,19 @@ if applied:
     st.success("Weights from the sweep: " + ", ".join(f"{model_label(m)} {w:g}" for m, w in applied["weights"].items())
                + f" ({applied['method']} fusion). Press **Search**.")
 
-not_understood = read_link({  # a hand-written link may name a setting by its key (metric=euclidean)
-    "models": (searchable, model_label, True), "metric": (list(METRICS), metric_label, False),
-    "k": ([10, 20, 50], str, False), "rerank": (list(RERANK_METHODS), RERANK_LABELS.get, False),
-    "index": ([AUTO, *BACKENDS], backend_label, False), "fusion": (list(FUSION_METHODS), lambda m: FUSIONS[m].label, False),
-    "view": ([TABS, SIDE_BY_SIDE], str, False)}, "app_pages/search.py")
 linked = st.query_params.get(QUERY_PARAM)
+unknown_image = []
 if "search_query_id" not in st.session_state and linked is not None:
     if linked in collection:
         st.session_state["search_query_id"] = linked  # a link names its query: searched at once
         st.session_state["search_linked"] = True
     else:
-        not_understood.append(f"{QUERY_PARAM}={linked} (no such image in this collection)")
-if not_understood:
-    st.warning("Left out of this link, as it names nothing here: " + ", ".join(map(plain, not_understood))
-               + ". The other settings are applied.", icon="🔗")
+        unknown_image.append(f"{QUERY_PARAM}={linked} (no such image in this collection)")
+read_link({  # a hand-written link may name a setting by its key (metric=euclidean)
+    "models": (searchable, model_label, True), "metric": (list(METRICS), metric_label, False),
+    "k": ([10, 20, 50], str, False), "rerank": (list(RERANK_METHODS), RERANK_LABELS.get, False),
+    "index": ([AUTO, *BACKENDS], backend_label, False), "fusion": (list(FUSION_METHODS), lambda m: FUSIONS[m].label, False),
+    "view": ([TABS, SIDE_BY_SIDE], str, False)}, "app_pages/search.py", also=unknown_image)
 
 # a link (or the Map's Open in Search) searches at once, with the picker folded: the results in view
 linked_search = st.session_state.pop("search_linked", False)
@@ -459,7 +458,8 @@ def results_panel() -> None:
             with col:
                 st.markdown(f"**{model_label(name) if name != 'combined' else 'Combined'}**")
                 measures_line(name, ranked, result)
-                result_grid(engine, ranked, key=grid_key + name, feedback=True, labels=only)
+                # two a row in a third of a projector's width (one 136 px tile a row left half of it empty)
+                result_grid(engine, ranked, key=grid_key + name, feedback=True, labels=only, width=SIDE_TILE_PX)
         pr_plot(names[-1], result.get("combined") or result["models"][names[-1]], result, rounds)
     else:
         # the same labels whatever the fusion method, and a key: re-fusing keeps the tab the class is looking at

@@ -261,6 +261,11 @@ def test_a_hand_written_link_names_settings_by_key_and_says_what_it_left_out(pag
     for i in range(3):
         expect(columns.nth(i).locator(".cbir-hit")).to_have_count(20)
     expect(columns.nth(2)).to_contain_text("Combined")
+    settled(page)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "side-by-side.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 1300})
+    choose(page, sidebar.get_by_role("combobox", name="Metric"), "Cosine")  # the settings changed: the note goes
+    expect(page.get_by_text(re.compile("Left out of this link"))).to_have_count(0)
     page.goto(f"{app_server.url}/?q=no-such-image&metric=manhattan")
     page.get_by_text(re.compile(r"names nothing here: metric=manhattan, q=no-such-image \(no such image in this collection\)")).wait_for(timeout=TIMEOUT)
 
