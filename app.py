@@ -31,8 +31,16 @@ if "auth_entry_page" not in st.session_state:
 st.set_page_config(page_icon="🔎", layout="wide", initial_sidebar_state="auto")
 # Thumbnail grids (app_pages.common.tiles) without a "Fullscreen" button per image: 28 Tab stops
 # from the find box to Search. A smaller top margin: the first result row in view at 1280x720.
+# In the query picker the whole tile picks, not only the id button under the thumbnail: the
+# button's ::after is stretched over its tile (Bootstrap's "stretched link"), so a click on the
+# picture lands on the button (Streamlit images take no clicks).
 st.html("<style>[class*='st-key-cbir_tiles_'] [data-testid='stElementToolbar'] {display: none}"
-        "[data-testid='stMainBlockContainer'] {padding-top: 3rem}</style>")
+        "[data-testid='stMainBlockContainer'] {padding-top: 3rem}"
+        "[class*='st-key-cbir_tile_search_picker_'] {position: relative}"
+        "[class*='st-key-cbir_tile_search_picker_'] [class*='st-key-search_pick_'],"
+        " [class*='st-key-cbir_tile_search_picker_'] [class*='st-key-search_pick_'] * {position: static}"
+        "[class*='st-key-cbir_tile_search_picker_'] [class*='st-key-search_pick_'] button::after"
+        " {content: ''; position: absolute; inset: 0; cursor: pointer}</style>")
 
 import streamlit_authenticator as stauth  # noqa: E402
 

@@ -370,7 +370,7 @@ def tiles(key: str, count: int, width: int = TILE_PX) -> list:
     holds (``st.columns`` stacked one per line on a phone: a 12,000 px results page). The
     images' fullscreen buttons are hidden (a Tab stop per thumbnail) by the app's style sheet."""
     row = st.container(horizontal=True, wrap=True, gap="small", key=f"cbir_tiles_{key}")
-    return [row.container(width=width) for _ in range(count)]
+    return [row.container(width=width, key=f"cbir_tile_{key}_{i}") for i in range(count)]
 
 
 def result_grid(engine: Engine, ranked: dict, key: str = "", feedback: bool = False, query: tuple | None = None,

@@ -172,6 +172,12 @@ def test_query_picker_finds_pages_and_picks(page):
             if attempt == 2:
                 raise
     click_until(page, page.get_by_role("button", name="▶"), page.get_by_text("page 2 of 9"))
+    # a click on the picture picks it too (only the id button under it did)
+    tile = page.locator("[class*='st-key-cbir_tile_search_picker_']").nth(1)
+    other = tile.get_by_role("button").inner_text().strip()
+    settled(page)
+    tile.locator("img").click(force=True)  # where a user clicks: force skips the check that the img itself is on top
+    page.get_by_text(f"query {other} · buses").wait_for()
     click_until(page, page.get_by_role("button", name="312", exact=True), page.get_by_text("query 312 · buses"))
     page.wait_for_timeout(500)
     SHOTS.mkdir(parents=True, exist_ok=True)
