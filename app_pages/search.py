@@ -9,6 +9,7 @@ import streamlit as st
 from cbir.collection import image_extensions
 from cbir.config import get_settings
 from cbir.distances import METRICS
+from cbir.errors import CBIRError
 from cbir.export import search_csv, search_json
 from cbir.extractors import MODELS, default_model
 from cbir.fusion import FUSION_METHODS, FUSIONS
@@ -307,12 +308,14 @@ def outdated(result: dict) -> list[str]:
     shown = {"query": query["id"] or "(upload)", "metric": result["metric"], "top k": result["top_k"],
              "models": sorted(result["models"]), "re-ranking": used["method"],
              "n and α": (used["n"], used["alpha"]) if used["method"] != "none" else None}
+    if asked["re-ranking"] != shown["re-ranking"]:
+        asked["n and α"] = shown["n and α"]  # said once, as the re-ranking
     changed = [k for k in asked if asked[k] != shown[k] and not (k == "query" and image_bytes is not None and query["upload"])]
     if models and result.get("backend"):
         try:
             if engine.resolve_backend(backend, query_models()[0] or models, metric, rerank.method) != result["backend"]:
                 changed.append("index")
-        except Exception:  # a model gone since: the search itself will say so
+        except CBIRError:  # a model gone since: the search itself will say so
             pass
     return changed
 
