@@ -255,9 +255,11 @@ pages = [
 current = st.navigation(pages)
 wanted, switches = st.session_state.get("auth_entry_page") or (None, 0)
 by_path = {p.url_path: p for p in pages}
+if wanted == Path(PAGES[0][0]).stem:  # /search: the default page, whose path is "" (it crashed the app)
+    wanted = ""
 if wanted and wanted not in by_path and switches == ENTRY_SWITCHES:  # a link to a page this role may not open
     refused = next(((title, roles) for f, title, _icon, roles in PAGES if Path(f).stem == wanted), None)
-    if refused is not None:  # said on the page the user lands on, until they go elsewhere (reruns would wipe it)
+    if refused is not None and refused[1]:  # said on the page the user lands on, until they go elsewhere (reruns would wipe it)
         st.session_state["auth_refused_note"] = (f"The {refused[0]} page is for {' and '.join(sorted(refused[1]))} "
                                                  f"accounts; you are logged in as a {role}.", current.url_path)
 note = st.session_state.get("auth_refused_note")

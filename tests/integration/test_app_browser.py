@@ -616,6 +616,19 @@ def test_every_page_url_opens_and_reloads(page, app_server, username, password, 
         assert page.url.split("?")[0].rstrip("/") == (app_server.url + path).rstrip("/"), page.url  # (Search adds ?q=)
 
 
+def test_the_search_page_by_its_name_opens_search(page, app_server):
+    """/search names the default page, whose path is "": after the login the app took it for a
+    page the role may not open, and crashed on its roles (None) in every page after."""
+    page.goto(app_server.url + "/search?q=412")
+    page.get_by_text("Page not found").wait_for()  # Streamlit's own dialog: /search is no page path
+    page.keyboard.press("Escape")
+    logged_in(page)
+    page.get_by_role("heading", name="🔎 Search", exact=True).wait_for()
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Evaluate").click()
+    page.get_by_role("heading", name="📈 Evaluate", exact=True).wait_for()
+    expect(page.get_by_text("This app has encountered an error")).to_have_count(0)
+
+
 def _cookie(username: str, key: str) -> str:
 
     import jwt
