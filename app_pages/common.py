@@ -296,16 +296,22 @@ def read_link(choices: dict[str, tuple[list, Callable[[object], str], bool]], pa
     else:
         unknown, rewritten = [], False
         for key, (options, label_of, several) in choices.items():
-            values = [v for k, v in params if k == key and v.strip()]
+            raw = [v for k, v in params if k == key]
+            values = [v for v in raw if v.strip()]
             labels = {str(label_of(o)) for o in options}
-            if not values or all(v in labels for v in values):
+            if len(values) == len(raw) and (several or len(values) <= 1) and all(v in labels for v in values):
                 continue  # Streamlit reads these itself
+            if len(values) < len(raw):  # `models=` cleared the models without a word
+                unknown.append(f"{key}= (empty)")
             by_name = {str(o).lower(): str(label_of(o)) for o in options} | {lab.lower(): lab for lab in labels}
             found = [by_name.get(v.strip().lower()) for v in values]
             unknown += [f"{key}={v}" for v, lab in zip(values, found) if lab is None]
             found = list(dict.fromkeys(lab for lab in found if lab is not None))
-            rewritten = rewritten or bool(found)
-            params = [(k, v) for k, v in params if k != key] + [(key, lab) for lab in (found if several else found[:1])]
+            if not several and len(found) > 1:  # the first counts (Streamlit took the first, the page the last)
+                unknown += [f"{key}={lab} (one value only)" for lab in found[1:]]
+                found = found[:1]
+            rewritten = True
+            params = [(k, v) for k, v in params if k != key] + [(key, lab) for lab in found]
         unknown += also or []
         if rewritten:
             st.session_state[LINK_UNKNOWN] = unknown

@@ -52,7 +52,7 @@ if applied:
     st.success("Weights from the sweep: " + ", ".join(f"{model_label(m)} {w:g}" for m, w in applied["weights"].items())
                + f" ({applied['method']} fusion). Press **Search**.")
 
-linked = st.query_params.get(QUERY_PARAM)
+linked = next(iter(st.query_params.get_all(QUERY_PARAM)), None)  # the first, as for every other setting
 unknown_image = []
 if "search_query_id" not in st.session_state and linked is not None:
     if linked in collection:
@@ -90,7 +90,7 @@ with st.sidebar:
                 st.checkbox(model_label(n), value=False, disabled=True, key=f"search_na_{n}", help=infos[n]["reason"])
                 st.caption(infos[n]["reason"] if not infos[n]["available"] else "Not indexed yet: use the Collection page.")
     metric = st.selectbox("Metric", list(METRICS), index=list(METRICS).index("cosine"), format_func=metric_label, key="metric", **KEPT)
-    top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="k", **KEPT) or 10
+    top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="k", required=True, **KEPT) or 10
     st.header("Re-ranking")
     cosine = metric == "cosine"  # re-ranking and feedback are defined for cosine only: offered only there
     rr_method = st.radio("Re-ranking", RERANK_METHODS, format_func=lambda m: RERANK_LABELS[m], horizontal=True,
@@ -155,8 +155,11 @@ def query_picker(collection) -> str:
     nav[0].button("◀", key="search_prev", disabled=page == 0, width="stretch", on_click=turn_page, args=(-1,))
     found = f"{total:,} image{'' if total == 1 else 's'}" + (f" match “{plain(text.strip())}”" if text.strip() else "")
     chosen = state["search_query_id"]
+    shown_for = (state.get("search_result") or {}).get("query", {}).get("id")
     nav[1].caption(found + (f" · page {page + 1} of {pages:,}" if total else " — try another id, file name or label")
-                   + f" · chosen: query {plain(chosen)}" + (f" · {plain(collection.label_of(chosen))}" if collection.has_labels else ""))
+                   + f" · chosen: query {plain(chosen)}" + (f" · {plain(collection.label_of(chosen))}" if collection.has_labels else "")
+                   # a pick redraws only the picker: it says here that the results are the previous query's
+                   + (f" · **the results below are for query {plain(shown_for)}: press Search**" if shown_for and shown_for != chosen else ""))
     nav[2].button("▶", key="search_next", disabled=page >= pages - 1, width="stretch", on_click=turn_page, args=(1,))
     for image_id, tile in zip(shown, tiles("search_picker", len(shown), TILE_PX - 20)):
         tile.image(thumbnail_of(engine, image_id, 128), width="stretch")
@@ -218,8 +221,11 @@ def fusion_controls() -> tuple[str | None, dict | None]:
     if len(models) < 2:
         return None, None
     c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
-    method = c1.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSIONS[m].label, key="fusion", **KEPT)
-    c1.caption(f"`{FUSIONS[method].formula}` (d_m: model m's distances, min-max normalised per query)")
+    method = c1.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSIONS[m].label, key="fusion", **KEPT,
+                          help="\n\n".join(f"**{f.label}**: `{f.formula}`" for f in FUSIONS.values())
+                          + "\n\n(d_m: model m's distances, min-max normalised per query)")
+    # one line under the row (three in the narrow column pushed the first result row below the fold)
+    formula = f"`{FUSIONS[method].formula}` (d_m: model m's distances, min-max normalised per query)"
     weights = None
     if FUSIONS[method].weighted:  # sliders only where they change something
         with c2:
@@ -228,8 +234,9 @@ def fusion_controls() -> tuple[str | None, dict | None]:
                               key=f"w_{m}", **KEPT)
                 for m, col in zip(models, st.columns(len(models)))
             }
-        if sum(weights.values()) == 0:
-            st.warning("All weights are zero: give at least one model a positive weight.")
+    st.caption(formula)
+    if weights is not None and sum(weights.values()) == 0:
+        st.warning("All weights are zero: give at least one model a positive weight.")
     return method, weights
 
 

@@ -185,6 +185,9 @@ def test_query_picker_finds_pages_and_picks(page):
     run_search(page)
     page.get_by_text("Results for query 312").wait_for()
     click_until(page, page.get_by_text("choose another"), page.get_by_label("Find an image"))  # folded after Search
+    # a pick redraws only the picker: it says that the results are still the previous query's
+    click_until(page, page.get_by_role("button", name="313", exact=True),
+                page.get_by_text(re.compile(r"chosen: query 313 · buses · the results below are for query 312: press Search")))
     settled(page)
     page.get_by_label("Find an image").fill("no-such-image")
     page.keyboard.press("Enter")
@@ -272,8 +275,12 @@ def test_a_hand_written_link_names_settings_by_key_and_says_what_it_left_out(pag
     page.screenshot(path=str(SHOTS / "side-by-side.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 1300})
     choose(page, sidebar.get_by_role("combobox", name="Metric"), "Cosine")  # the settings changed: the note goes
     expect(page.get_by_text(re.compile("Left out of this link"))).to_have_count(0)
-    page.goto(f"{app_server.url}/?q=no-such-image&metric=manhattan")
-    page.get_by_text(re.compile(r"names nothing here: metric=manhattan, q=no-such-image \(no such image in this collection\)")).wait_for(timeout=TIMEOUT)
+    # an empty value (it cleared the models), a second value (Streamlit took the first, the page the last q)
+    page.goto(f"{app_server.url}/?q=no-such-image&q=412&metric=manhattan&models=&k=10&k=50")
+    page.get_by_text(re.compile(r"names nothing here: models= \(empty\), metric=manhattan, k=50 \(one value only\), "
+                                r"q=no-such-image \(no such image in this collection\)")).wait_for(timeout=TIMEOUT)
+    expect(sidebar.get_by_text("EfficientNet-Lite0", exact=True).first).to_be_visible()  # the default model kept
+    assert "k=" not in page.url and "models=" not in page.url, page.url
 
 
 def test_a_label_filter_hides_results_and_keeps_their_marks(page, app_server):
