@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -123,7 +124,10 @@ if log:
     st.dataframe(pd.DataFrame(rows, columns=["Time", "Event", "User", "Source", "Outcome", "By"]), hide_index=True, width="stretch",
                  height=360)
     # usernames and sources come from login attempts: every cell neutralised for spreadsheets (cbir.export.write_csv)
+    # the file's name says the filter (a name safe on every file system)
+    named = "-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", part)[:40] for part in [needle, *event_filter] if part)
     st.download_button("⬇ CSV of these events", write_csv(list(rows[0]) if rows else ["Time"], (r.values() for r in rows)),
-                       "auth-log.csv", "text/csv", key="admin_log_csv", on_click="ignore", disabled=not rows)
+                       f"auth-log{'-' + named if named else ''}.csv", "text/csv", key="admin_log_csv", on_click="ignore",
+                       disabled=not rows)
 else:
     st.info("No events yet.")
