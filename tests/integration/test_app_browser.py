@@ -175,9 +175,15 @@ def test_query_picker_finds_pages_and_picks(page):
     # a click on the picture picks it too (only the id button under it did)
     tile = page.locator("[class*='st-key-cbir_tile_search_picker_']").nth(1)
     other = tile.get_by_role("button").inner_text().strip()
-    settled(page)
-    tile.locator("img").click(force=True)  # where a user clicks: force skips the check that the img itself is on top
-    page.get_by_text(f"query {other} · buses").wait_for()
+    for attempt in range(3):  # a click landing while a rerun redraws the page can be lost on a loaded machine
+        settled(page)
+        tile.locator("img").click(force=True)  # where a user clicks: force skips the check that the img itself is on top
+        try:
+            page.get_by_text(f"query {other} · buses").wait_for(timeout=20_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     click_until(page, page.get_by_role("button", name="312", exact=True), page.get_by_text("query 312 · buses"))
     page.wait_for_timeout(500)
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -280,7 +286,7 @@ def test_a_hand_written_link_names_settings_by_key_and_says_what_it_left_out(pag
     page.get_by_text(re.compile(r"names nothing here: models= \(empty\), metric=manhattan, k=50 \(one value only\), "
                                 r"q=no-such-image \(no such image in this collection\)")).wait_for(timeout=TIMEOUT)
     expect(sidebar.get_by_text("EfficientNet-Lite0", exact=True).first).to_be_visible()  # the default model kept
-    assert "k=" not in page.url and "models=" not in page.url, page.url
+    expect(page).not_to_have_url(re.compile(r"[?&](k|models)="))  # (the URL follows the run: waited for)
 
 
 def test_a_label_filter_hides_results_and_keeps_their_marks(page, app_server):
