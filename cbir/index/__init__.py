@@ -37,9 +37,9 @@ def check_backend(name: str) -> str:
 def resolve_backend(name: str, vectors: int, settings, metric: str | None = None, rerank: str | None = None) -> str:
     """The backend that serves a request: ``auto`` is exact up to ``settings.exact_max``
     vectors (the largest store searched) and FAISS above it, when faiss-cpu is installed and
-    serves ``metric`` and the ``rerank`` method (FAISS has no chi-square or Bhattacharyya:
-    ``auto`` then stays exact, which serves every metric, instead of choosing a backend
-    that refuses the request)."""
+    serves ``metric`` and the ``rerank`` method (FAISS has no chi-square: ``auto`` then
+    stays exact, which serves every metric, instead of choosing a backend that refuses
+    the request)."""
     key = check_backend(name)
     if key != AUTO:
         return key
