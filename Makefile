@@ -63,7 +63,7 @@ test-other-kernel: $(TEST_STAMP)
 
 # Refresh the README's screenshots (the only target that writes to docs/screenshots).
 screenshots: $(TEST_STAMP) system-deps
-	CBIR_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -p no:cacheprovider tests/integration/test_app_browser.py -k "search_by_collection_image or evaluate_page or pages_need_a_login or picker or map_page or first_result_row or hand_written_link"
+	CBIR_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -p no:cacheprovider tests/integration/test_app_browser.py -k "search_by_collection_image or evaluate_page or pages_need_a_login or picker or map_page or first_result_row or hand_written_link or why_did_this_match"
 
 # The unit tests only (engine, ranking, request parsing, cache key, distances, evaluation...: no
 # server, no browser, no Keras model, no subprocess): under two minutes.

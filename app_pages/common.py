@@ -380,10 +380,11 @@ def tiles(key: str, count: int, width: int = TILE_PX) -> list:
 
 
 def result_grid(engine: Engine, ranked: dict, key: str = "", feedback: bool = False, query: tuple | None = None,
-                labels: set | None = None, width: int = TILE_PX) -> None:
+                labels: set | None = None, width: int = TILE_PX, why: Callable[[str], None] | None = None) -> None:
     """Thumbnails with rank, score and label; relevant ones marked green, others red. ``query``
     (image, caption) comes first, framed in blue: the query beside its results. ``labels``:
-    show only the results with these labels (their ranks stay those of the whole list)."""
+    show only the results with these labels (their ranks stay those of the whole list).
+    ``why``: each tile gets a *Why?* button calling ``why(result_id)`` (an on_click callback)."""
     hits = ranked["results"]
     if not hits:
         st.info("No results.")
@@ -406,6 +407,9 @@ def result_grid(engine: Engine, ranked: dict, key: str = "", feedback: bool = Fa
             except (CBIRError, OSError):
                 st.caption("(image removed)")
             st.markdown(hit_html(h), unsafe_allow_html=True)
+            if why is not None:
+                st.button("Why?", key=f"{key}::why::{h['id']}", on_click=why, args=(h["id"],), type="tertiary",
+                          help="Where this result and the query agree: heatmaps from the model's feature maps")
             if feedback:  # read back by the page from st.session_state on the next run (Refine):
                 # "ignore" draws a mark at once, with no rerun (a rerun per mark took 1.2-1.5 s)
                 # (kept while hidden by a label filter or another view: persist_state)

@@ -9,8 +9,9 @@ import streamlit as st
 from cbir.distances import METRICS
 from cbir.experiments import plan_runs
 from cbir.export import pr_html, pr_png, report_curves, reports_csv, reports_json
-from cbir.fusion import FUSION_METHODS, FUSIONS
+from cbir.fusion import DEFAULT_NORMALISATION, FUSION_METHODS, FUSIONS, NORMALISATIONS
 from cbir.tuning import SWEEP_METHODS, sweep_weights
+from cbir.significance import ALPHA, CONFIDENCE, N_RESAMPLES, compare_paired, pair_by_query
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, Rerank
 from app_pages.common import require_login, get_engine, long_job_slot, interpolated_figure, metric_label, model_label, protocol_note, show_error
 
@@ -37,9 +38,13 @@ with st.form("eval_form"):
     c1, c2 = st.columns([3, 2])
     models = c1.multiselect("Models", searchable, default=searchable[:1], format_func=model_label, key="eval_models")
     metrics = c2.multiselect("Metrics", list(METRICS), default=["cosine"], format_func=metric_label, key="eval_metrics")
-    c3, r1, r2, r3 = st.columns([2, 2, 0.8, 0.8])
+    c3, c4, r1, r2, r3 = st.columns([2, 1.3, 2, 0.8, 0.8])
     fusions = c3.multiselect("Fusions (2+ models)", FUSION_METHODS, default=[], format_func=lambda m: FUSIONS[m].label, key="eval_fusions",
                              help="With no weights to read, Weighted and weighted RRF use equal weights: tune them below")
+    norms = c4.multiselect("Normalisation", list(NORMALISATIONS), default=[DEFAULT_NORMALISATION], key="eval_norms",
+                           format_func=lambda n: NORMALISATIONS[n].label,
+                           help="Of each model's distances before an average or weighted fusion (one row each):\n\n"
+                           + "\n\n".join(f"**{n.label}**: {n.description}" for n in NORMALISATIONS.values()))
     reranks = r1.multiselect("Re-ranking (cosine only)", RERANK_METHODS, default=["none"], format_func=lambda m: RERANK_LABELS[m], key="eval_reranks")
     rr_n = r2.number_input("n", N_RANGE[0], N_RANGE[1], DEFAULT_N, key="eval_rerank_n")
     rr_alpha = r3.number_input("α", ALPHA_RANGE[0], ALPHA_RANGE[1], DEFAULT_ALPHA, 0.5, key="eval_rerank_alpha")
@@ -48,14 +53,22 @@ with st.form("eval_form"):
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def evaluate_cached(models: tuple[str, ...], metric: str, method: str | None, rerank: tuple, versions: tuple[str, ...],
-                    collection: str) -> dict:
+                    collection: str, normalisation: str = DEFAULT_NORMALISATION) -> dict:
     """Cached per store version and ``collection`` (its name and labels' digest: two folders of
     the same images under other labels share store versions): a second view is instant, a
     re-index recomputes."""
-    report = engine.evaluate(list(models), metric, method=method, rerank=Rerank(*rerank))
+    report = engine.evaluate(list(models), metric, method=method, rerank=Rerank(*rerank), normalisation=normalisation)
     out = report.to_dict()
     out["ap"] = [None if v != v else v for v in report.ap.tolist()]  # NaN: a left-out (singleton) query
+    out["query_ids"] = report.query_ids  # pairs the rows' APs query by query (the significance section)
     return out
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def compared(baseline: str, baseline_ids: tuple, baseline_ap: tuple, run: str, run_ids: tuple, run_ap: tuple) -> dict:
+    """The paired comparison of two rows (cbir.significance; ~1 s for 1,000 queries), cached."""
+    a, b = pair_by_query(baseline, baseline_ids, baseline_ap, run, run_ids, run_ap)
+    return compare_paired(baseline, a, run, b).to_dict()
 
 
 if go:
@@ -67,17 +80,23 @@ if go:
     else:
         bar = st.progress(0.0, text="Evaluating…")
         results = []
-        for i, (ms, metric, method, rr) in enumerate((j.models, j.metric, j.method, j.rerank) for j in jobs):
+        # an average or weighted fusion once per normalisation chosen; every other row once
+        runs = [(j, norm) for j in jobs for norm in ((norms or [DEFAULT_NORMALISATION]) if j.method and FUSIONS[j.method].normalised
+                                                     else [DEFAULT_NORMALISATION])]
+        for i, (job, norm) in enumerate(runs):
+            ms, metric, method, rr = job.models, job.metric, job.method, job.rerank
             name = model_label(ms[0]) if method is None else f"{FUSIONS[method].short} ({' + '.join(model_label(m).replace('EfficientNet-', '') for m in ms)})"
             if method is not None and FUSIONS[method].weighted:
                 name += " · equal weights"  # the form takes no weights (a Weighted row matched Average without a word)
+            if method is not None and FUSIONS[method].normalised and len(norms) > 1 or norm != DEFAULT_NORMALISATION:
+                name += f" · {NORMALISATIONS[norm].label}"
             rerank_key = (rr, int(rr_n), float(rr_alpha))
             if rr != "none":
                 name += f" + {RERANK_LABELS[rr]}"
-            bar.progress(i / len(jobs), text=f"Evaluating {name} · {metric_label(metric)} ({i + 1}/{len(jobs)})")
+            bar.progress(i / len(runs), text=f"Evaluating {name} · {metric_label(metric)} ({i + 1}/{len(runs)})")
             try:
                 versions = tuple(engine.store(m).version for m in ms)
-                rep = evaluate_cached(ms, metric, method, rerank_key, versions, engine.collection.labels_digest)
+                rep = evaluate_cached(ms, metric, method, rerank_key, versions, engine.collection.labels_digest, norm)
             except Exception as exc:
                 show_error(exc)
                 continue
@@ -122,6 +141,58 @@ def sweep_figure(sweep: dict):
     return fig
 
 
+def significance(results: list[dict]) -> None:
+    """Each row against a baseline row, paired query by query: the difference in mAP with its
+    95% bootstrap interval (a forest plot) and a paired randomisation test's p-value. The
+    comparisons are also written into the rows (the JSON download)."""
+    import plotly.graph_objects as pgo
+
+    st.subheader("Is the difference significant?")
+    labels = [r["label"] for r in results]
+    baseline_label = st.selectbox("Baseline", labels, index=0, key="eval_baseline",
+                                  help="Every other row is compared with this one on the queries both scored")
+    base = results[labels.index(baseline_label)]
+    rows = []
+    for r in results:
+        r.pop("comparison", None)
+        if r is base:
+            continue
+        try:
+            c = compared(base["label"], tuple(base.get("query_ids") or ()), tuple(base["ap"]),
+                         r["label"], tuple(r.get("query_ids") or ()), tuple(r["ap"]))
+        except Exception as exc:  # no shared queries: said for that row
+            st.caption(f"{r['label']}: {exc}")
+            continue
+        r["comparison"] = c
+        rows.append((r["label"], c))
+    if not rows:
+        return
+    colour = ["#16a34a" if c["significant"] and c["delta_mAP"] > 0 else "#dc2626" if c["significant"] else "#6b7280" for _, c in rows]
+    fig = pgo.Figure(pgo.Scatter(
+        x=[c["delta_mAP"] for _, c in rows], y=[name for name, _ in rows], mode="markers",
+        marker=dict(size=11, color=colour),
+        error_x=dict(type="data", symmetric=False, array=[c["ci95"][1] - c["delta_mAP"] for _, c in rows],
+                     arrayminus=[c["delta_mAP"] - c["ci95"][0] for _, c in rows], thickness=2, width=6),
+        customdata=[[c["ci95"][0], c["ci95"][1], c["p_value"], c["queries_paired"]] for _, c in rows],
+        hovertemplate="Δ mAP %{x:+.4f}<br>95% CI %{customdata[0]:+.4f} to %{customdata[1]:+.4f}<br>"
+                      "p = %{customdata[2]:.3g} · %{customdata[3]} queries<extra>%{y}</extra>"))
+    fig.add_vline(x=0, line_dash="dash", line_color="grey")
+    fig.update_layout(title=f"Δ mAP against {baseline_label} (95% bootstrap interval)", xaxis_title="Δ mAP (row − baseline)",
+                      height=max(220, 110 + 44 * len(rows)), margin=dict(l=10, r=10, t=50, b=40), showlegend=False)
+    fig.update_yaxes(autorange="reversed")
+    st.plotly_chart(fig, key="eval_significance")
+    st.dataframe(pd.DataFrame([{"Row": name, "Δ mAP": c["delta_mAP"], "95% CI": f"{c['ci95'][0]:+.4f} to {c['ci95'][1]:+.4f}",
+                                "p-value": c["p_value"], "Queries paired": c["queries_paired"],
+                                "Verdict": ("significantly " + ("better" if c["delta_mAP"] > 0 else "worse")) if c["significant"] else "not significant"}
+                               for name, c in rows]),
+                 hide_index=True, width="stretch", column_config={"Δ mAP": st.column_config.NumberColumn(format="%+.4f"),
+                                                                  "p-value": st.column_config.NumberColumn(format="%.4f")})
+    st.caption(f"Paired over the queries both rows scored: the mean difference of their APs, its {CONFIDENCE:.0%} bootstrap "
+               f"interval (BCa, {N_RESAMPLES:,} resamples of the queries) and a two-sided paired randomisation test (each "
+               f"query's two APs swapped at random; Smucker et al. 2007); significant below p = {ALPHA:g}. The smallest "
+               f"p-value {N_RESAMPLES:,} resamples can show is about {2 / (N_RESAMPLES + 1):.4f}.")
+
+
 def show_results(results: list[dict]) -> None:
     """The table, the PR curves, the downloads and the per-class heatmap of the last run."""
 
@@ -146,6 +217,8 @@ def show_results(results: list[dict]) -> None:
         column_config={c: st.column_config.ProgressColumn(c, format="%.3f", min_value=0, max_value=1) for c in ("mAP", "P@10", "P@20", "R-precision")},
     )
     st.plotly_chart(interpolated_figure(results), key="eval_pr")
+    if len(results) > 1:
+        significance(results)
     downloads = st.container(horizontal=True)  # each button as wide as its label (two read "⬇ PR figur…")
     for label, make, ext, mime in (
             ("⬇ CSV", lambda: reports_csv(results), "csv", "text/csv"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
 import streamlit as st
@@ -11,8 +12,9 @@ from cbir.config import get_settings
 from cbir.distances import METRICS
 from cbir.errors import CBIRError
 from cbir.export import search_csv, search_json
-from cbir.extractors import MODELS, default_model
-from cbir.fusion import FUSION_METHODS, FUSIONS
+from cbir.explain import png, render
+from cbir.extractors import FAMILIES, MODELS, default_model, get_spec
+from cbir.fusion import DEFAULT_NORMALISATION, FUSION_METHODS, FUSIONS, NORMALISATIONS
 from cbir.index import AUTO, BACKENDS, backend_label
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, ROCCHIO_TEXT, Rerank
 from cbir.request import parse_search
@@ -64,6 +66,7 @@ read_link({  # a hand-written link may name a setting by its key (metric=euclide
     "models": (searchable, model_label, True), "metric": (list(METRICS), metric_label, False),
     "k": ([10, 20, 50], str, False), "rerank": (list(RERANK_METHODS), RERANK_LABELS.get, False),
     "index": ([AUTO, *BACKENDS], backend_label, False), "fusion": (list(FUSION_METHODS), lambda m: FUSIONS[m].label, False),
+    "norm": (list(NORMALISATIONS), lambda n: NORMALISATIONS[n].label, False),
     "view": ([TABS, SIDE_BY_SIDE], str, False)}, "app_pages/search.py", also=unknown_image)
 
 # a link (or the Map's Open in Search) searches at once, with the picker folded: the results in view
@@ -220,12 +223,17 @@ def fusion_controls() -> tuple[str | None, dict | None]:
     results, so tuning them redraws only the results (no new search)."""
     if len(models) < 2:
         return None, None
-    c1, c2 = st.columns([1, 2], vertical_alignment="bottom")
+    c1, c0, c2 = st.columns([1, 1, 2], vertical_alignment="bottom")
     method = c1.selectbox("Fusion", FUSION_METHODS, format_func=lambda m: FUSIONS[m].label, key="fusion", **KEPT,
                           help="\n\n".join(f"**{f.label}**: `{f.formula}`" for f in FUSIONS.values())
-                          + "\n\n(d_m: model m's distances, min-max normalised per query)")
-    # one line under the row (three in the narrow column pushed the first result row below the fold)
-    formula = f"`{FUSIONS[method].formula}` (d_m: model m's distances, min-max normalised per query)"
+                          + "\n\n(d_m: model m's distances to the query; norm: as *Normalisation* says)")
+    formula = f"`{FUSIONS[method].formula}`"
+    if FUSIONS[method].normalised:  # rank fusion reads ranks: no normalisation to choose
+        norm = c0.selectbox("Normalisation", list(NORMALISATIONS), format_func=lambda n: NORMALISATIONS[n].label, key="norm",
+                            **KEPT, help="How each model's distances are made comparable before they are averaged:\n\n"
+                            + "\n\n".join(f"**{n.label}**: {n.description}" for n in NORMALISATIONS.values()))
+        # one line under the row (three in the narrow column pushed the first result row below the fold)
+        formula += f" (d_m: model m's distances to the query; norm: {NORMALISATIONS[norm].description})"
     weights = None
     if FUSIONS[method].weighted:  # sliders only where they change something
         with c2:
@@ -240,10 +248,15 @@ def fusion_controls() -> tuple[str | None, dict | None]:
     return method, weights
 
 
+def chosen_normalisation(method) -> str | None:
+    """The score normalisation the fusion ``method`` uses (None: it reads ranks, or no fusion)."""
+    return st.session_state.get("norm") or DEFAULT_NORMALISATION if method and FUSIONS[method].normalised else None
+
+
 def fusion_state(method, weights) -> tuple:
-    """The fusion asked for: models, method and the weights it uses."""
+    """The fusion asked for: models, method, the weights and the normalisation it uses."""
     used = None if method in (None, "average") else tuple(sorted((weights or {}).items()))
-    return tuple(models), method, used
+    return tuple(models), method, used, chosen_normalisation(method)
 
 
 def refuse_live(result: dict, method, weights) -> tuple[dict, float | None]:
@@ -254,11 +267,12 @@ def refuse_live(result: dict, method, weights) -> tuple[dict, float | None]:
     if inputs is None or not method or now == shown or set(models) != set(result["models"]):
         return result, None
     try:
-        combined = inputs.fuse(method, weights)
+        combined = inputs.fuse(method, weights, chosen_normalisation(method))
     except Exception as exc:
         show_error(exc)
         return result, None
-    result = {**result, "combined": combined.to_dict(), "method": method, "weights": dict(weights or {}) if method != "average" else None}
+    result = {**result, "combined": combined.to_dict(), "method": method, "weights": dict(weights or {}) if method != "average" else None,
+              "normalisation": chosen_normalisation(method)}
     st.session_state.update(search_result=result, search_fusion=now)
     return result, combined.seconds
 
@@ -285,7 +299,8 @@ def do_search(feedback: list[dict], method, weights) -> None:
     try:
         with st.spinner("Searching…"):
             request = parse_search(used, metric, int(top_k), image_id=image_id, image=image_bytes, method=method,
-                                   weights=weights, rerank=rerank, feedback=feedback, backend=backend)
+                                   weights=weights, rerank=rerank, feedback=feedback, backend=backend,
+                                   normalisation=chosen_normalisation(method))
             served = service.search(request, with_inputs=len(request.models) > 1)
     except Exception as exc:
         show_error(exc)
@@ -406,6 +421,59 @@ def query_tile(result: dict) -> tuple | None:
     return None
 
 
+def explainable(names) -> list[str]:
+    """The models among ``names`` this server can explain with (an extractor, not imported features)."""
+    return [m for m in names if FAMILIES[get_spec(m).family].extracts]
+
+
+def ask_why(model: str | None, result_id: str) -> None:
+    """A tile's *Why?*: open the explanation of this result (drawn by this run's results panel)."""
+    st.session_state["search_why"] = {"result": result_id, "model": model}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def explained(collection_digest: str, model: str, query_id: str | None, upload: bytes | None, result_id: str,
+              _engine) -> tuple[bytes, dict]:
+    """The rendered pair (PNG) and the explanation's numbers, cached per collection, model,
+    query and result: a dialog rerun (another model) or a second look costs nothing."""
+    explanation, query_img, result_img = _engine.explain(model, result_id, image_id=query_id, image=upload)
+    return png(render(explanation, query_img, result_img)), explanation.to_dict()
+
+
+@st.dialog("Why did this match?", width="large")
+def why_dialog(target: dict, result: dict) -> None:
+    """The query and one result with heatmaps of where they agree (cbir.explain)."""
+    query = result["query"]
+    choices = explainable(result["models"])
+    if not choices:
+        st.warning("The models of this search hold features computed elsewhere: this server has no feature maps of them "
+                   "to explain a match with. Search with a model it extracts (e.g. EfficientNet-Lite0).", icon="🧩")
+        return
+    start = target["model"] if target["model"] in choices else choices[0]
+    model = st.segmented_control("Model", choices, default=start, format_func=model_label, key="search_why_model",
+                                 required=True) if len(choices) > 1 else start
+    upload = image_bytes if query["id"] is None else None
+    if query["id"] is None and upload is None:
+        st.warning("The uploaded query is no longer on the page: upload it again to see why it matched.", icon="🔄")
+        return
+    try:
+        with st.spinner("Reading both images' feature maps…"):
+            picture, numbers = explained(collection.labels_digest, model or start, query["id"], upload, target["result"], engine)
+    except CBIRError as exc:
+        show_error(exc)
+        return
+    title = f"query {plain(query['id'])}" if query["id"] else "the uploaded query"
+    st.markdown(f"**{title}** (left) and **result {plain(target['result'])}** (right) · {model_label(model or start)}")
+    st.image(picture, width="stretch")
+    (hq, wq), (hr, wr) = numbers["grid"]["query"], numbers["grid"]["result"]
+    st.caption(
+        f"Bright: this part of one image resembles the other image as a whole (one colour scale for both). Numbered lines "
+        f"join the {len(numbers['pairs'])} best-matching pairs of locations. The model sees the query as a {hq}x{wq} grid of "
+        f"feature vectors (the result as {hr}x{wr}); the maps split the cosine similarity of the two descriptors, "
+        f"**{numbers['similarity']:.3f}**, exactly (each map's mean). "
+        f"Computed in {1000 * numbers['seconds']:.0f} ms.")
+
+
 @st.fragment
 def results_panel() -> None:
     """Everything below the query: fusion, results, PR curves, feedback. A fragment: a fusion
@@ -440,6 +508,8 @@ def results_panel() -> None:
     notes = []
     if live is not None:
         used = "" if not result.get("weights") else " (" + ", ".join(f"{model_label(m)} {w:g}" for m, w in result["weights"].items()) + ")"
+        norm = result.get("normalisation")
+        used += f", {NORMALISATIONS[norm].label} normalisation" if norm and norm != DEFAULT_NORMALISATION else ""
         notes.append(f"Re-fused live with {FUSIONS[result['method']].label}{used} in {1000 * live:.1f} ms, from the rankings already computed")
     if result.get("rerank"):
         notes.append(f"Re-ranked with {RERANK_LABELS[result['rerank']['method']]} (n={result['rerank']['n']}, α={result['rerank']['alpha']:g})")
@@ -456,6 +526,10 @@ def results_panel() -> None:
         st.caption(note)
     names = list(result["models"]) + (["combined"] if result.get("combined") else [])
     view, only = view_controls(result, names)
+
+    def why_for(name: str):  # a model's list explains with that model; Combined with the first it can
+        return functools.partial(ask_why, name if name != "combined" else next(iter(explainable(result["models"])), None))
+
     grid_key = f"search_fb_{st.session_state.get('search_fb_gen', 0)}_"
     if view == SIDE_BY_SIDE:  # the lists in columns, for comparing models in class
         tile = query_tile(result)
@@ -469,7 +543,7 @@ def results_panel() -> None:
                 st.markdown(f"**{model_label(name) if name != 'combined' else 'Combined'}**")
                 measures_line(name, ranked, result)
                 # two a row in a third of a projector's width (one 136 px tile a row left half of it empty)
-                result_grid(engine, ranked, key=grid_key + name, feedback=True, labels=only, width=SIDE_TILE_PX)
+                result_grid(engine, ranked, key=grid_key + name, feedback=True, labels=only, width=SIDE_TILE_PX, why=why_for(name))
         pr_plot(names[-1], result.get("combined") or result["models"][names[-1]], result, rounds)
     else:
         # the same labels whatever the fusion method, and a key: re-fusing keeps the tab the class is looking at
@@ -479,9 +553,13 @@ def results_panel() -> None:
             ranked = result["combined"] if name == "combined" else result["models"][name]
             with tab:
                 measures_line(name, ranked, result)
-                result_grid(engine, ranked, key=grid_key + name, feedback=True, query=query_tile(result), labels=only)
+                result_grid(engine, ranked, key=grid_key + name, feedback=True, query=query_tile(result), labels=only,
+                            why=why_for(name))
                 pr_plot(name, ranked, result, rounds)
     feedback_bar(method, weights)
+    target = st.session_state.pop("search_why", None)
+    if target is not None:
+        why_dialog(target, result)
 
 
 

@@ -1,4 +1,4 @@
-"""`cbir` command line: index, search, evaluate, models, weights, users, api."""
+"""`cbir` command line: index, search, explain, evaluate, models, weights, users, api."""
 
 from __future__ import annotations
 
@@ -75,6 +75,14 @@ def _add_backend_options(sp) -> None:
     sp.add_argument("--backend", default=None, help=f"vector index: {', '.join(CHOICES)} (default: CBIR_INDEX_BACKEND, auto = "
                     "exact up to CBIR_EXACT_MAX vectors, FAISS above)")
     sp.add_argument("--depth", type=_bounded_int(1, 100_000), default=None, help="candidates per model from an approximate index (default 1000); AP is AP@depth")
+
+
+def _add_normalisation_option(sp) -> None:
+    from .fusion import DEFAULT_NORMALISATION, NORMALISATIONS
+
+    sp.add_argument("--normalisation", default=DEFAULT_NORMALISATION,
+                    help="score normalisation before average or weighted fusion: " + "; ".join(
+                        f"{n.name}: {n.description}" for n in NORMALISATIONS.values()) + " (default %(default)s)")
 
 
 def _add_rerank_options(sp) -> None:
@@ -172,6 +180,19 @@ def _index_one(args, settings, collection, model: str, weights: str, runner) -> 
         print(f"  ... and {len(skipped) - len(shown)} more (--all-skipped lists them all)")
 
 
+def _query_image(args) -> bytes | None:
+    """``--id`` or ``--image``: the query image's bytes (None for a collection id); raises
+    CBIRError unless exactly one is given, or for a missing file."""
+    if (args.id is None) == (args.image is None):
+        raise CBIRError("give exactly one query: --id or --image")
+    if args.image is None:
+        return None
+    p = Path(args.image)
+    if not p.is_file():
+        raise CBIRError(f"image file {p} does not exist")
+    return p.read_bytes()
+
+
 def cmd_search(args) -> int:
     from .index import get_backend
     from .request import parse_search
@@ -179,17 +200,10 @@ def cmd_search(args) -> int:
     _check_outputs(args.csv)
     engine = _engine(args)
     models = _models_arg(args.model)
-    if (args.id is None) == (args.image is None):
-        return _fail("give exactly one of --id or --image")
-    image = None
-    if args.image is not None:
-        p = Path(args.image)
-        if not p.is_file():
-            return _fail(f"image file {p} does not exist")
-        image = p.read_bytes()
+    image = _query_image(args)
     request = parse_search(models, args.metric, args.top_k, image_id=args.id, image=image, method=args.method,
                            weights=_weights_arg(args.weights, models), exclude_query=not args.include_query,
-                           rerank=_rerank_arg(args), backend=args.backend, depth=args.depth)
+                           rerank=_rerank_arg(args), backend=args.backend, depth=args.depth, normalisation=args.normalisation)
     resp = engine.search(request)
     if args.csv:
         from .export import search_csv
@@ -201,7 +215,7 @@ def cmd_search(args) -> int:
         return 0
     lists = list(resp.per_model.values()) + ([resp.fused] if resp.fused else [])
     for rl in lists:
-        title = rl.name if rl.name != "combined" else f"combined ({resp.method})"
+        title = rl.name if rl.name != "combined" else f"combined ({resp.method}{', ' + resp.normalisation if resp.normalisation else ''})"
         where = "" if get_backend(resp.backend).exact else f", {resp.backend} depth {resp.depth}"
         print(f"== {title}  [{resp.metric}, top {resp.top_k}{where}, {rl.seconds * 1000:.1f} ms]")
         for h in rl.hits:
@@ -216,10 +230,36 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    """Why did RESULT match the query? Heatmaps from the model's feature maps (cbir.explain)."""
+    from .explain import png, render
+    from .extractors import default_model
+
+    _check_outputs(args.out)
+    engine = _engine(args)
+    model = _models_arg(args.model)[0] if args.model else default_model()
+    image = _query_image(args)
+    explanation, query_image, result_image = engine.explain(model, args.result, image_id=args.id, image=image)
+    if args.out:
+        try:
+            Path(args.out).write_bytes(png(render(explanation, query_image, result_image)))
+        except OSError as exc:
+            raise CBIRError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+        print(f"wrote {args.out}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({**explanation.to_dict(), "query": args.id, "result": args.result}))
+        return 0
+    (hq, wq), (hr, wr) = explanation.query_map.shape, explanation.result_map.shape
+    print(f"{model}: cosine similarity {explanation.similarity:.4f} of the pooled descriptors, the mean of "
+          f"{hq * wq}x{hr * wr} location-pair terms ({explanation.seconds * 1000:.0f} ms); the best pairs "
+          f"(row,column of the {hq}x{wq} and {hr}x{wr} grids):")
+    for n, (q, r, c) in enumerate(explanation.pairs, 1):
+        print(f"{n:>3}  query {q[0]},{q[1]}  result {r[0]},{r[1]}  term {c:.4f}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from tqdm import tqdm
-
-    from .evaluation import PROTOCOL
 
     if args.plot and Path(args.plot).suffix.lower() not in (".html", ".png"):
         return _fail(f"--plot writes .html or .png, not {args.plot}")
@@ -228,12 +268,16 @@ def cmd_evaluate(args) -> int:
     models = _models_arg(args.model)
     weights = _weights_arg(args.weights, models)
     method = args.method if len(models) > 1 else None
-    bar = tqdm(total=len(engine.collection), unit="query", desc="evaluate", disable=args.quiet, file=sys.stderr)
-
     rerank = _rerank_arg(args)
+    settings = dict(models=models, metric=args.metric, method=method, weights=weights, rerank=rerank, backend=args.backend,
+                    depth=args.depth, normalisation=args.normalisation)
+    runs = [settings] + [_compare_arg(text, settings, args.method) for text in args.compare or []]  # all parsed before any work
+    bar = tqdm(total=len(engine.collection), unit="query", desc="evaluate", disable=args.quiet, file=sys.stderr)
     if args.feedback_rounds:
         if len(models) != 1:
             return _fail("--feedback-rounds evaluates one model at a time")
+        if args.compare:
+            return _fail("--compare compares evaluations; leave out --feedback-rounds")
         bar.close()
         reports = engine.evaluate_feedback(models[0], rounds=args.feedback_rounds, k=args.feedback_k, rerank=rerank)
         print(f"Rocchio feedback with the true labels of the top {args.feedback_k} ({models[0]}, cosine{', ' + rerank.label if rerank.active else ''})")
@@ -241,20 +285,100 @@ def cmd_evaluate(args) -> int:
             gain = "" if r == 0 else f"  ({rep.map - reports[0].map:+.4f} mAP)"
             print(f"round {r}: mAP={rep.map:.4f}  P@10={rep.p_at_10:.4f}  P@20={rep.p_at_20:.4f}{gain}")
         return 0
-    report = engine.evaluate(models, args.metric, method=method, weights=weights, progress=_tqdm_progress(bar), rerank=rerank,
-                             backend=args.backend, depth=args.depth, queries=args.queries, seed=args.seed, ties=args.ties)
+    report = engine.evaluate(progress=_tqdm_progress(bar), queries=args.queries, seed=args.seed, ties=args.ties, **settings)
     bar.close()
+    _print_report(report)
+    body = report.to_dict()
+    if len(runs) > 1:
+        from .significance import compare
+
+        body["comparisons"] = []
+        reports = [report]
+        for run in runs[1:]:
+            bar = tqdm(total=len(engine.collection), unit="query", desc="evaluate", disable=args.quiet, file=sys.stderr)
+            other = engine.evaluate(progress=_tqdm_progress(bar), queries=args.queries, seed=args.seed, ties=args.ties, **run)
+            bar.close()
+            print()
+            _print_report(other, per_class=False)
+            comparison = compare(report, other)
+            print(comparison.verdict())
+            body["comparisons"].append({**comparison.to_dict(), "report": other.to_dict()})
+            reports.append(other)
+        _write_report(args, body, [r.to_dict() for r in reports])
+    else:
+        _write_report(args, body)
+    return 0
+
+
+#: ``--compare`` keys: what a comparison run may change of the baseline run.
+COMPARE_KEYS = ("model", "metric", "method", "normalisation", "weights", "rerank", "rerank_n", "rerank_alpha", "backend", "depth")
+
+
+def _compare_arg(text: str, base: dict, method: str = "average") -> dict:
+    """``--compare "model=a,b method=rrf"``: the baseline run's settings with those changed."""
+    import shlex
+
+    from .distances import normalise_metric
+    from .fusion import fusion_method, normalisation_method
+    from .rerank import Rerank
+
+    run = dict(base)
+    rerank = {"method": base["rerank"].method, "n": base["rerank"].n, "alpha": base["rerank"].alpha}
+    try:
+        parts = shlex.split(text)
+    except ValueError as exc:
+        raise CBIRError(f"--compare {text!r}: {exc}") from None
+    if not parts:
+        raise CBIRError(f"--compare needs settings to change, e.g. --compare \"model=efficientnet_lite1\" (keys: {', '.join(COMPARE_KEYS)})")
+    for part in parts:
+        key, sep, value = part.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        if not sep or key not in COMPARE_KEYS:
+            raise CBIRError(f"--compare {text!r}: {part!r} is not KEY=VALUE with KEY one of {', '.join(COMPARE_KEYS)}")
+        if key == "model":
+            run["models"] = _models_arg(value)
+        elif key == "weights":
+            run["weights"] = value
+        elif key.startswith("rerank"):
+            rerank[key.removeprefix("rerank_") if key != "rerank" else "method"] = value
+        elif key == "depth":
+            run["depth"] = _bounded_int(1, 100_000)(value)
+        elif key == "normalisation":
+            run[key] = normalisation_method(value).name
+        elif key == "metric":
+            run[key] = normalise_metric(value)
+        elif key == "method":
+            run[key] = fusion_method(value).name
+        else:
+            run[key] = value
+    try:
+        rerank = Rerank(rerank["method"], int(rerank["n"]), float(rerank["alpha"]))
+    except ValueError:
+        raise CBIRError(f"--compare {text!r}: rerank_n is a whole number and rerank_alpha a number") from None
+    run["rerank"] = rerank
+    if len(run["models"]) > 1:
+        run["method"] = run["method"] or method  # the --method asked for, when the baseline has one model
+    else:
+        run["method"] = None
+    if isinstance(run["weights"], str) or (run["weights"] and set(run["weights"]) != set(run["models"])):
+        run["weights"] = _weights_arg(run["weights"] if isinstance(run["weights"], str) else None, run["models"])
+    return run
+
+
+def _print_report(report, per_class: bool = True) -> None:
+    from .evaluation import PROTOCOL
+
     scored = f" (scored {report.n_scored}, {report.n_singleton} left out: singleton classes)" if report.n_singleton else ""
     print(f"{report.name}  metric={report.metric}  queries={report.n_queries}{scored}  ({report.seconds:.1f} s)")
     print(f"{report.map_label}={report.map:.4f}  P@10={report.p_at_10:.4f}  P@20={report.p_at_20:.4f}  R-precision={report.r_precision:.4f}")
-    print(f"{'class':<16}{'AP':>8}")
-    for c, v in report.per_class_ap.items():
-        print(f"{c:<16}{v:>8.4f}")
+    if per_class:
+        print(f"{'class':<16}{'AP':>8}")
+        for c, v in report.per_class_ap.items():
+            print(f"{c:<16}{v:>8.4f}")
     for note in report.notes:
         print(f"note: {note}")
-    print(f"protocol: {PROTOCOL}")
-    _write_report(args, report.to_dict())
-    return 0
+    if per_class:
+        print(f"protocol: {PROTOCOL}")
 
 
 def _check_outputs(*paths: str | None) -> None:
@@ -288,18 +412,21 @@ def _bounded_int(low: int, high: int):
     return parse
 
 
-def _write_report(args, report: dict) -> None:
-    """--json, --csv and --plot (.html or .png) of an evaluation report."""
+def _write_report(args, report: dict, reports: list[dict] | None = None) -> None:
+    """--json, --csv and --plot (.html or .png) of an evaluation report (``reports``: it and
+    the runs compared with it, one CSV row and one curve each)."""
     from .export import report_curves, reports_csv, write_figure
 
+    reports = reports or [report]
     if args.json:
         _write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.csv:
-        _write_text(args.csv, reports_csv([report]))
+        _write_text(args.csv, reports_csv(reports))
         print(f"wrote {args.csv}")
     if args.plot:
-        write_figure(args.plot, report_curves([report]), f"Mean 11-point interpolated PR: {report['name']}")
+        title = report["name"] if len(reports) == 1 else f"{len(reports)} runs"
+        write_figure(args.plot, report_curves(reports), f"Mean 11-point interpolated PR: {title}")
         print(f"wrote {args.plot}")
 
 
@@ -479,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", "-k", type=int, default=10)
     sp.add_argument("--method", default="average", help=method_help)
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
+    _add_normalisation_option(sp)
     sp.add_argument("--include-query", action="store_true", help="keep the query in its own results")
     _add_rerank_options(sp)
     _add_backend_options(sp)
@@ -486,12 +614,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--csv", metavar="FILE", help="also write the results as CSV, one row per hit of every list")
     sp.set_defaults(func=cmd_search)
 
+    sp = sub.add_parser("explain", help="why did a result match? heatmaps of where query and result agree")
+    common(sp)
+    sp.add_argument("result", help="the result: an image id of the collection")
+    sp.add_argument("--id", help="query: an image id of the collection")
+    sp.add_argument("--image", help="query: an image file")
+    sp.add_argument("--model", "-m", default=None, help="a model this server extracts (default: the default model)")
+    sp.add_argument("--out", "-o", metavar="FILE.png", help="write the pair with both heatmaps and the best pairs as PNG")
+    sp.add_argument("--json", action="store_true", help="print the maps, pairs and similarity as JSON")
+    sp.set_defaults(func=cmd_explain)
+
     sp = sub.add_parser("evaluate", help="mAP, P@10, P@20, R-precision and per-class AP")
     common(sp)
     sp.add_argument("--model", "-m", default=None, help="model or comma-separated models (fused)")
     sp.add_argument("--metric", default="cosine", help=metric_help)
     sp.add_argument("--method", default="average", help=method_help)
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
+    _add_normalisation_option(sp)
     _add_rerank_options(sp)
     _add_backend_options(sp)
     sp.add_argument("--queries", type=_bounded_int(1, 10_000_000), default=None, help="evaluate a seeded random sample of N queries (default: every labelled image)")
@@ -501,8 +640,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "R-precision: McSherry & Najork 2008)")
     sp.add_argument("--feedback-rounds", type=_bounded_int(0, 20), default=0, help="simulate N rounds of Rocchio feedback with the true labels")
     sp.add_argument("--feedback-k", type=_bounded_int(1, 1000), default=20, help="results judged per feedback round (default 20)")
-    sp.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    sp.add_argument("--csv", metavar="FILE", help="also write the report as CSV (summary and per-class AP)")
+    sp.add_argument("--compare", metavar="'KEY=VALUE ...'", action="append",
+                    help="also evaluate a run that changes these settings of this one (keys: " + ", ".join(COMPARE_KEYS)
+                    + "; e.g. 'rerank=aqe', 'model=efficientnet_lite0,efficientnet_lite1 method=rrf'), and say whether "
+                    "its mAP differs significantly: the paired difference, a 95%% bootstrap interval and a paired "
+                    "randomisation test's p-value over the queries both scored (repeatable)")
+    sp.add_argument("--json", metavar="FILE", help="also write the report as JSON (with the comparisons)")
+    sp.add_argument("--csv", metavar="FILE", help="also write the report as CSV (summary and per-class AP, a row per run)")
     sp.add_argument("--plot", metavar="FILE", help="also write the PR figure: FILE.html (interactive, offline) or FILE.png")
     sp.set_defaults(func=cmd_evaluate)
 

@@ -11,11 +11,13 @@ from dataclasses import replace
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
+from PIL import Image
 
 from . import distance_rows, experiments
 from .catalogue import StoreCatalogue
 from .errors import CBIRError
 from .evaluation import EvaluationReport
+from .explain import TOP_PAIRS, Explanation, explain_query
 from .extractors import FAMILIES, MODELS, build_extractor, get_spec, model_status
 from .fusion import fusion_method
 from .images import image_from_array, open_image, resize_rgb
@@ -144,6 +146,15 @@ class Engine(StoreCatalogue):
             return self.store(model).vector(query.image_id)
         return self._upload_vectors([model], query, {})[model]
 
+    def explain(self, model: str, result_id: str, image_id: str | None = None, image: bytes | np.ndarray | None = None,
+                top: int = TOP_PAIRS) -> tuple[Explanation, Image.Image, Image.Image]:
+        """Why ``result_id`` matched the query (a collection id, or an upload's bytes or array):
+        :func:`cbir.explain.explain_query` under ``model`` (built once, as for a search)."""
+        spec = get_spec(model)
+        query = self._with_label(Query(image_id=image_id, image=image))
+        return explain_query(self.collection, spec, lambda: self.extractor(spec.name), query, str(result_id),
+                             self.settings.max_image_pixels, top)
+
     # -- search ---------------------------------------------------------------------
     def _distance_rows(self, request: SearchRequest, stores: Mapping[str, FeatureStore], backend: str, depth: int,
                        space: IdSpace) -> tuple[list[str], dict[str, np.ndarray], dict[str, float]]:
@@ -202,7 +213,7 @@ class Engine(StoreCatalogue):
                      for m, d in dists.items()}
         fused = None
         if request.method:
-            fused = inputs.fuse(request.method, request.weight_map)
+            fused = inputs.fuse(request.method, request.weight_map, request.normalisation)
             timings["fusion"] = fused.seconds
         timings["total"] = time.perf_counter() - start
         return SearchResponse(
@@ -211,19 +222,22 @@ class Engine(StoreCatalogue):
             weights=request.weight_map if (request.weights and fused is not None and fusion_method(request.method).weighted) else None,
             rerank=request.rerank, feedback_rounds=len(request.feedback), timings=timings, backend=backend, depth=depth,
             inputs=inputs, collection=self.collection.name,
+            normalisation=request.normalisation if fused is not None and fusion_method(request.method).normalised else None,
         )
 
     # -- experiments (cbir.experiments) ------------------------------------------------
     def evaluate(self, models: Sequence[str] | str, metric: str = "cosine", method: str | None = None,
                  weights: Mapping[str, float] | None = None, progress: Callable[[int, int], None] | None = None,
                  rerank: Rerank | None = None, backend: str | None = None, depth: int | None = None,
-                 queries: int | None = None, seed: int = 0, ties: str = "stable") -> EvaluationReport:
+                 queries: int | None = None, seed: int = 0, ties: str = "stable",
+                 normalisation: str | None = None) -> EvaluationReport:
         """Every labelled image (or a seeded sample of ``queries``) as a query against the
         rest, for one model or a fusion (approximate backend: mAP at ``depth``); ``ties``:
-        "stable" or "average" (tie-aware figures)."""
+        "stable" or "average" (tie-aware figures); ``normalisation``: the fusion's score
+        normalisation (:data:`cbir.fusion.NORMALISATIONS`, default min-max)."""
         models = list(dict.fromkeys(get_spec(m).name for m in ([models] if isinstance(models, str) else list(models))))
         report = experiments.evaluate(self, models, metric, method, weights, progress, rerank, self.resolve_backend(backend, models, metric, rerank.method if rerank else None),
-                                      int(depth or self.settings.search_depth), queries, seed, ties)
+                                      int(depth or self.settings.search_depth), queries, seed, ties, normalisation)
         report.collection = self.collection.name
         return report
 

@@ -202,6 +202,7 @@ class EvaluationReport:
     tied_queries: int = 0
     tie_rule: str = "stable"
     collection: str | None = None  # the name of the collection evaluated
+    query_ids: list[str] | None = field(default=None, repr=False)  # the id of each query, in the order of ``ap``
 
     @property
     def n_scored(self) -> int:

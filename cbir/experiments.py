@@ -16,7 +16,7 @@ import numpy as np
 from .distances import normalise_metric
 from .errors import CBIRError, CollectionError, unknown, use_setting
 from .evaluation import TIE_RULES, EvaluationReport, evaluate_distances, merge_reports
-from .fusion import fuse
+from .fusion import DEFAULT_NORMALISATION, fuse, fusion_method, normalisation_method
 from .index import get_backend
 from .index.exact import ExactIndex
 from .rerank import Rerank, alpha_query_expansion, check_metric, rocchio
@@ -118,9 +118,11 @@ def evaluate(
     queries: int | None = None,
     seed: int = 0,
     ties: str = "stable",
+    normalisation: str | None = None,
 ) -> EvaluationReport:
     """Every labelled image as a query against the rest (or a seeded sample of ``queries``
-    of them, said in the report's name), for one model or a fusion; with an approximate
+    of them, said in the report's name), for one model or a fusion (its scores normalised
+    as ``normalisation`` says, :data:`cbir.fusion.NORMALISATIONS`); with an approximate
     ``backend``, over each query's ``depth`` candidates (mAP@depth)."""
     t_start = time.perf_counter()
     metric = normalise_metric(metric)
@@ -147,22 +149,35 @@ def evaluate(
             d = prepared[m].distances(queries[rows]).astype(np.float64)
             d[np.arange(rows.size), rows] = np.inf
             per[m] = d
-        d = per[models[0]] if len(models) == 1 else fuse(per, method=method, weights=weights)
+        d = per[models[0]] if len(models) == 1 else fuse(per, method=method, weights=weights, normalisation=normalisation)
         chunks.append(evaluate_distances(d, labels, rows, ties=ties))
         if progress:
             progress(start + rows.size, sample.size)
-    name = models[0] if len(models) == 1 else f"{method}({'+'.join(models)})"
-    if sample.size < n:
-        name += f" ({sample.size} of {n} queries, seeded sample, seed {seed})"
-    if rerank.active:
-        name += f" + {rerank.label}"
     exact = get_backend(backend).exact
-    if not exact:
-        name += f" [{backend}, mAP@{depth}]"
+    name = _run_name(models, method, normalisation, rerank, None if exact else (backend, depth),
+                     None if sample.size == n else (sample.size, n, seed))
     report = merge_reports(chunks, [labels[r] for r in sample], name, metric)
     report.seconds = time.perf_counter() - t_start
     report.depth = None if exact else depth
+    report.query_ids = [ids[r] for r in sample]  # pairs this run's AP with another run's (cbir.significance)
     return report
+
+
+def _run_name(models: Sequence[str], method: str | None, normalisation: str | None, rerank: Rerank,
+              approximate: tuple[str, int] | None, sampled: tuple[int, int, int] | None) -> str:
+    """An evaluation's name: the model or fusion (with a normalisation other than the
+    default), the query sample, the re-ranking and an approximate index."""
+    name = models[0] if len(models) == 1 else f"{method}({'+'.join(models)})"
+    norm = normalisation_method(normalisation)
+    if len(models) > 1 and fusion_method(method).normalised and norm.name != DEFAULT_NORMALISATION:
+        name += f" [{norm.name}]"
+    if sampled:
+        name += f" ({sampled[0]} of {sampled[1]} queries, seeded sample, seed {sampled[2]})"
+    if rerank.active:
+        name += f" + {rerank.label}"
+    if approximate:
+        name += f" [{approximate[0]}, mAP@{approximate[1]}]"
+    return name
 
 
 def evaluate_feedback(catalogue: StoreCatalogue, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:
@@ -184,6 +199,7 @@ def evaluate_feedback(catalogue: StoreCatalogue, model: str, rounds: int = 1, k:
             if r < rounds:
                 tops.append(np.argsort(d, axis=1, kind="stable")[:, :k])
         reports.append(merge_reports(chunks, labels, f"{model} feedback round {r}", "cosine"))
+        reports[-1].query_ids, reports[-1].collection = list(ids), catalogue.collection.name
         if r < rounds:
             queries = _feedback_round(queries, db, np.concatenate(tops), lab)
     return reports

@@ -140,11 +140,13 @@ class FusionInputs:
     top_k: int
     depth: int | None = None
 
-    def fuse(self, method: str, weights: Mapping[str, float] | None = None) -> RankedList:
-        """The combined ranked list (and its metrics) for ``method`` and ``weights``."""
+    def fuse(self, method: str, weights: Mapping[str, float] | None = None, normalisation: str | None = None) -> RankedList:
+        """The combined ranked list (and its metrics) for ``method``, ``weights`` and the
+        score ``normalisation`` (:data:`cbir.fusion.NORMALISATIONS`; default min-max)."""
         from .fusion import fuse
 
         start = time.perf_counter()
-        fused = fuse({m: d[None, :] for m, d in self.distances.items()}, method=method, weights=weights)[0]
+        fused = fuse({m: d[None, :] for m, d in self.distances.items()}, method=method, weights=weights,
+                     normalisation=normalisation)[0]
         return rank_distances("combined", fused, self.ids, self.labels, self.query_label, self.top_k,
                               seconds=time.perf_counter() - start, depth=self.depth, label_counts=self.label_counts)

@@ -19,7 +19,7 @@ import numpy as np
 from .distances import normalise_metric
 from .errors import CBIRError, RequestError, UnknownNameError
 from .extractors import get_spec
-from .fusion import check_weights, fusion_method
+from .fusion import check_weights, fusion_method, normalisation_method
 from .index import check_backend
 from .ranking import FusionInputs, RankedList
 from .rerank import DEFAULT_ALPHA, DEFAULT_N, FeedbackRound, Rerank, check_metric, feedback_rounds
@@ -91,6 +91,7 @@ class SearchRequest:
     feedback: tuple[FeedbackRound, ...] = ()
     backend: str | None = None
     depth: int | None = None
+    normalisation: str = "minmax"  # the fusion's score normalisation (cbir.fusion.NORMALISATIONS)
 
     @property
     def weight_map(self) -> dict[str, float] | None:
@@ -112,6 +113,7 @@ class SearchRequest:
             "feedback": [{"relevant": list(r.relevant), "non_relevant": list(r.non_relevant)} for r in self.feedback] or None,
             "backend": backend,
             "depth": depth,
+            "normalisation": self.normalisation if self.method else None,
         }
 
 
@@ -229,6 +231,7 @@ def parse_search(
     feedback: Sequence[FeedbackRound | Mapping] | None = None,
     backend: str | None = None,
     depth: int | None = None,
+    normalisation: str | None = None,
 ) -> SearchRequest:
     """The one parser of a search, for every front end.
 
@@ -240,7 +243,7 @@ def parse_search(
     that says what to do: 422 in the API, exit 2 in the CLI."""
     try:
         return _parse(models, metric, top_k, query, image_id, image, exclude_query, method, weights, rerank, feedback,
-                      backend, depth)
+                      backend, depth, normalisation)
     except (UnknownNameError, RequestError):
         raise
     except CBIRError as exc:  # check_weights, Rerank, feedback_rounds, check_metric: one class for a bad request
@@ -248,7 +251,7 @@ def parse_search(
 
 
 def _parse(models, metric, top_k, query, image_id, image, exclude_query, method, weights, rerank, feedback,
-           backend, depth) -> SearchRequest:
+           backend, depth, normalisation=None) -> SearchRequest:
     names = _models(models)
     metric, k = normalise_metric(metric), check_top_k(top_k)
     method = None if method is None else fusion_method(method).name  # "RRF" is rrf
@@ -267,6 +270,7 @@ def _parse(models, metric, top_k, query, image_id, image, exclude_query, method,
         feedback=rounds,
         backend=None if backend is None else check_backend(backend),
         depth=_depth(depth),
+        normalisation=normalisation_method(normalisation).name,
     )
 
 
@@ -297,6 +301,7 @@ class SearchResponse:
     depth: int | None = None
     inputs: FusionInputs | None = field(default=None, repr=False)  # for re-fusion; not part of the JSON
     collection: str | None = None  # the name of the collection searched
+    normalisation: str | None = None  # the fusion's score normalisation (average and weighted)
 
     def to_dict(self) -> dict:
         """The JSON body the API returns (and the CLI's ``--json``, the exports)."""
@@ -309,6 +314,7 @@ class SearchResponse:
             "combined": None if self.fused is None else self.fused.to_dict(),
             "method": self.method,
             "weights": self.weights,
+            "normalisation": self.normalisation,
             "rerank": None if self.rerank is None or not self.rerank.active else {"method": self.rerank.method, "n": self.rerank.n, "alpha": self.rerank.alpha},
             "feedback_rounds": self.feedback_rounds,
             "backend": self.backend,

@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from ..distances import METRIC_ALIASES, METRICS
-from ..fusion import FUSION_METHODS
+from ..fusion import FUSION_METHODS, NORMALISATIONS
 from ..index import CHOICES
 from ..rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, MAX_FEEDBACK_ROUNDS, N_RANGE, RERANK_METHODS, FeedbackRound
 from ..auth.records import ROLES
@@ -70,6 +70,9 @@ class SearchBody(BaseModel):
 class CombinedSearchBody(SearchBody):
     method: Method = "average"
     weights: dict[str, float] | None = Field(None, description="per-model weights for method=weighted (non-negative)")
+    normalisation: Literal[tuple(NORMALISATIONS)] = Field(
+        "minmax", description="score normalisation before average or weighted fusion: "
+        + "; ".join(f"{n.name}: {n.description}" for n in NORMALISATIONS.values()))
 
 
 class UpdateUserRequest(BaseModel):

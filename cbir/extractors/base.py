@@ -21,6 +21,7 @@ class Extractor:
         self.model = model
         self._preprocess = preprocess
         self._predict = None
+        self._maps = None  # the model up to its pooling, built on first use
 
     @property
     def name(self) -> str:
@@ -39,3 +40,21 @@ class Extractor:
             model = self.model
             self._predict = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
         return np.asarray(self._predict(x), dtype=np.float32)
+
+    def feature_maps(self, batch_uint8: np.ndarray) -> np.ndarray:
+        """(b, s, s, 3) uint8 RGB -> (b, h, w, dim) float32: the final convolutional feature
+        maps whose global average is :meth:`features` (h = w = 7 for a 224-px input). Raises
+        :class:`~cbir.errors.CBIRError` for a model that does not end in global average pooling."""
+        if self._maps is None:
+            import keras
+            import tensorflow as tf
+
+            last = self.model.layers[-1]
+            if not isinstance(last, keras.layers.GlobalAveragePooling2D):
+                from ..errors import CBIRError
+
+                raise CBIRError(f"{self.spec.label} does not end in global average pooling: it has no feature maps to explain")
+            maps = keras.Model(self.model.inputs, last.input, name=f"{self.spec.name}_maps")  # shares the weights
+            self._maps = tf.function(lambda t: maps(t, training=False), reduce_retracing=True)
+        x = self._preprocess(np.asarray(batch_uint8, dtype=np.float32))
+        return np.asarray(self._maps(x), dtype=np.float32)

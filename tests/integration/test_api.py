@@ -3,7 +3,6 @@
 import io
 import time
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -115,6 +114,12 @@ def test_search_combined(client):
     assert bad.status_code == 422 and "non-negative" in bad.json()["error"]
     one = client.post("/api/search_combined", json={**body, "models": ["efficientnet_lite0"]}, headers=h)
     assert one.status_code == 422
+    # the score normalisation of an average fusion is a choice, echoed in the answer (RRF reads ranks: none)
+    assert data["normalisation"] is None
+    z = client.post("/api/search_combined", json={**body, "method": "average", "normalisation": "zscore"}, headers=h).json()
+    assert z["normalisation"] == "zscore" and z["combined"]["precision_at_k"] >= 0.9
+    bad = client.post("/api/search_combined", json={**body, "method": "average", "normalisation": "softmax"}, headers=h)
+    assert bad.status_code == 422 and "normalisation" in bad.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -307,3 +312,22 @@ def test_evaluate_route_reproduces_the_cli_and_counts_singleton_queries(client):
     assert "a class of one" not in body["per_class_AP"] and any("left out" in n for n in body["notes"])
     assert body["tie_rule"] == "average"
     assert client.post("/api/evaluate", json={"models": ["efficientnet_lite0"], "ties": "random"}, headers=h).status_code == 422
+
+
+def test_evaluate_route_compares_runs_on_the_same_queries(client):
+    """``compare``: each run changes some settings of the first; the answer says whether each
+    differs significantly, paired by query (as ``cbir evaluate --compare``)."""
+    h = login(client)
+    r = client.post("/api/evaluate", json={"models": ["efficientnet_lite0"], "compare": [
+        {"models": ["efficientnet_lite0", "efficientnet_lite1"]},
+        {"models": ["efficientnet_lite0", "efficientnet_lite1"], "normalisation": "rank"}]}, headers=h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    fused, ranked = body["comparisons"]
+    assert fused["report"]["name"] == "average(efficientnet_lite0+efficientnet_lite1)" and fused["significant"]
+    assert ranked["report"]["name"] == "average(efficientnet_lite0+efficientnet_lite1) [rank]"
+    for c in (fused, ranked):
+        assert c["queries_paired"] == 1000 and abs(c["delta_mAP"] - (c["report"]["mAP"] - body["mAP"])) < 2e-6  # each rounded to 6 decimals
+        assert c["ci95"][0] <= c["delta_mAP"] <= c["ci95"][1]
+    r = client.post("/api/evaluate", json={"models": ["efficientnet_lite0"], "compare": [{"colour": "red"}]}, headers=h)
+    assert r.status_code == 422

@@ -289,6 +289,43 @@ def test_a_hand_written_link_names_settings_by_key_and_says_what_it_left_out(pag
     expect(page).not_to_have_url(re.compile(r"[?&](k|models)="))  # (the URL follows the run: waited for)
 
 
+def test_why_did_this_match_opens_the_pair_with_its_heatmaps(page, app_server):
+    """*Why?* under a result opens the query and that result with their heatmaps, for a
+    collection query (with two models: the dialog switches between them) and for an upload."""
+    logged_in(page)
+    page.goto(f"{app_server.url}/?q=412&models=efficientnet_lite0&models=efficientnet_lite1")
+    page.get_by_text("Results for query 412", exact=False).wait_for(timeout=TIMEOUT)
+    page.get_by_role("tab", name="EfficientNet-Lite0").click()
+    panel = page.get_by_role("tabpanel", name="EfficientNet-Lite0")
+    second = panel.locator(".cbir-hit").nth(1)
+    result_id = re.search(r"id (\S+)", second.inner_text()).group(1)
+    dialog = page.get_by_role("dialog")
+    click_until(page, panel.get_by_role("button", name="Why?").nth(1), dialog)
+    expect(dialog).to_contain_text(f"query 412 (left) and result {result_id} (right) · EfficientNet-Lite0", timeout=TIMEOUT)
+    expect(dialog).to_contain_text(re.compile(r"split the cosine similarity of the two descriptors, \d\.\d{3}, exactly"))
+    picture = dialog.locator("img").first
+    expect(picture).to_be_visible()
+    assert picture.evaluate("img => img.naturalWidth > img.naturalHeight")  # the pair side by side
+    settled(page)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    dialog.screenshot(path=str(SHOTS / "explain.png"))
+    dialog.get_by_role("radio", name="EfficientNet-Lite1").click()  # the same pair under the other model
+    expect(dialog).to_contain_text(f"result {result_id} (right) · EfficientNet-Lite1", timeout=TIMEOUT)
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    # an uploaded query (the search folded the picker away)
+    click_until(page, page.get_by_text("Query — choose another"), page.get_by_text("Upload", exact=True))
+    page.get_by_text("Upload", exact=True).click()
+    page.locator("input[type=file]").set_input_files(str(ROOT / "image.orig" / "412.jpg"))
+    page.get_by_text("uploaded query").wait_for()
+    run_search(page)
+    page.get_by_text("Results for uploaded image", exact=False).wait_for()
+    panel = page.get_by_role("tabpanel").first
+    click_until(page, panel.get_by_role("button", name="Why?").first, dialog)
+    expect(dialog).to_contain_text("the uploaded query (left) and result 412 (right)", timeout=TIMEOUT)
+    assert page.get_by_text("Traceback").count() == 0
+
+
 def test_a_label_filter_hides_results_and_keeps_their_marks(page, app_server):
     """"Show only" a label: the other tiles hide, their ranks and the measures stay those of the
     whole list, and a mark on a hidden result survives to Refine."""
@@ -376,6 +413,15 @@ def test_evaluate_page(page):
         with page.expect_download() as download:
             page.get_by_role("button", name=label).click()
         assert check(open(download.value.path(), "rb").read()), label
+    # every row against the first (the baseline), paired query by query: a forest plot, and in the JSON
+    page.get_by_text(re.compile("Δ mAP against EfficientNet-Lite0 · Cosine")).first.wait_for()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="⬇ JSON").click()
+    rows = json.loads(open(download.value.path()).read())
+    assert rows[0]["label"] == "EfficientNet-Lite0 · Cosine" and "comparison" not in rows[0]
+    assert all(r["comparison"]["queries_paired"] == 1000 and r["comparison"]["baseline"] == rows[0]["label"] for r in rows[1:])
+    dba = next(r["comparison"] for r in rows if r["label"] == "EfficientNet-Lite0 + DBA + αQE · Cosine")
+    assert dba["significant"] and dba["ci95"][0] > 0 and abs(dba["delta_mAP"] - (dba["run_mAP"] - dba["baseline_mAP"])) < 2e-6
     assert page.get_by_text("Protocol.").count() >= 1
     page.wait_for_timeout(1000)
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -82,3 +82,52 @@ def test_fusion_over_the_union_of_candidates_hand_worked():
     a2 = a.copy()
     a2[0, 0] = np.inf
     assert fuse({"a": a2, "b": b}, "average")[0, 0] == np.inf
+
+
+# -- score normalisations (cbir.fusion.NORMALISATIONS) ---------------------------------------
+def test_zscore_and_rank_hand_worked():
+    a = np.array([[1.0, 2.0, 3.0, np.inf]])  # the excluded query (+inf) counts in neither
+    b = np.array([[30.0, 10.0, 20.0, np.inf]])
+    z = fuse({"a": a, "b": b}, method="average", normalisation="zscore")[0]
+    za, zb = (np.array([1, 2, 3]) - 2) / np.sqrt(2 / 3), (np.array([30, 10, 20]) - 20) / np.sqrt(200 / 3)
+    np.testing.assert_allclose(z[:3], (za + zb) / 2)
+    assert z[3] == np.inf
+    r = fuse({"a": a, "b": b}, method="average", normalisation="Rank")[0]  # any case
+    np.testing.assert_allclose(r[:3], [(1 / 3 + 3 / 3) / 2, (2 / 3 + 1 / 3) / 2, (3 / 3 + 2 / 3) / 2])
+
+
+def test_minmax_over_the_top_union_ranks_the_union_first():
+    """Min and max over the union of each model's top N (N = 2 here: items 0, 1 from a and
+    4, 1 from b), the union ranked first, the rest after it in fused order."""
+    from cbir import fusion
+
+    a = np.array([[0.0, 1.0, 5.0, 6.0, 9.0, 100.0]])
+    b = np.array([[8.0, 2.0, 9.0, 7.0, 0.0, 3.0]])
+    old, fusion.TOP_N = fusion.TOP_N, 2
+    try:
+        fused = fuse({"a": a, "b": b}, method="average", normalisation="minmax_top")[0]
+    finally:
+        fusion.TOP_N = old
+    union = [0, 1, 4]
+    # a over the union {0, 1, 4}: min 0, max 9; b: min 0, max 8
+    np.testing.assert_allclose(fused[union], [(0 / 9 + 8 / 8) / 2, (1 / 9 + 2 / 8) / 2, (9 / 9 + 0 / 8) / 2])
+    assert set(np.argsort(fused)[:3]) == set(union)  # item 5 is not in a top 2: it comes after the union
+    assert fused[5] > fused[union].max() and fused[3] < fused[2]  # the rest in their fused order (3: 6/9+7/8 < 2: 5/9+9/8)
+
+
+def test_every_normalisation_keeps_exclusions_and_missing_items(rng):
+    from cbir.fusion import NORMALISATIONS
+
+    a, b = rng.random((3, 50)), rng.random((3, 50))
+    a[:, 7] = b[:, 7] = np.inf  # excluded
+    a[:, 9] = np.nan  # not returned by a; returned by b
+    a[:, 11] = b[:, 11] = np.nan  # returned by neither
+    for name in NORMALISATIONS:
+        out = fuse({"a": a, "b": b}, method="weighted", weights={"a": 1, "b": 2}, normalisation=name)
+        assert np.isinf(out[:, 7]).all() and np.isnan(out[:, 11]).all() and np.isfinite(out[:, 9]).all(), name
+        assert np.isfinite(np.delete(out, [7, 11], axis=1)).all(), name
+
+
+def test_an_unknown_normalisation_names_the_choices():
+    with pytest.raises(CBIRError, match="unknown normalisation 'softmax'; choose one of: minmax, minmax_top, rank, zscore"):
+        fuse({"a": np.ones((1, 3)), "b": np.ones((1, 3))}, normalisation="softmax")

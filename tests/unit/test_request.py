@@ -30,6 +30,18 @@ def test_one_parser_normalises_names_and_aliases():
     assert parse_search("efficientnet_lite0", image_id="1", method="rrf").method is None  # one model: nothing to fuse
 
 
+def test_the_normalisation_is_parsed_and_keys_the_cache():
+    """A fusion's score normalisation, any spelling; it is part of the result cache's key (two
+    normalisations, two results), and means nothing without a fusion."""
+    z = parse_search(LITE, image_id="1", method="average", normalisation="Z-Score")
+    assert z.normalisation == "zscore" and parse_search(LITE, image_id="1", method="average").normalisation == "minmax"
+    assert z.cache_fields("exact")["normalisation"] == "zscore"
+    assert parse_search(LITE, image_id="1", method="average").cache_fields("exact")["normalisation"] == "minmax"
+    assert parse_search(LITE[0], image_id="1", normalisation="rank").cache_fields("exact")["normalisation"] is None
+    with pytest.raises(UnknownNameError, match="unknown normalisation 'softmax'"):
+        parse_search(LITE, image_id="1", method="average", normalisation="softmax")
+
+
 def test_the_request_is_frozen():
     r = parse_search(LITE, image_id="1")
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -1,13 +1,14 @@
-"""The collection's images: a paged list, files, thumbnails, and the 2-D feature map."""
+"""The collection's images: a paged list, files, thumbnails, the 2-D feature map, and why two
+images match (explain maps)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from ...errors import CollectionError
 from ...maps import MAP_METHODS, embedding_map, map_cached
@@ -81,6 +82,49 @@ async def feature_map(
                          limited=fit)
     c = service.engine.collection
     return {**emap.to_dict(), "labels": [c.label_of(i) if i in c else None for i in emap.ids]}
+
+
+ExplainFormat = Annotated[Literal["png", "json"], Query(description="png: the pair with both maps overlaid; json: the maps as arrays")]
+ExplainModel = Annotated[str | None, Query(max_length=80, description="a model this server extracts; default: the default model")]
+EXPLAIN_RESPONSES = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody},
+                     200: {"content": {"image/png": {}, "application/json": {}}}}
+
+
+def _explained(service, model: str | None, result: str, image_id: str | None = None, image: bytes | None = None,
+               format: str = "png") -> Response:
+    """One explanation (a CNN pass over two images: run in a thread) as PNG or JSON."""
+    from ...explain import png, render
+    from ...extractors import default_model
+
+    explanation, query_image, result_image = service.engine.explain(model or default_model(), result, image_id=image_id, image=image)
+    body = {**explanation.to_dict(), "query": image_id, "result": result}
+    if format == "json":
+        return JSONResponse(body)
+    pairs = "; ".join(f"{q[0]},{q[1]}>{r[0]},{r[1]}" for q, r, _ in explanation.pairs)
+    return Response(png(render(explanation, query_image, result_image)), media_type="image/png",
+                    headers={"X-CBIR-Similarity": f"{explanation.similarity:.6f}", "X-CBIR-Pairs": pairs, "Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/explain", responses=EXPLAIN_RESPONSES, summary="Why did this match? Where a query and a result agree (heatmaps)")
+async def explain(service: Service, user: CurrentUser, query: Annotated[str, Query(max_length=512, description="the query's collection id")],
+                  result: Annotated[str, Query(max_length=512, description="the result's collection id")],
+                  model: ExplainModel = None, format: ExplainFormat = "png") -> Response:
+    """Each location of the query's final feature map against the result's descriptor, and the
+    reverse, as heatmaps over both images, with the best-matching location pairs (numbered
+    lines). The maps split the pooled descriptors' cosine similarity exactly: each map's mean is
+    ``similarity`` (JSON; the PNG's ``X-CBIR-Similarity`` header)."""
+    return await run_in_threadpool(_explained, service, model, result, query, None, format)
+
+
+@router.post("/explain", responses=EXPLAIN_RESPONSES, summary="Why did this match? An uploaded query against a collection image")
+async def explain_upload(service: Service, user: CurrentUser,
+                         image: Annotated[UploadFile, File(description="the query image (JPEG, PNG, ...)")],
+                         result: Annotated[str, Form(max_length=512, description="the result's collection id")],
+                         model: Annotated[str | None, Form(max_length=80)] = None,
+                         format: Annotated[Literal["png", "json"], Form()] = "png") -> Response:
+    """As ``GET /api/explain``, with the query uploaded as multipart field ``image``."""
+    data = await image.read()
+    return await run_in_threadpool(_explained, service, model, result, None, data, format)
 
 
 def _image_type(path) -> str:

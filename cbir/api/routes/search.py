@@ -120,7 +120,7 @@ def to_request(params, image: bytes | None) -> SearchRequest:
         params.models or [default_model()], params.metric, params.top_k, image_id=params.image_id, image=image,
         exclude_query=params.exclude_query, method=getattr(params, "method", None), weights=getattr(params, "weights", None),
         rerank=params.rerank.model_dump() if params.rerank else None, feedback=params.feedback,
-        backend=params.backend, depth=params.depth,
+        backend=params.backend, depth=params.depth, normalisation=getattr(params, "normalisation", None),
     )
 
 

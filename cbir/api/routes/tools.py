@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...distances import METRIC_ALIASES, METRICS
 from ...evaluation import TIE_RULES
-from ...fusion import FUSIONS
+from ...fusion import NORMALISATIONS, FUSIONS
 from ...errors import CBIRError
 from ...tuning import DEFAULT_STEP, MODELS_RANGE, STEP_RANGE, SWEEP_METHODS
 from ..deps import APIError, CurrentUser, Service, Users, client_source
@@ -64,6 +64,24 @@ class EvaluateRequest(BaseModel):
     ties: Literal[TIE_RULES] = Field("stable", description="stable: equal distances in collection order; average: tie-aware")
     queries: int | None = Field(None, ge=1, description="a seeded sample of this many queries (default: every labelled image)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the queries sample")
+    normalisation: Literal[tuple(NORMALISATIONS)] = Field("minmax", description="score normalisation of an average or weighted fusion")
+    compare: list["CompareRun"] | None = Field(None, max_length=4, description=(
+        "runs to compare with this one on the same queries: each changes some of models, metric, method, normalisation; "
+        "the answer's comparisons give the paired difference in mAP, its 95% bootstrap interval and a paired "
+        "randomisation test's p-value"))
+
+
+class CompareRun(BaseModel):
+    """A run compared with the evaluation's: the fields given replace the evaluation's."""
+
+    model_config = ConfigDict(extra="forbid")
+    models: list[str] | None = Field(None, min_length=1, max_length=MODELS_RANGE[1])
+    metric: str | None = Field(None, max_length=32)
+    method: Literal[tuple(FUSIONS)] | None = None
+    normalisation: Literal[tuple(NORMALISATIONS)] | None = None
+
+
+EvaluateRequest.model_rebuild()
 
 
 @router.post("/evaluate", responses=JOB_ERRORS, summary="mAP, P@10, P@20, R-precision and per-class AP over the collection")
@@ -73,14 +91,24 @@ async def evaluate_route(request: Request, service: Service, user: CurrentUser, 
     ``ties`` counts tied groups that mixed relevant and non-relevant images. A long job:
     CBIR_JOBS_PER_USER at once (429), stopped if the client goes."""
     engine = service.engine
-    method = body.method if len(body.models) > 1 else None
+    runs = [{"models": body.models, "metric": body.metric, "method": body.method, "normalisation": body.normalisation}]
+    runs += [{**runs[0], **run.model_dump(exclude_none=True)} for run in body.compare or []]
 
     def work(progress):
-        return engine.evaluate(body.models, body.metric, method=method, progress=progress, queries=body.queries,
-                               seed=body.seed, ties=body.ties)
+        from ...significance import compare
 
-    report = await run_job(request, user, work)
-    return report.to_dict()
+        reports = []
+        for i, run in enumerate(runs):
+            step = (lambda done, total, i=i: progress(i * total + done, len(runs) * total))
+            reports.append(engine.evaluate(run["models"], run["metric"], method=run["method"] if len(run["models"]) > 1 else None,
+                                           progress=step, queries=body.queries, seed=body.seed, ties=body.ties,
+                                           normalisation=run["normalisation"]))
+        body_out = reports[0].to_dict()
+        if len(reports) > 1:
+            body_out["comparisons"] = [{**compare(reports[0], other).to_dict(), "report": other.to_dict()} for other in reports[1:]]
+        return body_out
+
+    return await run_job(request, user, work)
 
 
 @router.post("/import_features", status_code=201, responses=IMPORT_ERRORS,
