@@ -259,8 +259,6 @@ def cmd_explain(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from tqdm import tqdm
-
     if args.plot and Path(args.plot).suffix.lower() not in (".html", ".png"):
         return _fail(f"--plot writes .html or .png, not {args.plot}")
     _check_outputs(args.json, args.csv, args.plot)
@@ -270,48 +268,82 @@ def cmd_evaluate(args) -> int:
     method = args.method if len(models) > 1 else None
     rerank = _rerank_arg(args)
     settings = dict(models=models, metric=args.metric, method=method, weights=weights, rerank=rerank, backend=args.backend,
-                    depth=args.depth, normalisation=args.normalisation)
+                    depth=args.depth, normalisation=args.normalisation, recipe=_recipe_arg(args.recipe))
     runs = [settings] + [_compare_arg(text, settings, args.method) for text in args.compare or []]  # all parsed before any work
-    bar = tqdm(total=len(engine.collection), unit="query", desc="evaluate", disable=args.quiet, file=sys.stderr)
+    for run in runs:
+        _check_recipe_run(run)
     if args.feedback_rounds:
         if len(models) != 1:
             return _fail("--feedback-rounds evaluates one model at a time")
-        if args.compare:
-            return _fail("--compare compares evaluations; leave out --feedback-rounds")
-        bar.close()
+        if args.compare or args.recipe:
+            return _fail("--feedback-rounds simulates feedback on the store's vectors; leave out --compare and --recipe")
         reports = engine.evaluate_feedback(models[0], rounds=args.feedback_rounds, k=args.feedback_k, rerank=rerank)
         print(f"Rocchio feedback with the true labels of the top {args.feedback_k} ({models[0]}, cosine{', ' + rerank.label if rerank.active else ''})")
         for r, rep in enumerate(reports):
             gain = "" if r == 0 else f"  ({rep.map - reports[0].map:+.4f} mAP)"
             print(f"round {r}: mAP={rep.map:.4f}  P@10={rep.p_at_10:.4f}  P@20={rep.p_at_20:.4f}{gain}")
         return 0
-    report = engine.evaluate(progress=_tqdm_progress(bar), queries=args.queries, seed=args.seed, ties=args.ties, **settings)
-    bar.close()
+    report = _evaluate_run(engine, runs[0], args)
     _print_report(report)
     body = report.to_dict()
-    if len(runs) > 1:
-        from .significance import compare
-
-        body["comparisons"] = []
-        reports = [report]
-        for run in runs[1:]:
-            bar = tqdm(total=len(engine.collection), unit="query", desc="evaluate", disable=args.quiet, file=sys.stderr)
-            other = engine.evaluate(progress=_tqdm_progress(bar), queries=args.queries, seed=args.seed, ties=args.ties, **run)
-            bar.close()
-            print()
-            _print_report(other, per_class=False)
-            comparison = compare(report, other)
-            print(comparison.verdict())
-            body["comparisons"].append({**comparison.to_dict(), "report": other.to_dict()})
-            reports.append(other)
-        _write_report(args, body, [r.to_dict() for r in reports])
-    else:
+    if len(runs) == 1:
         _write_report(args, body)
+        return 0
+    from .significance import compare
+
+    body["comparisons"], reports = [], [report]
+    for run in runs[1:]:
+        other = _evaluate_run(engine, run, args)
+        print()
+        _print_report(other, per_class=False)
+        comparison = compare(report, other)
+        print(comparison.verdict())
+        body["comparisons"].append({**comparison.to_dict(), "report": other.to_dict()})
+        reports.append(other)
+    _write_report(args, body, [r.to_dict() for r in reports])
     return 0
 
 
+def _recipe_arg(text: str | None):
+    """``--recipe``: None (the store's vectors; also ``store`` or empty, for ``--compare``), or a
+    :class:`cbir.recipes.Recipe`."""
+    if text is None or text.strip().lower() in ("", "store"):
+        return None
+    from .recipes import parse_recipe
+
+    return parse_recipe(text)
+
+
+def _check_recipe_run(run: dict) -> None:
+    """A recipe is evaluated one model at a time, exactly, without re-ranking (before any work)."""
+    if run.get("recipe") is None:
+        return
+    if len(run["models"]) != 1:
+        raise CBIRError("a recipe is evaluated one model at a time: give one --model (or model= in --compare)")
+    if run["rerank"].active or (run.get("backend") not in (None, "exact", "auto")):
+        raise CBIRError("a recipe is evaluated on the exact index without re-ranking; leave out --rerank and --backend")
+
+
+def _evaluate_run(engine, run: dict, args):
+    """One run of ``cbir evaluate`` (a recipe: the collection described now, with a bar)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(engine.collection), unit="image" if run.get("recipe") else "query", disable=args.quiet, file=sys.stderr,
+               desc="describe" if run.get("recipe") else "evaluate")
+    try:
+        if run.get("recipe") is not None:
+            from .recipes import evaluate_recipe
+
+            return evaluate_recipe(engine, run["models"][0], run["recipe"], _tqdm_progress(bar), ties=args.ties, metric=run["metric"])
+        settings = {k: v for k, v in run.items() if k != "recipe"}
+        return engine.evaluate(progress=_tqdm_progress(bar), queries=args.queries, seed=args.seed, ties=args.ties, **settings)
+    finally:
+        bar.close()
+
+
 #: ``--compare`` keys: what a comparison run may change of the baseline run.
-COMPARE_KEYS = ("model", "metric", "method", "normalisation", "weights", "rerank", "rerank_n", "rerank_alpha", "backend", "depth")
+COMPARE_KEYS = ("model", "recipe", "metric", "method", "normalisation", "weights", "rerank", "rerank_n", "rerank_alpha", "backend",
+                "depth")
 
 
 def _compare_arg(text: str, base: dict, method: str = "average") -> dict:
@@ -345,6 +377,8 @@ def _compare_arg(text: str, base: dict, method: str = "average") -> dict:
             run["depth"] = _bounded_int(1, 100_000)(value)
         elif key == "normalisation":
             run[key] = normalisation_method(value).name
+        elif key == "recipe":
+            run[key] = _recipe_arg(value)
         elif key == "metric":
             run[key] = normalise_metric(value)
         elif key == "method":
@@ -640,6 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "R-precision: McSherry & Najork 2008)")
     sp.add_argument("--feedback-rounds", type=_bounded_int(0, 20), default=0, help="simulate N rounds of Rocchio feedback with the true labels")
     sp.add_argument("--feedback-k", type=_bounded_int(1, 1000), default=20, help="results judged per feedback round (default 20)")
+    sp.add_argument("--recipe", default=None, help="describe every image now under this recipe instead of reading the "
+                    "store (one model, exact): a preset (today, centred, category, near_duplicate) or "
+                    "pooling[,scales=A+B][,flip][,sqrt][,centre][,pca=D], pooling one of avg, mac, gemP, rmac")
     sp.add_argument("--compare", metavar="'KEY=VALUE ...'", action="append",
                     help="also evaluate a run that changes these settings of this one (keys: " + ", ".join(COMPARE_KEYS)
                     + "; e.g. 'rerank=aqe', 'model=efficientnet_lite0,efficientnet_lite1 method=rrf'), and say whether "

@@ -19,7 +19,7 @@ def run(*args, env=None, cwd=None):
         (["search", "--id", "0", "--metric", "manhattan"], "unknown metric 'manhattan'"),
         (["index", "--collection", "/does/not/exist"], "does not exist"),
         (["search", "--id", "0", "--collection", "/does/not/exist"], "does not exist"),
-        (["evaluate", "--compare", "colour=red"], "'colour=red' is not KEY=VALUE with KEY one of model, metric"),
+        (["evaluate", "--compare", "colour=red"], "'colour=red' is not KEY=VALUE with KEY one of model, recipe, metric"),
         (["evaluate", "--compare", "model=alexnet"], "unknown model 'alexnet'"),
         (["explain", "7", "--id", "0", "--model", "alexnet"], "unknown model 'alexnet'"),
     ],

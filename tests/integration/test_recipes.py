@@ -1,0 +1,65 @@
+"""Descriptor recipes with the bundled EfficientNet-Lite0 on real Wang images: today's recipe
+is what the store holds, other input sizes run, and a recipe is evaluated from the CLI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cbir.collection import scan_collection
+from cbir.engine import Engine
+from cbir.images import open_image
+from cbir.recipes import PRESETS, Recipe, describe, parse_recipe
+from tests.conftest import COLLECTION, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(scan_collection(COLLECTION))
+
+
+def test_todays_recipe_is_what_the_store_holds(engine):
+    """Two computation paths of one descriptor: the store's (batched extraction at indexing)
+    and :func:`describe`'s (feature maps pooled here), within a cosine of 1e-4."""
+    ids = [str(i) for i in range(0, 1000, 50)]
+    mine = describe(engine.extractor("efficientnet_lite0"), [open_image(COLLECTION / f"{i}.jpg") for i in ids], Recipe())
+    stored = engine.store("efficientnet_lite0").aligned(ids).astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    assert np.min(np.sum(mine * stored, axis=1)) > 1 - 1e-4
+
+
+def test_other_input_sizes_share_the_weights(engine):
+    extractor = engine.extractor("efficientnet_lite0")
+    images = [open_image(COLLECTION / f"{i}.jpg") for i in (3, 303, 603)]
+    from cbir.images import resize_rgb
+
+    at_224 = extractor.feature_maps(np.stack([resize_rgb(im, 224) for im in images]))
+    assert at_224.shape == (3, 7, 7, 1280)
+    assert extractor.feature_maps(np.stack([resize_rgb(im, 317) for im in images])).shape == (3, 10, 10, 1280)
+    # the free-size copy at 224 px gives the fixed model's maps (two paths, within 1e-3 of their scale)
+    free = extractor._maps_function(fixed=False)
+    again = np.asarray(free(extractor._preprocess(np.stack([resize_rgb(im, 224) for im in images]).astype(np.float32))))
+    assert np.abs(again - at_224).max() < 1e-3 * np.abs(at_224).max()
+    for name in ("mac", "gem3", "rmac,sqrt", "avg,scales=0.707+1.414,flip"):
+        v = describe(extractor, images, parse_recipe(name))
+        assert v.shape == (3, 1280) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5), name
+
+
+def test_cli_evaluates_a_recipe_and_compares_it(small_collection, tmp_path):
+    """Twelve images in three classes: today's recipe against the category preset, paired."""
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "cbir", "evaluate", "--collection", str(small_collection), "--quiet",
+                        "--recipe", "today", "--compare", "recipe=category", "--json", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    body = json.loads(out.read_text())
+    assert body["name"] == "efficientnet_lite0 · today" and body["queries"] == 12
+    (c,) = body["comparisons"]
+    assert c["report"]["name"] == f"efficientnet_lite0 · {PRESETS['category'][0].label}" and c["queries_paired"] == 12
+    r = subprocess.run([sys.executable, "-m", "cbir", "evaluate", "--collection", str(small_collection), "--recipe", "category",
+                        "--model", "efficientnet_lite0,efficientnet_lite1"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.strip() == "cbir: error: a recipe is evaluated one model at a time: give one --model (or model= in --compare)"
