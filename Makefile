@@ -78,6 +78,9 @@ bench: install
 	$(BIN)/python bench/rerank.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/app.py
+	$(BIN)/python bench/explain.py
+	$(BIN)/python bench/normalisation.py
+	$(BIN)/python bench/recipes.py
 	$(BIN)/python -m pip install -q -e '.[parity]' && $(BIN)/python bench/parity.py
 
 clean:

@@ -11,6 +11,7 @@ from cbir.experiments import plan_runs
 from cbir.export import pr_html, pr_png, report_curves, reports_csv, reports_json
 from cbir.fusion import DEFAULT_NORMALISATION, FUSION_METHODS, FUSIONS, NORMALISATIONS
 from cbir.tuning import SWEEP_METHODS, sweep_weights
+from cbir.recipes import PRESETS, evaluate_recipe, parse_recipe
 from cbir.significance import ALPHA, CONFIDENCE, N_RESAMPLES, compare_paired, pair_by_query
 from cbir.rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_LABELS, RERANK_METHODS, Rerank
 from app_pages.common import require_login, get_engine, long_job_slot, interpolated_figure, metric_label, model_label, protocol_note, show_error
@@ -48,6 +49,12 @@ with st.form("eval_form"):
     reranks = r1.multiselect("Re-ranking (cosine only)", RERANK_METHODS, default=["none"], format_func=lambda m: RERANK_LABELS[m], key="eval_reranks")
     rr_n = r2.number_input("n", N_RANGE[0], N_RANGE[1], DEFAULT_N, key="eval_rerank_n")
     rr_alpha = r3.number_input("α", ALPHA_RANGE[0], ALPHA_RANGE[1], DEFAULT_ALPHA, 0.5, key="eval_rerank_alpha")
+    recipes = st.multiselect(
+        "Descriptor recipes (each model alone, cosine; extracted now)", [n for n in PRESETS if n != "today"], default=[],
+        key="eval_recipes", format_func=lambda n: f"{n.replace('_', '-')}: {PRESETS[n][1]} (x{PRESETS[n][0].cost:g} extraction)",
+        help="Describe every image again under a recipe (pooling, scales, flip, signed square root, centring on the "
+             "collection's mean) and evaluate it beside the stored vectors: one row per model and recipe. The extraction "
+             "takes about the recipe's cost times an indexing run (Lite0: ~20 s per x1 for 1,000 images); cached.")
     go = st.form_submit_button("Run evaluation", type="primary")
 
 
@@ -62,6 +69,40 @@ def evaluate_cached(models: tuple[str, ...], metric: str, method: str | None, re
     out["ap"] = [None if v != v else v for v in report.ap.tolist()]  # NaN: a left-out (singleton) query
     out["query_ids"] = report.query_ids  # pairs the rows' APs query by query (the significance section)
     return out
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def recipe_cached(model: str, recipe: str, collection: str, files: str, _progress=None) -> dict:
+    """A recipe's evaluation (cbir.recipes.evaluate_recipe: every labelled image described now),
+    cached per model, recipe, collection (name and labels) and the images' signatures."""
+    with long_job_slot(_progress or (lambda done, total: None)) as progress:
+        report = evaluate_recipe(engine, model, parse_recipe(recipe), progress)
+    out = report.to_dict()
+    out["ap"] = [None if v != v else v for v in report.ap.tolist()]
+    out["query_ids"] = report.query_ids
+    return out
+
+
+def recipe_rows(models: list[str], recipes: list[str], bar) -> list[dict]:
+    """One row per single model and recipe, with a progress bar over the images described."""
+    import hashlib
+
+    files = hashlib.blake2b("\n".join(engine.collection.signatures()).encode(), digest_size=16).hexdigest()
+    rows, jobs = [], [(m, r) for m in models for r in recipes]
+    for i, (model, name) in enumerate(jobs):
+        recipe = PRESETS[name][0]
+        label = f"{model_label(model)} · {recipe.label}"
+
+        def progress(done: int, total: int, label=label, i=i) -> None:
+            bar.progress(min(1.0, (i + done / max(total, 1)) / len(jobs)), text=f"Describing the images for {label}: {done:,}/{total:,}")
+
+        try:
+            rep = recipe_cached(model, recipe.name, engine.collection.labels_digest, files, _progress=progress)
+        except Exception as exc:
+            show_error(exc)
+            continue
+        rows.append({**rep, "label": f"{label} · Cosine", "model": label, "metric_label": "Cosine"})
+    return rows
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -101,6 +142,8 @@ if go:
                 show_error(exc)
                 continue
             results.append({**rep, "label": f"{name} · {metric_label(metric)}", "model": name, "metric_label": metric_label(metric)})
+        if recipes:
+            results += recipe_rows(models, recipes, bar)
         counts = sorted({r["queries"] for r in results})
         over = f"over {counts[0]:,} queries each" if len(counts) == 1 else f"over {counts[0]:,} to {counts[-1]:,} queries"
         bar.progress(1.0, text=f"Done: {len(results)} evaluation(s) {over if results else ''}")

@@ -318,8 +318,9 @@ def _check_recipe_run(run: dict) -> None:
     """A recipe is evaluated one model at a time, exactly, without re-ranking (before any work)."""
     if run.get("recipe") is None:
         return
-    if len(run["models"]) != 1:
-        raise CBIRError("a recipe is evaluated one model at a time: give one --model (or model= in --compare)")
+    from .recipes import check_recipe_run
+
+    check_recipe_run(run["models"], run["metric"])
     if run["rerank"].active or (run.get("backend") not in (None, "exact", "auto")):
         raise CBIRError("a recipe is evaluated on the exact index without re-ranking; leave out --rerank and --backend")
 

@@ -36,6 +36,9 @@ POOLINGS = ("avg", "mac", "gem", "rmac")
 SQRT2 = math.sqrt(2.0)
 #: The largest input scale (a 2x input costs 4x the extraction) and the most scales a recipe takes.
 MAX_SCALE, MAX_SCALES = 2.0, 4
+#: The most images a recipe is evaluated on: their descriptors are held in memory (100,000 x
+#: 1280 float32 = 512 MB) and described now (Lite0: ~25 minutes per x1 of cost here).
+RECIPE_MAX_IMAGES = 100_000
 
 
 @dataclass(frozen=True)
@@ -284,18 +287,32 @@ def describe_paths(extractor, paths: Sequence, recipe: Recipe, batch_size: int =
     return (np.zeros((len(paths), width or 0), dtype=np.float32) if out is None else out), skipped
 
 
+def check_recipe_run(models: Sequence[str], metric: str) -> None:
+    """A recipe is evaluated one model at a time, with cosine or Euclidean distance (its
+    descriptors are L2-normalised and may be centred: not histograms). Raises RequestError."""
+    from .distances import normalise_metric
+
+    if len(models) != 1:
+        raise RequestError("a recipe is evaluated one model at a time: give one model")
+    if normalise_metric(metric) not in ("cosine", "euclidean"):
+        raise RequestError(f"a recipe's descriptors are L2-normalised and may be centred, not histograms: evaluate them "
+                           f"with cosine or euclidean, not {metric}")
+
+
 def evaluate_recipe(catalogue, model: str, recipe: Recipe, progress: Callable[[int, int], None] | None = None,
                     ties: str = "stable", metric: str = "cosine"):
     """Every labelled image of ``catalogue``'s collection described by ``model`` under
     ``recipe`` (extracted now, with ``progress``), then evaluated as ``cbir evaluate`` does
     (each image a query against the rest). Returns the
     :class:`~cbir.evaluation.EvaluationReport`, named ``model · recipe``. Raises what
-    building the model raises; CollectionError for a collection without labels."""
+    building the model raises; CollectionError for a collection without labels; RequestError
+    as :func:`check_recipe_run` does."""
     from .evaluation import evaluate_distances, merge_reports
     from .experiments import EVAL_CHUNK
     from .extractors import get_spec
     from .index.exact import ExactIndex
 
+    check_recipe_run([model], metric)
     t0 = time.perf_counter()
     collection = catalogue.collection
     if not collection.has_labels:
@@ -303,8 +320,13 @@ def evaluate_recipe(catalogue, model: str, recipe: Recipe, progress: Callable[[i
 
         raise CollectionError(f"collection {collection.name!r} has no labels to evaluate a recipe against")
     spec = get_spec(model)
-    extractor = catalogue.extractor(spec.name)
     ids = [i for i in collection.ids if collection.label_of(i) is not None]
+    if len(ids) > RECIPE_MAX_IMAGES:
+        from .errors import WorkLimitError
+
+        raise WorkLimitError(f"a recipe is evaluated on at most {RECIPE_MAX_IMAGES:,} images (their descriptors are held in "
+                             f"memory and extracted now); this collection has {len(ids):,} labelled images")
+    extractor = catalogue.extractor(spec.name)
     vectors, skipped = describe_paths(extractor, [collection.path_of(i) for i in ids], recipe,
                                       max_pixels=catalogue.settings.max_image_pixels, progress=progress)
     bad = {p for p, _ in skipped}

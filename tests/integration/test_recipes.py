@@ -62,4 +62,27 @@ def test_cli_evaluates_a_recipe_and_compares_it(small_collection, tmp_path):
     assert c["report"]["name"] == f"efficientnet_lite0 · {PRESETS['category'][0].label}" and c["queries_paired"] == 12
     r = subprocess.run([sys.executable, "-m", "cbir", "evaluate", "--collection", str(small_collection), "--recipe", "category",
                         "--model", "efficientnet_lite0,efficientnet_lite1"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and r.stderr.strip() == "cbir: error: a recipe is evaluated one model at a time: give one --model (or model= in --compare)"
+    assert r.returncode == 2 and r.stderr.strip() == "cbir: error: a recipe is evaluated one model at a time: give one model"
+
+
+@pytest.mark.redis
+def test_api_evaluates_a_recipe_and_refuses_what_it_cannot(fresh_redis, tmp_path, small_collection):
+    from fastapi.testclient import TestClient
+
+    from cbir.api.app import create_app
+    from tests.conftest import api_login, make_settings
+
+    app = create_app(make_settings(fresh_redis.url, tmp_path, collection=small_collection), warm_up=False)
+    with TestClient(app) as client:
+        h = api_login(client)
+        r = client.post("/api/evaluate", json={"models": ["efficientnet_lite0"], "recipe": "centred",
+                                               "compare": [{"recipe": "mac,sqrt,centre"}]}, headers=h)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["name"] == "efficientnet_lite0 · centred" and body["queries"] == 12
+        assert body["comparisons"][0]["report"]["name"] == "efficientnet_lite0 · MAC · √ · centred"
+        for bad, words in [({"models": ["efficientnet_lite0", "efficientnet_lite1"], "recipe": "category"}, "one model at a time"),
+                           ({"models": ["efficientnet_lite0"], "recipe": "category", "metric": "chi_square"}, "not histograms"),
+                           ({"models": ["efficientnet_lite0"], "recipe": "softmax"}, "unknown pooling 'softmax'")]:
+            r = client.post("/api/evaluate", json=bad, headers=h)
+            assert r.status_code == 422 and words in r.json()["error"], (bad, r.text)

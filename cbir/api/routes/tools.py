@@ -65,6 +65,9 @@ class EvaluateRequest(BaseModel):
     queries: int | None = Field(None, ge=1, description="a seeded sample of this many queries (default: every labelled image)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the queries sample")
     normalisation: Literal[tuple(NORMALISATIONS)] = Field("minmax", description="score normalisation of an average or weighted fusion")
+    recipe: str | None = Field(None, max_length=120, description=(
+        "describe every labelled image now under this descriptor recipe instead of reading the store (one model, cosine): "
+        "a preset (today, centred, category, near_duplicate) or pooling[,scales=A+B][,flip][,sqrt][,centre][,pca=D]"))
     compare: list["CompareRun"] | None = Field(None, max_length=4, description=(
         "runs to compare with this one on the same queries: each changes some of models, metric, method, normalisation; "
         "the answer's comparisons give the paired difference in mAP, its 95% bootstrap interval and a paired "
@@ -79,9 +82,21 @@ class CompareRun(BaseModel):
     metric: str | None = Field(None, max_length=32)
     method: Literal[tuple(FUSIONS)] | None = None
     normalisation: Literal[tuple(NORMALISATIONS)] | None = None
+    recipe: str | None = Field(None, max_length=120, description="a descriptor recipe; \"store\": the stored vectors")
 
 
 EvaluateRequest.model_rebuild()
+
+
+def _recipe_of(run: dict):
+    """A run's recipe (None: the store's vectors), checked as cbir.recipes.check_recipe_run does (422)."""
+    from ...recipes import check_recipe_run, parse_recipe
+
+    text = run.get("recipe")
+    if text is None or text.strip().lower() in ("", "store"):
+        return None
+    check_recipe_run(run["models"], run["metric"])
+    return parse_recipe(text)
 
 
 @router.post("/evaluate", responses=JOB_ERRORS, summary="mAP, P@10, P@20, R-precision and per-class AP over the collection")
@@ -91,15 +106,21 @@ async def evaluate_route(request: Request, service: Service, user: CurrentUser, 
     ``ties`` counts tied groups that mixed relevant and non-relevant images. A long job:
     CBIR_JOBS_PER_USER at once (429), stopped if the client goes."""
     engine = service.engine
-    runs = [{"models": body.models, "metric": body.metric, "method": body.method, "normalisation": body.normalisation}]
+    runs = [{"models": body.models, "metric": body.metric, "method": body.method, "normalisation": body.normalisation,
+             "recipe": body.recipe}]
     runs += [{**runs[0], **run.model_dump(exclude_none=True)} for run in body.compare or []]
+    recipes = [_recipe_of(run) for run in runs]  # every run checked before any work
 
     def work(progress):
+        from ...recipes import evaluate_recipe
         from ...significance import compare
 
         reports = []
-        for i, run in enumerate(runs):
+        for i, (run, recipe) in enumerate(zip(runs, recipes)):
             step = (lambda done, total, i=i: progress(i * total + done, len(runs) * total))
+            if recipe is not None:
+                reports.append(evaluate_recipe(engine, run["models"][0], recipe, step, ties=body.ties, metric=run["metric"]))
+                continue
             reports.append(engine.evaluate(run["models"], run["metric"], method=run["method"] if len(run["models"]) > 1 else None,
                                            progress=step, queries=body.queries, seed=body.seed, ties=body.ties,
                                            normalisation=run["normalisation"]))
