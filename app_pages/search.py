@@ -311,6 +311,7 @@ def do_search(feedback: list[dict], method, weights) -> None:
     st.session_state["search_rounds"] = st.session_state.get("search_rounds", []) + [result]
     st.session_state["search_feedback"] = feedback
     st.session_state["search_inputs"] = served.inputs
+    st.session_state["search_upload_digest"] = upload_digest(image_bytes)  # whose upload the results are (Why?)
     st.session_state["search_fusion"] = fusion_state(method, weights)
     st.session_state["search_result"] = result
     # fresh toggle widgets for the new results: a new key generation, the old keys dropped
@@ -324,15 +325,16 @@ def outdated(result: dict) -> list[str]:
     another): query, metric, top k, models, re-ranking with its n and α, and the index."""
     query = result["query"]
     used = (result.get("rerank") or {"method": "none"})
-    asked = {"query": image_id if image_bytes is None else "(upload)", "metric": metric, "top k": int(top_k),
+    # an upload by its digest: another picture uploaded after a search makes the results the previous query's
+    asked = {"query": image_id if image_bytes is None else f"upload {upload_digest(image_bytes)}", "metric": metric, "top k": int(top_k),
              "models": sorted(query_models()[0]), "re-ranking": rerank.method,
              "n and α": (rerank.n, rerank.alpha) if rerank.active else None}
-    shown = {"query": query["id"] or "(upload)", "metric": result["metric"], "top k": result["top_k"],
+    shown = {"query": query["id"] or f"upload {st.session_state.get('search_upload_digest')}", "metric": result["metric"], "top k": result["top_k"],
              "models": sorted(result["models"]), "re-ranking": used["method"],
              "n and α": (used["n"], used["alpha"]) if used["method"] != "none" else None}
     if asked["re-ranking"] != shown["re-ranking"]:
         asked["n and α"] = shown["n and α"]  # said once, as the re-ranking
-    changed = [k for k in asked if asked[k] != shown[k] and not (k == "query" and image_bytes is not None and query["upload"])]
+    changed = [k for k in asked if asked[k] != shown[k]]
     if models and result.get("backend"):
         try:
             if engine.resolve_backend(backend, query_models()[0] or models, metric, rerank.method) != result["backend"]:
@@ -431,11 +433,23 @@ def ask_why(model: str | None, result_id: str) -> None:
     st.session_state["search_why"] = {"result": result_id, "model": model}
 
 
+def upload_digest(data: bytes | None) -> str | None:
+    """A short digest of an upload: tells whether the results are for the upload on the page."""
+    import hashlib
+
+    return None if data is None else hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def file_versions(*image_ids: str | None) -> tuple:
+    """The modification times of collection images (a changed file: a new explanation)."""
+    return tuple(collection.path_of(i).stat().st_mtime_ns if i is not None else None for i in image_ids)
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def explained(collection_digest: str, model: str, query_id: str | None, upload: bytes | None, result_id: str,
-              _engine) -> tuple[bytes, dict]:
+              versions: tuple, _engine) -> tuple[bytes, dict]:
     """The rendered pair (PNG) and the explanation's numbers, cached per collection, model,
-    query and result: a dialog rerun (another model) or a second look costs nothing."""
+    query, result and file versions: a dialog rerun (another model) or a second look costs nothing."""
     explanation, query_img, result_img = _engine.explain(model, result_id, image_id=query_id, image=upload)
     return png(render(explanation, query_img, result_img)), explanation.to_dict()
 
@@ -450,16 +464,19 @@ def why_dialog(target: dict, result: dict) -> None:
                    "to explain a match with. Search with a model it extracts (e.g. EfficientNet-Lite0).", icon="🧩")
         return
     start = target["model"] if target["model"] in choices else choices[0]
-    model = st.segmented_control("Model", choices, default=start, format_func=model_label, key="search_why_model",
-                                 required=True) if len(choices) > 1 else start
+    # keyed by the tile asked about: each Why? opens on its own tab's model (a fixed key kept the last choice)
+    model = st.segmented_control("Model", choices, default=start, format_func=model_label, required=True,
+                                 key=f"search_why_model_{target['result']}_{target['model']}") if len(choices) > 1 else start
     upload = image_bytes if query["id"] is None else None
-    if query["id"] is None and upload is None:
-        st.warning("The uploaded query is no longer on the page: upload it again to see why it matched.", icon="🔄")
+    if query["id"] is None and (upload is None or upload_digest(upload) != st.session_state.get("search_upload_digest")):
+        st.warning("These results are for an uploaded image that is no longer on the page: upload it again, or press "
+                   "Search for the one there now, to see why a result matched.", icon="🔄")
         return
     try:
         with st.spinner("Reading both images' feature maps…"):
-            picture, numbers = explained(collection.labels_digest, model or start, query["id"], upload, target["result"], engine)
-    except CBIRError as exc:
+            picture, numbers = explained(collection.labels_digest, model or start, query["id"], upload, target["result"],
+                                         file_versions(query["id"], target["result"]), engine)
+    except (CBIRError, OSError) as exc:
         show_error(exc)
         return
     title = f"query {plain(query['id'])}" if query["id"] else "the uploaded query"

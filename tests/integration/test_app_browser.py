@@ -323,6 +323,15 @@ def test_why_did_this_match_opens_the_pair_with_its_heatmaps(page, app_server):
     panel = page.get_by_role("tabpanel").first
     click_until(page, panel.get_by_role("button", name="Why?").first, dialog)
     expect(dialog).to_contain_text("the uploaded query (left) and result 412 (right)", timeout=TIMEOUT)
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    # another upload, not searched yet: the results are the old upload's, and Why? says so rather than explain the new one
+    click_until(page, page.get_by_text("Query — choose another"), page.locator("[data-testid='stFileUploaderDropzone']"))
+    page.locator("input[type=file]").set_input_files(str(ROOT / "image.orig" / "100.jpg"))
+    page.get_by_text("These results are for the previous query").wait_for()  # (a new upload beside old results said nothing)
+    settled(page)
+    click_until(page, page.get_by_role("tabpanel").first.get_by_role("button", name="Why?").first, dialog)
+    expect(dialog).to_contain_text("for an uploaded image that is no longer on the page", timeout=TIMEOUT)
     assert page.get_by_text("Traceback").count() == 0
 
 
