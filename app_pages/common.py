@@ -196,7 +196,7 @@ def current_role() -> str:
 
 @contextlib.contextmanager
 def long_job_slot(progress: Callable[[int, int], None]) -> Iterator[Callable[[int, int], None]]:
-    """One of the user's ``CBIR_JOBS_PER_USER`` long jobs (weight sweeps, map fits), counted
+    """One of the user's ``CBIR_JOBS_PER_USER`` long jobs (evaluations, weight sweeps, map fits), counted
     with the API's in Redis (``cbir.jobs.UserSlots``): a second tab or an API call at the same
     time gets :class:`~cbir.errors.BusyError`. Yields ``progress`` wrapped to renew the lease
     (30 s) as the job moves; with Redis away the job runs unlimited."""

@@ -51,7 +51,7 @@ with st.form("eval_form"):
     rr_alpha = r3.number_input("α", ALPHA_RANGE[0], ALPHA_RANGE[1], DEFAULT_ALPHA, 0.5, key="eval_rerank_alpha")
     recipes = st.multiselect(
         "Descriptor recipes (each model alone, cosine; extracted now)", [n for n in PRESETS if n != "today"], default=[],
-        key="eval_recipes", format_func=lambda n: f"{n.replace('_', '-')}: {PRESETS[n][1]} (x{PRESETS[n][0].cost:g} extraction)",
+        key="eval_recipes", format_func=lambda n: f"{n.replace('_', '-')}: {PRESETS[n][1]} (x{PRESETS[n][0].cost:g} the pixels of one pass)",
         help="Describe every image again under a recipe (pooling, scales, flip, signed square root, centring on the "
              "collection's mean) and evaluate it beside the stored vectors: one row per model and recipe. The extraction "
              "takes about the recipe's cost times an indexing run (Lite0: ~20 s per x1 for 1,000 images); cached.")

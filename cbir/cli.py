@@ -188,6 +188,8 @@ def _query_image(args) -> bytes | None:
     if args.image is None:
         return None
     p = Path(args.image)
+    if p.is_dir():
+        raise CBIRError(f"{p} is a folder: give an image file")
     if not p.is_file():
         raise CBIRError(f"image file {p} does not exist")
     return p.read_bytes()
@@ -201,6 +203,7 @@ def cmd_search(args) -> int:
     engine = _engine(args)
     models = _models_arg(args.model)
     image = _query_image(args)
+    _normalisation_note(args.method if len(models) > 1 else None, args.normalisation)
     request = parse_search(models, args.metric, args.top_k, image_id=args.id, image=image, method=args.method,
                            weights=_weights_arg(args.weights, models), exclude_query=not args.include_query,
                            rerank=_rerank_arg(args), backend=args.backend, depth=args.depth, normalisation=args.normalisation)
@@ -235,6 +238,8 @@ def cmd_explain(args) -> int:
     from .explain import png, render
     from .extractors import default_model
 
+    if args.out and Path(args.out).suffix.lower() != ".png":
+        return _fail(f"--out writes a PNG picture: name it .png, not {Path(args.out).name}")
     _check_outputs(args.out)
     engine = _engine(args)
     model = _models_arg(args.model)[0] if args.model else default_model()
@@ -269,9 +274,8 @@ def cmd_evaluate(args) -> int:
     rerank = _rerank_arg(args)
     settings = dict(models=models, metric=args.metric, method=method, weights=weights, rerank=rerank, backend=args.backend,
                     depth=args.depth, normalisation=args.normalisation, recipe=_recipe_arg(args.recipe))
-    runs = [settings] + [_compare_arg(text, settings, args.method) for text in args.compare or []]  # all parsed before any work
-    for run in runs:
-        _check_recipe_run(run)
+    runs = _planned_runs(engine, settings, args)
+    _normalisation_note(method, args.normalisation)
     if args.feedback_rounds:
         if len(models) != 1:
             return _fail("--feedback-rounds evaluates one model at a time")
@@ -314,15 +318,55 @@ def _recipe_arg(text: str | None):
     return parse_recipe(text)
 
 
-def _check_recipe_run(run: dict) -> None:
-    """A recipe is evaluated one model at a time, exactly, without re-ranking (before any work)."""
-    if run.get("recipe") is None:
-        return
-    from .recipes import check_recipe_run
+def _planned_runs(engine, settings: dict, args) -> list[dict]:
+    """The baseline run and one per ``--compare``, all parsed and checked before any work."""
+    runs = [settings] + [_compare_arg(text, settings, args.method) for text in args.compare or []]
+    for text, run in zip([None, *(args.compare or [])], runs):
+        _check_run(engine, run)
+        if text is not None and _effective(run) == _effective(settings):
+            raise CBIRError(f"--compare {text!r} changes nothing of the evaluation it is compared with "
+                            "(a normalisation or weights without a fusion that reads them, or the same values)")
+    return runs
 
-    check_recipe_run(run["models"], run["metric"])
-    if run["rerank"].active or (run.get("backend") not in (None, "exact", "auto")):
-        raise CBIRError("a recipe is evaluated on the exact index without re-ranking; leave out --rerank and --backend")
+
+def _normalisation_note(method: str | None, normalisation: str) -> None:
+    """A line on stderr when ``--normalisation`` is given to a fusion that reads ranks."""
+    from .fusion import DEFAULT_NORMALISATION, fusion_method
+
+    if method is not None and not fusion_method(method).normalised and normalisation != DEFAULT_NORMALISATION:
+        print(f"note: {method} fusion reads ranks; --normalisation {normalisation} changes nothing", file=sys.stderr)
+
+
+def _check_run(engine, run: dict) -> None:
+    """Everything an evaluation run needs, before any work: a recipe's rules (one model,
+    exact, no re-ranking), re-ranking's metric, and each model's store."""
+    from .rerank import check_metric
+
+    if run.get("recipe") is not None:
+        from .recipes import check_recipe_run
+
+        check_recipe_run(run["models"], run["metric"])
+        if run["rerank"].active or (run.get("backend") not in (None, "exact", "auto")):
+            raise CBIRError("a recipe is evaluated on the exact index without re-ranking; leave out --rerank and --backend")
+        return
+    if run["rerank"].active:
+        check_metric(run["metric"])
+    for model in run["models"]:
+        engine.store(model)  # a missing store: its error now, not after the first run
+
+
+def _effective(run: dict) -> tuple:
+    """What an evaluation run computes: settings that change nothing left out (a method,
+    weights or a normalisation with one model, a normalisation with rank fusion)."""
+    from .distances import normalise_metric
+    from .fusion import fusion_method
+
+    fused = len(run["models"]) > 1
+    method = fusion_method(run["method"] or "average") if fused else None
+    weights = run.get("weights") if method is not None and method.weighted else None
+    return (tuple(run["models"]), normalise_metric(run["metric"]), method.name if method else None,
+            tuple(sorted((weights or {}).items())), run["normalisation"] if method is not None and method.normalised else None,
+            run["rerank"], run.get("backend"), run.get("depth"), None if run.get("recipe") is None else run["recipe"].name)
 
 
 def _evaluate_run(engine, run: dict, args):
@@ -335,7 +379,8 @@ def _evaluate_run(engine, run: dict, args):
         if run.get("recipe") is not None:
             from .recipes import evaluate_recipe
 
-            return evaluate_recipe(engine, run["models"][0], run["recipe"], _tqdm_progress(bar), ties=args.ties, metric=run["metric"])
+            return evaluate_recipe(engine, run["models"][0], run["recipe"], _tqdm_progress(bar), ties=args.ties, metric=run["metric"],
+                                   queries=args.queries, seed=args.seed)
         settings = {k: v for k, v in run.items() if k != "recipe"}
         return engine.evaluate(progress=_tqdm_progress(bar), queries=args.queries, seed=args.seed, ties=args.ties, **settings)
     finally:
@@ -375,7 +420,10 @@ def _compare_arg(text: str, base: dict, method: str = "average") -> dict:
         elif key.startswith("rerank"):
             rerank[key.removeprefix("rerank_") if key != "rerank" else "method"] = value
         elif key == "depth":
-            run["depth"] = _bounded_int(1, 100_000)(value)
+            try:
+                run["depth"] = _bounded_int(1, 100_000)(value)
+            except argparse.ArgumentTypeError as exc:
+                raise CBIRError(f"--compare {text!r}: depth {exc}") from None
         elif key == "normalisation":
             run[key] = normalisation_method(value).name
         elif key == "recipe":
@@ -387,10 +435,10 @@ def _compare_arg(text: str, base: dict, method: str = "average") -> dict:
         else:
             run[key] = value
     try:
-        rerank = Rerank(rerank["method"], int(rerank["n"]), float(rerank["alpha"]))
+        n, alpha = int(rerank["n"]), float(rerank["alpha"])
     except ValueError:
         raise CBIRError(f"--compare {text!r}: rerank_n is a whole number and rerank_alpha a number") from None
-    run["rerank"] = rerank
+    run["rerank"] = Rerank(rerank["method"], n, alpha)  # an unknown method: its own error, naming the choices
     if len(run["models"]) > 1:
         run["method"] = run["method"] or method  # the --method asked for, when the baseline has one model
     else:

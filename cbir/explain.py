@@ -114,13 +114,16 @@ def explain_query(collection, spec, extractor: Callable[[], object], query, resu
     Raises RequestError for a model of imported features (no feature maps here),
     UnknownImageError for an unknown id, ImageError for an unreadable upload, and
     WeightsUnavailableError when the model cannot be built."""
-    from .errors import RequestError
-    from .extractors import FAMILIES
+    from .errors import RequestError, WeightsUnavailableError
+    from .extractors import FAMILIES, can_extract
     from .images import image_from_array, open_image
 
     if not FAMILIES[spec.family].extracts:
         raise RequestError(f"{spec.name} holds features computed elsewhere: this server has no feature maps of it to "
                            "explain a match with; choose a model it extracts")
+    ok, why = can_extract(spec.name)  # its weights here: never a download on a request
+    if not ok:
+        raise WeightsUnavailableError(why)
     result_path = collection.path_of(result_id)  # an unknown id: before any decoding
     if query.image_id is not None:
         query_image = open_image(collection.path_of(query.image_id), max_pixels=max_pixels)
@@ -168,11 +171,13 @@ def render(explanation: Explanation, query: Image.Image, result: Image.Image, ga
     canvas.paste(overlay(q, explanation.query_map, low, high), (0, 0))
     canvas.paste(overlay(r, explanation.result_map, low, high), (q.width + gap, 0))
     draw = ImageDraw.Draw(canvas)
-    for n, (qc, rc, _) in enumerate(explanation.pairs, 1):
-        a = _centre(qc, explanation.query_map.shape, q.size)
-        b = _centre(rc, explanation.result_map.shape, r.size, q.width + gap)
+    ends = [(_centre(qc, explanation.query_map.shape, q.size), _centre(rc, explanation.result_map.shape, r.size, q.width + gap))
+            for qc, rc, _ in explanation.pairs]
+    for a, b in ends:  # every line first, then every marker: a later line never hides an earlier number
         draw.line([a, b], fill=(56, 189, 248), width=2)
+    for n, (a, b) in enumerate(ends, 1):
         for x, y in (a, b):
+            x, y = min(max(x, 7), canvas.width - 8), min(max(y, 7), canvas.height - 8)  # inside a thin picture too
             draw.ellipse([x - 7, y - 7, x + 7, y + 7], fill=(255, 255, 255), outline=(2, 132, 199), width=2)
             draw.text((x - 3, y - 6), str(n), fill=(12, 74, 110))
     return canvas

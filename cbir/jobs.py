@@ -1,4 +1,4 @@
-"""Long jobs (weight sweeps, map fits): cancellable between steps, and a few at a time per user.
+"""Long jobs (evaluations, weight sweeps, map fits): cancellable between steps, and a few at a time per user.
 
 * :class:`Job` is what a long computation is handed: its ``progress`` callback, which the
   engine already calls between grid points and epochs, raises :class:`Cancelled` once
@@ -93,7 +93,7 @@ class Lease:
 class UserSlots:
     """At most ``limit`` concurrent jobs per user, across processes (Redis sorted sets)."""
 
-    def __init__(self, client, limit: int, what: str = "long jobs (weight sweeps, map fits)"):
+    def __init__(self, client, limit: int, what: str = "long jobs (evaluations, weight sweeps, map fits)"):
         self.r = client
         self.limit = limit
         self.what = what

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import RequestError
+from .lru import LRU
 
 POOLINGS = ("avg", "mac", "gem", "rmac")
 SQRT2 = math.sqrt(2.0)
@@ -39,6 +40,9 @@ MAX_SCALE, MAX_SCALES = 2.0, 4
 #: The most images a recipe is evaluated on: their descriptors are held in memory (100,000 x
 #: 1280 float32 = 512 MB) and described now (Lite0: ~25 minutes per x1 of cost here).
 RECIPE_MAX_IMAGES = 100_000
+#: The most a recipe may cost, in passes of the model at its own size (:attr:`Recipe.cost`):
+#: the category preset is 6; four scales of 2 with the flip would be 32.
+RECIPE_MAX_COST = 8.0
 
 
 @dataclass(frozen=True)
@@ -119,11 +123,14 @@ def parse_recipe(text: str | Recipe | None) -> Recipe:
             recipe = replace(recipe, **{"centre" if key == "center" else key: True})
         elif key == "scales" and value:
             recipe = replace(recipe, scales=_scales(value, text))
-        elif key == "pca" and value.isdigit() and int(value) >= 1:
+        elif key == "pca" and value.isascii() and value.isdigit() and 1 <= int(value) <= 100_000:
             recipe = replace(recipe, pca=int(value))
         else:
             raise RequestError(f"recipe {text!r}: {part!r} is not one of scales=A+B, flip, sqrt, centre, pca=D; "
                                f"or name a preset: {', '.join(PRESETS)}")
+    if recipe.cost > RECIPE_MAX_COST:
+        raise RequestError(f"recipe {text!r} costs {recipe.cost:g} passes of the model (the sum of the squared scales, twice "
+                           f"with flip); the most is {RECIPE_MAX_COST:g}: use fewer or smaller scales")
     return recipe
 
 
@@ -291,55 +298,84 @@ def check_recipe_run(models: Sequence[str], metric: str) -> None:
     """A recipe is evaluated one model at a time, with cosine or Euclidean distance (its
     descriptors are L2-normalised and may be centred: not histograms). Raises RequestError."""
     from .distances import normalise_metric
+    from .extractors import FAMILIES, get_spec
 
     if len(models) != 1:
         raise RequestError("a recipe is evaluated one model at a time: give one model")
+    spec = get_spec(models[0])
+    if not FAMILIES[spec.family].extracts:
+        raise RequestError(f"{spec.name} holds features computed elsewhere: a recipe describes the images anew, which this "
+                           "server cannot do for it; choose a model it extracts")
     if normalise_metric(metric) not in ("cosine", "euclidean"):
         raise RequestError(f"a recipe's descriptors are L2-normalised and may be centred, not histograms: evaluate them "
                            f"with cosine or euclidean, not {metric}")
 
 
+#: Recipe evaluations kept per process (each holds per-query APs only): an API client or a
+#: second CLI ``--compare`` asking again does not describe the collection again.
+_EVALUATED: LRU[tuple, object] = LRU(8)
+
+
 def evaluate_recipe(catalogue, model: str, recipe: Recipe, progress: Callable[[int, int], None] | None = None,
-                    ties: str = "stable", metric: str = "cosine"):
+                    ties: str = "stable", metric: str = "cosine", queries: int | None = None, seed: int = 0):
     """Every labelled image of ``catalogue``'s collection described by ``model`` under
-    ``recipe`` (extracted now, with ``progress``), then evaluated as ``cbir evaluate`` does
-    (each image a query against the rest). Returns the
-    :class:`~cbir.evaluation.EvaluationReport`, named ``model · recipe``. Raises what
-    building the model raises; CollectionError for a collection without labels; RequestError
-    as :func:`check_recipe_run` does."""
-    from .evaluation import evaluate_distances, merge_reports
-    from .experiments import EVAL_CHUNK
-    from .extractors import get_spec
-    from .index.exact import ExactIndex
+    ``recipe`` (extracted now, with ``progress``), then evaluated as ``cbir evaluate`` does:
+    each image (or a seeded sample of ``queries`` of them, drawn as ``cbir evaluate`` draws
+    it) a query against the rest. Returns the :class:`~cbir.evaluation.EvaluationReport`,
+    named ``model · recipe``; kept per collection files, model, recipe and parameters (a
+    repeat is free). Raises WeightsUnavailableError when the model's weights are not here
+    (never downloads them), CollectionError for a collection without labels, WorkLimitError
+    over :data:`RECIPE_MAX_IMAGES`, and RequestError as :func:`check_recipe_run` does."""
+    import hashlib
+
+    from .errors import CollectionError, WeightsUnavailableError, WorkLimitError
+    from .extractors import can_extract, get_spec
 
     check_recipe_run([model], metric)
-    t0 = time.perf_counter()
     collection = catalogue.collection
     if not collection.has_labels:
-        from .errors import CollectionError
-
         raise CollectionError(f"collection {collection.name!r} has no labels to evaluate a recipe against")
     spec = get_spec(model)
+    ok, why = can_extract(spec.name)
+    if not ok:
+        raise WeightsUnavailableError(why)
     ids = [i for i in collection.ids if collection.label_of(i) is not None]
     if len(ids) > RECIPE_MAX_IMAGES:
-        from .errors import WorkLimitError
-
         raise WorkLimitError(f"a recipe is evaluated on at most {RECIPE_MAX_IMAGES:,} images (their descriptors are held in "
                              f"memory and extracted now); this collection has {len(ids):,} labelled images")
-    extractor = catalogue.extractor(spec.name)
-    vectors, skipped = describe_paths(extractor, [collection.path_of(i) for i in ids], recipe,
+    files = hashlib.blake2b("\n".join(collection.signatures()).encode(), digest_size=16).hexdigest()
+    key = (collection.name, collection.labels_digest, files, spec.name, recipe.name, metric, ties, queries, seed)
+    return _EVALUATED.get_or_build(key, lambda: _evaluate_recipe(catalogue, spec.name, recipe, ids, progress, ties, metric,
+                                                                 queries, seed))
+
+
+def _evaluate_recipe(catalogue, model: str, recipe: Recipe, ids: list[str], progress, ties: str, metric: str,
+                     queries: int | None, seed: int):
+    from .evaluation import evaluate_distances, merge_reports
+    from .experiments import EVAL_CHUNK
+    from .index.exact import ExactIndex
+
+    t0 = time.perf_counter()
+    collection = catalogue.collection
+    vectors, skipped = describe_paths(catalogue.extractor(model), [collection.path_of(i) for i in ids], recipe,
                                       max_pixels=catalogue.settings.max_image_pixels, progress=progress)
     bad = {p for p, _ in skipped}
     keep = [k for k, i in enumerate(ids) if str(collection.path_of(i)) not in bad]
     ids, vectors = [ids[k] for k in keep], vectors[keep]
     vectors = apply_post(vectors, recipe, fit_post(vectors, recipe))
     labels = [collection.label_of(i) for i in ids]
+    n = len(ids)
+    sample = np.arange(n) if not queries or queries >= n else np.sort(np.random.default_rng(seed).choice(n, queries, replace=False))
     index, chunks = ExactIndex(vectors, metric), []
-    for start in range(0, len(ids), EVAL_CHUNK):
-        rows = np.arange(start, min(start + EVAL_CHUNK, len(ids)))
+    for start in range(0, sample.size, EVAL_CHUNK):
+        rows = sample[start:start + EVAL_CHUNK]
         d = index.distances(vectors[rows]).astype(np.float64)
         d[np.arange(rows.size), rows] = np.inf
         chunks.append(evaluate_distances(d, labels, rows, ties=ties))
-    report = merge_reports(chunks, labels, f"{spec.name} · {recipe.label or 'today'}", metric)
-    report.seconds, report.query_ids, report.collection = time.perf_counter() - t0, ids, collection.name
+    name = f"{model} · {recipe.label or 'today'}"
+    if sample.size < n:
+        name += f" ({sample.size} of {n} queries, seeded sample, seed {seed})"
+    report = merge_reports(chunks, [labels[r] for r in sample], name, metric)
+    report.seconds, report.collection = time.perf_counter() - t0, collection.name
+    report.query_ids = [ids[r] for r in sample]
     return report

@@ -342,7 +342,7 @@ def test_evaluate_page_compares_a_recipe_with_the_store(page):
     page.locator("[data-testid='stSidebarNav']").get_by_text("Evaluate").click()
     form = page.locator("[data-testid='stForm']").filter(has_text="Run evaluation")
     choose(page, form.get_by_role("combobox", name="Descriptor recipes (each model alone, cosine; extracted now)"),
-           "centred: today's, centred on the collection's mean: same extraction (x1 extraction)")
+           "centred: today's, centred on the collection's mean: same extraction (x1 the pixels of one pass)")
     settled(page)
     page.get_by_role("button", name="Run evaluation").click()
     page.get_by_text("Done: 2 evaluation(s) over 1,000 queries each").wait_for(timeout=180_000)

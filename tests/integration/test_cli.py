@@ -22,6 +22,8 @@ def run(*args, env=None, cwd=None):
         (["evaluate", "--compare", "colour=red"], "'colour=red' is not KEY=VALUE with KEY one of model, recipe, metric"),
         (["evaluate", "--compare", "model=alexnet"], "unknown model 'alexnet'"),
         (["explain", "7", "--id", "0", "--model", "alexnet"], "unknown model 'alexnet'"),
+        (["explain", "7", "--id", "0", "--out", "why.jpg"], "--out writes a PNG picture: name it .png, not why.jpg"),
+        (["explain", "7", "--image", "/tmp"], "/tmp is a folder: give an image file"),
     ],
 )
 def test_bad_input_one_line_non_zero(args, message):
@@ -153,15 +155,32 @@ def test_a_named_collection_from_add_to_remove(small_collection, tmp_path):
 
 def test_evaluate_compare_says_whether_a_difference_is_significant(tmp_path):
     """--compare evaluates a second run on the same queries and judges the paired difference:
-    αQE against plain cosine on Lite0 (+0.049 mAP here), and Lite0 against itself (nothing)."""
+    αQE against plain cosine on Lite0 (+0.049 mAP here), RRF of Lite0+1 (+0.029)."""
     out = tmp_path / "report.json"
-    r = run("evaluate", "--quiet", "--compare", "rerank=aqe", "--compare", "metric=cosine", "--json", str(out), "--csv", str(tmp_path / "r.csv"))
+    r = run("evaluate", "--quiet", "--compare", "rerank=aqe", "--compare", "model=efficientnet_lite0,efficientnet_lite1 method=rrf",
+            "--json", str(out), "--csv", str(tmp_path / "r.csv"))
     assert r.returncode == 0, r.stderr
     body = json.loads(out.read_text())
-    gain, same = body["comparisons"]
+    gain, fused = body["comparisons"]
     assert gain["report"]["name"].startswith("efficientnet_lite0 + αQE") and gain["queries_paired"] == body["queries_scored"]
-    assert abs(gain["delta_mAP"] - (gain["report"]["mAP"] - body["mAP"])) < 1e-5  # the mean paired difference is the mAP gap
-    assert gain["ci95"][0] < gain["delta_mAP"] < gain["ci95"][1] and gain["significant"] and gain["p_value"] < 0.001
-    assert same["delta_mAP"] == 0 and same["p_value"] == 1 and not same["significant"]
-    assert "significantly better" in r.stdout and "not significant at 0.05" in r.stdout
+    assert fused["report"]["name"] == "rrf(efficientnet_lite0+efficientnet_lite1)"
+    for c in (gain, fused):
+        assert abs(c["delta_mAP"] - (c["report"]["mAP"] - body["mAP"])) < 2e-6  # the mean paired difference is the mAP gap
+        assert c["ci95"][0] < c["delta_mAP"] < c["ci95"][1] and c["significant"] and c["p_value"] < 0.001
+    assert r.stdout.count("significantly better") == 2
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 4  # a header and a row per run
+
+
+@pytest.mark.parametrize("compare, words", [
+    ("metric=cosine", "changes nothing of the evaluation it is compared with"),  # the same run: Δ 0 said as a finding
+    ("normalisation=zscore", "changes nothing"),  # one model: nothing to normalise
+    ("depth=0", "depth must be between 1 and 100,000, got 0"),  # was a traceback
+    ("rerank=bogus", "unknown re-ranking method 'bogus'"),  # was "rerank_n is a whole number"
+    ("metric=chi2 rerank=aqe", "cosine"),  # refused before the baseline ran, not after
+    ("recipe=avg,pca=²", "'pca=²' is not one of"),  # int('²') was a traceback
+    ("recipe=avg,scales=2+1.9+1.8,flip", "the most is 8"),  # hours of CPU in one request
+])
+def test_a_bad_compare_is_one_line_before_any_work(compare, words):
+    r = run("evaluate", "--quiet", "--compare", compare)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and words in lines[0] and r.stdout == "", (r.stdout, r.stderr)

@@ -110,7 +110,9 @@ def test_api_explain_png_json_upload_and_errors(fresh_redis, tmp_path):
         for params, status, words in [({"query": "10", "result": "nope"}, 404, "nope"),
                                       ({"query": "10", "result": "7", "model": "alexnet"}, 422, "unknown model"),
                                       ({"query": "10", "result": "7", "model": "imported:half"}, 422, "computed elsewhere"),
-                                      ({"query": "10", "result": "7", "format": "gif"}, 422, "format")]:
+                                      ({"query": "10", "result": "7", "format": "gif"}, 422, "format"),
+                                      # weights not here: refused at once, never downloaded on a request
+                                      ({"query": "10", "result": "7", "model": "vgg16"}, 400, "not in the models cache")]:
             r = client.get("/api/explain", params=params, headers=auth)
             assert r.status_code == status and words in r.json()["error"], (params, r.status_code, r.text)
         r = client.post("/api/explain", files={"image": ("q.jpg", b"not an image", "image/jpeg")}, data={"result": "7"}, headers=auth)

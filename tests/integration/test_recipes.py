@@ -83,6 +83,13 @@ def test_api_evaluates_a_recipe_and_refuses_what_it_cannot(fresh_redis, tmp_path
         assert body["comparisons"][0]["report"]["name"] == "efficientnet_lite0 · MAC · √ · centred"
         for bad, words in [({"models": ["efficientnet_lite0", "efficientnet_lite1"], "recipe": "category"}, "one model at a time"),
                            ({"models": ["efficientnet_lite0"], "recipe": "category", "metric": "chi_square"}, "not histograms"),
-                           ({"models": ["efficientnet_lite0"], "recipe": "softmax"}, "unknown pooling 'softmax'")]:
+                           ({"models": ["efficientnet_lite0"], "recipe": "softmax"}, "unknown pooling 'softmax'"),
+                           ({"models": ["efficientnet_lite0"], "recipe": "avg,pca=²"}, "'pca=²' is not one of"),  # was a 500
+                           ({"models": ["efficientnet_lite0"], "recipe": "avg,scales=2+1.9+1.8,flip"}, "the most is 8"),
+                           ({"models": ["efficientnet_lite0"], "recipe": "centred", "compare": [{}]}, "changes nothing"),
+                           ({"models": ["efficientnet_lite0"], "compare": [{"normalisation": "rank"}]}, "changes nothing")]:
             r = client.post("/api/evaluate", json=bad, headers=h)
             assert r.status_code == 422 and words in r.json()["error"], (bad, r.text)
+        # a model whose weights are not here: said at once, and nothing is downloaded (a student could make the server fetch them)
+        r = client.post("/api/evaluate", json={"models": ["vgg16"], "recipe": "centred"}, headers=h)
+        assert r.status_code == 400 and "ImageNet weights for VGG16 are not in the models cache" in r.json()["error"], r.text

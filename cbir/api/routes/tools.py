@@ -88,6 +88,16 @@ class CompareRun(BaseModel):
 EvaluateRequest.model_rebuild()
 
 
+def _effective(run: dict, recipe) -> tuple:
+    """What an evaluation run computes (settings that change nothing left out)."""
+    from ...distances import normalise_metric
+    from ...fusion import fusion_method
+
+    method = fusion_method(run["method"]) if len(run["models"]) > 1 else None
+    return (tuple(run["models"]), normalise_metric(run["metric"]), method.name if method else None,
+            run["normalisation"] if method is not None and method.normalised else None, None if recipe is None else recipe.name)
+
+
 def _recipe_of(run: dict):
     """A run's recipe (None: the store's vectors), checked as cbir.recipes.check_recipe_run does (422)."""
     from ...recipes import check_recipe_run, parse_recipe
@@ -110,6 +120,10 @@ async def evaluate_route(request: Request, service: Service, user: CurrentUser, 
              "recipe": body.recipe}]
     runs += [{**runs[0], **run.model_dump(exclude_none=True)} for run in body.compare or []]
     recipes = [_recipe_of(run) for run in runs]  # every run checked before any work
+    for k, (run, recipe) in enumerate(zip(runs[1:], recipes[1:]), 1):
+        if _effective(run, recipe) == _effective(runs[0], recipes[0]):
+            raise APIError(422, f"compare[{k - 1}] changes nothing of the evaluation it is compared with (a normalisation "
+                                "without a fusion that reads it, or the same values)")
 
     def work(progress):
         from ...recipes import evaluate_recipe
@@ -119,7 +133,8 @@ async def evaluate_route(request: Request, service: Service, user: CurrentUser, 
         for i, (run, recipe) in enumerate(zip(runs, recipes)):
             step = (lambda done, total, i=i: progress(i * total + done, len(runs) * total))
             if recipe is not None:
-                reports.append(evaluate_recipe(engine, run["models"][0], recipe, step, ties=body.ties, metric=run["metric"]))
+                reports.append(evaluate_recipe(engine, run["models"][0], recipe, step, ties=body.ties, metric=run["metric"],
+                                               queries=body.queries, seed=body.seed))
                 continue
             reports.append(engine.evaluate(run["models"], run["metric"], method=run["method"] if len(run["models"]) > 1 else None,
                                            progress=step, queries=body.queries, seed=body.seed, ties=body.ties,
