@@ -327,6 +327,10 @@ def test_why_did_this_match_opens_the_pair_with_its_heatmaps(page, app_server):
     expect(dialog).to_have_count(0)
     # another upload, not searched yet: the results are the old upload's, and Why? says so rather than explain the new one
     click_until(page, page.get_by_text("Query — choose another"), page.locator("[data-testid='stFileUploaderDropzone']"))
+    # the first file removed, then the second set (set over a file already there, it was lost 2 times in 3)
+    page.get_by_role("button", name="Remove 412.jpg").click()
+    expect(page.locator("[data-testid='stFileChip']")).to_have_count(0)
+    settled(page)
     page.locator("input[type=file]").set_input_files(str(ROOT / "image.orig" / "100.jpg"))
     page.get_by_text("These results are for the previous query").wait_for()  # (a new upload beside old results said nothing)
     settled(page)
