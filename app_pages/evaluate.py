@@ -230,6 +230,8 @@ def significance(results: list[dict]) -> None:
                                for name, c in rows]),
                  hide_index=True, width="stretch", column_config={"Δ mAP": st.column_config.NumberColumn(format="%+.4f"),
                                                                   "p-value": st.column_config.NumberColumn(format="%.4f")})
+    for note in dict.fromkeys(c["note"] for _, c in rows if c.get("note")):
+        st.warning(f"{note}.", icon="⚖️")
     st.caption(f"Paired over the queries both rows scored: the mean difference of their APs, its {CONFIDENCE:.0%} bootstrap "
                f"interval (BCa, {N_RESAMPLES:,} resamples of the queries) and a two-sided paired randomisation test (each "
                f"query's two APs swapped at random; Smucker et al. 2007); significant below p = {ALPHA:g}. The smallest "

@@ -34,6 +34,9 @@ N_RESAMPLES = 10_000
 CONFIDENCE = 0.95
 #: Below this p-value a difference is called significant.
 ALPHA = 0.05
+#: Below this many paired queries the bootstrap interval is unreliable (it can exclude 0 while
+#: the randomisation test says p = 0.5 for 3 queries): said with the figures.
+FEW_QUERIES = 20
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,19 @@ class Comparison:
     def significant(self) -> bool:
         return self.p_value < ALPHA
 
+    @property
+    def note(self) -> str | None:
+        """What a reader must know about these figures (too few queries), or None."""
+        if self.queries < FEW_QUERIES:
+            return f"only {self.queries} paired queries: the interval is unreliable below {FEW_QUERIES}"
+        return None
+
     def verdict(self) -> str:
         """One line a reader can quote."""
         sign = "better" if self.delta > 0 else "worse"
-        if not self.significant:
-            return (f"{self.run} vs {self.baseline}: {self.delta:+.4f} mAP (95% CI {self.low:+.4f} to {self.high:+.4f}, "
-                    f"p = {self.p_value:.3g}, {self.queries} queries): not significant at {ALPHA:g}")
+        found = f"significantly {sign}" if self.significant else f"not significant at {ALPHA:g}"
         return (f"{self.run} vs {self.baseline}: {self.delta:+.4f} mAP (95% CI {self.low:+.4f} to {self.high:+.4f}, "
-                f"p = {self.p_value:.3g}, {self.queries} queries): significantly {sign}")
+                f"p = {self.p_value:.3g}, {self.queries} queries): {found}" + (f" ({self.note})" if self.note else ""))
 
     def to_dict(self) -> dict:
         return {
@@ -73,6 +81,7 @@ class Comparison:
             "baseline_mAP": round(self.baseline_map, 6), "run_mAP": round(self.run_map, 6),
             "delta_mAP": round(self.delta, 6), "ci95": [round(self.low, 6), round(self.high, 6)],
             "p_value": round(self.p_value, 6), "significant": self.significant, "n_resamples": self.n_resamples,
+            "note": self.note,
             "tests": "paired bootstrap (BCa) 95% interval and two-sided paired randomisation test over per-query AP",
         }
 

@@ -48,6 +48,8 @@ def test_queries_are_paired_by_id_and_left_out_ones_skipped():
     x, y = pair_by_query(a.name, a.query_ids, a.ap, b.name, b.query_ids, b.ap)
     assert x.tolist() == [0.9, 0.1] and y.tolist() == [0.6, 0.2]  # q3 and q4: q2 is a's singleton, q1 and q9 unpaired
     assert compare(a, b).queries == 2
+    assert compare(a, b).verdict().endswith("(only 2 paired queries: the interval is unreliable below 20)")
+    assert compare(a, b).to_dict()["note"] == "only 2 paired queries: the interval is unreliable below 20"
 
 
 def test_what_cannot_be_paired_says_why():
