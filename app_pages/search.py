@@ -70,7 +70,9 @@ read_link({  # a hand-written link may name a setting by its key (metric=euclide
     "view": ([TABS, SIDE_BY_SIDE], str, False)}, "app_pages/search.py", also=unknown_image)
 
 # a link (or the Map's Open in Search) searches at once, with the picker folded: the results in view
-linked_search = st.session_state.pop("search_linked", False)
+# read here, dropped only once the search is asked for below: a rerun landing in between (the
+# login cookie's, under load) lost the link's search (no results for a whole CI test)
+linked_search = st.session_state.get("search_linked", False)
 if linked_search:
     st.session_state["search_picker_open"] = False
 
@@ -212,8 +214,10 @@ if image_id is not None and st.query_params.get(QUERY_PARAM) != image_id:
     st.query_params[QUERY_PARAM] = image_id  # (an upload has no link)
 elif image_id is None:
     st.query_params.pop(QUERY_PARAM, None)
-if linked_search and image_id is not None and models and "search_result" not in st.session_state:
-    st.session_state["search_start"] = True  # a link with a query: its search runs at once
+if linked_search:
+    st.session_state.pop("search_linked", None)
+    if image_id is not None and models and "search_result" not in st.session_state:
+        st.session_state["search_start"] = True  # a link with a query: its search runs at once
 
 # -- the results: a fragment, so fusion changes and feedback marks redraw only this part -----
 
@@ -496,8 +500,9 @@ def results_panel() -> None:
     """Everything below the query: fusion, results, PR curves, feedback. A fragment: a fusion
     change or a weight reruns only this function, not the page."""
     method, weights = fusion_controls()
-    if st.session_state.pop("search_start", False) and models and (image_id is not None or image_bytes is not None):
+    if st.session_state.get("search_start") and models and (image_id is not None or image_bytes is not None):
         do_search([], method, weights)
+    st.session_state.pop("search_start", None)  # after the search: one interrupted by a rerun runs again
     result = st.session_state.get("search_result")
     if not result:
         st.info("Choose a query and press **Search**.")
