@@ -96,8 +96,9 @@ class _EpochSink(io.TextIOBase):
 def _umap(x: np.ndarray, n_neighbors: int, min_dist: float, progress: Progress | None = None):
     import umap
 
+    # a refresh every 5 epochs, not every 0.2 s: a fast fit (300 points in 0.3 s) reported 0, 0.002 and 1 only
     bar = {"disable": False, "file": _EpochSink(progress), "desc": "Epochs completed", "bar_format": "{desc}|{n}/{total}",
-           "mininterval": 0.2}
+           "mininterval": 0, "miniters": 5}
     reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), min_dist=min_dist, metric="cosine", random_state=SEED,
                         n_jobs=1, tqdm_kwds=bar).fit(x)
     return reducer.embedding_, reducer
