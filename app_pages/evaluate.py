@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from cbir.centring import CENTRED_METRICS
 from cbir.distances import METRICS
 from cbir.experiments import plan_runs
 from cbir.export import pr_html, pr_png, report_curves, reports_csv, reports_json
@@ -36,9 +37,14 @@ if not searchable:
 
 with st.form("eval_form"):
     # two rows, wide boxes: three model chips were clipped ("fficientNet-Lite0") in a third of the width
-    c1, c2 = st.columns([3, 2])
+    c1, c2, c5 = st.columns([3, 2, 1.6])
     models = c1.multiselect("Models", searchable, default=searchable[:1], format_func=model_label, key="eval_models")
     metrics = c2.multiselect("Metrics", list(METRICS), default=["cosine"], format_func=metric_label, key="eval_metrics")
+    centrings = c5.multiselect("Centring", [True, False], default=[True], key="eval_centring",
+                               format_func=lambda c: "Centred" if c else "Not centred",
+                               help="Cosine and Euclidean on vectors centred on the collection's mean (the default) or "
+                                    "as stored: choose both for one row each, side by side. Chi-square and "
+                                    "Bhattacharyya are never centred.")
     c3, c4, r1, r2, r3 = st.columns([2, 1.3, 2, 0.8, 0.8])
     fusions = c3.multiselect("Fusions (2+ models)", FUSION_METHODS, default=[], format_func=lambda m: FUSIONS[m].label, key="eval_fusions",
                              help="With no weights to read, Weighted and weighted RRF use equal weights: tune them below")
@@ -60,11 +66,12 @@ with st.form("eval_form"):
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def evaluate_cached(models: tuple[str, ...], metric: str, method: str | None, rerank: tuple, versions: tuple[str, ...],
-                    collection: str, normalisation: str = DEFAULT_NORMALISATION) -> dict:
+                    collection: str, normalisation: str = DEFAULT_NORMALISATION, centre: bool = True) -> dict:
     """Cached per store version and ``collection`` (its name and labels' digest: two folders of
     the same images under other labels share store versions): a second view is instant, a
     re-index recomputes."""
-    report = engine.evaluate(list(models), metric, method=method, rerank=Rerank(*rerank), normalisation=normalisation)
+    report = engine.evaluate(list(models), metric, method=method, rerank=Rerank(*rerank), normalisation=normalisation,
+                             centre=centre)
     out = report.to_dict()
     out["ap"] = [None if v != v else v for v in report.ap.tolist()]  # NaN: a left-out (singleton) query
     out["query_ids"] = report.query_ids  # pairs the rows' APs query by query (the significance section)
@@ -124,7 +131,9 @@ if go:
         # an average or weighted fusion once per normalisation chosen; every other row once
         runs = [(j, norm) for j in jobs for norm in ((norms or [DEFAULT_NORMALISATION]) if j.method and FUSIONS[j.method].normalised
                                                      else [DEFAULT_NORMALISATION])]
-        for i, (job, norm) in enumerate(runs):
+        # and under cosine and Euclidean once per centring chosen (the others are never centred)
+        runs = [(j, norm, c) for j, norm in runs for c in ((centrings or [True]) if j.metric in CENTRED_METRICS else [False])]
+        for i, (job, norm, centre) in enumerate(runs):
             ms, metric, method, rr = job.models, job.metric, job.method, job.rerank
             name = model_label(ms[0]) if method is None else f"{FUSIONS[method].short} ({' + '.join(model_label(m).replace('EfficientNet-', '') for m in ms)})"
             if method is not None and FUSIONS[method].weighted:
@@ -134,10 +143,12 @@ if go:
             rerank_key = (rr, int(rr_n), float(rr_alpha))
             if rr != "none":
                 name += f" + {RERANK_LABELS[rr]}"
+            if metric in CENTRED_METRICS and not centre:
+                name += " · not centred"
             bar.progress(i / len(runs), text=f"Evaluating {name} · {metric_label(metric)} ({i + 1}/{len(runs)})")
             try:
                 versions = tuple(engine.store(m).version for m in ms)
-                rep = evaluate_cached(ms, metric, method, rerank_key, versions, engine.collection.labels_digest, norm)
+                rep = evaluate_cached(ms, metric, method, rerank_key, versions, engine.collection.labels_digest, norm, centre)
             except Exception as exc:
                 show_error(exc)
                 continue

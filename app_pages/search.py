@@ -7,6 +7,7 @@ import random
 
 import streamlit as st
 
+from cbir.centring import CENTRED_METRICS
 from cbir.collection import image_extensions
 from cbir.config import get_settings
 from cbir.distances import METRICS
@@ -95,6 +96,11 @@ with st.sidebar:
                 st.checkbox(model_label(n), value=False, disabled=True, key=f"search_na_{n}", help=infos[n]["reason"])
                 st.caption(infos[n]["reason"] if not infos[n]["available"] else "Not indexed yet: use the Collection page.")
     metric = st.selectbox("Metric", list(METRICS), index=list(METRICS).index("cosine"), format_func=metric_label, key="metric", **KEPT)
+    centre = st.toggle("Centre on the collection's mean", value=True, key="centre", disabled=metric not in CENTRED_METRICS, **KEPT,
+                       help="Subtract the mean of the collection's (unit) vectors from every vector and the query, then "
+                            "normalise again: the features' shared component goes, and cosine mAP on Wang rises "
+                            "(EfficientNet-Lite0 0.856 → 0.877, the three fused 0.896 → 0.914). Euclidean then ranks as "
+                            "cosine does. Chi-square and Bhattacharyya keep the raw histograms.") and metric in CENTRED_METRICS
     top_k = st.segmented_control("Top k", [10, 20, 50], default=10, key="k", required=True, **KEPT) or 10
     st.header("Re-ranking")
     cosine = metric == "cosine"  # re-ranking and feedback are defined for cosine only: offered only there
@@ -108,6 +114,9 @@ with st.sidebar:
     rr_alpha = st.slider("α (similarity exponent)", ALPHA_RANGE[0], ALPHA_RANGE[1], DEFAULT_ALPHA, 0.5, key="alpha",
                          disabled=rr_method == "none", **KEPT)
     rerank = Rerank(rr_method, rr_n, rr_alpha)
+    if rerank.method == "dba_aqe" and centre:
+        st.caption("Measured on Wang: DBA + αQE does better on the vectors as stored (Lite0 mAP 0.955 against 0.946 "
+                   "centred): turn *Centre on the collection's mean* off for it.")
     # only the indexes that serve this metric and this re-ranking (FAISS was offered with
     # chi-square, then refused twice: a warning here and an error on Search)
     usable = [AUTO] + [name for name, b in BACKENDS.items()
@@ -304,7 +313,7 @@ def do_search(feedback: list[dict], method, weights) -> None:
         with st.spinner("Searching…"):
             request = parse_search(used, metric, int(top_k), image_id=image_id, image=image_bytes, method=method,
                                    weights=weights, rerank=rerank, feedback=feedback, backend=backend,
-                                   normalisation=chosen_normalisation(method))
+                                   normalisation=chosen_normalisation(method), centre=centre)
             served = service.search(request, with_inputs=len(request.models) > 1)
     except Exception as exc:
         show_error(exc)
@@ -332,12 +341,14 @@ def outdated(result: dict) -> list[str]:
     # an upload by its digest: another picture uploaded after a search makes the results the previous query's
     asked = {"query": image_id if image_bytes is None else f"upload {upload_digest(image_bytes)}", "metric": metric, "top k": int(top_k),
              "models": sorted(query_models()[0]), "re-ranking": rerank.method,
-             "n and α": (rerank.n, rerank.alpha) if rerank.active else None}
+             "n and α": (rerank.n, rerank.alpha) if rerank.active else None, "centring": bool(centre)}
     shown = {"query": query["id"] or f"upload {st.session_state.get('search_upload_digest')}", "metric": result["metric"], "top k": result["top_k"],
              "models": sorted(result["models"]), "re-ranking": used["method"],
-             "n and α": (used["n"], used["alpha"]) if used["method"] != "none" else None}
+             "n and α": (used["n"], used["alpha"]) if used["method"] != "none" else None, "centring": bool(result.get("centred"))}
     if asked["re-ranking"] != shown["re-ranking"]:
         asked["n and α"] = shown["n and α"]  # said once, as the re-ranking
+    if asked["metric"] != shown["metric"]:
+        asked["centring"] = shown["centring"]  # said once, as the metric
     changed = [k for k in asked if asked[k] != shown[k]]
     if models and result.get("backend"):
         try:
@@ -444,6 +455,14 @@ def upload_digest(data: bytes | None) -> str | None:
     return None if data is None else hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def store_version(model: str) -> str | None:
+    """The version of the model's store (its centring mean changes with it), None without one."""
+    try:
+        return engine.store(model).version if engine.has_store(model) else None
+    except CBIRError:
+        return None
+
+
 def file_versions(*image_ids: str | None) -> tuple:
     """The modification times of collection images (a changed file: a new explanation)."""
     return tuple(collection.path_of(i).stat().st_mtime_ns if i is not None else None for i in image_ids)
@@ -451,10 +470,11 @@ def file_versions(*image_ids: str | None) -> tuple:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def explained(collection_digest: str, model: str, query_id: str | None, upload: bytes | None, result_id: str,
-              versions: tuple, _engine) -> tuple[bytes, dict]:
+              versions: tuple, _engine, centre: bool = True) -> tuple[bytes, dict]:
     """The rendered pair (PNG) and the explanation's numbers, cached per collection, model,
-    query, result and file versions: a dialog rerun (another model) or a second look costs nothing."""
-    explanation, query_img, result_img = _engine.explain(model, result_id, image_id=query_id, image=upload)
+    query, result, file versions (the store's, for its mean) and centring: a dialog rerun
+    (another model) or a second look costs nothing."""
+    explanation, query_img, result_img = _engine.explain(model, result_id, image_id=query_id, image=upload, centre=centre)
     return png(render(explanation, query_img, result_img)), explanation.to_dict()
 
 
@@ -479,7 +499,8 @@ def why_dialog(target: dict, result: dict) -> None:
     try:
         with st.spinner("Reading both images' feature maps…"):
             picture, numbers = explained(collection.labels_digest, model or start, query["id"], upload, target["result"],
-                                         file_versions(query["id"], target["result"]), engine)
+                                         (*file_versions(query["id"], target["result"]), store_version(model or start)), engine,
+                                         bool(result.get("centred")))
     except (CBIRError, OSError) as exc:
         show_error(exc)
         return
@@ -490,7 +511,8 @@ def why_dialog(target: dict, result: dict) -> None:
     st.caption(
         f"Bright: this part of one image resembles the other image as a whole (one colour scale for both). Numbered lines "
         f"join the {len(numbers['pairs'])} best-matching pairs of locations. The model sees the query as a {hq}x{wq} grid of "
-        f"feature vectors (the result as {hr}x{wr}); the maps split the cosine similarity of the two descriptors, "
+        f"feature vectors (the result as {hr}x{wr}); the maps split the cosine similarity of the two descriptors"
+        f"{' centred on the collection mean' if numbers.get('centred') else ''}, "
         f"**{numbers['similarity']:.3f}**, exactly (each map's mean). "
         f"Computed in {1000 * numbers['seconds']:.0f} ms.")
 
@@ -519,7 +541,7 @@ def results_panel() -> None:
     line = st.container(horizontal=True, wrap=True, vertical_alignment="center", key="search_results_head")
     title = f"query {plain(query['id'])}" if query["id"] else "uploaded image"
     line.markdown(
-        f"**Results for {title}** · {metric_label(result['metric'])} distance "
+        f"**Results for {title}** · {metric_label(result['metric'])} distance{', centred' if result.get('centred') else ''} "
         f"· top {result['top_k']} · {1000 * result['timings'].get('total', 0):.1f} ms" + (" · from cache" if result.get("cached") else ""),
         width=520)
     name = f"search-{query['id'] or 'upload'}-{result['metric']}"

@@ -7,6 +7,9 @@
   step 0.1: time, best weights, and the gain over equal weights.
 
     python bench/fusion.py [--queries 50] [--step 0.1]
+
+On the stored vectors as they are (centring off, as the README's table says);
+`python bench/centring.py` measures the same with centring, the default.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def main() -> None:
           f"{args.queries} queries: " + ", ".join(f"{m} {1000 * statistics.median(v):.2f} ms" for m, v in times.items()), flush=True)
     for models in (LITE[:2], LITE):
         for method in ("weighted", "rrf"):
-            r = sweep_weights(engine, models, method, args.step)
+            r = sweep_weights(engine, models, method, args.step, centre=False)
             out = r.to_dict()
             best = ", ".join(f"{m.replace('efficientnet_', '')}={w:g}" for m, w in out["best"]["weights"].items())
             print(f"sweep {method:<8} {'+'.join(m.replace('efficientnet_', '') for m in models):<17} {len(r.map):>3} points "

@@ -12,6 +12,9 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
+from .centring import centred_view, store_mean
 from .collection import Collection, scan_collection
 from .config import Settings, get_settings
 from .errors import CBIRError, StoreError, import_again, index_model
@@ -35,6 +38,7 @@ class StoreCatalogue:
         root = collection if collection is not None else self.settings.collection
         self.collection = root if isinstance(root, Collection) else scan_collection(root)
         self._stores: dict[tuple[str, str], tuple[float, FeatureStore]] = {}
+        self._centred: dict[str, FeatureStore] = {}  # model -> centred view of its current store
         self._lock = threading.RLock()
         self.indexes = IndexCache(self)
 
@@ -62,10 +66,31 @@ class StoreCatalogue:
             self._stores[(spec.name, weights)] = (stamp, store)
             return store
 
-    def stores(self, models: Sequence[str]) -> dict[str, FeatureStore]:
+    def stores(self, models: Sequence[str], centred: bool = False) -> dict[str, FeatureStore]:
         """Each model's store, looked up once: what one request works on from start to end
-        (a store rewritten meanwhile is seen by the next request)."""
-        return {m: self.store(m) for m in models}
+        (a store rewritten meanwhile is seen by the next request). ``centred``: each store's
+        centred view instead (:func:`cbir.centring.centred_view`, built once per version)."""
+        return {m: self.centred(m) if centred else self.store(m) for m in models}
+
+    def centred(self, model: str) -> FeatureStore:
+        """The centred view of the model's current store (one per model kept: the newest version)."""
+        name = get_spec(model).name
+        store = self.store(name)
+        with self._lock:
+            view = self._centred.get(name)
+            if view is None or view.manifest.get("raw_version") != store.version:
+                view = centred_view(store, self.store_folder(name))
+                view.manifest["raw_version"] = store.version
+                self._centred[name] = view
+            return view
+
+    def centring_mean(self, model: str) -> np.ndarray | None:
+        """The (d,) mean a centred search of ``model`` subtracts (:func:`cbir.centring.store_mean`),
+        or None when the model has no store (or an unreadable one) here."""
+        try:
+            return store_mean(self.store(model), self.store_folder(model)) if self.has_store(model) else None
+        except CBIRError:
+            return None
 
     def coverage(self, model: str) -> dict:
         """How much of the collection the model's store covers now: ``indexed`` (images of the

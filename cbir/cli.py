@@ -85,6 +85,12 @@ def _add_normalisation_option(sp) -> None:
                         f"{n.name}: {n.description}" for n in NORMALISATIONS.values()) + " (default %(default)s)")
 
 
+def _add_centre_option(sp) -> None:
+    sp.add_argument("--no-centre", dest="centre", action="store_false",
+                    help="cosine and Euclidean on the stored vectors as they are, not centred on the collection's mean "
+                         "(the default centres them: cbir.centring)")
+
+
 def _add_rerank_options(sp) -> None:
     from .rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, N_RANGE, RERANK_METHODS
 
@@ -206,7 +212,8 @@ def cmd_search(args) -> int:
     _normalisation_note(args.method if len(models) > 1 else None, args.normalisation)
     request = parse_search(models, args.metric, args.top_k, image_id=args.id, image=image, method=args.method,
                            weights=_weights_arg(args.weights, models), exclude_query=not args.include_query,
-                           rerank=_rerank_arg(args), backend=args.backend, depth=args.depth, normalisation=args.normalisation)
+                           rerank=_rerank_arg(args), backend=args.backend, depth=args.depth, normalisation=args.normalisation,
+                           centre=args.centre)
     resp = engine.search(request)
     if args.csv:
         from .export import search_csv
@@ -220,7 +227,7 @@ def cmd_search(args) -> int:
     for rl in lists:
         title = rl.name if rl.name != "combined" else f"combined ({resp.method}{', ' + resp.normalisation if resp.normalisation else ''})"
         where = "" if get_backend(resp.backend).exact else f", {resp.backend} depth {resp.depth}"
-        print(f"== {title}  [{resp.metric}, top {resp.top_k}{where}, {rl.seconds * 1000:.1f} ms]")
+        print(f"== {title}  [{resp.metric}{', centred' if resp.centred else ''}, top {resp.top_k}{where}, {rl.seconds * 1000:.1f} ms]")
         for h in rl.hits:
             mark = "" if h.relevant is None else ("  ✓" if h.relevant else "  ✗")
             print(f"{h.rank:>4}  {h.id:<24} {h.score:>10.5f}  {h.label or '':<12}{mark}")
@@ -244,7 +251,7 @@ def cmd_explain(args) -> int:
     engine = _engine(args)
     model = _models_arg(args.model)[0] if args.model else default_model()
     image = _query_image(args)
-    explanation, query_image, result_image = engine.explain(model, args.result, image_id=args.id, image=image)
+    explanation, query_image, result_image = engine.explain(model, args.result, image_id=args.id, image=image, centre=args.centre)
     if args.out:
         try:
             Path(args.out).write_bytes(png(render(explanation, query_image, result_image)))
@@ -255,7 +262,8 @@ def cmd_explain(args) -> int:
         print(json.dumps({**explanation.to_dict(), "query": args.id, "result": args.result}))
         return 0
     (hq, wq), (hr, wr) = explanation.query_map.shape, explanation.result_map.shape
-    print(f"{model}: cosine similarity {explanation.similarity:.4f} of the pooled descriptors, the mean of "
+    print(f"{model}: cosine similarity {explanation.similarity:.4f} of the pooled descriptors"
+          f"{' centred on the collection mean' if explanation.centred else ''}, the mean of "
           f"{hq * wq}x{hr * wr} location-pair terms ({explanation.seconds * 1000:.0f} ms); the best pairs "
           f"(row,column of the {hq}x{wq} and {hr}x{wr} grids):")
     for n, (q, r, c) in enumerate(explanation.pairs, 1):
@@ -273,7 +281,7 @@ def cmd_evaluate(args) -> int:
     method = args.method if len(models) > 1 else None
     rerank = _rerank_arg(args)
     settings = dict(models=models, metric=args.metric, method=method, weights=weights, rerank=rerank, backend=args.backend,
-                    depth=args.depth, normalisation=args.normalisation, recipe=_recipe_arg(args.recipe))
+                    depth=args.depth, normalisation=args.normalisation, recipe=_recipe_arg(args.recipe), centre=args.centre)
     runs = _planned_runs(engine, settings, args)
     _normalisation_note(method, args.normalisation)
     if args.feedback_rounds:
@@ -281,8 +289,9 @@ def cmd_evaluate(args) -> int:
             return _fail("--feedback-rounds evaluates one model at a time")
         if args.compare or args.recipe:
             return _fail("--feedback-rounds simulates feedback on the store's vectors; leave out --compare and --recipe")
-        reports = engine.evaluate_feedback(models[0], rounds=args.feedback_rounds, k=args.feedback_k, rerank=rerank)
-        print(f"Rocchio feedback with the true labels of the top {args.feedback_k} ({models[0]}, cosine{', ' + rerank.label if rerank.active else ''})")
+        reports = engine.evaluate_feedback(models[0], rounds=args.feedback_rounds, k=args.feedback_k, rerank=rerank, centre=args.centre)
+        print(f"Rocchio feedback with the true labels of the top {args.feedback_k} ({models[0]}, cosine"
+              f"{', centred' if args.centre else ''}{', ' + rerank.label if rerank.active else ''})")
         for r, rep in enumerate(reports):
             gain = "" if r == 0 else f"  ({rep.map - reports[0].map:+.4f} mAP)"
             print(f"round {r}: mAP={rep.map:.4f}  P@10={rep.p_at_10:.4f}  P@20={rep.p_at_20:.4f}{gain}")
@@ -320,10 +329,12 @@ def _recipe_arg(text: str | None):
 
 def _planned_runs(engine, settings: dict, args) -> list[dict]:
     """The baseline run and one per ``--compare``, all parsed and checked before any work."""
+    from .experiments import effective_run
+
     runs = [settings] + [_compare_arg(text, settings, args.method) for text in args.compare or []]
     for text, run in zip([None, *(args.compare or [])], runs):
         _check_run(engine, run)
-        if text is not None and _effective(run) == _effective(settings):
+        if text is not None and effective_run(run) == effective_run(settings):
             raise CBIRError(f"--compare {text!r} changes nothing of the evaluation it is compared with "
                             "(a normalisation or weights without a fusion that reads them, or the same values)")
     return runs
@@ -355,20 +366,6 @@ def _check_run(engine, run: dict) -> None:
         engine.store(model)  # a missing store: its error now, not after the first run
 
 
-def _effective(run: dict) -> tuple:
-    """What an evaluation run computes: settings that change nothing left out (a method,
-    weights or a normalisation with one model, a normalisation with rank fusion)."""
-    from .distances import normalise_metric
-    from .fusion import fusion_method
-
-    fused = len(run["models"]) > 1
-    method = fusion_method(run["method"] or "average") if fused else None
-    weights = run.get("weights") if method is not None and method.weighted else None
-    return (tuple(run["models"]), normalise_metric(run["metric"]), method.name if method else None,
-            tuple(sorted((weights or {}).items())), run["normalisation"] if method is not None and method.normalised else None,
-            run["rerank"], run.get("backend"), run.get("depth"), None if run.get("recipe") is None else run["recipe"].name)
-
-
 def _evaluate_run(engine, run: dict, args):
     """One run of ``cbir evaluate`` (a recipe: the collection described now, with a bar)."""
     from tqdm import tqdm
@@ -389,7 +386,7 @@ def _evaluate_run(engine, run: dict, args):
 
 #: ``--compare`` keys: what a comparison run may change of the baseline run.
 COMPARE_KEYS = ("model", "recipe", "metric", "method", "normalisation", "weights", "rerank", "rerank_n", "rerank_alpha", "backend",
-                "depth")
+                "depth", "centre")
 
 
 def _compare_arg(text: str, base: dict, method: str = "average") -> dict:
@@ -398,6 +395,7 @@ def _compare_arg(text: str, base: dict, method: str = "average") -> dict:
 
     from .distances import normalise_metric
     from .fusion import fusion_method, normalisation_method
+    from .request import check_flag
     from .rerank import Rerank
 
     run = dict(base)
@@ -432,6 +430,8 @@ def _compare_arg(text: str, base: dict, method: str = "average") -> dict:
             run[key] = normalise_metric(value)
         elif key == "method":
             run[key] = fusion_method(value).name
+        elif key == "centre":
+            run[key] = check_flag("centre", value)
         else:
             run[key] = value
     try:
@@ -528,7 +528,7 @@ def cmd_tune_weights(args) -> int:
         bar.n = done
         bar.refresh()
 
-    result = sweep_weights(engine, models, args.method, args.step, args.metric, progress)
+    result = sweep_weights(engine, models, args.method, args.step, args.metric, progress, centre=args.centre)
     bar.close()
     out = result.to_dict()
     if args.json:
@@ -691,6 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
     _add_normalisation_option(sp)
     sp.add_argument("--include-query", action="store_true", help="keep the query in its own results")
+    _add_centre_option(sp)
     _add_rerank_options(sp)
     _add_backend_options(sp)
     sp.add_argument("--json", action="store_true", help="print the response as JSON (with the parameters used)")
@@ -705,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", "-m", default=None, help="a model this server extracts (default: the default model)")
     sp.add_argument("--out", "-o", metavar="FILE.png", help="write the pair with both heatmaps and the best pairs as PNG")
     sp.add_argument("--json", action="store_true", help="print the maps, pairs and similarity as JSON")
+    _add_centre_option(sp)
     sp.set_defaults(func=cmd_explain)
 
     sp = sub.add_parser("evaluate", help="mAP, P@10, P@20, R-precision and per-class AP")
@@ -714,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--method", default="average", help=method_help)
     sp.add_argument("--weights", help="comma-separated fusion weights, one per model")
     _add_normalisation_option(sp)
+    _add_centre_option(sp)
     _add_rerank_options(sp)
     _add_backend_options(sp)
     sp.add_argument("--queries", type=_bounded_int(1, 10_000_000), default=None, help="evaluate a seeded random sample of N queries (default: every labelled image)")
@@ -745,6 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--step", type=float, default=DEFAULT_STEP, help="grid step on the weight simplex (default %(default)s)")
     sp.add_argument("--metric", default="cosine", help=metric_help)
     sp.add_argument("--top", type=int, default=10, help="rows of the table, best first (default %(default)s)")
+    _add_centre_option(sp)
     sp.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the whole sweep as JSON (to FILE, or stdout alone)")
     sp.set_defaults(func=cmd_tune_weights)
 

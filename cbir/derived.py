@@ -23,7 +23,8 @@ def derived_array(store: FeatureStore, folder: Path, name: str, build: Callable[
     ``name`` starts with its kind (``dba-n10-a3``: kind ``dba``). Files of older store
     versions are deleted, and of the current version only the ``DERIVED_FILES`` newest of
     a kind are kept, so distinct parameters cannot fill the disk. A read-only folder
-    keeps the array in memory only."""
+    keeps the array in memory only. A centred view's arrays are named ``centred_<name>``."""
+    name = _named(store, name)
     path = Path(folder) / f"{name}.npz"
     if path.exists():
         try:
@@ -41,12 +42,16 @@ def derived_array(store: FeatureStore, folder: Path, name: str, build: Callable[
 
 def has_derived(store: FeatureStore, folder: Path, name: str) -> bool:
     """Whether :func:`derived_array` would read ``name`` from the disk (no build)."""
-    path = Path(folder) / f"{name}.npz"
+    path = Path(folder) / f"{_named(store, name)}.npz"
     try:
         with np.load(path, allow_pickle=False) as data:
             return json.loads(str(data["meta"])).get("store_version") == store.version
     except Exception:
         return False
+
+
+def _named(store: FeatureStore, name: str) -> str:
+    return f"{store.variant}_{name}" if store.variant else name
 
 
 def save_derived(folder: Path, name: str, version: str, array: np.ndarray, seconds: float = 0.0) -> None:

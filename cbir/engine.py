@@ -15,6 +15,7 @@ from PIL import Image
 
 from . import distance_rows, experiments
 from .catalogue import StoreCatalogue
+from .centring import centre
 from .errors import CBIRError
 from .evaluation import EvaluationReport
 from .explain import TOP_PAIRS, Explanation, explain_query
@@ -125,12 +126,10 @@ class Engine(StoreCatalogue):
                     open_image(query.image, max_pixels=self.settings.max_image_pixels)
                 timings["decode"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            extractor = self.extractor(model)
-            t1 = time.perf_counter()
+            extractor, t1 = self.extractor(model), time.perf_counter()
             if t1 - t0 > 1e-3:
                 timings[f"load:{model}"] = t1 - t0
-            arr = resize_rgb(image, extractor.input_size)[None]
-            t2 = time.perf_counter()
+            arr, t2 = resize_rgb(image, extractor.input_size)[None], time.perf_counter()
             vec = extractor.features(arr)[0]
             timings["decode"] += t2 - t1  # the resize belongs to decoding
             timings[f"extract:{model}"] = time.perf_counter() - t2
@@ -147,13 +146,13 @@ class Engine(StoreCatalogue):
         return self._upload_vectors([model], query, {})[model]
 
     def explain(self, model: str, result_id: str, image_id: str | None = None, image: bytes | np.ndarray | None = None,
-                top: int = TOP_PAIRS) -> tuple[Explanation, Image.Image, Image.Image]:
+                top: int = TOP_PAIRS, centre: bool = True) -> tuple[Explanation, Image.Image, Image.Image]:
         """Why ``result_id`` matched the query (a collection id, or an upload's bytes or array):
-        :func:`cbir.explain.explain_query` under ``model`` (built once, as for a search)."""
-        spec = get_spec(model)
-        query = self._with_label(Query(image_id=image_id, image=image))
+        :func:`cbir.explain.explain_query` under ``model`` (built once, as for a search), of the
+        centred similarity when ``centre`` and the model has a store (:meth:`centring_mean`)."""
+        spec, query = get_spec(model), self._with_label(Query(image_id=image_id, image=image))
         return explain_query(self.collection, spec, lambda: self.extractor(spec.name), query, str(result_id),
-                             self.settings.max_image_pixels, top)
+                             self.settings.max_image_pixels, top, self.centring_mean(spec.name) if centre else None)
 
     # -- search ---------------------------------------------------------------------
     def _distance_rows(self, request: SearchRequest, stores: Mapping[str, FeatureStore], backend: str, depth: int,
@@ -163,8 +162,9 @@ class Engine(StoreCatalogue):
         timings: dict[str, float] = {}
         query = request.query
         position = space.position.get(query.image_id) if request.exclude_query and query.image_id is not None else None
-        if query.is_upload:
-            vectors = self._upload_vectors(list(stores), query, timings)
+        if query.is_upload:  # a centred store's query is centred on the same mean
+            vectors = {m: v if stores[m].centre is None else centre(v, stores[m].centre)
+                       for m, v in self._upload_vectors(list(stores), query, timings).items()}
         else:
             vectors = {m: s.vector(query.image_id) for m, s in stores.items()}
         out: dict[str, np.ndarray] = {}
@@ -183,7 +183,7 @@ class Engine(StoreCatalogue):
         """What ``request`` resolves to on this server now: each model's store (looked up once),
         the backend (``auto`` and None resolved) and the candidates per model. Computed once per
         request, shared by the API's dispatch, the result cache's key and the search."""
-        stores = self.stores(request.models)
+        stores = self.stores(request.models, centred=request.centred)
         backend = self.resolve_backend(request.backend, stores, request.metric, request.rerank.method if request.rerank else None)
         return Plan(stores, backend, self.search_depth(request, backend))
 
@@ -211,9 +211,8 @@ class Engine(StoreCatalogue):
         per_model = {m: rank_distances(m, d, ids, space.labels, query.label, top_k, depth=depth, label_counts=space.label_counts,
                                        seconds=timings.get(f"search:{m}", 0.0) + timings.get(f"extract:{m}", 0.0))
                      for m, d in dists.items()}
-        fused = None
-        if request.method:
-            fused = inputs.fuse(request.method, request.weight_map, request.normalisation)
+        fused = inputs.fuse(request.method, request.weight_map, request.normalisation) if request.method else None
+        if fused is not None:
             timings["fusion"] = fused.seconds
         timings["total"] = time.perf_counter() - start
         return SearchResponse(
@@ -223,6 +222,7 @@ class Engine(StoreCatalogue):
             rerank=request.rerank, feedback_rounds=len(request.feedback), timings=timings, backend=backend, depth=depth,
             inputs=inputs, collection=self.collection.name,
             normalisation=request.normalisation if fused is not None and fusion_method(request.method).normalised else None,
+            centred=request.centred,
         )
 
     # -- experiments (cbir.experiments) ------------------------------------------------
@@ -230,17 +230,20 @@ class Engine(StoreCatalogue):
                  weights: Mapping[str, float] | None = None, progress: Callable[[int, int], None] | None = None,
                  rerank: Rerank | None = None, backend: str | None = None, depth: int | None = None,
                  queries: int | None = None, seed: int = 0, ties: str = "stable",
-                 normalisation: str | None = None) -> EvaluationReport:
+                 normalisation: str | None = None, centre: bool = True) -> EvaluationReport:
         """Every labelled image (or a seeded sample of ``queries``) as a query against the
         rest, for one model or a fusion (approximate backend: mAP at ``depth``); ``ties``:
         "stable" or "average" (tie-aware figures); ``normalisation``: the fusion's score
-        normalisation (:data:`cbir.fusion.NORMALISATIONS`, default min-max)."""
+        normalisation (:data:`cbir.fusion.NORMALISATIONS`, default min-max); ``centre``: centred
+        vectors under cosine and Euclidean (:mod:`cbir.centring`)."""
         models = list(dict.fromkeys(get_spec(m).name for m in ([models] if isinstance(models, str) else list(models))))
         report = experiments.evaluate(self, models, metric, method, weights, progress, rerank, self.resolve_backend(backend, models, metric, rerank.method if rerank else None),
-                                      int(depth or self.settings.search_depth), queries, seed, ties, normalisation)
+                                      int(depth or self.settings.search_depth), queries, seed, ties, normalisation, centre)
         report.collection = self.collection.name
         return report
 
-    def evaluate_feedback(self, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:
-        """Simulated Rocchio feedback with the true labels; the report before and after each round."""
-        return experiments.evaluate_feedback(self, get_spec(model).name, rounds, k, rerank)
+    def evaluate_feedback(self, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None,
+                          centre: bool = True) -> list[EvaluationReport]:
+        """Simulated Rocchio feedback with the true labels (centred unless ``centre`` is False);
+        the report before and after each round."""
+        return experiments.evaluate_feedback(self, get_spec(model).name, rounds, k, rerank, centre)

@@ -28,7 +28,8 @@ PROTOCOL = (
     "P@k = relevant in the first k / k; queries with no other image of their class (singleton "
     "classes) are left out and counted; mAP = mean AP over the other queries; equal distances "
     "keep the collection's order (ties counted; tie-aware figures on request); "
-    "PR curves are 11-point interpolated means."
+    "PR curves are 11-point interpolated means; cosine and Euclidean on vectors centred on the "
+    "collection's mean unless the report says centred: false."
 )
 TIE_RULES = ("stable", "average")
 RECALL_LEVELS = np.linspace(0.0, 1.0, 11)
@@ -203,6 +204,7 @@ class EvaluationReport:
     tie_rule: str = "stable"
     collection: str | None = None  # the name of the collection evaluated
     query_ids: list[str] | None = field(default=None, repr=False)  # the id of each query, in the order of ``ap``
+    centred: bool = False  # vectors centred on the collection's mean (cbir.centring)
 
     @property
     def n_scored(self) -> int:
@@ -231,6 +233,7 @@ class EvaluationReport:
             "name": self.name,
             "collection": self.collection,
             "metric": self.metric,
+            "centred": self.centred,
             "queries": self.n_queries,
             "queries_scored": self.n_scored,
             "singleton_queries_left_out": self.n_singleton,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .centring import CENTRED_METRICS, centres
 from .distances import normalise_metric
 from .errors import CBIRError, CollectionError, unknown, use_setting
 from .evaluation import TIE_RULES, EvaluationReport, evaluate_distances, merge_reports
@@ -52,6 +53,23 @@ def plan_runs(models: Sequence[str], metrics: Sequence[str], fusions: Sequence[s
         if len(models) >= 2:
             runs += [Run(tuple(models), metric, method, rr) for method in fusions for metric in use]
     return runs
+
+
+def effective_run(run: Mapping) -> tuple:
+    """What an evaluation run (a dict of ``models``, ``metric``, ``method``, ``normalisation`` and
+    optionally ``weights``, ``rerank``, ``backend``, ``depth``, ``recipe``, ``centre``) computes,
+    the settings that change nothing left out: a method, weights or a normalisation with one
+    model, weights with an unweighted fusion, a normalisation with rank fusion, centring under
+    a histogram metric or with a recipe (which says its own). Two runs with equal tuples give
+    the same figures: the CLI and the API refuse such a comparison."""
+    method = fusion_method(run.get("method") or "average") if len(run["models"]) > 1 else None
+    weights = run.get("weights") if method is not None and method.weighted else None
+    recipe, metric = run.get("recipe"), normalise_metric(run["metric"])
+    rerank = run.get("rerank") or Rerank()
+    return (tuple(run["models"]), metric, method.name if method else None, tuple(sorted((weights or {}).items())),
+            run.get("normalisation") if method is not None and method.normalised else None,
+            rerank if rerank.active else None, run.get("backend"), run.get("depth"),
+            None if recipe is None else getattr(recipe, "name", recipe), recipe is None and centres(metric, run.get("centre", True)))
 
 
 def labelled_ids(catalogue: StoreCatalogue, stores: Mapping[str, FeatureStore]) -> tuple[list[str], list[str]]:
@@ -119,23 +137,21 @@ def evaluate(
     seed: int = 0,
     ties: str = "stable",
     normalisation: str | None = None,
+    centre: bool = True,
 ) -> EvaluationReport:
     """Every labelled image as a query against the rest (or a seeded sample of ``queries``
     of them, said in the report's name), for one model or a fusion (its scores normalised
     as ``normalisation`` says, :data:`cbir.fusion.NORMALISATIONS`); with an approximate
-    ``backend``, over each query's ``depth`` candidates (mAP@depth)."""
+    ``backend``, over each query's ``depth`` candidates (mAP@depth). ``centre``: on centred
+    vectors under cosine and Euclidean (:mod:`cbir.centring`, the default); a run that could
+    be centred and is not says "not centred" in its name."""
     t_start = time.perf_counter()
-    metric = normalise_metric(metric)
-    if ties not in TIE_RULES:
-        raise unknown("tie rule", ties, TIE_RULES)
-    rerank = rerank or Rerank()
-    if rerank.active:
-        check_metric(metric)
-        if get_backend(backend).approximate:
-            raise CBIRError("re-ranked evaluation runs on the exact index", remedy=use_setting("backend", "exact", "Exact (numpy)"))
+    metric, rerank = normalise_metric(metric), rerank or Rerank()
+    _check_evaluation(metric, ties, rerank, backend)
     if len(models) > 1 and method is None:
         method = "average"
-    stores = catalogue.stores(models)
+    centred = centres(metric, centre)
+    stores = catalogue.stores(models, centred=centred)
     ids, labels = labelled_ids(catalogue, stores)
     data = {m: _database_and_queries(catalogue, m, stores[m], ids, rerank) for m in models}
     # every query is excluded from its own ranking and is one of its own candidates: one more
@@ -155,19 +171,34 @@ def evaluate(
             progress(start + rows.size, sample.size)
     exact = get_backend(backend).exact
     name = _run_name(models, method, normalisation, rerank, None if exact else (backend, depth),
-                     None if sample.size == n else (sample.size, n, seed))
+                     None if sample.size == n else (sample.size, n, seed), raw=metric in CENTRED_METRICS and not centred)
     report = merge_reports(chunks, [labels[r] for r in sample], name, metric)
     report.seconds = time.perf_counter() - t_start
     report.depth = None if exact else depth
     report.query_ids = [ids[r] for r in sample]  # pairs this run's AP with another run's (cbir.significance)
+    report.centred = centred
     return report
 
 
+def _check_evaluation(metric: str, ties: str, rerank: Rerank, backend: str) -> None:
+    """An evaluation's settings that are refused before any work: an unknown tie rule,
+    re-ranking under another metric than cosine or on an approximate index."""
+    if ties not in TIE_RULES:
+        raise unknown("tie rule", ties, TIE_RULES)
+    if rerank.active:
+        check_metric(metric)
+        if get_backend(backend).approximate:
+            raise CBIRError("re-ranked evaluation runs on the exact index", remedy=use_setting("backend", "exact", "Exact (numpy)"))
+
+
 def _run_name(models: Sequence[str], method: str | None, normalisation: str | None, rerank: Rerank,
-              approximate: tuple[str, int] | None, sampled: tuple[int, int, int] | None) -> str:
+              approximate: tuple[str, int] | None, sampled: tuple[int, int, int] | None, raw: bool = False) -> str:
     """An evaluation's name: the model or fusion (with a normalisation other than the
-    default), the query sample, the re-ranking and an approximate index."""
+    default), "not centred" when it could have been, the query sample, the re-ranking and an
+    approximate index."""
     name = models[0] if len(models) == 1 else f"{method}({'+'.join(models)})"
+    if raw:
+        name += " (not centred)"
     norm = normalisation_method(normalisation)
     if len(models) > 1 and fusion_method(method).normalised and norm.name != DEFAULT_NORMALISATION:
         name += f" [{norm.name}]"
@@ -180,11 +211,13 @@ def _run_name(models: Sequence[str], method: str | None, normalisation: str | No
     return name
 
 
-def evaluate_feedback(catalogue: StoreCatalogue, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None) -> list[EvaluationReport]:
+def evaluate_feedback(catalogue: StoreCatalogue, model: str, rounds: int = 1, k: int = 20, rerank: Rerank | None = None,
+                      centre: bool = True) -> list[EvaluationReport]:
     """Simulated relevance feedback: each round, the true labels of the top k of every
-    query are given as Rocchio feedback. The report before and after each round."""
+    query are given as Rocchio feedback (cosine; centred unless ``centre`` is False). The
+    report before and after each round."""
     rerank = rerank or Rerank()
-    stores = catalogue.stores([model])
+    stores = catalogue.stores([model], centred=centre)
     ids, labels = labelled_ids(catalogue, stores)
     db, queries = _database_and_queries(catalogue, model, stores[model], ids, rerank)
     index, lab = ExactIndex(db, "cosine"), np.asarray(labels, dtype=object)
@@ -200,6 +233,7 @@ def evaluate_feedback(catalogue: StoreCatalogue, model: str, rounds: int = 1, k:
                 tops.append(np.argsort(d, axis=1, kind="stable")[:, :k])
         reports.append(merge_reports(chunks, labels, f"{model} feedback round {r}", "cosine"))
         reports[-1].query_ids, reports[-1].collection = list(ids), catalogue.collection.name
+        reports[-1].centred = bool(centre)
         if r < rounds:
             queries = _feedback_round(queries, db, np.concatenate(tops), lab)
     return reports

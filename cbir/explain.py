@@ -14,6 +14,11 @@ the largest entries of ``M`` with no location used twice. The maps explain the c
 similarity of the pooled descriptors whatever metric the search used (Euclidean distance on
 L2-normalised vectors ranks as cosine does; chi-square and Bhattacharyya do not decompose
 this way, and the maps then show the cosine view of the same features).
+
+Centred search (:mod:`cbir.centring`, the default) compares ``c(x) = L2(x / |x| - m)``. It
+decomposes the same way once each location is rescaled and the mean taken off it,
+``f'_i = f_i / |mean f| - m``, since ``mean_i f'_i = x / |x| - m``: the maps then explain the
+centred similarity the search ranked by, exactly.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ class Explanation:
     ``query_map`` (hq, wq) and ``result_map`` (hr, wr) float32: each location's share of the
     cosine similarity (dimensionless; each map's mean is ``similarity``). ``pairs``: the best
     location pairs, ``((qy, qx), (ry, rx), term)``, largest term ``M_ij`` first (the similarity
-    is the mean of all hq*wq*hr*wr terms), grid coordinates (row, column) of the maps. ``seconds``: feature maps and decomposition, wall clock."""
+    is the mean of all hq*wq*hr*wr terms), grid coordinates (row, column) of the maps. ``seconds``: feature maps and decomposition, wall clock.
+    ``centred``: whether the similarity is that of vectors centred on the collection's mean."""
 
     model: str
     similarity: float
@@ -47,12 +53,14 @@ class Explanation:
     result_map: np.ndarray
     pairs: list[tuple[tuple[int, int], tuple[int, int], float]]
     seconds: float
+    centred: bool = False
 
     def to_dict(self) -> dict:
         """JSON-ready: the maps as nested lists (row-major), rounded to 5 decimals."""
         return {
             "model": self.model,
             "similarity": round(float(self.similarity), 6),
+            "centred": self.centred,
             "grid": {"query": list(self.query_map.shape), "result": list(self.result_map.shape)},
             "query_map": np.round(self.query_map.astype(float), 5).tolist(),
             "result_map": np.round(self.result_map.astype(float), 5).tolist(),
@@ -61,10 +69,21 @@ class Explanation:
         }
 
 
-def decompose(query_maps: np.ndarray, result_maps: np.ndarray, top: int = TOP_PAIRS) -> tuple[float, np.ndarray, np.ndarray, list]:
+def _locations(maps: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
+    """(h, w, c) maps -> (h*w, c) float64 location vectors; with a ``mean`` (c,), each rescaled by
+    the pooled vector's length and the mean subtracted (their mean is then ``x / |x| - m``)."""
+    f = maps.reshape(-1, maps.shape[-1]).astype(np.float64)
+    if mean is None:
+        return f
+    return f / max(float(np.linalg.norm(f.mean(0))), 1e-12) - np.asarray(mean, dtype=np.float64)
+
+
+def decompose(query_maps: np.ndarray, result_maps: np.ndarray, top: int = TOP_PAIRS,
+              mean: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray, list]:
     """Split the cosine similarity of two globally average-pooled feature maps over their locations.
 
-    ``query_maps`` (hq, wq, c) and ``result_maps`` (hr, wr, c), float32. Returns
+    ``query_maps`` (hq, wq, c) and ``result_maps`` (hr, wr, c), float32; ``mean``: (c,) the
+    collection's mean unit vector for the centred similarity (None: raw). Returns
     ``(similarity, query_map (hq, wq), result_map (hr, wr), pairs)`` as described in the
     module docstring; ``pairs`` holds at most ``top`` location pairs, no location twice.
     A map of zeros (a blank image through ReLU) gives similarity 0 and zero maps."""
@@ -72,8 +91,9 @@ def decompose(query_maps: np.ndarray, result_maps: np.ndarray, top: int = TOP_PA
     hr, wr, c2 = result_maps.shape
     if c != c2:
         raise ValueError(f"the two feature maps have {c} and {c2} channels")
-    f = query_maps.reshape(-1, c).astype(np.float64)
-    g = result_maps.reshape(-1, c).astype(np.float64)
+    if mean is not None and np.shape(mean) != (c,):
+        raise ValueError(f"the mean has shape {np.shape(mean)}; the feature maps have {c} channels")
+    f, g = _locations(query_maps, mean), _locations(result_maps, mean)
     norm = float(np.linalg.norm(f.mean(0)) * np.linalg.norm(g.mean(0)))
     m = f @ g.T / norm if norm > 0 else np.zeros((len(f), len(g)))
     pairs: list = []
@@ -92,24 +112,26 @@ def decompose(query_maps: np.ndarray, result_maps: np.ndarray, top: int = TOP_PA
     return (float(m.mean()), m.mean(1).reshape(hq, wq).astype(np.float32), m.mean(0).reshape(hr, wr).astype(np.float32), pairs)
 
 
-def explain_images(extractor, query: Image.Image, result: Image.Image, top: int = TOP_PAIRS) -> Explanation:
+def explain_images(extractor, query: Image.Image, result: Image.Image, top: int = TOP_PAIRS,
+                   mean: np.ndarray | None = None) -> Explanation:
     """The :class:`Explanation` of two RGB images under ``extractor`` (one batch of two through
-    the model up to its pooling). Raises :class:`~cbir.errors.CBIRError` for a model without
-    feature maps."""
+    the model up to its pooling), centred on ``mean`` (c,) when given. Raises
+    :class:`~cbir.errors.CBIRError` for a model without feature maps."""
     from .images import resize_rgb
 
     t0 = time.perf_counter()
     size = extractor.input_size
     maps = extractor.feature_maps(np.stack([resize_rgb(query, size), resize_rgb(result, size)]))
-    similarity, qmap, rmap, pairs = decompose(maps[0], maps[1], top)
-    return Explanation(extractor.name, similarity, qmap, rmap, pairs, time.perf_counter() - t0)
+    similarity, qmap, rmap, pairs = decompose(maps[0], maps[1], top, mean)
+    return Explanation(extractor.name, similarity, qmap, rmap, pairs, time.perf_counter() - t0, mean is not None)
 
 
 def explain_query(collection, spec, extractor: Callable[[], object], query, result_id: str, max_pixels: int,
-                  top: int = TOP_PAIRS) -> tuple[Explanation, Image.Image, Image.Image]:
+                  top: int = TOP_PAIRS, mean: np.ndarray | None = None) -> tuple[Explanation, Image.Image, Image.Image]:
     """Why collection image ``result_id`` matched ``query`` (a :class:`cbir.request.Query`: a
     collection id or an upload's bytes or (h, w[, c]) uint8 array), under the model of registry
-    entry ``spec`` (``extractor()`` builds or returns it; it needs the model, not its store).
+    entry ``spec`` (``extractor()`` builds or returns it; it needs the model, not its store;
+    ``mean``: the store's centring mean, for the centred similarity).
     Returns the :class:`Explanation` and the two decoded RGB images (for :func:`render`).
     Raises RequestError for a model of imported features (no feature maps here),
     UnknownImageError for an unknown id, ImageError for an unreadable upload, and
@@ -132,7 +154,7 @@ def explain_query(collection, spec, extractor: Callable[[], object], query, resu
     else:
         query_image = open_image(query.image, max_pixels=max_pixels)
     result_image = open_image(result_path, max_pixels=max_pixels)
-    return explain_images(extractor(), query_image, result_image, top), query_image, result_image
+    return explain_images(extractor(), query_image, result_image, top, mean), query_image, result_image
 
 
 # -- pictures -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .centring import centres
 from .distances import normalise_metric
 from .errors import CBIRError, RequestError, UnknownNameError
 from .extractors import get_spec
@@ -92,6 +93,12 @@ class SearchRequest:
     backend: str | None = None
     depth: int | None = None
     normalisation: str = "minmax"  # the fusion's score normalisation (cbir.fusion.NORMALISATIONS)
+    centre: bool = True  # centre on the collection's mean under cosine and Euclidean (cbir.centring)
+
+    @property
+    def centred(self) -> bool:
+        """Whether this search runs on centred vectors (asked, and the metric is one centring serves)."""
+        return centres(self.metric, self.centre)
 
     @property
     def weight_map(self) -> dict[str, float] | None:
@@ -114,6 +121,7 @@ class SearchRequest:
             "backend": backend,
             "depth": depth,
             "normalisation": self.normalisation if self.method else None,
+            "centred": self.centred,
         }
 
 
@@ -129,6 +137,19 @@ def check_whole(name: str, value: object, low: int, high: int) -> int:
     if not low <= k <= high:
         raise RequestError(f"{name} must be between {low} and {high:,}, got {k}")
     return k
+
+
+_TRUE, _FALSE = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A yes/no field: a bool, 0/1, or true/false, on/off, yes/no in any case; else RequestError."""
+    if isinstance(value, (bool, np.bool_)) or value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise RequestError(f"{name} must be true or false (on/off), got {str(value)[:40]!r}")
 
 
 def check_top_k(top_k: object) -> int:
@@ -232,6 +253,7 @@ def parse_search(
     backend: str | None = None,
     depth: int | None = None,
     normalisation: str | None = None,
+    centre: bool = True,
 ) -> SearchRequest:
     """The one parser of a search, for every front end.
 
@@ -243,7 +265,7 @@ def parse_search(
     that says what to do: 422 in the API, exit 2 in the CLI."""
     try:
         return _parse(models, metric, top_k, query, image_id, image, exclude_query, method, weights, rerank, feedback,
-                      backend, depth, normalisation)
+                      backend, depth, normalisation, centre)
     except (UnknownNameError, RequestError):
         raise
     except CBIRError as exc:  # check_weights, Rerank, feedback_rounds, check_metric: one class for a bad request
@@ -251,7 +273,7 @@ def parse_search(
 
 
 def _parse(models, metric, top_k, query, image_id, image, exclude_query, method, weights, rerank, feedback,
-           backend, depth, normalisation=None) -> SearchRequest:
+           backend, depth, normalisation=None, centre=True) -> SearchRequest:
     names = _models(models)
     metric, k = normalise_metric(metric), check_top_k(top_k)
     method = None if method is None else fusion_method(method).name  # "RRF" is rrf
@@ -271,6 +293,7 @@ def _parse(models, metric, top_k, query, image_id, image, exclude_query, method,
         backend=None if backend is None else check_backend(backend),
         depth=_depth(depth),
         normalisation=normalisation_method(normalisation).name,
+        centre=check_flag("centre", centre),
     )
 
 
@@ -285,7 +308,8 @@ class SearchResponse:
     approximate one, whose AP is AP@depth); ``timings``: seconds per step (``decode``,
     ``load:<model>``, ``extract:<model>``, ``search:<model>``, ``fusion``, ``total``);
     ``inputs``: every model's full distance row, kept for re-fusion, never serialised;
-    ``collection``: the name of the collection searched."""
+    ``collection``: the name of the collection searched; ``centred``: whether the vectors were
+    centred on the collection's mean."""
 
     query: Query
     metric: str
@@ -302,6 +326,7 @@ class SearchResponse:
     inputs: FusionInputs | None = field(default=None, repr=False)  # for re-fusion; not part of the JSON
     collection: str | None = None  # the name of the collection searched
     normalisation: str | None = None  # the fusion's score normalisation (average and weighted)
+    centred: bool = False  # whether the vectors were centred on the collection's mean (cbir.centring)
 
     def to_dict(self) -> dict:
         """The JSON body the API returns (and the CLI's ``--json``, the exports)."""
@@ -315,6 +340,7 @@ class SearchResponse:
             "method": self.method,
             "weights": self.weights,
             "normalisation": self.normalisation,
+            "centred": self.centred,
             "rerank": None if self.rerank is None or not self.rerank.active else {"method": self.rerank.method, "n": self.rerank.n, "alpha": self.rerank.alpha},
             "feedback_rounds": self.feedback_rounds,
             "backend": self.backend,

@@ -22,7 +22,8 @@ class FeatureStore:
     ``embeddings``: (n, d) float32 or float16 (kept as given, a read-only memory map
     included; any other dtype is converted to float32); ``ids``, ``signatures``: (n,) str;
     ``manifest``: what the store's ``manifest.json`` says (model, weights, version, dim,
-    dtype, dates). Raises StoreError when the shapes disagree. On disk:
+    dtype, dates). ``centre``: None for a store as written; the (d,) mean its rows were centred on
+    for a centred view (:func:`cbir.centring.centred_view`). Raises StoreError when the shapes disagree. On disk:
     :mod:`cbir.store_format`; arrays derived from it: :mod:`cbir.derived`."""
 
     model: str
@@ -31,6 +32,7 @@ class FeatureStore:
     ids: np.ndarray  # (n,) str
     signatures: np.ndarray  # (n,) str, content hash of each image
     manifest: dict = field(default_factory=dict)
+    centre: np.ndarray | None = field(default=None, repr=False)  # (d,) the mean a centred view subtracted
     _rows: dict[str, int] = field(default_factory=dict, repr=False)
     _indexes: dict = field(default_factory=dict, repr=False)
 
@@ -60,6 +62,12 @@ class FeatureStore:
         if not self._rows and len(self):
             self._rows = {image_id: i for i, image_id in enumerate(self.ids.tolist())}
         return self._rows
+
+    @property
+    def variant(self) -> str:
+        """``""`` for the vectors as written, ``"centred"`` for a centred view: names what is
+        derived from it (``centred_faiss-...npz``, a Milvus collection) apart from the raw store's."""
+        return "" if self.centre is None else "centred"
 
     @property
     def version(self) -> str:

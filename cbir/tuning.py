@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from .centring import centres
 from .distances import normalise_metric
 from .errors import CBIRError, RequestError, WorkLimitError
 from .extractors import get_spec
@@ -112,6 +113,7 @@ class SweepResult:
     p_at_20: np.ndarray  # (P,)
     equal: dict = field(default_factory=dict)  # mAP and P@20 with equal weights
     queries: int = 0
+    centred: bool = False  # vectors centred on the collection's mean (cbir.centring)
     seconds: float = 0.0
 
     @property
@@ -126,6 +128,7 @@ class SweepResult:
         b = self.best
         return {
             "models": self.models, "method": self.method, "metric": self.metric, "step": self.step, "queries": self.queries,
+            "centred": self.centred,
             "points": [{"weights": dict(zip(self.models, map(float, w))), "mAP": round(float(m), 6), "P@20": round(float(p), 6)}
                        for w, m, p in zip(self.weights, self.map, self.p_at_20)],
             "best": {"weights": self.best_weights(), "mAP": round(float(self.map[b]), 6), "P@20": round(float(self.p_at_20[b]), 6)},
@@ -136,8 +139,10 @@ class SweepResult:
 
 
 def sweep_weights(catalogue: StoreCatalogue, models: Sequence[str], method: str = "weighted", step: float = DEFAULT_STEP,
-                  metric: str = "cosine", progress: Callable[[int, int], None] | None = None) -> SweepResult:
-    """mAP and P@20 of ``method`` fusion at every grid point, all labelled images as queries.
+                  metric: str = "cosine", progress: Callable[[int, int], None] | None = None,
+                  centre: bool = True) -> SweepResult:
+    """mAP and P@20 of ``method`` fusion at every grid point, all labelled images as queries
+    (on centred vectors under cosine and Euclidean unless ``centre`` is False: :mod:`cbir.centring`).
 
     Refused (:class:`WorkLimitError`) above ``catalogue.settings.sweep_max_work`` distances fused.
     ``progress`` is called after the distance matrices and after every point; it may raise
@@ -152,7 +157,8 @@ def sweep_weights(catalogue: StoreCatalogue, models: Sequence[str], method: str 
         raise RequestError(f"a weight sweep fuses {MODELS_RANGE[0]} to {MODELS_RANGE[1]} different models, got {len(models)}")
     grid = simplex_grid(len(models), step)
     metric = normalise_metric(metric)
-    stores = catalogue.stores(models)
+    centred = centres(metric, centre)
+    stores = catalogue.stores(models, centred=centred)
     ids, labels = labelled_ids(catalogue, stores)
     dims = [s.dim for s in stores.values()]
     check_sweep_work(len(grid), dims, len(ids), catalogue.settings.sweep_max_work, method, metric)
@@ -167,7 +173,8 @@ def sweep_weights(catalogue: StoreCatalogue, models: Sequence[str], method: str 
                 progress(0, len(grid))  # a cancellation point (chi-square takes seconds per block)
         np.fill_diagonal(d, np.inf)
         dists[m] = d
-    result = SweepResult(models, method, metric, step, grid, np.zeros(len(grid)), np.zeros(len(grid)), queries=len(ids))
+    result = SweepResult(models, method, metric, step, grid, np.zeros(len(grid)), np.zeros(len(grid)), queries=len(ids),
+                         centred=centred)
     for i, w in enumerate(grid):
         report = evaluate_distances(fuse(dists, method, dict(zip(models, w))), labels)
         result.map[i], result.p_at_20[i] = report.map, report.p_at_20

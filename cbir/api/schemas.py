@@ -12,6 +12,10 @@ from ..rerank import ALPHA_RANGE, DEFAULT_ALPHA, DEFAULT_N, MAX_FEEDBACK_ROUNDS,
 from ..auth.records import ROLES
 from ..request import MAX_DEPTH, MAX_MODELS, MAX_TOP_K
 
+#: What the ``centre`` field of a search, an evaluation, a sweep or an explanation means.
+CENTRE_HELP = ("cosine and Euclidean on vectors centred on the collection's mean (the default); "
+               "false: on the stored vectors as they are (chi-square and Bhattacharyya are never centred)")
+
 Method = Literal[FUSION_METHODS]
 
 
@@ -60,6 +64,7 @@ class SearchBody(BaseModel):
     backend: str | None = Field(None, max_length=16, description=f"vector index: {', '.join(CHOICES)}, any case (default: the server's "
                                              "CBIR_INDEX_BACKEND; auto = exact up to CBIR_EXACT_MAX vectors, FAISS above)")
     depth: StrictInt | str | None = Field(None, json_schema_extra={"minimum": 1, "maximum": MAX_DEPTH}, description="candidates per model from an approximate index (default max(top_k, CBIR_SEARCH_DEPTH)); AP is AP@depth")
+    centre: bool = Field(True, description=CENTRE_HELP)
 
     @field_validator("models")
     @classmethod

@@ -52,7 +52,7 @@ class MilvusIndex(VectorIndex):
         self.space = space_for(metric, "milvus")
         self.metric, self.uri = metric, uri
         self.client = _client(uri, token)
-        self.name = collection_name(collection, store.model, store.weights, metric)
+        self.name = collection_name(collection, store.model, f"{store.weights}_{store.variant}" if store.variant else store.weights, metric)
         self._rows = {str(i): r for r, i in enumerate(store.ids.tolist())}
         self._labels = labels
         try:

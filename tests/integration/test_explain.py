@@ -65,13 +65,23 @@ def test_two_images_sharing_a_crop_agree_where_they_share_it(engine):
 def test_the_maps_split_the_similarity_the_search_ranks_by(engine):
     """Two computation paths of one number: the explanation's similarity (feature maps pooled
     here) and 1 - the cosine distance of the stored vectors (extracted in batches at indexing),
-    within 2e-3 (float32 inference, batch kernels differ by CPU)."""
-    explanation, query_img, result_img = engine.explain("efficientnet_lite0", "7", image_id="10")
+    within 2e-3 (float32 inference, batch kernels differ by CPU): raw, and centred on the
+    store's mean (the default), where it is the similarity a default search ranks by."""
+    from cbir.centring import centre
+
     store = engine.store("efficientnet_lite0")
     a, b = store.vector("10").astype(np.float64), store.vector("7").astype(np.float64)
-    expected = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-    assert explanation.similarity == pytest.approx(expected, abs=2e-3)
+    raw, _, _ = engine.explain("efficientnet_lite0", "7", image_id="10", centre=False)
+    assert not raw.centred and raw.similarity == pytest.approx(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)), abs=2e-3)
+    explanation, query_img, result_img = engine.explain("efficientnet_lite0", "7", image_id="10")
+    mean = engine.centring_mean("efficientnet_lite0")
+    expected = float(centre(a, mean) @ centre(b, mean))
+    assert explanation.centred and explanation.similarity == pytest.approx(expected, abs=2e-3)
+    assert abs(expected - raw.similarity) > 0.05  # the two are different numbers: the mean is taken into account
+    hit = engine.search(["efficientnet_lite0"], "cosine", 1000, image_id="10").per_model["efficientnet_lite0"]
+    assert explanation.similarity == pytest.approx(1 - next(h.score for h in hit.hits if h.id == "7"), abs=2e-3)
     assert float(explanation.query_map.mean()) == pytest.approx(explanation.similarity, abs=1e-5)
+    assert float(explanation.result_map.mean()) == pytest.approx(explanation.similarity, abs=1e-5)
     assert explanation.query_map.shape == (7, 7) and len(explanation.pairs) == 5
     assert query_img.size == Image.open(COLLECTION / "10.jpg").size and result_img.size == Image.open(COLLECTION / "7.jpg").size
     # an upload of the same file is the same query

@@ -246,7 +246,8 @@ def test_dba_with_faiss_uses_the_hnsw_graph_and_matches_exact(engine):
         b = engine.search("efficientnet_lite0", image_id=image_id, rerank=dba, backend="faiss").per_model["efficientnet_lite0"]
         assert_same_ranking(b.hits[:5], a.hits[:5], tie=1e-5)  # FAISS computes its own float32 products
         assert abs(b.average_precision - a.average_precision) < 0.02, (image_id, a.average_precision, b.average_precision)
-    assert (folder / "faissdba-hnsw-n10-a3.npz").exists()  # the index over the DBA vectors, cached
+    # the index over the DBA vectors of the centred view the searches ran on (the default), cached apart from the raw store's
+    assert (folder / "centred_faissdba-hnsw-n10-a3.npz").exists() and (folder / "centred_dba-n10-a3-faiss.npz").exists()
     with pytest.raises(IndexBackendError, match="backend faiss or exact"):
         engine.indexes.dba_index("efficientnet_lite0", engine.store("efficientnet_lite0"), dba, "milvus")
 

@@ -139,7 +139,7 @@ def test_exact_search_through_the_interface_ranks_as_before(engine, metric):
     store = engine.store("efficientnet_lite0")
     for image_id in ("0", "412", "999"):
         own = store.row_of(image_id)
-        resp = engine.search("efficientnet_lite0", metric, 20, image_id=image_id, backend="exact")
+        resp = engine.search("efficientnet_lite0", metric, 20, image_id=image_id, backend="exact", centre=False)
         before = pairwise_distances(store.embeddings[own][None, :], store.embeddings, metric)[0]
         assert_same_ranking(resp.per_model["efficientnet_lite0"].hits, _reference_hits(store, before, own, 20))
 
@@ -151,7 +151,7 @@ def test_exact_aqe_through_the_interface_ranks_as_before(engine):
     db = l2_normalise(store.embeddings)
     for image_id in ("0", "412"):
         own = store.row_of(image_id)
-        resp = engine.search("efficientnet_lite0", "cosine", 20, image_id=image_id, backend="exact", rerank=Rerank("aqe", 5, 3.0))
+        resp = engine.search("efficientnet_lite0", "cosine", 20, image_id=image_id, backend="exact", rerank=Rerank("aqe", 5, 3.0), centre=False)
         q = alpha_query_expansion(db[own][None, :], db, 5, 3.0, exclude=np.array([own]))
         before = pairwise_distances(q, store.embeddings, "cosine")[0]
         assert_same_ranking(resp.per_model["efficientnet_lite0"].hits, _reference_hits(store, before, own, 20))

@@ -14,7 +14,7 @@ from ...errors import CollectionError
 from ...maps import MAP_METHODS, embedding_map, map_cached
 from ..deps import APIError, CurrentUser, Service
 from ..jobs import run_job
-from ..schemas import ErrorBody
+from ..schemas import CENTRE_HELP, ErrorBody
 
 router = APIRouter(prefix="/api", tags=["collection"])
 
@@ -91,12 +91,13 @@ EXPLAIN_RESPONSES = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: 
 
 
 def _explained(service, model: str | None, result: str, image_id: str | None = None, image: bytes | None = None,
-               format: str = "png") -> Response:
+               format: str = "png", centre: bool = True) -> Response:
     """One explanation (a CNN pass over two images: run in a thread) as PNG or JSON."""
     from ...explain import png, render
     from ...extractors import default_model
 
-    explanation, query_image, result_image = service.engine.explain(model or default_model(), result, image_id=image_id, image=image)
+    explanation, query_image, result_image = service.engine.explain(model or default_model(), result, image_id=image_id, image=image,
+                                                                                centre=centre)
     body = {**explanation.to_dict(), "query": image_id, "result": result}
     if format == "json":
         return JSONResponse(body)
@@ -108,12 +109,14 @@ def _explained(service, model: str | None, result: str, image_id: str | None = N
 @router.get("/explain", responses=EXPLAIN_RESPONSES, summary="Why did this match? Where a query and a result agree (heatmaps)")
 async def explain(service: Service, user: CurrentUser, query: Annotated[str, Query(max_length=512, description="the query's collection id")],
                   result: Annotated[str, Query(max_length=512, description="the result's collection id")],
-                  model: ExplainModel = None, format: ExplainFormat = "png") -> Response:
+                  model: ExplainModel = None, format: ExplainFormat = "png",
+                  centre: Annotated[bool, Query(description=CENTRE_HELP)] = True) -> Response:
     """Each location of the query's final feature map against the result's descriptor, and the
     reverse, as heatmaps over both images, with the best-matching location pairs (numbered
     lines). The maps split the pooled descriptors' cosine similarity exactly: each map's mean is
-    ``similarity`` (JSON; the PNG's ``X-CBIR-Similarity`` header)."""
-    return await run_in_threadpool(_explained, service, model, result, query, None, format)
+    ``similarity`` (JSON; the PNG's ``X-CBIR-Similarity`` header): centred on the collection's
+    mean unless ``centre=false``, as a default search ranks by."""
+    return await run_in_threadpool(_explained, service, model, result, query, None, format, centre)
 
 
 @router.post("/explain", responses=EXPLAIN_RESPONSES, summary="Why did this match? An uploaded query against a collection image")
@@ -121,10 +124,11 @@ async def explain_upload(service: Service, user: CurrentUser,
                          image: Annotated[UploadFile, File(description="the query image (JPEG, PNG, ...)")],
                          result: Annotated[str, Form(max_length=512, description="the result's collection id")],
                          model: Annotated[str | None, Form(max_length=80)] = None,
-                         format: Annotated[Literal["png", "json"], Form()] = "png") -> Response:
+                         format: Annotated[Literal["png", "json"], Form()] = "png",
+                         centre: Annotated[bool, Form(description=CENTRE_HELP)] = True) -> Response:
     """As ``GET /api/explain``, with the query uploaded as multipart field ``image``."""
     data = await image.read()
-    return await run_in_threadpool(_explained, service, model, result, None, data, format)
+    return await run_in_threadpool(_explained, service, model, result, None, data, format, centre)
 
 
 def _image_type(path) -> str:

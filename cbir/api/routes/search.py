@@ -121,6 +121,7 @@ def to_request(params, image: bytes | None) -> SearchRequest:
         exclude_query=params.exclude_query, method=getattr(params, "method", None), weights=getattr(params, "weights", None),
         rerank=params.rerank.model_dump() if params.rerank else None, feedback=params.feedback,
         backend=params.backend, depth=params.depth, normalisation=getattr(params, "normalisation", None),
+        centre=params.centre,
     )
 
 

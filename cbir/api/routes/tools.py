@@ -17,7 +17,7 @@ from ...errors import CBIRError
 from ...tuning import DEFAULT_STEP, MODELS_RANGE, STEP_RANGE, SWEEP_METHODS
 from ..deps import APIError, CurrentUser, Service, Users, client_source
 from ..jobs import run_job
-from ..schemas import ErrorBody
+from ..schemas import CENTRE_HELP, ErrorBody
 
 router = APIRouter(prefix="/api", tags=["research"])
 ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}}
@@ -32,6 +32,7 @@ class TuneWeightsRequest(BaseModel):
     step: float = Field(DEFAULT_STEP, ge=STEP_RANGE[0], le=STEP_RANGE[1], allow_inf_nan=False,
                         description="grid step on the weight simplex; must divide 1")
     metric: str = Field("cosine", max_length=32, description=f"one of {', '.join(METRICS)} (aliases: {', '.join(METRIC_ALIASES)})")
+    centre: bool = Field(True, description=CENTRE_HELP)
 
     @field_validator("step")
     @classmethod
@@ -52,7 +53,7 @@ async def tune_weights(request: Request, service: Service, user: CurrentUser, bo
     from ...tuning import sweep_weights
 
     result = await run_job(request, user, lambda progress: sweep_weights(
-        service.engine, body.models, body.method, body.step, body.metric, progress))
+        service.engine, body.models, body.method, body.step, body.metric, progress, centre=body.centre))
     return result.to_dict()
 
 
@@ -68,8 +69,10 @@ class EvaluateRequest(BaseModel):
     recipe: str | None = Field(None, max_length=120, description=(
         "describe every labelled image now under this descriptor recipe instead of reading the store (one model, cosine): "
         "a preset (today, centred, category, near_duplicate) or pooling[,scales=A+B][,flip][,sqrt][,centre][,pca=D]"))
+    centre: bool = Field(True, description=CENTRE_HELP)
     compare: list["CompareRun"] | None = Field(None, max_length=4, description=(
-        "runs to compare with this one on the same queries: each changes some of models, metric, method, normalisation; "
+        "runs to compare with this one on the same queries: each changes some of models, metric, method, normalisation, "
+        "recipe, centre; "
         "the answer's comparisons give the paired difference in mAP, its 95% bootstrap interval and a paired "
         "randomisation test's p-value"))
 
@@ -83,19 +86,10 @@ class CompareRun(BaseModel):
     method: Literal[tuple(FUSIONS)] | None = None
     normalisation: Literal[tuple(NORMALISATIONS)] | None = None
     recipe: str | None = Field(None, max_length=120, description="a descriptor recipe; \"store\": the stored vectors")
+    centre: bool | None = Field(None, description="centre on the collection's mean (cosine, Euclidean)")
 
 
 EvaluateRequest.model_rebuild()
-
-
-def _effective(run: dict, recipe) -> tuple:
-    """What an evaluation run computes (settings that change nothing left out)."""
-    from ...distances import normalise_metric
-    from ...fusion import fusion_method
-
-    method = fusion_method(run["method"]) if len(run["models"]) > 1 else None
-    return (tuple(run["models"]), normalise_metric(run["metric"]), method.name if method else None,
-            run["normalisation"] if method is not None and method.normalised else None, None if recipe is None else recipe.name)
 
 
 def _recipe_of(run: dict):
@@ -116,12 +110,14 @@ async def evaluate_route(request: Request, service: Service, user: CurrentUser, 
     ``ties`` counts tied groups that mixed relevant and non-relevant images. A long job:
     CBIR_JOBS_PER_USER at once (429), stopped if the client goes."""
     engine = service.engine
+    from ...experiments import effective_run
+
     runs = [{"models": body.models, "metric": body.metric, "method": body.method, "normalisation": body.normalisation,
-             "recipe": body.recipe}]
+             "recipe": body.recipe, "centre": body.centre}]
     runs += [{**runs[0], **run.model_dump(exclude_none=True)} for run in body.compare or []]
     recipes = [_recipe_of(run) for run in runs]  # every run checked before any work
     for k, (run, recipe) in enumerate(zip(runs[1:], recipes[1:]), 1):
-        if _effective(run, recipe) == _effective(runs[0], recipes[0]):
+        if effective_run({**run, "recipe": recipe}) == effective_run({**runs[0], "recipe": recipes[0]}):
             raise APIError(422, f"compare[{k - 1}] changes nothing of the evaluation it is compared with (a normalisation "
                                 "without a fusion that reads it, or the same values)")
 
@@ -138,7 +134,7 @@ async def evaluate_route(request: Request, service: Service, user: CurrentUser, 
                 continue
             reports.append(engine.evaluate(run["models"], run["metric"], method=run["method"] if len(run["models"]) > 1 else None,
                                            progress=step, queries=body.queries, seed=body.seed, ties=body.ties,
-                                           normalisation=run["normalisation"]))
+                                           normalisation=run["normalisation"], centre=run["centre"]))
         body_out = reports[0].to_dict()
         if len(reports) > 1:
             body_out["comparisons"] = [{**compare(reports[0], other).to_dict(), "report": other.to_dict()} for other in reports[1:]]
