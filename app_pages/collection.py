@@ -13,9 +13,10 @@ import streamlit as st
 
 from cbir.collection import LABELS_FILE, add_images, image_extensions
 from cbir.errors import CBIRError
-from cbir.extractors import default_model
+from cbir.extractors import default_model, get_spec, name_of
 from cbir.importing import IMPORT_SUFFIXES
 from cbir.extraction import index_collection
+from cbir.recipes import PRESETS, STORED_RECIPES
 from cbir.index import BACKENDS
 from app_pages.common import (
     current_role, for_this_user, get_engine, get_services, get_users, model_label, reload_engine, require_login, show_error,
@@ -122,13 +123,22 @@ def index_section() -> None:
         st.caption("Researchers and admins index collections (extraction takes the server's cores).")
         return
     available = [m["name"] for m in infos if m["available"] and m["extracts"]]  # imported features are never extracted
-    c1, c2, c3 = st.columns([3, 1, 1])
+    c1, c4, c2, c3 = st.columns([3, 1.6, 1, 1])
     chosen = c1.multiselect("Models to index", available, default=[m for m in available if coverage[m]["indexed"] != len(collection)][:1],
                             format_func=model_label, key="coll_models")
     where = c2.selectbox("Run on", ["This process", "Local Dask cluster"] + (["Dask scheduler"] if settings.dask_scheduler else []),
                          key="coll_where", help="A local Dask cluster runs one worker process per core; the Dask scheduler is "
                          f"{settings.dask_scheduler or 'unset (CBIR_DASK_SCHEDULER)'}. Workers must see the collection at the same path.")
     workers = c3.number_input("Workers", 1, 64, max(1, os.cpu_count() or 1), key="coll_workers", disabled=where != "Local Dask cluster")
+    preset = c4.selectbox("Recipe", [None, *STORED_RECIPES], key="coll_recipe",
+                          format_func=lambda p: "Average pooling (the model's store)" if p is None else
+                          f"{p.replace('_', '-')}: {PRESETS[p][0].extraction.label} (x{PRESETS[p][0].cost:g})",
+                          help="Store the vectors under a descriptor recipe, beside the model's own store, as a model of its "
+                               "own (e.g. EfficientNet-Lite1 · 3-scale · √): searched, fused and centred like any model. "
+                               "Category: what Wang measures (fused mAP 0.923); near-duplicate: crops and re-encodings of "
+                               "one picture. The cost is in passes of the model per image.")
+    if preset is not None:
+        chosen = list(dict.fromkeys(name_of(get_spec(m).base or m, preset) for m in chosen))
     if not st.button("Index / update", type="primary", key="coll_index", disabled=not chosen):
         return
     from cbir.distributed import DaskRunner

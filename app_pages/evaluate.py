@@ -9,6 +9,7 @@ import streamlit as st
 from cbir.centring import CENTRED_METRICS
 from cbir.distances import METRICS
 from cbir.experiments import plan_runs
+from cbir.extractors import get_spec
 from cbir.export import pr_html, pr_png, report_curves, reports_csv, reports_json
 from cbir.fusion import DEFAULT_NORMALISATION, FUSION_METHODS, FUSIONS, NORMALISATIONS
 from cbir.tuning import SWEEP_METHODS, sweep_weights
@@ -92,10 +93,8 @@ def recipe_cached(model: str, recipe: str, collection: str, files: str, _progres
 
 def recipe_rows(models: list[str], recipes: list[str], bar) -> list[dict]:
     """One row per single model and recipe, with a progress bar over the images described."""
-    import hashlib
-
-    files = hashlib.blake2b("\n".join(engine.collection.signatures()).encode(), digest_size=16).hexdigest()
-    rows, jobs = [], [(m, r) for m in models for r in recipes]
+    files = engine.collection.files_digest()
+    rows, jobs = [], [(m, r) for m in models if not get_spec(m).recipe for r in recipes]  # a stored recipe is one already
     for i, (model, name) in enumerate(jobs):
         recipe = PRESETS[name][0]
         label = f"{model_label(model)} · {recipe.label}"

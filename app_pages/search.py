@@ -439,8 +439,9 @@ def query_tile(result: dict) -> tuple | None:
 
 
 def explainable(names) -> list[str]:
-    """The models among ``names`` this server can explain with (an extractor, not imported features)."""
-    return [m for m in names if FAMILIES[get_spec(m).family].extracts]
+    """The models among ``names`` this server can explain with (an extractor, not imported features,
+    one average-pooled pass: not a stored recipe's several scales)."""
+    return [m for m in names if FAMILIES[get_spec(m).family].extracts and not get_spec(m).recipe]
 
 
 def ask_why(model: str | None, result_id: str) -> None:

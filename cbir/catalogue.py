@@ -19,7 +19,7 @@ from .collection import Collection, scan_collection
 from .config import Settings, get_settings
 from .errors import CBIRError, StoreError, import_again, index_model
 from .extractors import get_spec
-from .extractors.registry import IMPORTED
+from .extractors.registry import IMPORTED, RECIPE_SEP
 from .index_cache import IndexCache
 from .store import FeatureStore
 from .store_format import load_store, store_dir, store_exists, store_stamp
@@ -83,6 +83,20 @@ class StoreCatalogue:
                 view.manifest["raw_version"] = store.version
                 self._centred[name] = view
             return view
+
+    def recipe_models(self) -> list[str]:
+        """The ``MODEL~PRESET`` models with a store for this collection (``cbir index --recipe``),
+        sorted; a folder naming no model or recipe here is not one."""
+        base = Path(self.settings.features_dir) / self.collection.name
+        out = []
+        for folder in sorted(base.glob(f"*{RECIPE_SEP}*")) if base.is_dir() else []:
+            try:
+                name = get_spec(folder.name).name
+            except CBIRError:
+                continue
+            if name == folder.name and store_exists(folder):
+                out.append(name)
+        return out
 
     def centring_mean(self, model: str) -> np.ndarray | None:
         """The (d,) mean a centred search of ``model`` subtracts (:func:`cbir.centring.store_mean`),

@@ -114,11 +114,12 @@ def cmd_models(args) -> int:
     if args.json:
         print(json.dumps({"default": default, "models": infos}, indent=2))
         return 0
-    print(f"{'model':<20}{'dim':>6}  {'status':<12}{'indexed':>8}  reason")
+    width = max(19, *(len(m["name"]) for m in infos))  # MODEL~PRESET and imported:NAME are longer
+    print(f"{'model':<{width + 1}}{'dim':>6}  {'status':<12}{'indexed':>8}  reason")
     for m in infos:
         mark = "*" if m["name"] == default else " "
         status = "available" if m["available"] else "unavailable"
-        print(f"{mark}{m['name']:<19}{m['dim']:>6}  {status:<12}{m['indexed']:>8}  {m['reason']}")
+        print(f"{mark}{m['name']:<{width}}{m['dim']:>6}  {status:<12}{m['indexed']:>8}  {m['reason']}")
     print("* default model")
     return 0
 
@@ -135,6 +136,8 @@ def cmd_index(args) -> int:
         print(f"cbir: note: {collection.label_note}", file=sys.stderr)
     weights = normalise_weights(args.weights)
     models = _models_arg(args.model) if args.model != "all" else [m for m in MODELS if can_extract(m, weights)[0]]
+    if args.recipe:
+        models = [_stored_recipe(m, args.recipe) for m in models]
     scheduler = args.scheduler or (None if args.workers else settings.dask_scheduler)
     if args.workers is not None and args.workers < 1:
         return _fail("--workers must be at least 1")
@@ -151,6 +154,23 @@ def cmd_index(args) -> int:
                 continue
             _index_one(args, settings, collection, model, weights, runner)
     return status
+
+
+def _stored_recipe(model: str, preset: str) -> str:
+    """``cbir index -m MODEL --recipe PRESET``: the model name ``MODEL~PRESET`` (checked)."""
+    from .extractors import get_spec
+    from .extractors.registry import name_of
+    from .recipes import PRESETS, STORED_RECIPES, parse_recipe
+
+    key = preset.strip().lower().replace("-", "_")
+    if key in PRESETS and key not in STORED_RECIPES:
+        raise CBIRError(f"--recipe {preset}: that is how the model's own store describes images (centred at search time "
+                        f"by default): index it without --recipe; stored recipes are {', '.join(STORED_RECIPES)}")
+    if key not in PRESETS:
+        parse_recipe(preset)  # a spelling's own error first, if it has one
+        raise CBIRError(f"--recipe {preset}: a recipe is stored by its preset's name, one of {', '.join(STORED_RECIPES)} "
+                        "(a spelled recipe is evaluated, not stored: cbir evaluate --recipe)")
+    return get_spec(name_of(get_spec(model).name, key)).name
 
 
 def _dask_runner(workers: int | None, scheduler: str | None, chunk: int):
@@ -356,9 +376,7 @@ def _check_run(engine, run: dict) -> None:
     if run.get("recipe") is not None:
         from .recipes import check_recipe_run
 
-        check_recipe_run(run["models"], run["metric"])
-        if run["rerank"].active or (run.get("backend") not in (None, "exact", "auto")):
-            raise CBIRError("a recipe is evaluated on the exact index without re-ranking; leave out --rerank and --backend")
+        check_recipe_run(run["models"], run["metric"], run["rerank"].active, run.get("backend"))
         return
     if run["rerank"].active:
         check_metric(run["metric"])
@@ -678,6 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dtype", choices=DTYPES, default=None,
                     help="vectors on disk: float32, or float16 (half the disk and memory); default: the store's, else float32")
     sp.add_argument("--all-skipped", action="store_true", help=f"list every image skipped (default: the first {SHOWN_SKIPPED})")
+    sp.add_argument("--recipe", default=None, help="store the vectors under a descriptor recipe, beside the model's own store, "
+                    "as the model MODEL~PRESET: category (2 scales, flip, signed sqrt: x5.5 the extraction) or "
+                    "near_duplicate (3 scales, signed sqrt: x3.3); searched, fused and centred like any model")
     sp.set_defaults(func=cmd_index)
 
     sp = sub.add_parser("search", help="search by collection id or image file")

@@ -197,6 +197,11 @@ class Collection:
         """Content hashes, so that a changed file is re-indexed even after a fresh clone."""
         return [file_signature(p) for p in self.paths]
 
+    def files_digest(self) -> str:
+        """One hash of every image's content (:meth:`signatures`, read now: a changed file
+        changes it): what an answer computed from the pixels themselves is cached under."""
+        return hashlib.blake2b("\n".join(self.signatures()).encode(), digest_size=16).hexdigest()
+
 
 def file_signature(path: Path) -> str:
     digest = hashlib.blake2b(digest_size=12)

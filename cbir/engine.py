@@ -71,7 +71,7 @@ class Engine(StoreCatalogue):
     def model_info(self) -> list[dict]:
         """Every registered model and every imported one: availability, why, and its store."""
         out = []
-        for name in [*MODELS, *imported_models(self.settings.features_dir, self.collection.name)]:
+        for name in [*MODELS, *self.recipe_models(), *imported_models(self.settings.features_dir, self.collection.name)]:
             spec = get_spec(name)
             available, reason = model_status(name)
             info = dict(name=name, label=spec.label, dim=spec.dim, input_size=spec.input_size, available=available,

@@ -143,6 +143,9 @@ def explain_query(collection, spec, extractor: Callable[[], object], query, resu
     if not FAMILIES[spec.family].extracts:
         raise RequestError(f"{spec.name} holds features computed elsewhere: this server has no feature maps of it to "
                            "explain a match with; choose a model it extracts")
+    if spec.recipe:  # MODEL~PRESET: pooled over several scales, no one map to split
+        raise RequestError(f"{spec.label} pools over several scales: its descriptor does not split over one feature map's "
+                           f"locations; explain the match with {spec.base}, the same network")
     ok, why = can_extract(spec.name)  # its weights here: never a download on a request
     if not ok:
         raise WeightsUnavailableError(why)

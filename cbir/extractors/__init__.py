@@ -12,6 +12,7 @@ from .registry import (
     FAMILIES,
     IMPORTED,
     MODELS,
+    RECIPE_SEP,
     Family,
     ModelSpec,
     available_models,
@@ -21,12 +22,13 @@ from .registry import (
     get_spec,
     keras_models_dir,
     model_status,
+    name_of,
     normalise_weights,
     weights_help,
 )
 
 __all__ = [
-    "BUILDERS", "BUNDLED", "DEFAULT_PREFERENCE", "FAMILIES", "IMPORTED", "MODELS", "Extractor", "Family", "ModelSpec",
+    "BUILDERS", "BUNDLED", "DEFAULT_PREFERENCE", "FAMILIES", "IMPORTED", "MODELS", "RECIPE_SEP", "Extractor", "Family", "ModelSpec",
     "available_models", "build_extractor", "bundled_weights_path", "can_extract", "default_model", "ensure_keras_home",
-    "get_spec", "keras_models_dir", "model_status", "normalise_weights", "quiet_tensorflow_import", "weights_help",
+    "get_spec", "keras_models_dir", "model_status", "name_of", "normalise_weights", "quiet_tensorflow_import", "weights_help",
 ]

@@ -39,8 +39,13 @@ BUILDERS: dict[str, Callable[[ModelSpec, str], Extractor]] = {
 
 def build_extractor(name: str, weights: str | None = "imagenet") -> Extractor:
     """Build model ``name`` (imports Keras) with ``weights`` (``imagenet``, ``none`` or a
-    file's path). Raises UnknownNameError for an unknown model and WeightsUnavailableError
+    file's path); ``MODEL~PRESET`` gives a :class:`cbir.recipes.RecipeExtractor`. Raises UnknownNameError for an unknown model and WeightsUnavailableError
     naming the missing file (or saying an imported model has no extractor)."""
     spec = get_spec(name)
     weights = normalise_weights(weights)
+    if spec.recipe:  # MODEL~PRESET: the model's own network, describing under the recipe
+        from ..descriptors import RecipeExtractor
+        from ..recipe_presets import PRESETS
+
+        return RecipeExtractor(spec, build_extractor(spec.base, weights), PRESETS[spec.recipe][0].extraction)
     return BUILDERS[spec.family](spec, weights)

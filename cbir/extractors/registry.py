@@ -33,6 +33,8 @@ class ModelSpec:
     width: float = 1.0
     depth: float = 1.0
     description: str = ""
+    base: str = ""  # a stored recipe (MODEL~PRESET): the model whose network it runs
+    recipe: str = ""  # ... and the preset of cbir.recipes.STORED_RECIPES it describes images by
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -71,13 +73,17 @@ BUNDLED = tuple(n for n, s in MODELS.items() if s.family == "efficientnet_lite")
 
 
 IMPORTED = "imported:"  # features computed elsewhere (cbir.importing): a model without an extractor
+RECIPE_SEP = "~"  # MODEL~PRESET: a model's store under a descriptor recipe (cbir.recipes.STORED_RECIPES)
 
 
 def get_spec(name: str) -> ModelSpec:
     """The spec of model ``name`` (case and ``-``/``_`` ignored); ``imported:<name>`` gives a
-    spec with no extractor. Raises UnknownNameError for an unknown model, and
+    spec with no extractor; ``MODEL~PRESET`` the model under a stored descriptor recipe
+    (:func:`recipe_spec`). Raises UnknownNameError for an unknown model or recipe, and
     :func:`cbir.importing.check_name`'s error for an invalid imported name."""
     key = str(name).strip().lower().replace("-", "_")
+    if RECIPE_SEP in key:
+        return recipe_spec(*key.split(RECIPE_SEP, 1))
     if key.startswith(IMPORTED):
         from ..importing import check_name
 
@@ -87,6 +93,34 @@ def get_spec(name: str) -> ModelSpec:
     if key not in MODELS:
         raise unknown("model", name, MODELS)
     return MODELS[key]
+
+
+def recipe_spec(model: str, preset: str) -> ModelSpec:
+    """Model ``model`` under the stored recipe ``preset`` (:data:`cbir.recipes.STORED_RECIPES`):
+    named ``MODEL~PRESET``, labelled with what the recipe does (``EfficientNet-Lite1 · 3-scale ·
+    √``), the model's family, weights and dimension, and an input size of its largest scale
+    (images are decoded to it; smaller scales are resized from it). Raises UnknownNameError
+    for an unknown model or preset, RequestError for imported features (no network to run)."""
+    from ..errors import RequestError
+    from ..recipe_presets import PRESETS, STORED_RECIPES
+
+    base = get_spec(model)
+    if base.family == "imported" or base.recipe:
+        raise RequestError(f"{base.name} cannot be described under a recipe: it holds features computed elsewhere"
+                           if base.family == "imported" else f"{name_of(base.base, preset)}: one recipe per model")
+    if preset not in STORED_RECIPES:
+        raise unknown("stored recipe", preset, STORED_RECIPES)
+    recipe = PRESETS[preset][0]
+    return ModelSpec(
+        name_of(base.name, preset), f"{base.label} · {recipe.extraction.label}", base.family,
+        int(round(max(recipe.scales) * base.input_size)), base.dim, base.weights_file, base.source, base.preprocess_module,
+        base.width, base.depth, f"{base.label} under the {preset} recipe ({recipe.extraction.name}; centred at search "
+        f"time like every store): {PRESETS[preset][1]}", base=base.name, recipe=preset)
+
+
+def name_of(model: str, preset: str) -> str:
+    """The model name of ``model``'s store under recipe ``preset``: ``MODEL~PRESET``."""
+    return f"{model}{RECIPE_SEP}{preset}"
 
 
 def keras_models_dir() -> Path:

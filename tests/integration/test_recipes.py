@@ -93,3 +93,74 @@ def test_api_evaluates_a_recipe_and_refuses_what_it_cannot(fresh_redis, tmp_path
         # a model whose weights are not here: said at once, and nothing is downloaded (a student could make the server fetch them)
         r = client.post("/api/evaluate", json={"models": ["vgg16"], "recipe": "centred"}, headers=h)
         assert r.status_code == 400 and "ImageNet weights for VGG16 are not in the models cache" in r.json()["error"], r.text
+
+
+# -- recipes stored beside a model's own store (MODEL~PRESET) ----------------------------------
+NEAR = "efficientnet_lite0~near_duplicate"
+
+
+@pytest.mark.redis
+def test_a_stored_recipe_is_a_model_of_its_own(small_collection, tmp_path, fresh_redis):
+    """`cbir index --recipe` (a real extraction, with its progress bar) stores the recipe's
+    vectors beside the model's own store; the model lists name it; it is searched, fused and
+    centred like any model, an upload included; an explanation is refused with what to do."""
+    env_args = ["--collection", str(small_collection), "--features", str(tmp_path / "features")]
+    for extra in ([], ["--recipe", "near-duplicate"]):
+        r = subprocess.run([sys.executable, "-m", "cbir", "index", "-m", "efficientnet_lite0", *env_args, *extra],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0 and "12 images in store" in r.stdout, r.stderr
+    assert "EfficientNet-Lite0 · 3-scale · √" in r.stderr  # the bar names the recipe
+    from cbir.config import Settings
+
+    engine = Engine(small_collection, Settings(collection=small_collection, features_dir=tmp_path / "features",
+                                               var_dir=tmp_path / "var"))
+    infos = {m["name"]: m for m in engine.model_info()}
+    assert infos[NEAR]["label"] == "EfficientNet-Lite0 · 3-scale · √" and infos[NEAR]["indexed"] == 12
+    assert infos[NEAR]["searchable"] and infos[NEAR]["extracts"] and engine.recipe_models() == [NEAR]
+    # the stored vectors are the recipe's descriptors (decoded at the largest scale, smaller ones resized from it)
+    ids = engine.store(NEAR).ids.tolist()
+    mine = describe(engine.extractor("efficientnet_lite0"), [open_image(small_collection / f"{i}.jpg") for i in ids],
+                    PRESETS["near_duplicate"][0].extraction)
+    assert np.min(np.sum(mine * engine.store(NEAR).embeddings, axis=1)) > 0.99
+    both = engine.search([NEAR, "efficientnet_lite0"], image_id="300", top_k=3, method="average")
+    assert both.centred and {h.label for h in both.fused.hits} == {"buses"} and set(both.per_model) == {NEAR, "efficientnet_lite0"}
+    upload = engine.search(NEAR, image=(small_collection / "401.jpg").read_bytes(), top_k=1).per_model[NEAR].hits[0]
+    assert upload.id == "401" and upload.score < 5e-3
+    from cbir.errors import RequestError
+
+    with pytest.raises(RequestError, match="explain the match with efficientnet_lite0"):
+        engine.explain(NEAR, "1", image_id="0")
+    r = subprocess.run([sys.executable, "-m", "cbir", "index", "-m", "efficientnet_lite0", *env_args, "--recipe", "today"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "index it without --recipe" in r.stderr
+    # the API lists it and searches with it by its name
+    from fastapi.testclient import TestClient
+
+    from cbir.api.app import create_app
+    from tests.conftest import api_login, make_settings
+
+    app = create_app(make_settings(fresh_redis.url, tmp_path, collection=small_collection, features_dir=tmp_path / "features"),
+                     warm_up=False)
+    with TestClient(app) as client:
+        h = api_login(client)
+        listed = {m["name"]: m for m in client.get("/api/models", headers=h).json()["models"]}
+        assert listed[NEAR]["label"] == "EfficientNet-Lite0 · 3-scale · √" and listed[NEAR]["indexed"] == 12
+        r = client.post("/api/search", json={"image_id": "300", "models": [NEAR], "top_k": 3}, headers=h)
+        assert r.status_code == 200 and r.json()["centred"] and {x["label"] for x in r.json()["models"][NEAR]["results"]} == {"buses"}
+
+
+def test_stored_recipe_names():
+    from cbir.errors import RequestError, UnknownNameError
+    from cbir.extractors import get_spec
+
+    spec = get_spec("EfficientNet-Lite1~Category")
+    assert (spec.name, spec.base, spec.recipe, spec.dim) == ("efficientnet_lite1~category", "efficientnet_lite1", "category", 1280)
+    assert spec.input_size == round(240 * 2 ** 0.5) and spec.label == "EfficientNet-Lite1 · 2-scale · flip · √"
+    with pytest.raises(UnknownNameError, match="unknown stored recipe 'rmac'; choose one of: category, near_duplicate"):
+        get_spec("efficientnet_lite0~rmac")
+    with pytest.raises(RequestError, match="features computed elsewhere"):
+        get_spec("imported:sift~category")
+    from cbir.recipes import check_recipe_run
+
+    with pytest.raises(RequestError, match="under the category recipe already: evaluate it as a model"):
+        check_recipe_run(["efficientnet_lite0~category"], "cosine")
