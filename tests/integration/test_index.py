@@ -177,6 +177,28 @@ def test_milvus_euclidean_and_bhattacharyya_units(tmp_path, wang, milvus_uri):
         index.drop()
 
 
+@pytest.mark.milvus
+def test_milvus_searches_the_centred_vectors_apart_from_the_raw_ones(tmp_path, milvus_uri):
+    """The default (centred) search through a real Milvus server: its own collection (``_centred``),
+    the same top 10 as the exact centred search; the raw vectors in another collection."""
+    from cbir.engine import Engine
+
+    shutil.copytree(LITE0, tmp_path / "image.orig" / "efficientnet_lite0", ignore=shutil.ignore_patterns("*.npz", "centred-*"))
+    engine = Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=tmp_path, var_dir=tmp_path / "var", milvus_uri=milvus_uri))
+    for image_id in ("3", "412"):
+        exact = engine.search("efficientnet_lite0", image_id=image_id).per_model["efficientnet_lite0"]
+        served = engine.search("efficientnet_lite0", image_id=image_id, backend="milvus", depth=100)
+        assert served.centred and served.backend == "milvus"
+        hits = served.per_model["efficientnet_lite0"].hits
+        assert len({h.id for h in hits} & {h.id for h in exact.hits}) >= 9
+        np.testing.assert_allclose(hits[0].score, exact.hits[0].score, atol=2e-3)
+    centred = engine.indexes.vector_index("efficientnet_lite0", engine.centred("efficientnet_lite0"), "cosine", "milvus")
+    raw = engine.indexes.vector_index("efficientnet_lite0", engine.store("efficientnet_lite0"), "cosine", "milvus")
+    assert centred.name.endswith("_imagenet_centred_cosine") and raw.name.endswith("_imagenet_cosine") and len(centred) == len(raw) == 1000
+    centred.drop()
+    raw.drop()
+
+
 def test_milvus_unreachable_is_one_clear_error(tmp_path, wang):
     store, labels = wang
     uri = f"http://127.0.0.1:{free_port()}"
