@@ -68,7 +68,8 @@ read_link({  # a hand-written link may name a setting by its key (metric=euclide
     "k": ([10, 20, 50], str, False), "rerank": (list(RERANK_METHODS), RERANK_LABELS.get, False),
     "index": ([AUTO, *BACKENDS], backend_label, False), "fusion": (list(FUSION_METHODS), lambda m: FUSIONS[m].label, False),
     "norm": (list(NORMALISATIONS), lambda n: NORMALISATIONS[n].label, False),
-    "view": ([TABS, SIDE_BY_SIDE], str, False)}, "app_pages/search.py", also=unknown_image)
+    "view": ([TABS, SIDE_BY_SIDE], str, False),
+    "centre": ([True, False], lambda on: "true" if on else "false", False)}, "app_pages/search.py", also=unknown_image)
 
 # a link (or the Map's Open in Search) searches at once, with the picker folded: the results in view
 # read here, dropped only once the search is asked for below: a rerun landing in between (the

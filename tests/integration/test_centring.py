@@ -134,3 +134,24 @@ def test_a_large_store_is_centred_into_a_memory_mapped_file(tmp_path, monkeypatc
     np.testing.assert_allclose(store_mean(store, tmp_path), unit_mean(x), atol=1e-6)
     hits = on_disk.index("cosine").search(on_disk.embeddings[:5], 1)[0]
     assert hits[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_an_import_gives_its_store_a_mean_and_a_new_import_a_new_one(tmp_path, small_collection):
+    """Features computed elsewhere are centred too (on their own mean): an import writes a
+    store version whose mean is that of its vectors; importing again (``replace``) moves it."""
+    from cbir.importing import import_features
+
+    rng = np.random.default_rng(0)
+    collection = scan_collection(small_collection)
+    engine = Engine(collection, Settings(collection=small_collection, features_dir=tmp_path / "features", var_dir=tmp_path / "var"))
+    means = []
+    for shift in (0.0, 3.0):
+        vectors = np.abs(rng.normal(size=(len(collection), 16))).astype(np.float32) + shift * np.eye(16, dtype=np.float32)[0]
+        np.savez(tmp_path / "f.npz", ids=np.array(collection.ids), vectors=vectors)
+        import_features(tmp_path / "f.npz", "mine", collection, tmp_path / "features", replace=bool(means))
+        view = engine.centred("imported:mine")
+        np.testing.assert_allclose(view.centre, unit_mean(vectors[[collection.index_of(i) for i in view.ids]]), atol=1e-6)
+        means.append(view.centre)
+        hits = engine.search("imported:mine", image_id=collection.ids[0], top_k=3).per_model["imported:mine"].hits
+        assert len(hits) == 3 and engine.search("imported:mine", image_id=collection.ids[0]).centred
+    assert not np.allclose(means[0], means[1], atol=1e-3)
