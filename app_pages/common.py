@@ -277,14 +277,14 @@ def show_error(exc: Exception) -> None:
         st.error(for_this_user(message), icon="🚫")
 
 
-def read_link(choices: dict[str, tuple[list, Callable[[object], str], bool]], page: str, also: list[str] | None = None) -> None:
+def read_link(choices: dict[str, tuple], page: str, also: list[str] | None = None) -> None:
     """Make a hand-written link's settings count, and say what it names that is not here.
 
     Streamlit binds a widget to the URL by the label of its option (``metric=Euclidean``)
     and drops anything else without a word, so ``metric=euclidean`` (the API's and the CLI's
     name) was ignored. For each bound key in ``choices`` (key -> (options, label of an
-    option, whether several are chosen)), called before its widget: a value naming an option
-    by its key or its label, in any case, is rewritten to the label and the page opened again
+    option, whether several are chosen[, aliases: word -> option])), called before its widget:
+    a value naming an option by its key, its label or an alias, in any case, is rewritten to the label and the page opened again
     on the corrected link (``page``, via ``st.switch_page``: the widgets then read the URL as
     from a bookmark, and the URL shows them). The values naming nothing, and the page's own
     ``also`` (e.g. an unknown image), are shown in a warning that stays while the link's
@@ -298,7 +298,7 @@ def read_link(choices: dict[str, tuple[list, Callable[[object], str], bool]], pa
         unknown = carried
     else:
         unknown, rewritten = [], False
-        for key, (options, label_of, several) in choices.items():
+        for key, (options, label_of, several, *aliases) in choices.items():
             raw = [v for k, v in params if k == key]
             values = [v for v in raw if v.strip()]
             labels = {str(label_of(o)) for o in options}
@@ -306,7 +306,8 @@ def read_link(choices: dict[str, tuple[list, Callable[[object], str], bool]], pa
                 continue  # Streamlit reads these itself
             if len(values) < len(raw):  # `models=` cleared the models without a word
                 unknown.append(f"{key}= (empty)")
-            by_name = {str(o).lower(): str(label_of(o)) for o in options} | {lab.lower(): lab for lab in labels}
+            by_name = {str(o).lower(): str(label_of(o)) for o in options} | {lab.lower(): lab for lab in labels} \
+                | {word: str(label_of(o)) for word, o in (aliases[0] if aliases else {}).items()}
             found = [by_name.get(v.strip().lower()) for v in values]
             unknown += [f"{key}={v}" for v, lab in zip(values, found) if lab is None]
             found = list(dict.fromkeys(lab for lab in found if lab is not None))

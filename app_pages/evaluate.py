@@ -305,6 +305,7 @@ with st.form("sweep_form"):
     sweep_method = c2.selectbox("Fusion", SWEEP_METHODS, format_func=lambda m: FUSIONS[m].label, key="sweep_method")
     sweep_step = c3.selectbox("Step", [0.25, 0.2, 0.1, 0.05], index=2, key="sweep_step")
     run_sweep = st.form_submit_button("Sweep the weights")
+    st.caption("Swept on vectors centred on the collection's mean under cosine and Euclidean, as searches are by default.")
 if run_sweep:
     bar = st.progress(0.0, text="Sweeping…")
     try:

@@ -7,7 +7,7 @@ import random
 
 import streamlit as st
 
-from cbir.centring import CENTRED_METRICS
+from cbir.centring import CENTRED_METRICS, FLAG_WORDS
 from cbir.collection import image_extensions
 from cbir.config import get_settings
 from cbir.distances import METRICS
@@ -69,7 +69,8 @@ read_link({  # a hand-written link may name a setting by its key (metric=euclide
     "index": ([AUTO, *BACKENDS], backend_label, False), "fusion": (list(FUSION_METHODS), lambda m: FUSIONS[m].label, False),
     "norm": (list(NORMALISATIONS), lambda n: NORMALISATIONS[n].label, False),
     "view": ([TABS, SIDE_BY_SIDE], str, False),
-    "centre": ([True, False], lambda on: "true" if on else "false", False)}, "app_pages/search.py", also=unknown_image)
+    # centre=off / 0 / no (the CLI's and the API's words) read as the toggle's own false
+    "centre": ([True, False], lambda on: "true" if on else "false", False, FLAG_WORDS)}, "app_pages/search.py", also=unknown_image)
 
 # a link (or the Map's Open in Search) searches at once, with the picker folded: the results in view
 # read here, dropped only once the search is asked for below: a rerun landing in between (the
@@ -440,9 +441,10 @@ def query_tile(result: dict) -> tuple | None:
 
 
 def explainable(names) -> list[str]:
-    """The models among ``names`` this server can explain with (an extractor, not imported features,
-    one average-pooled pass: not a stored recipe's several scales)."""
-    return [m for m in names if FAMILIES[get_spec(m).family].extracts and not get_spec(m).recipe]
+    """The models to explain the results of ``names`` with: each one this server extracts (not
+    imported features), a stored recipe by its own network's single average-pooled pass (its
+    several scales do not split over one feature map)."""
+    return list(dict.fromkeys(get_spec(m).base or m for m in names if FAMILIES[get_spec(m).family].extracts))
 
 
 def ask_why(model: str | None, result_id: str) -> None:
@@ -493,6 +495,11 @@ def why_dialog(target: dict, result: dict) -> None:
     # keyed by the tile asked about: each Why? opens on its own tab's model (a fixed key kept the last choice)
     model = st.segmented_control("Model", choices, default=start, format_func=model_label, required=True,
                                  key=f"search_why_model_{target['result']}_{target['model']}") if len(choices) > 1 else start
+    recipes = [m for m in result["models"] if get_spec(m).recipe]
+    if recipes:
+        st.caption(f"{', '.join(model_label(m) for m in recipes)}: explained by the same network's single pass "
+                   f"({', '.join(model_label(get_spec(m).base) for m in recipes)}); a descriptor pooled over several "
+                   "scales does not split over one feature map's locations.")
     upload = image_bytes if query["id"] is None else None
     if query["id"] is None and (upload is None or upload_digest(upload) != st.session_state.get("search_upload_digest")):
         st.warning("These results are for an uploaded image that is no longer on the page: upload it again, or press "
@@ -574,7 +581,8 @@ def results_panel() -> None:
     view, only = view_controls(result, names)
 
     def why_for(name: str):  # a model's list explains with that model; Combined with the first it can
-        return functools.partial(ask_why, name if name != "combined" else next(iter(explainable(result["models"])), None))
+        return functools.partial(ask_why, get_spec(name).base or name if name != "combined"
+                                 else next(iter(explainable(result["models"])), None))
 
     grid_key = f"search_fb_{st.session_state.get('search_fb_gen', 0)}_"
     if view == SIDE_BY_SIDE:  # the lists in columns, for comparing models in class

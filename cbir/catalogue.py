@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .centring import centred_view, store_mean
+from .centring import centred_view
 from .collection import Collection, scan_collection
 from .config import Settings, get_settings
 from .errors import CBIRError, StoreError, import_again, index_model
@@ -38,7 +38,7 @@ class StoreCatalogue:
         root = collection if collection is not None else self.settings.collection
         self.collection = root if isinstance(root, Collection) else scan_collection(root)
         self._stores: dict[tuple[str, str], tuple[float, FeatureStore]] = {}
-        self._centred: dict[str, FeatureStore] = {}  # model -> centred view of its current store
+        self._centred: dict[str, tuple[str, FeatureStore]] = {}  # model -> (store version, its centred view)
         self._lock = threading.RLock()
         self.indexes = IndexCache(self)
 
@@ -73,15 +73,15 @@ class StoreCatalogue:
         return {m: self.centred(m) if centred else self.store(m) for m in models}
 
     def centred(self, model: str) -> FeatureStore:
-        """The centred view of the model's current store (one per model kept: the newest version)."""
+        """The centred view of the model's current store (one per model kept: the newest version); the
+        store itself when it is too small to centre (:data:`cbir.centring.CENTRE_MIN_IMAGES`)."""
         name = get_spec(model).name
         store = self.store(name)
         with self._lock:
-            view = self._centred.get(name)
-            if view is None or view.manifest.get("raw_version") != store.version:
+            version, view = self._centred.get(name, (None, None))
+            if view is None or version != store.version:
                 view = centred_view(store, self.store_folder(name))
-                view.manifest["raw_version"] = store.version
-                self._centred[name] = view
+                self._centred[name] = (store.version, view)
             return view
 
     def recipe_models(self) -> list[str]:
@@ -102,7 +102,7 @@ class StoreCatalogue:
         """The (d,) mean a centred search of ``model`` subtracts (:func:`cbir.centring.store_mean`),
         or None when the model has no store (or an unreadable one) here."""
         try:
-            return store_mean(self.store(model), self.store_folder(model)) if self.has_store(model) else None
+            return self.centred(model).centre if self.has_store(model) else None
         except CBIRError:
             return None
 

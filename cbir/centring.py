@@ -40,9 +40,30 @@ CENTRED_IN_MEMORY_BYTES = 2 << 30
 _BLOCK = 8192  # rows per block when computing the mean or writing a centred file
 
 
-def centres(metric: str, centre: bool = True) -> bool:
-    """Whether a search under ``metric`` (a canonical name) is centred when ``centre`` is asked."""
-    return bool(centre) and metric in CENTRED_METRICS
+#: Fewer stored vectors than this are not centred: their mean is most of each vector (one image
+#: centred on itself is the zero vector, two are pushed to opposite poles).
+CENTRE_MIN_IMAGES = 10
+_TRUE, _FALSE = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
+#: Every word :func:`check_flag` reads, and the value it reads as.
+FLAG_WORDS = {**{w: True for w in _TRUE}, **{w: False for w in _FALSE}}
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A yes/no field: a bool, 0/1, or true/false, on/off, yes/no in any case; else RequestError."""
+    from .errors import RequestError
+
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise RequestError(f"{name} must be true or false (on/off), got {str(value)[:40]!r}")
+
+
+def centres(metric: str, centre: object = True) -> bool:
+    """Whether a run under ``metric`` (a canonical name) is centred when ``centre`` is asked (a yes/no
+    value, :func:`check_flag`: the one reading of it for searches, evaluations, sweeps and explanations)."""
+    return check_flag("centre", centre) and metric in CENTRED_METRICS
 
 
 def unit_mean(matrix: np.ndarray) -> np.ndarray:
@@ -79,7 +100,10 @@ def centred_view(store: FeatureStore, folder: Path) -> FeatureStore:
     ``"centred"``, ``centre`` the (d,) mean, a version and signatures of its own (derived files
     and server collections keep the raw and centred vectors apart). Its (n, d) vectors are
     float32 in memory up to :data:`CENTRED_IN_MEMORY_BYTES`; beyond, a ``centred-*.npy`` file
-    beside the store in the store's dtype, memory-mapped."""
+    beside the store in the store's dtype, memory-mapped. A store of fewer than
+    :data:`CENTRE_MIN_IMAGES` vectors is returned as it is (``centre`` None: not centred)."""
+    if len(store) < CENTRE_MIN_IMAGES:
+        return store
     mean = store_mean(store, folder)
     digest = mean_digest(mean)
     if len(store) * store.dim * 4 <= CENTRED_IN_MEMORY_BYTES:

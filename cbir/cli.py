@@ -101,7 +101,7 @@ def _add_rerank_options(sp) -> None:
 
 
 def cmd_models(args) -> int:
-    from .extractors import default_model
+    from .extractors import RECIPE_SEP, default_model
 
     try:
         engine = _engine(args)
@@ -119,7 +119,8 @@ def cmd_models(args) -> int:
     for m in infos:
         mark = "*" if m["name"] == default else " "
         status = "available" if m["available"] else "unavailable"
-        print(f"{mark}{m['name']:<{width}}{m['dim']:>6}  {status:<12}{m['indexed']:>8}  {m['reason']}")
+        why = f"{m['label']}: {m.get('description')}" if RECIPE_SEP in m["name"] and m["available"] else m["reason"]
+        print(f"{mark}{m['name']:<{width}}{m['dim']:>6}  {status:<12}{m['indexed']:>8}  {why}")
     print("* default model")
     return 0
 
@@ -163,6 +164,9 @@ def _stored_recipe(model: str, preset: str) -> str:
     from .recipes import PRESETS, STORED_RECIPES, parse_recipe
 
     key = preset.strip().lower().replace("-", "_")
+    spec = get_spec(model)
+    if spec.recipe:
+        raise CBIRError(f"{spec.name} is {spec.base} under a recipe already: give -m {spec.base} with --recipe {preset}")
     if key in PRESETS and key not in STORED_RECIPES:
         raise CBIRError(f"--recipe {preset}: that is how the model's own store describes images (centred at search time "
                         f"by default): index it without --recipe; stored recipes are {', '.join(STORED_RECIPES)}")
@@ -309,6 +313,10 @@ def cmd_evaluate(args) -> int:
             return _fail("--feedback-rounds evaluates one model at a time")
         if args.compare or args.recipe:
             return _fail("--feedback-rounds simulates feedback on the store's vectors; leave out --compare and --recipe")
+        from .distances import normalise_metric
+
+        if normalise_metric(args.metric) != "cosine":
+            return _fail(f"--feedback-rounds simulates Rocchio feedback, which is defined for cosine; leave out --metric {args.metric}")
         reports = engine.evaluate_feedback(models[0], rounds=args.feedback_rounds, k=args.feedback_k, rerank=rerank, centre=args.centre)
         print(f"Rocchio feedback with the true labels of the top {args.feedback_k} ({models[0]}, cosine"
               f"{', centred' if args.centre else ''}{', ' + rerank.label if rerank.active else ''})")
@@ -356,7 +364,8 @@ def _planned_runs(engine, settings: dict, args) -> list[dict]:
         _check_run(engine, run)
         if text is not None and effective_run(run) == effective_run(settings):
             raise CBIRError(f"--compare {text!r} changes nothing of the evaluation it is compared with "
-                            "(a normalisation or weights without a fusion that reads them, or the same values)")
+                            "(a normalisation or weights without a fusion that reads them, centring under chi-square or "
+                            "Bhattacharyya, which are never centred, or the same values)")
     return runs
 
 
@@ -376,7 +385,7 @@ def _check_run(engine, run: dict) -> None:
     if run.get("recipe") is not None:
         from .recipes import check_recipe_run
 
-        check_recipe_run(run["models"], run["metric"], run["rerank"].active, run.get("backend"))
+        check_recipe_run(run["models"], run["metric"], run["rerank"].active, run.get("backend"), run.get("centre", True))
         return
     if run["rerank"].active:
         check_metric(run["metric"])
@@ -444,6 +453,7 @@ def _compare_arg(text: str, base: dict, method: str = "average") -> dict:
             run[key] = normalisation_method(value).name
         elif key == "recipe":
             run[key] = _recipe_arg(value)
+            run["centre"] = True  # a recipe says itself whether it centres
         elif key == "metric":
             run[key] = normalise_metric(value)
         elif key == "method":
@@ -556,7 +566,7 @@ def cmd_tune_weights(args) -> int:
             return 0
         _write_text(args.json, text)
     order = sorted(range(len(result.map)), key=lambda i: -result.map[i])
-    print(f"{args.method} fusion of {', '.join(result.models)}, {result.metric}, step {args.step:g}: {len(result.map)} weightings x "
+    print(f"{args.method} fusion of {', '.join(result.models)}, {result.metric}{', centred' if result.centred else ''}, step {args.step:g}: {len(result.map)} weightings x "
           f"{result.queries} queries in {result.seconds:.1f} s")
     print("".join(f"{m[:18]:>20}" for m in result.models) + f"{'mAP':>9}{'P@20':>9}")
     for i in order[: args.top]:

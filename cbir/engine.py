@@ -15,7 +15,7 @@ from PIL import Image
 
 from . import distance_rows, experiments
 from .catalogue import StoreCatalogue
-from .centring import centre
+from .centring import centre, centres
 from .errors import CBIRError
 from .evaluation import EvaluationReport
 from .explain import TOP_PAIRS, Explanation, explain_query
@@ -72,10 +72,10 @@ class Engine(StoreCatalogue):
         """Every registered model and every imported one: availability, why, and its store."""
         out = []
         for name in [*MODELS, *self.recipe_models(), *imported_models(self.settings.features_dir, self.collection.name)]:
-            spec = get_spec(name)
-            available, reason = model_status(name)
+            spec, (available, reason) = get_spec(name), model_status(name)
             info = dict(name=name, label=spec.label, dim=spec.dim, input_size=spec.input_size, available=available,
-                        extracts=FAMILIES[spec.family].extracts, reason=reason, indexed=0, last_indexed=None, searchable=False)
+                        extracts=FAMILIES[spec.family].extracts, reason=reason, indexed=0, last_indexed=None, searchable=False,
+                        description=spec.description)
             if self.has_store(name):
                 try:
                     s = self.store(name)
@@ -152,7 +152,7 @@ class Engine(StoreCatalogue):
         centred similarity when ``centre`` and the model has a store (:meth:`centring_mean`)."""
         spec, query = get_spec(model), self._with_label(Query(image_id=image_id, image=image))
         return explain_query(self.collection, spec, lambda: self.extractor(spec.name), query, str(result_id),
-                             self.settings.max_image_pixels, top, self.centring_mean(spec.name) if centre else None)
+                             self.settings.max_image_pixels, top, self.centring_mean(spec.name) if centres("cosine", centre) else None)
 
     # -- search ---------------------------------------------------------------------
     def _distance_rows(self, request: SearchRequest, stores: Mapping[str, FeatureStore], backend: str, depth: int,
@@ -222,7 +222,7 @@ class Engine(StoreCatalogue):
             rerank=request.rerank, feedback_rounds=len(request.feedback), timings=timings, backend=backend, depth=depth,
             inputs=inputs, collection=self.collection.name,
             normalisation=request.normalisation if fused is not None and fusion_method(request.method).normalised else None,
-            centred=request.centred,
+            centred=all(s.centre is not None for s in stores.values()),
         )
 
     # -- experiments (cbir.experiments) ------------------------------------------------

@@ -159,7 +159,8 @@ class StoreError(CBIRError):
 
 
 def unknown(kind: str, name: object, valid) -> UnknownNameError:
-    return UnknownNameError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(valid))}")
+    shown = str(name) if len(str(name)) <= 80 else f"{str(name)[:80]}… ({len(str(name)):,} characters)"
+    return UnknownNameError(f"unknown {kind} {shown!r}; choose one of: {', '.join(sorted(valid))}")
 
 
 class WorkLimitError(CBIRError):

@@ -170,13 +170,14 @@ def evaluate(
         if progress:
             progress(start + rows.size, sample.size)
     exact = get_backend(backend).exact
+    raw = metric in CENTRED_METRICS and not (centred and all(s.centre is not None for s in stores.values()))
     name = _run_name(models, method, normalisation, rerank, None if exact else (backend, depth),
-                     None if sample.size == n else (sample.size, n, seed), raw=metric in CENTRED_METRICS and not centred)
+                     None if sample.size == n else (sample.size, n, seed), raw=raw)
     report = merge_reports(chunks, [labels[r] for r in sample], name, metric)
     report.seconds = time.perf_counter() - t_start
     report.depth = None if exact else depth
     report.query_ids = [ids[r] for r in sample]  # pairs this run's AP with another run's (cbir.significance)
-    report.centred = centred
+    report.centred = centred and all(s.centre is not None for s in stores.values())  # a tiny store is not centred
     return report
 
 
@@ -217,7 +218,7 @@ def evaluate_feedback(catalogue: StoreCatalogue, model: str, rounds: int = 1, k:
     query are given as Rocchio feedback (cosine; centred unless ``centre`` is False). The
     report before and after each round."""
     rerank = rerank or Rerank()
-    stores = catalogue.stores([model], centred=centre)
+    stores = catalogue.stores([model], centred=centres("cosine", centre))
     ids, labels = labelled_ids(catalogue, stores)
     db, queries = _database_and_queries(catalogue, model, stores[model], ids, rerank)
     index, lab = ExactIndex(db, "cosine"), np.asarray(labels, dtype=object)
@@ -233,7 +234,7 @@ def evaluate_feedback(catalogue: StoreCatalogue, model: str, rounds: int = 1, k:
                 tops.append(np.argsort(d, axis=1, kind="stable")[:, :k])
         reports.append(merge_reports(chunks, labels, f"{model} feedback round {r}", "cosine"))
         reports[-1].query_ids, reports[-1].collection = list(ids), catalogue.collection.name
-        reports[-1].centred = bool(centre)
+        reports[-1].centred = stores[model].centre is not None
         if r < rounds:
             queries = _feedback_round(queries, db, np.concatenate(tops), lab)
     return reports

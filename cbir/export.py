@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04", "#db2777", "#65a30d"]
 Curve = tuple[str, Sequence[float], Sequence[float]]  # name, recall, precision
 SEARCH_FIELDS = ["query_id", "query_label", "metric", "backend", "method", "list", "rank", "id", "label", "score", "relevant",
-                 "collection"]
+                 "collection", "centred"]
 #: A spreadsheet reads a cell that starts with one of these as a formula (OWASP, "CSV Injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -52,7 +52,7 @@ def search_csv(result: dict) -> str:
     query = [result["query"]["id"] or "(upload)", result["query"]["label"] or "", result["metric"], result.get("backend", "exact"),
              result.get("method") or ""]
     return write_csv(SEARCH_FIELDS, ([*query, name, *(hit[k] for k in ("rank", "id", "label", "score", "relevant")),
-                                      result.get("collection") or ""]
+                                      result.get("collection") or "", bool(result.get("centred"))]
                                      for name, ranked in lists for hit in ranked["results"]))
 
 
@@ -64,9 +64,9 @@ def reports_csv(reports: Sequence[dict]) -> str:
     """One row per evaluation: the summary figures, then the AP of every class."""
     classes = sorted({c for r in reports for c in r.get("per_class_AP", {})})
     return write_csv(["name", "metric", "queries", "mAP", "P@10", "P@20", "R-precision", "queries scored",
-                      "singleton queries left out", "mixed ties", "collection", *[f"AP {c}" for c in classes]],
+                      "singleton queries left out", "mixed ties", "collection", "centred", *[f"AP {c}" for c in classes]],
                      ([r["name"], r["metric"], r["queries"], r["mAP"], r["P@10"], r["P@20"], r["R-precision"],
-                       r.get("queries_scored", r["queries"]), r.get("singleton_queries_left_out", 0), r.get("ties", 0), r.get("collection") or "",
+                       r.get("queries_scored", r["queries"]), r.get("singleton_queries_left_out", 0), r.get("ties", 0), r.get("collection") or "", bool(r.get("centred")),
                        *[r.get("per_class_AP", {}).get(c, "") for c in classes]] for r in reports))
 
 

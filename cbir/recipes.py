@@ -102,10 +102,17 @@ def describe_paths(extractor, paths: Sequence, recipe: Recipe, batch_size: int =
     return (np.zeros((len(paths), width or 0), dtype=np.float32) if out is None else out), skipped
 
 
-def check_recipe_run(models: Sequence[str], metric: str, reranked: bool = False, backend: str | None = None) -> None:
+def check_recipe_run(models: Sequence[str], metric: str, reranked: bool = False, backend: str | None = None,
+                     centre: object = True) -> None:
     """A recipe is evaluated one model at a time (a model this server extracts, not a stored
     recipe), with cosine or Euclidean distance (its descriptors are L2-normalised and may be
-    centred: not histograms), on the exact index without re-ranking. Raises RequestError."""
+    centred: not histograms), on the exact index without re-ranking; whether it centres is said by
+    the recipe itself (``,centre``), not by ``centre``. Raises RequestError."""
+    from .centring import check_flag
+
+    if not check_flag("centre", centre):
+        raise RequestError("a recipe says itself whether it centres (',centre' in its spelling; the presets centred, "
+                           "category and near_duplicate do): leave out --no-centre / \"centre\": false")
     if reranked or backend not in (None, "exact", "auto"):
         raise RequestError("a recipe is evaluated on the exact index without re-ranking; leave out --rerank and --backend")
     from .distances import normalise_metric
@@ -189,4 +196,5 @@ def _evaluate_recipe(catalogue, model: str, recipe: Recipe, ids: list[str], prog
     report = merge_reports(chunks, [labels[r] for r in sample], name, metric)
     report.seconds, report.collection = time.perf_counter() - t0, collection.name
     report.query_ids = [ids[r] for r in sample]
+    report.centred = recipe.centre  # said by the recipe
     return report

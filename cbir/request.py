@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .centring import centres
+from .centring import centres, check_flag
 from .distances import normalise_metric
 from .errors import CBIRError, RequestError, UnknownNameError
 from .extractors import get_spec
@@ -137,19 +137,6 @@ def check_whole(name: str, value: object, low: int, high: int) -> int:
     if not low <= k <= high:
         raise RequestError(f"{name} must be between {low} and {high:,}, got {k}")
     return k
-
-
-_TRUE, _FALSE = ("true", "on", "yes", "1"), ("false", "off", "no", "0")
-
-
-def check_flag(name: str, value: object) -> bool:
-    """A yes/no field: a bool, 0/1, or true/false, on/off, yes/no in any case; else RequestError."""
-    if isinstance(value, (bool, np.bool_)) or value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    raise RequestError(f"{name} must be true or false (on/off), got {str(value)[:40]!r}")
 
 
 def check_top_k(top_k: object) -> int:

@@ -174,7 +174,7 @@ def sweep_weights(catalogue: StoreCatalogue, models: Sequence[str], method: str 
         np.fill_diagonal(d, np.inf)
         dists[m] = d
     result = SweepResult(models, method, metric, step, grid, np.zeros(len(grid)), np.zeros(len(grid)), queries=len(ids),
-                         centred=centred)
+                         centred=all(s.centre is not None for s in stores.values()))
     for i, w in enumerate(grid):
         report = evaluate_distances(fuse(dists, method, dict(zip(models, w))), labels)
         result.map[i], result.p_at_20[i] = report.map, report.p_at_20

@@ -83,7 +83,12 @@ def get_spec(name: str) -> ModelSpec:
     :func:`cbir.importing.check_name`'s error for an invalid imported name."""
     key = str(name).strip().lower().replace("-", "_")
     if RECIPE_SEP in key:
-        return recipe_spec(*key.split(RECIPE_SEP, 1))
+        base, _, preset = key.partition(RECIPE_SEP)
+        if RECIPE_SEP in preset:
+            from ..errors import RequestError
+
+            raise RequestError(f"{str(name)[:80]!r}: one recipe per model, as in {base}{RECIPE_SEP}category")
+        return recipe_spec(base, preset)
     if key.startswith(IMPORTED):
         from ..importing import check_name
 

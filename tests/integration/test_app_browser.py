@@ -701,7 +701,7 @@ def test_centring_is_on_by_default_and_a_toggle_turns_it_off(page, app_server):
     sidebar.get_by_text("DBA + αQE").click()
     sidebar.get_by_text(re.compile("DBA \\+ αQE does better on the vectors as stored")).wait_for()
     # a hand-written link, any case: read; a value naming nothing: said
-    page.goto(f"{app_server.url}/?q=412&centre=FALSE")
+    page.goto(f"{app_server.url}/?q=412&centre=Off")  # the CLI's and the API's word
     page.get_by_text(re.compile(r"Results for query 412 · Cosine distance · top 10")).wait_for(timeout=TIMEOUT)
     expect(toggle).not_to_be_checked()
     page.goto(f"{app_server.url}/?q=412&centre=maybe")

@@ -155,3 +155,48 @@ def test_an_import_gives_its_store_a_mean_and_a_new_import_a_new_one(tmp_path, s
         hits = engine.search("imported:mine", image_id=collection.ids[0], top_k=3).per_model["imported:mine"].hits
         assert len(hits) == 3 and engine.search("imported:mine", image_id=collection.ids[0]).centred
     assert not np.allclose(means[0], means[1], atol=1e-3)
+
+
+def test_a_tiny_store_is_not_centred_and_says_so(tmp_path):
+    """Three images: their mean is most of each (one image centred on itself would be zero), so
+    they are not centred: an upload of one finds it at distance ~0, and the answer says so."""
+    import cbir.centring as centring
+    from cbir.extraction import index_collection
+    from cbir.export import search_csv
+
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for i in ("5", "6", "305"):
+        shutil.copy(COLLECTION / f"{i}.jpg", folder / f"{i}.jpg")
+    index_collection(scan_collection(folder), LITE[0], tmp_path / "features")
+    engine = Engine(folder, Settings(collection=folder, features_dir=tmp_path / "features", var_dir=tmp_path / "var"))
+    assert len(engine.store(LITE[0])) < centring.CENTRE_MIN_IMAGES and engine.centred(LITE[0]).centre is None
+    resp = engine.search(LITE[0], image=(folder / "5.jpg").read_bytes(), top_k=3)
+    assert not resp.centred and resp.to_dict()["centred"] is False
+    assert resp.per_model[LITE[0]].hits[0].id == "5" and resp.per_model[LITE[0]].hits[0].score < 2e-3
+    assert search_csv(resp.to_dict()).splitlines()[1].endswith(",False")  # the CSV's centred column
+
+
+def test_centre_is_read_one_way_everywhere(engine):
+    """search, evaluate, explain and the sweep read `centre` alike (a bool, 0/1, true/false,
+    on/off, yes/no); anything else is a RequestError (it was silently centred by evaluate)."""
+    from cbir.tuning import sweep_weights
+
+    off = engine.evaluate(LITE[0], "cosine", centre="off", queries=50)
+    assert not off.centred and off.map == pytest.approx(engine.evaluate(LITE[0], "cosine", centre=False, queries=50).map)
+    for call in (lambda v: engine.evaluate(LITE[0], centre=v, queries=5), lambda v: engine.search(LITE[0], image_id="3", centre=v),
+                 lambda v: engine.evaluate_feedback(LITE[0], centre=v), lambda v: engine.explain(LITE[0], "7", image_id="3", centre=v),
+                 lambda v: sweep_weights(engine, LITE[:2], step=0.5, centre=v)):
+        with pytest.raises(RequestError, match="centre must be true or false"):
+            call("maybe")
+        with pytest.raises(RequestError):
+            call(None)
+
+
+def test_cli_feedback_is_refused_under_another_metric(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "cbir", "evaluate", "--collection", str(COLLECTION), "--feedback-rounds", "1",
+                        "--metric", "chi2"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "defined for cosine" in r.stderr, r.stderr

@@ -109,6 +109,7 @@ def test_api_explain_png_json_upload_and_errors(fresh_redis, tmp_path):
         picture = Image.open(io.BytesIO(r.content))
         assert picture.width > picture.height > 100  # the pair side by side
         similarity = float(r.headers["x-cbir-similarity"])
+        assert r.headers["x-cbir-centred"] == "true"  # as a default search ranks
         r = client.get("/api/explain", params={"query": "10", "result": "7", "format": "json", "model": "efficientnet_lite0"}, headers=auth)
         body = r.json()
         assert body["similarity"] == pytest.approx(similarity, abs=1e-6) and body["grid"] == {"query": [7, 7], "result": [7, 7]}

@@ -203,7 +203,7 @@ def test_a_query_alone_in_its_class_has_no_ap_rather_than_ap_0(small_collection,
 
     response = engine.search(["efficientnet_lite0"], "cosine", 5, image_id="400").to_dict()
     assert response["collection"] == "small"  # every export names its collection
-    assert search_csv(response).splitlines()[1].endswith(",small")
+    assert search_csv(response).splitlines()[1].endswith(",small,True")  # the collection, centred (12 images)
     other = engine.search(["efficientnet_lite0"], "cosine", 5, image_id="401").per_model["efficientnet_lite0"]
     assert other.n_relevant == 2 and other.average_precision > 0
     report = engine.evaluate(["efficientnet_lite0"], "cosine")

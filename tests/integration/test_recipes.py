@@ -87,6 +87,7 @@ def test_api_evaluates_a_recipe_and_refuses_what_it_cannot(fresh_redis, tmp_path
                            ({"models": ["efficientnet_lite0"], "recipe": "avg,pca=²"}, "'pca=²' is not one of"),  # was a 500
                            ({"models": ["efficientnet_lite0"], "recipe": "avg,scales=2+1.9+1.8,flip"}, "the most is 8"),
                            ({"models": ["efficientnet_lite0"], "recipe": "centred", "compare": [{}]}, "changes nothing"),
+                           ({"models": ["efficientnet_lite0"], "recipe": "category", "centre": False}, "says itself whether it centres"),
                            ({"models": ["efficientnet_lite0"], "compare": [{"normalisation": "rank"}]}, "changes nothing")]:
             r = client.post("/api/evaluate", json=bad, headers=h)
             assert r.status_code == 422 and words in r.json()["error"], (bad, r.text)
@@ -164,3 +165,8 @@ def test_stored_recipe_names():
 
     with pytest.raises(RequestError, match="under the category recipe already: evaluate it as a model"):
         check_recipe_run(["efficientnet_lite0~category"], "cosine")
+    with pytest.raises(RequestError, match="one recipe per model"):
+        get_spec("efficientnet_lite0~category~near_duplicate")
+    with pytest.raises(UnknownNameError) as caught:  # a huge name is not echoed whole (a 100 KB 422 body)
+        get_spec("efficientnet_lite0~" + "b" * 100_000)
+    assert len(str(caught.value)) < 300 and "characters)" in str(caught.value)

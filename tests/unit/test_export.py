@@ -35,8 +35,9 @@ def test_search_results_as_csv_and_json(engine):
 def test_reports_and_figures(engine, tmp_path):
     reports = [engine.evaluate(m).to_dict() for m in LITE]
     table = list(csv.reader(io.StringIO(reports_csv(reports))))
-    assert table[0][:7] == ["name", "metric", "queries", "mAP", "P@10", "P@20", "R-precision"] and len(table[0]) == 21
+    assert table[0][:7] == ["name", "metric", "queries", "mAP", "P@10", "P@20", "R-precision"] and len(table[0]) == 22
     assert table[0][10] == "collection" and table[1][10] == "image.orig"  # every export names its collection
+    assert table[0][11] == "centred" and table[1][11] == "True"  # and whether its vectors were centred
     assert [r[0] for r in table[1:]] == LITE and float(table[1][3]) == pytest.approx(reports[0]["mAP"])
     curves = report_curves(reports)
     assert pr_png(curves).startswith(b"\x89PNG\r\n\x1a\n")

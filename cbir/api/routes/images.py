@@ -103,7 +103,8 @@ def _explained(service, model: str | None, result: str, image_id: str | None = N
         return JSONResponse(body)
     pairs = "; ".join(f"{q[0]},{q[1]}>{r[0]},{r[1]}" for q, r, _ in explanation.pairs)
     return Response(png(render(explanation, query_image, result_image)), media_type="image/png",
-                    headers={"X-CBIR-Similarity": f"{explanation.similarity:.6f}", "X-CBIR-Pairs": pairs, "Cache-Control": "private, max-age=3600"})
+                    headers={"X-CBIR-Similarity": f"{explanation.similarity:.6f}", "X-CBIR-Pairs": pairs,
+                             "X-CBIR-Centred": "true" if explanation.centred else "false", "Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/explain", responses=EXPLAIN_RESPONSES, summary="Why did this match? Where a query and a result agree (heatmaps)")

@@ -99,7 +99,7 @@ def _recipe_of(run: dict):
     text = run.get("recipe")
     if text is None or text.strip().lower() in ("", "store"):
         return None
-    check_recipe_run(run["models"], run["metric"])
+    check_recipe_run(run["models"], run["metric"], centre=run.get("centre", True))
     return parse_recipe(text)
 
 
@@ -114,12 +114,14 @@ async def evaluate_route(request: Request, service: Service, user: CurrentUser, 
 
     runs = [{"models": body.models, "metric": body.metric, "method": body.method, "normalisation": body.normalisation,
              "recipe": body.recipe, "centre": body.centre}]
-    runs += [{**runs[0], **run.model_dump(exclude_none=True)} for run in body.compare or []]
+    # a compared run with a recipe takes the recipe's own centring, not the evaluation's
+    runs += [{**runs[0], **({"centre": True} if run.recipe else {}), **run.model_dump(exclude_none=True)} for run in body.compare or []]
     recipes = [_recipe_of(run) for run in runs]  # every run checked before any work
     for k, (run, recipe) in enumerate(zip(runs[1:], recipes[1:]), 1):
         if effective_run({**run, "recipe": recipe}) == effective_run({**runs[0], "recipe": recipes[0]}):
             raise APIError(422, f"compare[{k - 1}] changes nothing of the evaluation it is compared with (a normalisation "
-                                "without a fusion that reads it, or the same values)")
+                                "without a fusion that reads it, centring under chi-square or Bhattacharyya, which are "
+                                "never centred, or the same values)")
 
     def work(progress):
         from ...recipes import evaluate_recipe
