@@ -40,8 +40,8 @@ RECIPES = [
 ]
 
 
-def near_duplicates(images, n: int = 100, seed: int = 0):
-    """``n`` (source index, transformed image), each a crop of 45-70% of each side followed by
+def near_duplicates(images, n: int = 100, seed: int = 0, crop: tuple[float, float] = (0.45, 0.7)):
+    """``n`` (source index, transformed image), each a crop of ``crop`` (default 45-70%) of each side followed by
     one of: a rotation of 10-30 degrees, a JPEG at quality 8-20, a colour shift (saturation
     0.2-2, brightness 0.6-1.4), or a conversion to grey. (A single mild transformation left
     every recipe at rank-1 1.00: nothing to tell them apart.)"""
@@ -52,7 +52,7 @@ def near_duplicates(images, n: int = 100, seed: int = 0):
     for k, src in enumerate(rng.sample(range(len(images)), n)):
         img = images[src]
         w, h = img.size
-        fw, fh = rng.uniform(0.45, 0.7), rng.uniform(0.45, 0.7)
+        fw, fh = rng.uniform(*crop), rng.uniform(*crop)
         x, y = rng.uniform(0, 1 - fw) * w, rng.uniform(0, 1 - fh) * h
         t = img.crop((int(x), int(y), int(x + fw * w), int(y + fh * h)))
         kind = k % 4
