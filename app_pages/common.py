@@ -21,7 +21,7 @@ from cbir.engine import Engine
 from cbir.errors import UNEXPECTED, CBIRError, contract_for, said_to
 from cbir.evaluation import PROTOCOL
 from cbir.export import pr_figure, report_curves
-from cbir.extractors import IMPORTED, MODELS, RECIPE_SEP, get_spec
+from cbir.extractors import MODELS, get_spec
 from cbir.redisdb import ServiceUnavailable, get_redis
 from cbir.collection_registry import CollectionRegistry
 from cbir.service import SearchService, Services
@@ -162,12 +162,14 @@ def reload_engine() -> None:
 
 
 def model_label(name: str) -> str:
-    if name in MODELS or name.startswith(IMPORTED) or RECIPE_SEP in name:
-        try:
-            return get_spec(name).label  # the registry's label, imported models and stored recipes included
-        except CBIRError:
-            return name
-    return "Combined" if name == "combined" else name
+    """The registry's label of a model (imported models and stored recipes included); "Combined"
+    for the fused list; the name itself for anything else."""
+    if name == "combined":
+        return "Combined"
+    try:
+        return get_spec(name).label
+    except CBIRError:
+        return name
 
 
 def metric_label(name: str) -> str:

@@ -73,10 +73,13 @@ def evaluate_cached(models: tuple[str, ...], metric: str, method: str | None, re
     re-index recomputes."""
     report = engine.evaluate(list(models), metric, method=method, rerank=Rerank(*rerank), normalisation=normalisation,
                              centre=centre)
-    out = report.to_dict()
-    out["ap"] = [None if v != v else v for v in report.ap.tolist()]  # NaN: a left-out (singleton) query
-    out["query_ids"] = report.query_ids  # pairs the rows' APs query by query (the significance section)
-    return out
+    return report_row(report)
+
+
+def report_row(report) -> dict:
+    """An evaluation report as a row of the page: its JSON, each query's AP (None: a left-out,
+    singleton query) and the query ids that pair the rows' APs (the significance section)."""
+    return {**report.to_dict(), "ap": [None if v != v else v for v in report.ap.tolist()], "query_ids": report.query_ids}
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -85,10 +88,7 @@ def recipe_cached(model: str, recipe: str, collection: str, files: str, _progres
     cached per model, recipe, collection (name and labels) and the images' signatures."""
     with long_job_slot(_progress or (lambda done, total: None)) as progress:
         report = evaluate_recipe(engine, model, parse_recipe(recipe), progress)
-    out = report.to_dict()
-    out["ap"] = [None if v != v else v for v in report.ap.tolist()]
-    out["query_ids"] = report.query_ids
-    return out
+    return report_row(report)
 
 
 def recipe_rows(models: list[str], recipes: list[str], bar) -> list[dict]:

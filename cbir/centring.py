@@ -55,8 +55,8 @@ def check_flag(name: str, value: object) -> bool:
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, int) and value in (0, 1)):
         return bool(value)
     text = str(value).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
+    if text in FLAG_WORDS:
+        return FLAG_WORDS[text]
     raise RequestError(f"{name} must be true or false (on/off), got {str(value)[:40]!r}")
 
 
@@ -64,6 +64,12 @@ def centres(metric: str, centre: object = True) -> bool:
     """Whether a run under ``metric`` (a canonical name) is centred when ``centre`` is asked (a yes/no
     value, :func:`check_flag`: the one reading of it for searches, evaluations, sweeps and explanations)."""
     return check_flag("centre", centre) and metric in CENTRED_METRICS
+
+
+def all_centred(stores) -> bool:
+    """Whether every store of ``stores`` (a model -> :class:`FeatureStore` mapping) is a centred
+    view: what a run reports as ``centred`` (a raw store, or one too small to centre, is not)."""
+    return all(s.centre is not None for s in stores.values())
 
 
 def unit_mean(matrix: np.ndarray) -> np.ndarray:
@@ -107,14 +113,19 @@ def centred_view(store: FeatureStore, folder: Path) -> FeatureStore:
     mean = store_mean(store, folder)
     digest = mean_digest(mean)
     if len(store) * store.dim * 4 <= CENTRED_IN_MEMORY_BYTES:
-        matrix = np.empty((len(store), store.dim), dtype=np.float32)
-        for start in range(0, len(store), _BLOCK):
-            matrix[start:start + _BLOCK] = centre(np.asarray(store.embeddings[start:start + _BLOCK], dtype=np.float32), mean)
+        matrix = _centre_into(store, mean, np.empty((len(store), store.dim), dtype=np.float32))
     else:
         matrix = _centred_file(store, Path(folder), mean, digest)
     manifest = {**store.manifest, "version": f"{store.version}+centred-{digest}", "centred": True}
     signatures = np.char.add(store.signatures.astype(str), f":{digest}")
     return FeatureStore(store.model, store.weights, matrix, store.ids, signatures, manifest, centre=mean)
+
+
+def _centre_into(store: FeatureStore, mean: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out`` (n, d), filled block by block with the store's rows centred on ``mean``."""
+    for start in range(0, len(store), _BLOCK):
+        out[start:start + _BLOCK] = centre(np.asarray(store.embeddings[start:start + _BLOCK], dtype=np.float32), mean)
+    return out
 
 
 def _centred_file(store: FeatureStore, folder: Path, mean: np.ndarray, digest: str) -> np.ndarray:
@@ -125,14 +136,13 @@ def _centred_file(store: FeatureStore, folder: Path, mean: np.ndarray, digest: s
         return np.load(path, mmap_mode="r")
     try:
         tmp = path.with_name(f".{path.name}.tmp")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=store.embeddings.dtype, shape=(len(store), store.dim))
-        for start in range(0, len(store), _BLOCK):
-            out[start:start + _BLOCK] = centre(np.asarray(store.embeddings[start:start + _BLOCK], dtype=np.float32), mean)
+        out = _centre_into(store, mean, np.lib.format.open_memmap(tmp, mode="w+", dtype=store.embeddings.dtype,
+                                                                   shape=(len(store), store.dim)))
         out.flush()
         del out
         tmp.replace(path)
     except OSError:  # a read-only folder: in memory after all
-        return centre(np.asarray(store.embeddings, dtype=np.float32), mean)
+        return _centre_into(store, mean, np.empty((len(store), store.dim), dtype=np.float32))
     for old in folder.glob("centred-*.npy"):
         if old != path:
             old.unlink(missing_ok=True)

@@ -174,7 +174,7 @@ def _stored_recipe(model: str, preset: str) -> str:
         parse_recipe(preset)  # a spelling's own error first, if it has one
         raise CBIRError(f"--recipe {preset}: a recipe is stored by its preset's name, one of {', '.join(STORED_RECIPES)} "
                         "(a spelled recipe is evaluated, not stored: cbir evaluate --recipe)")
-    return get_spec(name_of(get_spec(model).name, key)).name
+    return get_spec(name_of(spec.name, key)).name
 
 
 def _dask_runner(workers: int | None, scheduler: str | None, chunk: int):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from . import distance_rows, experiments
 from .catalogue import StoreCatalogue
-from .centring import centre, centres
+from .centring import all_centred, centre, centres
 from .errors import CBIRError
 from .evaluation import EvaluationReport
 from .explain import TOP_PAIRS, Explanation, explain_query
@@ -222,7 +222,7 @@ class Engine(StoreCatalogue):
             rerank=request.rerank, feedback_rounds=len(request.feedback), timings=timings, backend=backend, depth=depth,
             inputs=inputs, collection=self.collection.name,
             normalisation=request.normalisation if fused is not None and fusion_method(request.method).normalised else None,
-            centred=all(s.centre is not None for s in stores.values()),
+            centred=all_centred(stores),
         )
 
     # -- experiments (cbir.experiments) ------------------------------------------------

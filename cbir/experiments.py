@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .centring import CENTRED_METRICS, centres
+from .centring import CENTRED_METRICS, all_centred, centres
 from .distances import normalise_metric
 from .errors import CBIRError, CollectionError, unknown, use_setting
 from .evaluation import TIE_RULES, EvaluationReport, evaluate_distances, merge_reports
@@ -150,8 +150,7 @@ def evaluate(
     _check_evaluation(metric, ties, rerank, backend)
     if len(models) > 1 and method is None:
         method = "average"
-    centred = centres(metric, centre)
-    stores = catalogue.stores(models, centred=centred)
+    stores = catalogue.stores(models, centred=centres(metric, centre))
     ids, labels = labelled_ids(catalogue, stores)
     data = {m: _database_and_queries(catalogue, m, stores[m], ids, rerank) for m in models}
     # every query is excluded from its own ranking and is one of its own candidates: one more
@@ -170,14 +169,14 @@ def evaluate(
         if progress:
             progress(start + rows.size, sample.size)
     exact = get_backend(backend).exact
-    raw = metric in CENTRED_METRICS and not (centred and all(s.centre is not None for s in stores.values()))
+    raw = metric in CENTRED_METRICS and not all_centred(stores)
     name = _run_name(models, method, normalisation, rerank, None if exact else (backend, depth),
                      None if sample.size == n else (sample.size, n, seed), raw=raw)
     report = merge_reports(chunks, [labels[r] for r in sample], name, metric)
     report.seconds = time.perf_counter() - t_start
     report.depth = None if exact else depth
     report.query_ids = [ids[r] for r in sample]  # pairs this run's AP with another run's (cbir.significance)
-    report.centred = centred and all(s.centre is not None for s in stores.values())  # a tiny store is not centred
+    report.centred = all_centred(stores)  # a tiny store is not centred
     return report
 
 

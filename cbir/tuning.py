@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from .centring import centres
+from .centring import all_centred, centres
 from .distances import normalise_metric
 from .errors import CBIRError, RequestError, WorkLimitError
 from .extractors import get_spec
@@ -157,8 +157,7 @@ def sweep_weights(catalogue: StoreCatalogue, models: Sequence[str], method: str 
         raise RequestError(f"a weight sweep fuses {MODELS_RANGE[0]} to {MODELS_RANGE[1]} different models, got {len(models)}")
     grid = simplex_grid(len(models), step)
     metric = normalise_metric(metric)
-    centred = centres(metric, centre)
-    stores = catalogue.stores(models, centred=centred)
+    stores = catalogue.stores(models, centred=centres(metric, centre))
     ids, labels = labelled_ids(catalogue, stores)
     dims = [s.dim for s in stores.values()]
     check_sweep_work(len(grid), dims, len(ids), catalogue.settings.sweep_max_work, method, metric)
@@ -174,7 +173,7 @@ def sweep_weights(catalogue: StoreCatalogue, models: Sequence[str], method: str 
         np.fill_diagonal(d, np.inf)
         dists[m] = d
     result = SweepResult(models, method, metric, step, grid, np.zeros(len(grid)), np.zeros(len(grid)), queries=len(ids),
-                         centred=all(s.centre is not None for s in stores.values()))
+                         centred=all_centred(stores))
     for i, w in enumerate(grid):
         report = evaluate_distances(fuse(dists, method, dict(zip(models, w))), labels)
         result.map[i], result.p_at_20[i] = report.map, report.p_at_20

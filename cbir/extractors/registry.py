@@ -110,9 +110,8 @@ def recipe_spec(model: str, preset: str) -> ModelSpec:
     from ..recipe_presets import PRESETS, STORED_RECIPES
 
     base = get_spec(model)
-    if base.family == "imported" or base.recipe:
-        raise RequestError(f"{base.name} cannot be described under a recipe: it holds features computed elsewhere"
-                           if base.family == "imported" else f"{name_of(base.base, preset)}: one recipe per model")
+    if base.family == "imported":  # (a second recipe, MODEL~A~B, is refused by get_spec)
+        raise RequestError(f"{base.name} cannot be described under a recipe: it holds features computed elsewhere")
     if preset not in STORED_RECIPES:
         raise unknown("stored recipe", preset, STORED_RECIPES)
     recipe = PRESETS[preset][0]
