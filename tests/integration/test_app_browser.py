@@ -100,16 +100,22 @@ def test_login_page_lists_demo_accounts(page):
     assert page.get_by_text("umons2024").count() >= 1
 
 
-def test_wrong_password_shows_error(page):
-    wrong = page.get_by_text("Wrong username or password")
-    for attempt in range(3):  # a click that lands while a cold app is still on its first run can be dropped
-        login(page, "student", "not-the-password")
+def login_shows(page, username: str, password: str, expected) -> None:
+    """Log in until ``expected`` shows: a click that lands while the app is still on a rerun
+    (a cold app's first run, or the reload after a session ended) can be dropped."""
+    for attempt in range(3):
+        settled(page)
+        login(page, username, password)
         try:
-            wrong.wait_for(timeout=20_000)
+            expected.wait_for(timeout=20_000)
             break
         except Exception:
             if attempt == 2:
                 raise
+
+
+def test_wrong_password_shows_error(page):
+    login_shows(page, "student", "not-the-password", page.get_by_text("Wrong username or password"))
     assert page.get_by_text("Images indexed").count() == 0
 
 
@@ -641,8 +647,8 @@ def test_admin_adds_user_who_can_log_in(page, browser, app_server):
                 raise
     other.reload()
     other.get_by_label("Username").wait_for()
-    login(other, "lecturer", "teach-cbir")
-    other.get_by_text("this account is disabled; an admin can enable it again").wait_for()
+    login_shows(other, "lecturer", "teach-cbir",
+                other.get_by_text("this account is disabled; an admin can enable it again"))
     other.context.close()
     # the log, filtered and exported (cells neutralised for spreadsheets)
     page.get_by_label("User or source contains").fill("lecturer")
