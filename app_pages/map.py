@@ -62,8 +62,11 @@ if not searchable:
     st.stop()
 
 status = map_status()
-c1, c2, c3 = st.columns([2, 1.2, 2.5])
+c1, c2, c3, c4 = st.columns([2, 1.2, 2.5, 1.5])
 model = c1.selectbox("Model", searchable, format_func=model_label, key="map_model")
+centre = c4.toggle("Centred", value=True, key="map_centre",
+                   help="Map the features centred on the collection's mean, as a search sees them by default "
+                        "(turn off to map them as stored). A click searches the same way.")
 method = c2.selectbox("Method", MAP_METHODS, key="map_method", help="  \n".join(f"**{m.label}**: {m.description} (at least {m.min_points} images)" for m in MAPS.values()),
                       format_func=lambda m: MAPS[m].label + ("" if status[m][0] else " (not installed)"))
 params = {}
@@ -80,18 +83,20 @@ try:
     def map_progress(done: int, total: int) -> None:
         bar.progress(min(done / max(total, 1), 1.0), text=f"{MAPS[method].label}: {done}/{total}")
 
-    if map_cached(engine, model, method, params):  # reading a cached map is not a long job
-        emap = embedding_map(engine, model, method, params, progress=map_progress)
+    if map_cached(engine, model, method, params, centre):  # reading a cached map is not a long job
+        emap = embedding_map(engine, model, method, params, progress=map_progress, centre=centre)
     else:
         with long_job_slot(map_progress) as progress:
-            emap = embedding_map(engine, model, method, params, progress=progress)
+            emap = embedding_map(engine, model, method, params, progress=progress, centre=centre)
 except Exception as exc:
     bar.empty()
     show_error(exc)
     st.stop()
 bar.empty()
 shown = f"{len(emap.ids):,} images" if emap.rows is None else f"a random sample of {len(emap.ids):,} of {emap.total:,} images"
-st.caption(f"{MAPS[method].label} of {shown} · " + (f"computed in {emap.seconds:.1f} s" if emap.seconds else
+how_mapped = "centred on the collection's mean" if emap.centred else "as stored" + (
+    " (too few images to centre)" if centre else "")
+st.caption(f"{MAPS[method].label} of {shown}, {how_mapped} · " + (f"computed in {emap.seconds:.1f} s" if emap.seconds else
            f"read from the cache in {1000 * emap.load_seconds:.0f} ms"))
 
 labels = ["—" if (label := collection.label_of(i) if i in collection else None) is None else str(label) for i in emap.ids]
@@ -125,14 +130,14 @@ def query_point(query: dict) -> tuple[tuple[float, float], str]:
     vector = query["vector"] if query["id"] is None else engine.query_vector(model, image_id=query["id"])
     placing = st.progress(0.0, text=f"Placing the image on the {MAPS[method].label} map…")
     start = time.perf_counter()
-    point = emap.place(engine.store(model).embeddings, vector, progress=lambda done, total: placing.progress(
+    point = emap.place(vector, progress=lambda done, total: placing.progress(
         min(done / max(total, 1), 1.0), text=f"Fitting {MAPS[method].label} once in this process to place new images: {done}/{total}"))
     placing.empty()
     how = MAPS[method].placement
     return point, f"{how} in {1000 * (time.perf_counter() - start):.0f} ms"
 
 
-if result and result.get("model") == model and result.get("map") != emap.key:  # another method or parameters
+if result and result.get("model") == model and result.get("map") != emap.key:  # another method, parameters or centring
     try:
         result["point"], result["how"] = query_point(result)
         result["map"] = emap.key
@@ -158,16 +163,24 @@ now = {"pick": picked[0] if picked else None, "upload": upload.file_id if upload
 new_query = (("id", now["pick"]) if now["pick"] and now["pick"] != seen["pick"] else
              ("upload", upload_bytes(upload)) if now["upload"] and now["upload"] != seen["upload"] else None)
 seen.update(now)
+if new_query is None and result and result.get("model") == model and result.get("centred") != emap.centred:
+    # centring turned on or off: the shown query searched again the map's way (its rings were the other way's)
+    again = ("id", result["id"]) if result["id"] else ("upload", upload_bytes(upload)) if upload is not None else None
+    if again is None:  # the upload is gone: nothing to search again
+        st.session_state.pop("map_result", None)
+        result = None
+    new_query = again
 if new_query and new_query[1] is None:  # an upload over the limit (said above)
     new_query = None
 if new_query:
     try:
         kind, value = new_query
         res = service.search(parse_search([model], "cosine", 10, image_id=value if kind == "id" else None,
-                                          image=value if kind == "upload" else None)).body
+                                          image=value if kind == "upload" else None, centre=emap.centred)).body
         query = {"model": model, "query": kind, "id": value if kind == "id" else None,
                  "vector": engine.query_vector(model, image=value) if kind == "upload" else None,
-                 "hits": res["models"][model]["results"], "ranked": res["models"][model], "map": emap.key}
+                 "hits": res["models"][model]["results"], "ranked": res["models"][model], "map": emap.key,
+                 "centred": emap.centred}
         query["point"], query["how"] = query_point(query)
         st.session_state.update(map_result=query)
         st.rerun()
@@ -184,8 +197,10 @@ if result and result.get("model") == model:
             st.session_state.update(search_query_id=result["id"], search_linked=True,
                                     models=chosen if model in chosen else [model])
             st.session_state.pop("search_result", None)  # searched at once on arrival
-            st.switch_page("app_pages/search.py", query_params={**st.query_params.to_dict(), "q": result["id"]})
+            st.switch_page("app_pages/search.py", query_params={**st.query_params.to_dict(), "q": result["id"],
+                                                                   "centre": "true" if result.get("centred", True) else "false"})
     else:
         st.markdown("**Top 10 for the uploaded image** (the star is where it lands: placed, not recomputed)")
-    st.caption(f"The star: {result['how']}.")
+    st.caption(f"The star: {result['how']}. Searched by cosine distance, "
+               + ("centred on the collection's mean." if result.get("centred") else "as stored."))
     result_grid(engine, result["ranked"], key="map_grid")

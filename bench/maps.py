@@ -2,7 +2,10 @@
 (UMAP's first run includes numba's compilation), to open a cached map, to place a new
 image on it (with the fitted model kept in memory, and in a process that has to fit it
 again first), to get an uploaded query's vector after its search, and to make the hover thumbnails (64 px JPEG data URLs) the Map page sends
-with the chart.
+with the chart. Each method is mapped both ways, centred on the collection's mean (the
+default, as a default search sees the vectors) and as stored, and each map's class
+coherence printed: the share of each image's 10 nearest dots on the map that have its label
+(leave-one-out, scikit-learn's NearestNeighbors), a measure of what a viewer sees.
 
     python bench/maps.py
 """
@@ -18,6 +21,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+def coherence(engine, emap, k: int = 10) -> float:
+    """Mean share of each dot's k nearest dots (itself left out) with its label."""
+    import numpy as np
+    from sklearn.neighbors import NearestNeighbors
+
+    labels = np.array([engine.collection.label_of(i) for i in emap.ids])
+    _, nearest = NearestNeighbors(n_neighbors=k + 1).fit(emap.coords).kneighbors(emap.coords)
+    return float((labels[nearest[:, 1:]] == labels[:, None]).mean())
 
 
 def main() -> None:
@@ -36,6 +49,9 @@ def main() -> None:
                 print(f"{MAPS[method].label}: not installed")
                 continue
             first = embedding_map(engine, "efficientnet_lite0", method)
+            raw = embedding_map(engine, "efficientnet_lite0", method, centre=False)
+            print(f"{MAPS[method].label:<6} 10-NN label agreement on the map: centred {coherence(engine, first):.3f} "
+                  f"(computed in {first.seconds:.2f} s), as stored {coherence(engine, raw):.3f} ({raw.seconds:.2f} s)", flush=True)
             opens = []
             for _ in range(5):
                 engine_again = Engine(ROOT / "image.orig", Settings(collection=ROOT / "image.orig", features_dir=d, var_dir=Path(d) / "var"))
@@ -50,11 +66,11 @@ def main() -> None:
             places = []
             for q in queries:
                 t = time.perf_counter()
-                first.place(store.embeddings, q)
+                first.place(q)
                 places.append(time.perf_counter() - t)
             cbir.maps._FITTED.clear()  # as in a process that read the map from the cache
             t = time.perf_counter()
-            cached.place(store.embeddings, queries[0])
+            cached.place(queries[0])
             refit = time.perf_counter() - t
             print(f"{'':<6} placing a new image: first {1000 * places[0]:.0f} ms, then {1000 * statistics.median(places[1:]):.0f} ms "
                   "(median of 4); " + ("PCA needs no fitted model" if method == "pca" else

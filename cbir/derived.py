@@ -24,7 +24,7 @@ def derived_array(store: FeatureStore, folder: Path, name: str, build: Callable[
     versions are deleted, and of the current version only the ``DERIVED_FILES`` newest of
     a kind are kept, so distinct parameters cannot fill the disk. A read-only folder
     keeps the array in memory only. A centred view's arrays are named ``centred_<name>``."""
-    name = _named(store, name)
+    name = derived_name(store, name)
     path = Path(folder) / f"{name}.npz"
     if path.exists():
         try:
@@ -42,7 +42,7 @@ def derived_array(store: FeatureStore, folder: Path, name: str, build: Callable[
 
 def has_derived(store: FeatureStore, folder: Path, name: str) -> bool:
     """Whether :func:`derived_array` would read ``name`` from the disk (no build)."""
-    path = Path(folder) / f"{_named(store, name)}.npz"
+    path = Path(folder) / f"{derived_name(store, name)}.npz"
     try:
         with np.load(path, allow_pickle=False) as data:
             return json.loads(str(data["meta"])).get("store_version") == store.version
@@ -50,7 +50,9 @@ def has_derived(store: FeatureStore, folder: Path, name: str) -> bool:
         return False
 
 
-def _named(store: FeatureStore, name: str) -> str:
+def derived_name(store: FeatureStore, name: str) -> str:
+    """The file name (without ``.npz``) of ``store``'s derived array ``name``: a view's
+    (a centred store's) arrays are named ``<variant>_<name>``, apart from the raw store's."""
     return f"{store.variant}_{name}" if store.variant else name
 
 

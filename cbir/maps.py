@@ -2,9 +2,11 @@
 sees: PCA (instant, the default), UMAP (``umap-learn``) and t-SNE (``openTSNE``), one
 record each in :data:`MAPS` (label, description, package, parameters, fit).
 
-Features are L2-normalised first (the cosine geometry every search uses). A map is cached
-beside the store as a derived array keyed by the store version, the method and its
-parameters, so a second view only reads it. A new point (an uploaded query) is placed,
+Features are L2-normalised first (the cosine geometry every search uses) and, by default,
+centred on the collection's mean as a centred search sees them (:mod:`cbir.centring`; a store
+too small to centre is mapped as stored). A map is cached beside the store as a derived array
+keyed by the store version (the centred view has its own), the method and its parameters,
+so a second view only reads it. A new point (an uploaded query) is placed,
 not recomputed: PCA projects it on the map's own axes; UMAP and t-SNE use their fitted
 model's ``transform`` (umap-learn's, and openTSNE's optimisation of the new point against
 the fixed map). Fitted models are kept in memory, the FITTED_MAX most recent; a map read
@@ -21,7 +23,7 @@ import io
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -33,6 +35,7 @@ from .lru import LRU
 
 if TYPE_CHECKING:
     from .catalogue import StoreCatalogue
+    from .store import FeatureStore
 
 #: fitted UMAP / t-SNE models kept in memory for placing new points (the newest ones; about
 #: 5 MB and 15 MB for 1,000 images, and 20 times that for a 20,000-image sample)
@@ -205,6 +208,12 @@ class EmbeddingMap:
     rows: np.ndarray | None = None  # the store rows mapped, when a sample; None: all of them
     total: int = 0  # images in the store
     key: tuple = ()  # (store folder, store version, map name): its fitted model in memory
+    store: FeatureStore | None = field(default=None, repr=False)  # the vectors mapped (a centred view, or as stored)
+
+    @property
+    def centred(self) -> bool:
+        """Whether the map shows the vectors centred on the collection's mean."""
+        return self.store is not None and self.store.centre is not None
 
     def point_of(self, image_id: str) -> tuple[float, float] | None:
         """Where a mapped image is (None if a sampled map left it out)."""
@@ -214,10 +223,15 @@ class EmbeddingMap:
             return None
         return float(self.coords[i, 0]), float(self.coords[i, 1])
 
-    def place(self, vectors: np.ndarray, query: np.ndarray, progress: Progress | None = None) -> tuple[float, float]:
-        """Where a new vector goes on this map (``vectors``: the whole store's). UMAP and t-SNE
-        use the fitted model, fitted again first (``progress``) if this process has none."""
-        q = l2_normalise(np.asarray(query, dtype=np.float32)[None, :])
+    def place(self, query: np.ndarray, progress: Progress | None = None) -> tuple[float, float]:
+        """Where a new (d,) vector goes on this map: the model's raw descriptor of an upload or
+        of a collection image, centred as the map's vectors are. UMAP and t-SNE use the fitted
+        model, fitted again first (``progress``) if this process has none."""
+        from .centring import centre
+
+        vectors = self.store.embeddings
+        q = np.asarray(query, dtype=np.float32)[None, :]
+        q = centre(q, self.store.centre) if self.centred else l2_normalise(q)
         if self.method == "pca":
             x = l2_normalise(np.asarray(vectors if self.rows is None else vectors[self.rows], dtype=np.float32))
             # the map's own axes, no second SVD: coords[:, k] = (x - mean) v_k = u_k s_k, so
@@ -250,20 +264,22 @@ class EmbeddingMap:
         return float(point[0]), float(point[1])
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "method": self.method, "params": self.params, "ids": self.ids,
+        return {"model": self.model, "method": self.method, "params": self.params, "centred": self.centred, "ids": self.ids,
                 "x": self.coords[:, 0].round(5).tolist(), "y": self.coords[:, 1].round(5).tolist(),
                 "seconds": round(self.seconds, 3), "total": self.total, "sampled": self.rows is not None}
 
 
 def embedding_map(catalogue: StoreCatalogue, model: str, method: str = "pca", params: dict | None = None,
-                  progress: Progress | None = None) -> EmbeddingMap:
-    """The model's map for the whole store, computed once per store version and parameters."""
-    from .derived import derived_array
+                  progress: Progress | None = None, centre: object = True) -> EmbeddingMap:
+    """The model's map for the whole store, computed once per store version and parameters.
+    ``centre`` (a yes/no value, :func:`cbir.centring.check_flag`): map the vectors centred on the
+    collection's mean, as the default search sees them; False maps them as stored."""
+    from .derived import derived_array, derived_name
 
     start = time.perf_counter()
-    model, params, store, rows, name = _map_plan(catalogue, model, method, params)
+    model, params, store, rows, name = _map_plan(catalogue, model, method, params, centre)
     vectors = (lambda: store.embeddings) if rows is None else (lambda: np.asarray(store.embeddings[rows]))
-    key = (str(catalogue.store_folder(model)), store.version, name)
+    key = (str(catalogue.store_folder(model)), store.version, derived_name(store, name))
 
     def build() -> np.ndarray:
         coords, fitted = fit_map(vectors(), method, params, progress)
@@ -274,27 +290,29 @@ def embedding_map(catalogue: StoreCatalogue, model: str, method: str = "pca", pa
     coords, seconds = derived_array(store, catalogue.store_folder(model), name, build)
     ids = store.ids if rows is None else store.ids[rows]
     return EmbeddingMap(model, method, params, ids.tolist(), np.asarray(coords, dtype=np.float32), seconds,
-                        time.perf_counter() - start, rows, len(store), key)
+                        time.perf_counter() - start, rows, len(store), key, store)
 
 
-def _map_plan(catalogue: StoreCatalogue, model: str, method: str, params: dict | None):
-    """(model name, checked params, store, sampled rows or None, cache name) of a map."""
+def _map_plan(catalogue: StoreCatalogue, model: str, method: str, params: dict | None, centre: object = True):
+    """(model name, checked params, store or its centred view, sampled rows or None, cache name) of a map."""
+    from .centring import check_flag
     from .extractors import get_spec
 
     model = get_spec(model).name
     params = check_params(method, params)
-    store = catalogue.store(model)
+    store = catalogue.centred(model) if check_flag("centre", centre) else catalogue.store(model)
     map_method(method).check_points(len(store))  # before any work (a fit, a cache read)
     rows = map_rows(len(store))
     name = "map-" + "-".join([method, *(f"{k}{v:g}" for k, v in params.items()), *([f"sample{len(rows)}"] if rows is not None else [])])
     return model, params, store, rows, name
 
 
-def map_cached(catalogue: StoreCatalogue, model: str, method: str = "pca", params: dict | None = None) -> bool:
+def map_cached(catalogue: StoreCatalogue, model: str, method: str = "pca", params: dict | None = None,
+               centre: object = True) -> bool:
     """Whether :func:`embedding_map` would only read this map (no fit)."""
     from .derived import has_derived
 
-    model, _, store, _, name = _map_plan(catalogue, model, method, params)
+    model, _, store, _, name = _map_plan(catalogue, model, method, params, centre)
     return has_derived(store, catalogue.store_folder(model), name)
 
 

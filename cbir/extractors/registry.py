@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import get_settings
-from ..errors import WeightsUnavailableError, unknown
+from ..errors import Remedy, WeightsUnavailableError, unknown
+from ..recipe_presets import STORED_RECIPES
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,14 @@ IMPORTED = "imported:"  # features computed elsewhere (cbir.importing): a model 
 RECIPE_SEP = "~"  # MODEL~PRESET: a model's store under a descriptor recipe (cbir.recipes.STORED_RECIPES)
 
 
+_STORED_FORMS = ", ".join(f"MODEL{RECIPE_SEP}{preset}" for preset in STORED_RECIPES)
+#: Said after an unknown model's list: the names a collection has beyond the registered models.
+OTHER_MODELS = Remedy(
+    f"or a stored recipe ({_STORED_FORMS}) or imported features (imported:NAME); `cbir models` lists this collection's",
+    f"or a stored recipe ({_STORED_FORMS}) or imported features (imported:NAME); GET /api/models lists this collection's",
+    "or a stored recipe or imported features: the Collection page lists this collection's")
+
+
 def get_spec(name: str) -> ModelSpec:
     """The spec of model ``name`` (case and ``-``/``_`` ignored); ``imported:<name>`` gives a
     spec with no extractor; ``MODEL~PRESET`` the model under a stored descriptor recipe
@@ -96,7 +105,9 @@ def get_spec(name: str) -> ModelSpec:
         return ModelSpec(key, f"Imported: {key[len(IMPORTED):]}", "imported", 0, 0, "", "",
                          description="features computed elsewhere, imported with `cbir import-features`")
     if key not in MODELS:
-        raise unknown("model", name, MODELS)
+        error = unknown("model", name, MODELS)
+        error.remedy = OTHER_MODELS
+        raise error
     return MODELS[key]
 
 

@@ -500,7 +500,7 @@ def click_a_map_dot(page, check_tooltip: bool = False):
     """Open the Map, hover a dot until its tooltip names it, click it and wait for its top 10:
     (the clicked id, the map's canvas)."""
     page.locator("[data-testid='stSidebarNav']").get_by_text("Map").click()
-    page.get_by_text(re.compile(r"^PCA of 1,000 images · (computed in|read from the cache in)")).wait_for()
+    page.get_by_text(re.compile(r"^PCA of 1,000 images, centred on the collection's mean · (computed in|read from the cache in)")).wait_for()
     canvas = page.locator("[data-testid='stVegaLiteChart'] svg.marks").first
     canvas.wait_for()
     x, y = hover_a_dot(page, canvas)
@@ -545,9 +545,19 @@ def test_map_page_hover_thumbnail_click_search_and_uploaded_image(page):
     hover_a_dot(page, canvas)  # the README's screenshot shows a hover
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "map.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 1100})
+    # the features as stored: another map, and the same upload searched again that way and placed on it
+    settled(page)
+    page.get_by_text("Centred", exact=True).click()
+    page.get_by_text(re.compile(r"^PCA of 1,000 images, as stored · ")).wait_for()
+    page.get_by_text(re.compile(r"^The star: projected on the map's PCA axes in \d+ ms\. Searched by cosine distance, as stored\.$")).wait_for()
+    page.get_by_text("Top 10 for the uploaded image").wait_for()
+    expect(page.locator(".cbir-hit").first).to_contain_text("id 412", timeout=TIMEOUT)
+    settled(page)
+    page.get_by_text("Centred", exact=True).click()
+    page.get_by_text(re.compile(r"^PCA of 1,000 images, centred on the collection's mean · ")).wait_for()
     # another method: the same upload is placed again, by openTSNE's transform of the new map
     choose(page, page.get_by_role("combobox", name="Method"), "t-SNE")
-    page.get_by_text(re.compile(r"^t-SNE of 1,000 images · ")).wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"^t-SNE of 1,000 images, centred on the collection's mean · ")).wait_for(timeout=120_000)
     page.get_by_text(re.compile(r"The star: placed by t-SNE's transform in \d+ ms")).wait_for()
     page.get_by_text("Top 10 for the uploaded image").wait_for()
 
@@ -559,6 +569,7 @@ def test_a_map_dot_opens_in_search(page):
     click_until(page, page.get_by_role("button", name="🔎 Open in Search"), page.get_by_role("heading", name="🔎 Search", exact=True))
     page.get_by_text(f"Results for query {hovered}", exact=True).wait_for()
     expect(page).to_have_url(re.compile(rf"[?&]q={hovered}(&|$)"))
+    expect(page).to_have_url(re.compile(r"[?&]centre=true(&|$)"))  # searched as the map's dot was: centred
 
 
 def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(page, app_server, tmp_path):

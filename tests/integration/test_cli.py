@@ -15,7 +15,9 @@ def run(*args, env=None, cwd=None):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["evaluate", "--model", "alexnet"], "unknown model 'alexnet'"),
+        (["evaluate", "--model", "alexnet"], "unknown model 'alexnet'; choose one of: efficientnet_lite0, "),
+        (["evaluate", "--model", "alexnet"], "or a stored recipe (MODEL~category, MODEL~near_duplicate) or imported "
+                                             "features (imported:NAME); `cbir models` lists this collection's"),
         (["search", "--id", "0", "--metric", "manhattan"], "unknown metric 'manhattan'"),
         (["index", "--collection", "/does/not/exist"], "does not exist"),
         (["search", "--id", "0", "--collection", "/does/not/exist"], "does not exist"),

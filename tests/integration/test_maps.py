@@ -9,7 +9,7 @@ import pytest
 
 from cbir.config import Settings
 from cbir.engine import Engine
-from cbir.distances import l2_normalise
+from cbir.centring import centre
 from cbir.errors import CBIRError
 from cbir.maps import check_params, embedding_map, map_status
 from cbir.derived import save_derived
@@ -42,10 +42,21 @@ def test_pca_map_is_cached_and_places_a_stored_vector_on_itself(engine):
     assert _class_separation(first.coords, labels) < 0.8  # classes gather
     again = embedding_map(engine, "efficientnet_lite0", "pca")
     assert again.seconds == 0 and np.array_equal(again.coords, first.coords)  # read from the cache
-    assert list(engine.store_folder("efficientnet_lite0").glob("map-pca.npz"))
+    assert first.centred and first.to_dict()["centred"] is True  # as a default search sees them
+    assert list(engine.store_folder("efficientnet_lite0").glob("centred_map-pca.npz"))
     store = engine.store("efficientnet_lite0")
-    x, y = first.place(store.embeddings, store.vector("412"))
+    # the raw descriptor of a mapped image, centred as the map's vectors are, lands on its own dot
+    x, y = first.place(store.vector("412"))
     assert (x, y) == pytest.approx(tuple(first.coords[first.ids.index("412")]), abs=1e-4)
+    # as stored: a map of its own, cached apart (the centred one is not overwritten)
+    raw = embedding_map(engine, "efficientnet_lite0", "pca", centre=False)
+    assert not raw.centred and raw.seconds > 0 and not np.allclose(np.abs(raw.coords), np.abs(first.coords), atol=1e-2)
+    assert raw.place(store.vector("412")) == pytest.approx(tuple(raw.coords[raw.ids.index("412")]), abs=1e-4)
+    assert list(engine.store_folder("efficientnet_lite0").glob("map-pca.npz"))
+    assert embedding_map(engine, "efficientnet_lite0", "pca").seconds == 0  # both stay cached
+    assert embedding_map(engine, "efficientnet_lite0", "pca", centre="off").seconds == 0
+    with pytest.raises(CBIRError, match="centre must be true or false"):
+        embedding_map(engine, "efficientnet_lite0", "pca", centre="maybe")
 
 
 def test_a_store_above_the_map_bound_is_mapped_through_a_seeded_sample(engine, monkeypatch):
@@ -59,7 +70,7 @@ def test_a_store_above_the_map_bound_is_mapped_through_a_seeded_sample(engine, m
     assert embedding_map(engine, "efficientnet_lite0", "pca").ids == emap.ids  # seeded: the same sample, from the cache
     assert emap.to_dict()["sampled"] is True and emap.to_dict()["total"] == 1000
     one = emap.ids[0]
-    assert emap.place(store.embeddings, store.vector(one)) == pytest.approx(tuple(emap.coords[0]), abs=1e-4)
+    assert emap.place(store.vector(one)) == pytest.approx(tuple(emap.coords[0]), abs=1e-4)
 
 
 @pytest.mark.skipif(not (map_status()["umap"][0] and map_status()["tsne"][0]), reason="umap-learn and openTSNE")
@@ -83,16 +94,18 @@ def test_umap_and_tsne_separate_classes_and_place_new_points_with_their_fitted_m
         store = engine.store("efficientnet_lite0")
         spread = np.linalg.norm(emap.coords - emap.coords.mean(0), axis=1).mean()
         # a mapped image's own vector, transformed, lands on its own dot (the map's frame: no shift)
-        placed = np.array(emap.place(store.embeddings, store.vector("412")))
+        placed = np.array(emap.place(store.vector("412")))
         assert np.linalg.norm(placed - emap.coords[emap.ids.index("412")]) < 0.1 * spread, method
         # images the map never saw land where their nearest images in feature space are: among
         # the label most of those have (their own class, but for monument 250, which looks like food)
-        mapped = l2_normalise(np.asarray(store.embeddings, dtype=np.float32))
+        # (in the centred space the map shows)
+        assert emap.centred
+        mapped = np.asarray(emap.store.embeddings, dtype=np.float32)
         for i in held_out:
             vector = np.asarray(src.embeddings[i])
-            point = np.array(emap.place(store.embeddings, vector))
+            point = np.array(emap.place(vector))
             on_map = labels[np.argsort(np.linalg.norm(emap.coords - point, axis=1))[:10]]
-            in_features = labels[np.argsort(-(mapped @ l2_normalise(vector[None])[0]))[:10]]
+            in_features = labels[np.argsort(-(mapped @ centre(vector, emap.store.centre)))[:10]]
             majority = max(set(in_features), key=list(in_features).count)
             assert (on_map == majority).sum() >= 5, (method, src.ids[i], on_map, majority)
         # a map read from the disk cache in a fresh process has no fitted model: placing fits it
@@ -100,7 +113,7 @@ def test_umap_and_tsne_separate_classes_and_place_new_points_with_their_fitted_m
         cbir.maps._FITTED.clear()
         again = embedding_map(engine, "efficientnet_lite0", method, params)
         assert again.seconds == 0 and emap.key not in cbir.maps._FITTED
-        assert np.array(again.place(store.embeddings, store.vector("412"))) == pytest.approx(placed, abs=1e-3), method
+        assert np.array(again.place(store.vector("412"))) == pytest.approx(placed, abs=1e-3), method
         assert emap.key in cbir.maps._FITTED
         if method == "tsne":
             # a cached map the fit does not reproduce (made by other library versions) is
@@ -110,7 +123,7 @@ def test_umap_and_tsne_separate_classes_and_place_new_points_with_their_fitted_m
             cbir.maps._FITTED.clear()
             stale = embedding_map(engine, "efficientnet_lite0", method, params)
             assert stale.coords == pytest.approx(emap.coords + 5.0)
-            assert np.array(stale.place(store.embeddings, store.vector("412"))) == pytest.approx(placed, abs=1e-3)
+            assert np.array(stale.place(store.vector("412"))) == pytest.approx(placed, abs=1e-3)
             assert embedding_map(engine, "efficientnet_lite0", method, params).coords == pytest.approx(emap.coords, abs=1e-4)
     assert len(cbir.maps._FITTED) <= cbir.maps.FITTED_MAX
 
@@ -138,7 +151,11 @@ def test_api_map(fresh_redis, tmp_path, engine):
         assert r.status_code == 200
         body = r.json()
         assert len(body["x"]) == len(body["y"]) == len(body["ids"]) == len(body["labels"]) == 1000 and body["method"] == "pca"
-        assert body["total"] == 1000 and body["sampled"] is False
+        assert body["total"] == 1000 and body["sampled"] is False and body["centred"] is True
+        raw = c.get("/api/map?model=efficientnet_lite0&method=pca&centre=false", headers=auth).json()
+        assert raw["centred"] is False and raw["ids"] == body["ids"] and not np.allclose(np.abs(raw["x"]), np.abs(body["x"]), atol=1e-2)
+        r = c.get("/api/map?method=pca&centre=maybe", headers=auth)
+        assert r.status_code == 422 and "centre" in r.text
         assert c.get("/api/map?method=mds", headers=auth).status_code == 422
         r = c.get("/api/map?method=pca&perplexity=30", headers=auth)
         assert r.status_code == 400 and "PCA takes no parameters" in r.json()["error"]
@@ -168,6 +185,9 @@ def test_each_map_method_refuses_too_few_points_before_any_work(method, tmp_path
 
     class Catalogue:
         def store(self, model):
+            return store
+
+        def centred(self, model):  # too few to centre: the store itself
             return store
 
         def store_folder(self, model):

@@ -70,6 +70,8 @@ async def feature_map(
     n_neighbors: Annotated[int | None, Query(ge=2, le=200, description="UMAP")] = None,
     min_dist: Annotated[float | None, Query(ge=0, le=1, description="UMAP")] = None,
     perplexity: Annotated[float | None, Query(ge=2, le=100, description="t-SNE")] = None,
+    centre: Annotated[bool, Query(description="map the features centred on the collection's mean, as a default "
+                                              "search sees them; false: as stored")] = True,
 ) -> dict:
     from ...extractors import default_model
 
@@ -77,8 +79,8 @@ async def feature_map(
     params = {k: v for k, v in given.items() if v is not None}
     model = model or default_model()
     # a fit counts against CBIR_JOBS_PER_USER and stops if the client goes; a cached map is only read
-    fit = not await run_in_threadpool(map_cached, service.engine, model, method, params)
-    emap = await run_job(request, user, lambda progress: embedding_map(service.engine, model, method, params, progress),
+    fit = not await run_in_threadpool(map_cached, service.engine, model, method, params, centre)
+    emap = await run_job(request, user, lambda progress: embedding_map(service.engine, model, method, params, progress, centre),
                          limited=fit)
     c = service.engine.collection
     return {**emap.to_dict(), "labels": [c.label_of(i) if i in c else None for i in emap.ids]}
