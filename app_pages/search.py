@@ -63,6 +63,16 @@ if "search_query_id" not in st.session_state and linked is not None:
         st.session_state["search_linked"] = True
     else:
         unknown_image.append(f"{QUERY_PARAM}={linked} (no such image in this collection)")
+for key, (low, high), whole in (("n", N_RANGE, True), ("alpha", ALPHA_RANGE, False)):
+    # a slider drops a linked value outside its range (or not a number) without a word: say so
+    for value in st.query_params.get_all(key)[:1]:
+        try:
+            number = float(value)
+            fits = low <= number <= high and (not whole or number.is_integer())
+        except ValueError:
+            fits = False
+        if not fits:
+            unknown_image.append(f"{key}={value[:40]} ({'a whole number' if whole else 'a number'} from {low:g} to {high:g})")
 read_link({  # a hand-written link may name a setting by its key (metric=euclidean)
     "models": (searchable, model_label, True), "metric": (list(METRICS), metric_label, False),
     "k": ([10, 20, 50], str, False), "rerank": (list(RERANK_METHODS), RERANK_LABELS.get, False),

@@ -254,7 +254,9 @@ def test_two_models_with_rrf_show_combined_tab(page):
     page.get_by_text("Weight of EfficientNet-Lite0").wait_for()
     assert page.get_by_text(re.compile(r"searche?s? performed")).inner_text() == searches
     # the settings are in the URL: a reload (or the link, shared) opens the same search, run at once
-    assert "models=EfficientNet-Lite1" in page.url and "fusion=Weighted" in page.url and "q=" in page.url, page.url
+    # (waited for: under load the browser writes the URL a moment after the run that set it)
+    for setting in ("models=EfficientNet-Lite1", "fusion=Weighted", "q=[^&]+"):
+        expect(page).to_have_url(re.compile(rf"[?&]{setting}(&|$)"))
     page.reload()
     page.get_by_text(re.compile("^Results for query")).wait_for()
     assert page.get_by_role("tab").count() == 3
@@ -288,9 +290,11 @@ def test_a_hand_written_link_names_settings_by_key_and_says_what_it_left_out(pag
     choose(page, sidebar.get_by_role("combobox", name="Metric"), "Cosine")  # the settings changed: the note goes
     expect(page.get_by_text(re.compile("Left out of this link"))).to_have_count(0)
     # an empty value (it cleared the models), a second value (Streamlit took the first, the page the last q)
-    page.goto(f"{app_server.url}/?q=no-such-image&q=412&metric=manhattan&models=&k=10&k=50")
+    # and numbers a slider cannot take
+    page.goto(f"{app_server.url}/?q=no-such-image&q=412&metric=manhattan&models=&k=10&k=50&n=500&alpha=abc")
     page.get_by_text(re.compile(r"names nothing here: models= \(empty\), metric=manhattan, k=50 \(one value only\), "
-                                r"q=no-such-image \(no such image in this collection\)")).wait_for(timeout=TIMEOUT)
+                                r"q=no-such-image \(no such image in this collection\), n=500 \(a whole number from 1 to 100\), "
+                                r"alpha=abc \(a number from 0 to 20\)")).wait_for(timeout=TIMEOUT)
     expect(sidebar.get_by_text("EfficientNet-Lite0", exact=True).first).to_be_visible()  # the default model kept
     expect(page).not_to_have_url(re.compile(r"[?&](k|models)="))  # (the URL follows the run: waited for)
 
@@ -496,11 +500,13 @@ def hover_a_dot(page, canvas):
     raise AssertionError("no dot answered a hover on the map")
 
 
-def click_a_map_dot(page, check_tooltip: bool = False):
-    """Open the Map, hover a dot until its tooltip names it, click it and wait for its top 10:
-    (the clicked id, the map's canvas)."""
+def click_a_map_dot(page, check_tooltip: bool = False, centred: bool = True):
+    """Open the Map (``centred``: as it opens; else with its Centred switch turned off), hover a
+    dot until its tooltip names it, click it and wait for its top 10: (the clicked id, the map's canvas)."""
     page.locator("[data-testid='stSidebarNav']").get_by_text("Map").click()
     page.get_by_text(re.compile(r"^PCA of 1,000 images, centred on the collection's mean · (computed in|read from the cache in)")).wait_for()
+    if not centred:
+        click_until(page, page.get_by_text("Centred", exact=True), page.get_by_text(re.compile(r"^PCA of 1,000 images, as stored · ")))
     canvas = page.locator("[data-testid='stVegaLiteChart'] svg.marks").first
     canvas.wait_for()
     x, y = hover_a_dot(page, canvas)
@@ -563,13 +569,17 @@ def test_map_page_hover_thumbnail_click_search_and_uploaded_image(page):
 
 
 def test_a_map_dot_opens_in_search(page):
-    """From a clicked dot to the Search page with that image as the query, searched at once."""
+    """From a clicked dot to the Search page with that image as the query, searched at once, and
+    as the map searched it (here the map's Centred switch is off: so is the Search page's)."""
     logged_in(page)
-    hovered, _ = click_a_map_dot(page)
+    hovered, _ = click_a_map_dot(page, centred=False)
+    page.get_by_text(re.compile(r"Searched by cosine distance, as stored\.$")).wait_for()
     click_until(page, page.get_by_role("button", name="🔎 Open in Search"), page.get_by_role("heading", name="🔎 Search", exact=True))
     page.get_by_text(f"Results for query {hovered}", exact=True).wait_for()
     expect(page).to_have_url(re.compile(rf"[?&]q={hovered}(&|$)"))
-    expect(page).to_have_url(re.compile(r"[?&]centre=true(&|$)"))  # searched as the map's dot was: centred
+    expect(page).to_have_url(re.compile(r"[?&]centre=false(&|$)"))
+    expect(page.get_by_role("switch", name="Centre on the collection's mean")).not_to_be_checked()
+    page.get_by_text(re.compile(rf"Results for query {hovered} · Cosine distance · ")).wait_for()  # not ", centred"
 
 
 def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(page, app_server, tmp_path):
