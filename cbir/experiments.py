@@ -171,7 +171,7 @@ def evaluate(
     exact = get_backend(backend).exact
     raw = metric in CENTRED_METRICS and not all_centred(stores)
     name = _run_name(models, method, normalisation, rerank, None if exact else (backend, depth),
-                     None if sample.size == n else (sample.size, n, seed), raw=raw)
+                     None if sample.size == n else (sample.size, n, seed), raw=raw, weights=weights)
     report = merge_reports(chunks, [labels[r] for r in sample], name, metric)
     report.seconds = time.perf_counter() - t_start
     report.depth = None if exact else depth
@@ -192,11 +192,14 @@ def _check_evaluation(metric: str, ties: str, rerank: Rerank, backend: str) -> N
 
 
 def _run_name(models: Sequence[str], method: str | None, normalisation: str | None, rerank: Rerank,
-              approximate: tuple[str, int] | None, sampled: tuple[int, int, int] | None, raw: bool = False) -> str:
-    """An evaluation's name: the model or fusion (with a normalisation other than the
-    default), "not centred" when it could have been, the query sample, the re-ranking and an
-    approximate index."""
+              approximate: tuple[str, int] | None, sampled: tuple[int, int, int] | None, raw: bool = False,
+              weights: Mapping[str, float] | None = None) -> str:
+    """An evaluation's name: the model or fusion (with the weights of a weighted one when given,
+    and a normalisation other than the default), "not centred" when it could have been, the
+    query sample, the re-ranking and an approximate index."""
     name = models[0] if len(models) == 1 else f"{method}({'+'.join(models)})"
+    if len(models) > 1 and weights and fusion_method(method).weighted:
+        name += " weights " + ":".join(f"{weights.get(m, 0.0):g}" for m in models)
     if raw:
         name += " (not centred)"
     norm = normalisation_method(normalisation)

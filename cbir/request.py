@@ -11,8 +11,9 @@ feedback round marks) is checked by the engine, once, when it runs the request.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -182,6 +183,14 @@ def _weights(models: tuple[str, ...], weights: Mapping[str, float] | Sequence[fl
     return tuple((m, float(w)) for m, w in pairs)
 
 
+def parse_weights(models: Sequence[str] | str, weights: Mapping[str, float] | Sequence[float] | None) -> dict[str, float] | None:
+    """Fusion weights for ``models`` (any spelling), keyed by canonical model names: the one
+    reading of weights for a search and an evaluation (:class:`RequestError` or
+    :class:`~cbir.errors.UnknownNameError` for a bad one; None when none are given)."""
+    pairs = _weights(_models(models), weights)
+    return None if pairs is None else dict(pairs)
+
+
 def _canonical(name: object) -> str:
     """A model name as the registry spells it, or the name itself when it names no model
     (check_weights then says it was not searched)."""
@@ -250,12 +259,21 @@ def parse_search(
     backend, and :class:`cbir.errors.RequestError` for any other bad value (out of its bounds,
     of the wrong type, or refused with the metric: re-ranking needs cosine), with a message
     that says what to do: 422 in the API, exit 2 in the CLI."""
-    try:
+    with bad_request():
         return _parse(models, metric, top_k, query, image_id, image, exclude_query, method, weights, rerank, feedback,
                       backend, depth, normalisation, centre)
+
+
+@contextmanager
+def bad_request() -> Iterator[None]:
+    """Any :class:`CBIRError` raised inside but an unknown name as a :class:`RequestError`
+    (check_weights, Rerank, feedback_rounds, check_metric): one class for a bad request, so a
+    search and an evaluation refuse the same value the same way (422 in the API, exit 2)."""
+    try:
+        yield
     except (UnknownNameError, RequestError):
         raise
-    except CBIRError as exc:  # check_weights, Rerank, feedback_rounds, check_metric: one class for a bad request
+    except CBIRError as exc:
         raise RequestError(str(exc)) from None
 
 

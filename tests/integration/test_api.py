@@ -341,3 +341,38 @@ def test_evaluate_route_compares_runs_on_the_same_queries(client):
         assert c["ci95"][0] <= c["delta_mAP"] <= c["ci95"][1]
     r = client.post("/api/evaluate", json={"models": ["efficientnet_lite0"], "compare": [{"colour": "red"}]}, headers=h)
     assert r.status_code == 422
+
+
+def test_evaluate_route_takes_weights_and_reranking_in_each_run(client):
+    """The evaluation and each compared run take fusion weights (any spelling of a model, read
+    as a search reads them) and re-ranking, as ``cbir evaluate --compare "weights=... rerank=..."``
+    does: figures equal the engine's own within 1e-6 (one computation path)."""
+    from cbir.rerank import Rerank
+
+    engine = client.app.state.service.engine
+    h = login(client)
+    two = ["efficientnet_lite0", "efficientnet_lite1"]
+    r = client.post("/api/evaluate", json={"models": ["efficientnet_lite0"], "rerank": {"method": "aqe"}, "compare": [
+        {"rerank": {"method": "none"}},
+        {"models": two, "method": "weighted", "weights": {"EfficientNet-Lite0": 3, "efficientnet_lite1": 1}, "rerank": {"method": "none"}},
+        {"models": two, "method": "weighted", "weights": {"efficientnet_lite0": 1, "efficientnet_lite1": 3}, "rerank": {"method": "none"}}]},
+        headers=h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    plain, heavy0, heavy1 = (c["report"] for c in body["comparisons"])
+    assert body["name"] == "efficientnet_lite0 + αQE (n=10, α=3)" and body["mAP"] == pytest.approx(0.9088, abs=1e-3)  # README
+    assert body["mAP"] == pytest.approx(engine.evaluate(["efficientnet_lite0"], rerank=Rerank("aqe")).map, abs=1e-6)
+    assert plain["mAP"] == pytest.approx(0.8771, abs=1e-3) and body["comparisons"][0]["significant"]
+    weighted = engine.evaluate(two, method="weighted", weights={"efficientnet_lite0": 3.0, "efficientnet_lite1": 1.0})
+    assert heavy0["mAP"] == pytest.approx(weighted.map, abs=1e-6) and heavy0["name"] == weighted.name
+    assert heavy0["name"] == "weighted(efficientnet_lite0+efficientnet_lite1) weights 3:1" and heavy1["name"].endswith("weights 1:3")
+    assert heavy0["mAP"] != pytest.approx(heavy1["mAP"], abs=1e-4)  # the weights were used
+    bad = [({"models": ["efficientnet_lite0"], "metric": "chi2", "rerank": {"method": "aqe"}}, "cosine"),
+           ({"models": two, "method": "weighted", "weights": {"vgg16": 1}}, "vgg16"),
+           ({"models": two, "method": "weighted", "weights": {"efficientnet_lite0": -1, "efficientnet_lite1": 1}}, "weight"),
+           ({"models": ["efficientnet_lite0"], "recipe": "centred", "rerank": {"method": "aqe"}}, "without re-ranking"),
+           ({"models": ["efficientnet_lite0"], "compare": [{"rerank": {"method": "nope"}}]}, "method"),
+           ({"models": two, "compare": [{"weights": {"efficientnet_lite0": 2, "efficientnet_lite1": 1}}]}, "changes nothing")]
+    for payload, message in bad:  # refused before any work, with the reason
+        r = client.post("/api/evaluate", json=payload, headers=h)
+        assert r.status_code == 422 and message in r.text, (payload, r.text)

@@ -124,7 +124,7 @@ def test_search_by_collection_image(page):
     page.get_by_role("button", name=re.compile("Random")).click()
     run_search(page)
     page.locator(".js-plotly-plot").first.wait_for()  # drawn after the grid
-    assert page.locator(".cbir-hit").count() == 10
+    expect(page.locator(".cbir-hit")).to_have_count(10)
     assert page.get_by_text("P@10").count() >= 1 and page.get_by_text("AP", exact=True).count() >= 1
     with page.expect_download() as download:
         page.get_by_role("button", name="⬇ CSV").click()
@@ -213,7 +213,7 @@ def test_upload_search(page):
     page.get_by_text("uploaded query").wait_for()
     run_search(page)
     page.get_by_text("No precision/recall for an uploaded image").wait_for()  # drawn after the grid
-    assert page.locator(".cbir-hit").count() == 10
+    expect(page.locator(".cbir-hit")).to_have_count(10)
     first = page.locator(".cbir-hit").first.inner_text()
     assert "id 412" in first  # the same picture is its own nearest neighbour
 
@@ -238,7 +238,7 @@ def test_two_models_with_rrf_show_combined_tab(page):
     tab = page.get_by_role("tab", name="Combined", exact=True)
     expect(tab).to_have_attribute("aria-selected", "true")  # a fusion opens on its own tab
     page.get_by_text("every model and the fusion").wait_for()
-    assert page.get_by_role("tab").count() == 3
+    expect(page.get_by_role("tab")).to_have_count(3)
     page.get_by_text(re.compile(r"^AP per model: EfficientNet-Lite0 0\.\d{3} · EfficientNet-Lite1 0\.\d{3} → fused")).wait_for()
     # another method re-fuses the rankings already computed, without a new search, and the
     # class keeps looking at the same tab (it jumped back to the first model's)
@@ -259,7 +259,7 @@ def test_two_models_with_rrf_show_combined_tab(page):
         expect(page).to_have_url(re.compile(rf"[?&]{setting}(&|$)"))
     page.reload()
     page.get_by_text(re.compile("^Results for query")).wait_for()
-    assert page.get_by_role("tab").count() == 3
+    expect(page.get_by_role("tab")).to_have_count(3)
     expect(page.get_by_role("combobox", name="Fusion")).to_have_value("Weighted")
 
 

@@ -14,10 +14,11 @@ from ...distances import METRIC_ALIASES, METRICS
 from ...evaluation import TIE_RULES
 from ...fusion import NORMALISATIONS, FUSIONS
 from ...errors import CBIRError
+from ...extractors import get_spec
 from ...tuning import DEFAULT_STEP, MODELS_RANGE, STEP_RANGE, SWEEP_METHODS
 from ..deps import APIError, CurrentUser, Service, Users, client_source
 from ..jobs import run_job
-from ..schemas import CENTRE_HELP, ErrorBody
+from ..schemas import CENTRE_HELP, ErrorBody, RerankParams
 
 router = APIRouter(prefix="/api", tags=["research"])
 ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}}
@@ -70,9 +71,11 @@ class EvaluateRequest(BaseModel):
         "describe every labelled image now under this descriptor recipe instead of reading the store (one model, cosine): "
         "a preset (today, centred, category, near_duplicate) or pooling[,scales=A+B][,flip][,sqrt][,centre][,pca=D]"))
     centre: bool = Field(True, description=CENTRE_HELP)
+    weights: dict[str, float] | None = Field(None, description="per-model weights of a weighted fusion (non-negative)")
+    rerank: RerankParams | None = Field(None, description="re-ranking (cosine, stored vectors; not with a recipe)")
     compare: list["CompareRun"] | None = Field(None, max_length=4, description=(
         "runs to compare with this one on the same queries: each changes some of models, metric, method, normalisation, "
-        "recipe, centre; "
+        "recipe, centre, weights, rerank; "
         "the answer's comparisons give the paired difference in mAP, its 95% bootstrap interval and a paired "
         "randomisation test's p-value"))
 
@@ -87,20 +90,32 @@ class CompareRun(BaseModel):
     normalisation: Literal[tuple(NORMALISATIONS)] | None = None
     recipe: str | None = Field(None, max_length=120, description="a descriptor recipe; \"store\": the stored vectors")
     centre: bool | None = Field(None, description="centre on the collection's mean (cosine, Euclidean)")
+    weights: dict[str, float] | None = Field(None, description="per-model weights of a weighted fusion")
+    rerank: RerankParams | None = Field(None, description="re-ranking; {\"method\": \"none\"}: none")
 
 
 EvaluateRequest.model_rebuild()
 
 
-def _recipe_of(run: dict):
-    """A run's recipe (None: the store's vectors), checked as cbir.recipes.check_recipe_run does (422)."""
+def _checked_run(run: dict) -> dict:
+    """An evaluation run as the engine takes it, checked before any work (422): models by their
+    canonical names, weights read as a search reads them, re-ranking a :class:`Rerank` (cosine
+    only), and ``recipe`` parsed (None: the store's vectors) under cbir.recipes.check_recipe_run's rules."""
     from ...recipes import check_recipe_run, parse_recipe
+    from ...request import bad_request, parse_weights
+    from ...rerank import Rerank, check_metric
 
-    text = run.get("recipe")
-    if text is None or text.strip().lower() in ("", "store"):
-        return None
-    check_recipe_run(run["models"], run["metric"], centre=run.get("centre", True))
-    return parse_recipe(text)
+    with bad_request():
+        models = [get_spec(m).name for m in run["models"]]
+        rerank = Rerank(**run["rerank"]) if run.get("rerank") else Rerank()
+        out = {**run, "models": list(dict.fromkeys(models)), "weights": parse_weights(models, run.get("weights")), "rerank": rerank}
+        text = run.get("recipe")
+        if text is None or text.strip().lower() in ("", "store"):
+            if rerank.active:
+                check_metric(run["metric"])
+            return {**out, "recipe": None}
+        check_recipe_run(out["models"], run["metric"], rerank.active, centre=run.get("centre", True))
+        return {**out, "recipe": parse_recipe(text)}
 
 
 @router.post("/evaluate", responses=JOB_ERRORS, summary="mAP, P@10, P@20, R-precision and per-class AP over the collection")
@@ -112,29 +127,30 @@ async def evaluate_route(request: Request, service: Service, user: CurrentUser, 
     engine = service.engine
     from ...experiments import effective_run
 
-    runs = [{"models": body.models, "metric": body.metric, "method": body.method, "normalisation": body.normalisation,
-             "recipe": body.recipe, "centre": body.centre}]
+    base = body.model_dump(include={"models", "metric", "method", "normalisation", "recipe", "centre", "weights", "rerank"})
     # a compared run with a recipe takes the recipe's own centring, not the evaluation's
-    runs += [{**runs[0], **({"centre": True} if run.recipe else {}), **run.model_dump(exclude_none=True)} for run in body.compare or []]
-    recipes = [_recipe_of(run) for run in runs]  # every run checked before any work
-    for k, (run, recipe) in enumerate(zip(runs[1:], recipes[1:]), 1):
-        if effective_run({**run, "recipe": recipe}) == effective_run({**runs[0], "recipe": recipes[0]}):
+    runs = [base] + [{**base, **({"centre": True} if run.recipe else {}), **run.model_dump(exclude_none=True)} for run in body.compare or []]
+    runs = [_checked_run(run) for run in runs]  # every run checked before any work
+    for k, run in enumerate(runs[1:], 1):
+        if effective_run(run) == effective_run(runs[0]):
             raise APIError(422, f"compare[{k - 1}] changes nothing of the evaluation it is compared with (a normalisation "
-                                "without a fusion that reads it, centring under chi-square or Bhattacharyya, which are "
-                                "never centred, or the same values)")
+                                "or weights without a fusion that reads them, centring under chi-square or Bhattacharyya, "
+                                "which are never centred, or the same values)")
 
     def work(progress):
         from ...recipes import evaluate_recipe
         from ...significance import compare
 
         reports = []
-        for i, (run, recipe) in enumerate(zip(runs, recipes)):
+        for i, run in enumerate(runs):
             step = (lambda done, total, i=i: progress(i * total + done, len(runs) * total))
-            if recipe is not None:
-                reports.append(evaluate_recipe(engine, run["models"][0], recipe, step, ties=body.ties, metric=run["metric"],
+            if run["recipe"] is not None:
+                reports.append(evaluate_recipe(engine, run["models"][0], run["recipe"], step, ties=body.ties, metric=run["metric"],
                                                queries=body.queries, seed=body.seed))
                 continue
-            reports.append(engine.evaluate(run["models"], run["metric"], method=run["method"] if len(run["models"]) > 1 else None,
+            fused = len(run["models"]) > 1
+            reports.append(engine.evaluate(run["models"], run["metric"], method=run["method"] if fused else None,
+                                           weights=run["weights"] if fused else None, rerank=run["rerank"],
                                            progress=step, queries=body.queries, seed=body.seed, ties=body.ties,
                                            normalisation=run["normalisation"], centre=run["centre"]))
         body_out = reports[0].to_dict()
