@@ -52,7 +52,7 @@ engine = get_engine()
 service = get_service()
 collection = engine.collection
 st.title("🗺️ Map")
-st.caption("Each dot is an image, placed by its features (L2-normalised, cosine geometry). Close dots look alike to the "
+st.caption("Each dot is an image, placed by its features (L2-normalised, cosine geometry; centred on the collection's mean as a search sees them, unless the Centred switch is off). Close dots look alike to the "
            "model; colours are the collection's labels (click a label in the legend to show only its class). Hover a dot to "
            "see the image, click it to search with it; Shift + scroll to zoom, drag to pan, double-click to reset.")
 
@@ -137,7 +137,34 @@ def query_point(query: dict) -> tuple[tuple[float, float], str]:
     return point, f"{how} in {1000 * (time.perf_counter() - start):.0f} ms"
 
 
-if result and result.get("model") == model and result.get("map") != emap.key:  # another method, parameters or centring
+def search_with(kind: str, value) -> None:
+    """Search the map's model with a dot's image (``kind`` "id") or an upload's bytes, the map's
+    way (centred or as stored), place the query on the map, and run the page again to draw it."""
+    try:
+        res = service.search(parse_search([model], "cosine", 10, image_id=value if kind == "id" else None,
+                                          image=value if kind == "upload" else None, centre=emap.centred)).body
+        query = {"model": model, "query": kind, "id": value if kind == "id" else None,
+                 "vector": engine.query_vector(model, image=value) if kind == "upload" else None,
+                 "hits": res["models"][model]["results"], "ranked": res["models"][model], "map": emap.key,
+                 "centred": emap.centred}
+        query["point"], query["how"] = query_point(query)
+    except Exception as exc:
+        show_error(exc)
+        return
+    st.session_state.update(map_result=query)
+    st.rerun()
+
+
+if result and result.get("model") == model and result.get("centred") != emap.centred:
+    # centring turned on or off: the shown query is searched again the map's way before anything is
+    # drawn (its star and rings were the other way's); an upload the page no longer holds is dropped
+    held = st.session_state.get("map_upload")
+    again = ("id", result["id"]) if result["id"] else ("upload", upload_bytes(held)) if held is not None else None
+    if again is not None and again[1] is not None:
+        search_with(*again)  # (reruns; on an error, said, the query is dropped)
+    st.session_state.pop("map_result", None)
+    result = None
+if result and result.get("model") == model and result.get("map") != emap.key:  # another method or parameters
     try:
         result["point"], result["how"] = query_point(result)
         result["map"] = emap.key
@@ -163,29 +190,8 @@ now = {"pick": picked[0] if picked else None, "upload": upload.file_id if upload
 new_query = (("id", now["pick"]) if now["pick"] and now["pick"] != seen["pick"] else
              ("upload", upload_bytes(upload)) if now["upload"] and now["upload"] != seen["upload"] else None)
 seen.update(now)
-if new_query is None and result and result.get("model") == model and result.get("centred") != emap.centred:
-    # centring turned on or off: the shown query searched again the map's way (its rings were the other way's)
-    again = ("id", result["id"]) if result["id"] else ("upload", upload_bytes(upload)) if upload is not None else None
-    if again is None:  # the upload is gone: nothing to search again
-        st.session_state.pop("map_result", None)
-        result = None
-    new_query = again
-if new_query and new_query[1] is None:  # an upload over the limit (said above)
-    new_query = None
-if new_query:
-    try:
-        kind, value = new_query
-        res = service.search(parse_search([model], "cosine", 10, image_id=value if kind == "id" else None,
-                                          image=value if kind == "upload" else None, centre=emap.centred)).body
-        query = {"model": model, "query": kind, "id": value if kind == "id" else None,
-                 "vector": engine.query_vector(model, image=value) if kind == "upload" else None,
-                 "hits": res["models"][model]["results"], "ranked": res["models"][model], "map": emap.key,
-                 "centred": emap.centred}
-        query["point"], query["how"] = query_point(query)
-        st.session_state.update(map_result=query)
-        st.rerun()
-    except Exception as exc:
-        show_error(exc)
+if new_query and new_query[1] is not None:  # (None: an upload over the limit, said above)
+    search_with(*new_query)
 
 if result and result.get("model") == model:
     if result["id"]:
@@ -194,8 +200,10 @@ if result and result.get("model") == model:
         c2.markdown(f"**Top 10 for {plain(result['id'])}** (ringed on the map; the star is the query)")
         if c2.button("🔎 Open in Search", key="map_open_search", help="This image as the Search page's query, with this model"):
             chosen = st.session_state.get("models") or []
+            # the Search page's centring as the map searched (a URL value equal to the switch's default
+            # does not override what the session remembers: set it here as well)
             st.session_state.update(search_query_id=result["id"], search_linked=True,
-                                    models=chosen if model in chosen else [model])
+                                    models=chosen if model in chosen else [model], centre=bool(result.get("centred", True)))
             st.session_state.pop("search_result", None)  # searched at once on arrival
             st.switch_page("app_pages/search.py", query_params={**st.query_params.to_dict(), "q": result["id"],
                                                                    "centre": "true" if result.get("centred", True) else "false"})

@@ -63,16 +63,19 @@ if "search_query_id" not in st.session_state and linked is not None:
         st.session_state["search_linked"] = True
     else:
         unknown_image.append(f"{QUERY_PARAM}={linked} (no such image in this collection)")
-for key, (low, high), whole in (("n", N_RANGE, True), ("alpha", ALPHA_RANGE, False)):
-    # a slider drops a linked value outside its range (or not a number) without a word: say so
-    for value in st.query_params.get_all(key)[:1]:
+for key, (low, high) in (("n", N_RANGE), ("alpha", ALPHA_RANGE)):
+    # a slider drops without a word a linked value outside its range or not a number (n=5.5 it
+    # reads as 5), and a repeated one altogether (the default is used): say so
+    values = st.query_params.get_all(key)
+    if len(values) > 1:
+        unknown_image.append(f"{key}={'/'.join(v[:20] for v in values[:3])} (one value only: the default is used)")
+    for value in values[:1]:
         try:
-            number = float(value)
-            fits = low <= number <= high and (not whole or number.is_integer())
+            fits = low <= float(value) <= high
         except ValueError:
             fits = False
         if not fits:
-            unknown_image.append(f"{key}={value[:40]} ({'a whole number' if whole else 'a number'} from {low:g} to {high:g})")
+            unknown_image.append(f"{key}={value[:40]} (a number from {low:g} to {high:g})")
 read_link({  # a hand-written link may name a setting by its key (metric=euclidean)
     "models": (searchable, model_label, True), "metric": (list(METRICS), metric_label, False),
     "k": ([10, 20, 50], str, False), "rerank": (list(RERANK_METHODS), RERANK_LABELS.get, False),

@@ -53,7 +53,7 @@ def main(n: int = 500) -> None:
     work = Path(tempfile.mkdtemp(prefix="cbir-bench-switch-"))
     features = work / "features"
     shutil.copytree(ROOT / "features" / "image.orig" / "efficientnet_lite0", features / "image.orig" / "efficientnet_lite0",
-                    ignore=shutil.ignore_patterns("dba-*", "faiss-*", "map-*"))
+                    ignore=shutil.ignore_patterns("dba-*", "faiss-*", "map-*", "centred_*"))
     try:
         env = {"CBIR_FEATURES_DIR": str(features), "CBIR_COLLECTIONS_ROOT": str(work / "collections")}
         with running_app(**env) as (page, _url, state):

@@ -42,7 +42,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="cbir-maps-") as d:
         shutil.copytree(ROOT / "features" / "image.orig" / "efficientnet_lite0", Path(d) / "image.orig" / "efficientnet_lite0",
-                        ignore=shutil.ignore_patterns("dba-*", "faiss*", "map-*"))
+                        ignore=shutil.ignore_patterns("dba-*", "faiss*", "map-*", "centred_*"))
         engine = Engine(ROOT / "image.orig", Settings(collection=ROOT / "image.orig", features_dir=d, var_dir=Path(d) / "var"))
         for method, ok in ((m, s[0]) for m, s in map_status().items()):
             if not ok:

@@ -80,9 +80,9 @@ RECIPE_SEP = "~"  # MODEL~PRESET: a model's store under a descriptor recipe (cbi
 _STORED_FORMS = ", ".join(f"MODEL{RECIPE_SEP}{preset}" for preset in STORED_RECIPES)
 #: Said after an unknown model's list: the names a collection has beyond the registered models.
 OTHER_MODELS = Remedy(
-    f"or a stored recipe ({_STORED_FORMS}) or imported features (imported:NAME); `cbir models` lists this collection's",
-    f"or a stored recipe ({_STORED_FORMS}) or imported features (imported:NAME); GET /api/models lists this collection's",
-    "or a stored recipe or imported features: the Collection page lists this collection's")
+    f"or a stored recipe ({_STORED_FORMS}) or imported features (imported:NAME); `cbir models` lists this collection's models",
+    f"or a stored recipe ({_STORED_FORMS}) or imported features (imported:NAME); GET /api/models lists this collection's models",
+    "or a stored recipe or imported features: the Collection page lists this collection's models")
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -120,6 +120,8 @@ def recipe_spec(model: str, preset: str) -> ModelSpec:
     from ..errors import RequestError
     from ..recipe_presets import PRESETS, STORED_RECIPES
 
+    if model not in MODELS and not model.startswith(IMPORTED):  # no MODEL~PRESET hint: that is what was given
+        raise unknown("model", model, MODELS)
     base = get_spec(model)
     if base.family == "imported":  # (a second recipe, MODEL~A~B, is refused by get_spec)
         raise RequestError(f"{base.name} cannot be described under a recipe: it holds features computed elsewhere")

@@ -127,7 +127,7 @@ def test_search_combined(client):
     [
         ({"image_id": "nope"}, 404, "no image with id"),
         # the registered models, then the other names a collection has, and where to list them
-        ({"image_id": "1", "models": ["alexnet"]}, 422, "or imported features (imported:NAME); GET /api/models lists this collection's"),
+        ({"image_id": "1", "models": ["alexnet"]}, 422, "or imported features (imported:NAME); GET /api/models lists this collection's models"),
         ({"image_id": "1", "metric": "manhattan"}, 422, "metric"),
         ({"image_id": "1", "top_k": 0}, 422, "top_k"),
         ({"image_id": "1", "models": ["vgg16"]}, 400, "cbir index"),

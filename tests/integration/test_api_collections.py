@@ -19,7 +19,7 @@ from tests.conftest import COLLECTION, ROOT, api_login, make_settings
 def api(fresh_redis, tmp_path):
     features = tmp_path / "features"
     shutil.copytree(ROOT / "features" / "image.orig" / "efficientnet_lite0", features / "image.orig" / "efficientnet_lite0",
-                    ignore=shutil.ignore_patterns("dba-*", "faiss-*", "map-*"))
+                    ignore=shutil.ignore_patterns("dba-*", "faiss-*", "map-*", "centred_*"))
     photos = tmp_path / "collections" / "photos"
     for cls, first in (("buses", 300), ("dinosaurs", 400)):
         (photos / cls).mkdir(parents=True)

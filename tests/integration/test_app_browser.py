@@ -291,10 +291,10 @@ def test_a_hand_written_link_names_settings_by_key_and_says_what_it_left_out(pag
     expect(page.get_by_text(re.compile("Left out of this link"))).to_have_count(0)
     # an empty value (it cleared the models), a second value (Streamlit took the first, the page the last q)
     # and numbers a slider cannot take
-    page.goto(f"{app_server.url}/?q=no-such-image&q=412&metric=manhattan&models=&k=10&k=50&n=500&alpha=abc")
+    page.goto(f"{app_server.url}/?q=no-such-image&q=412&metric=manhattan&models=&k=10&k=50&n=500&alpha=abc&alpha=2")
     page.get_by_text(re.compile(r"names nothing here: models= \(empty\), metric=manhattan, k=50 \(one value only\), "
-                                r"q=no-such-image \(no such image in this collection\), n=500 \(a whole number from 1 to 100\), "
-                                r"alpha=abc \(a number from 0 to 20\)")).wait_for(timeout=TIMEOUT)
+                                r"q=no-such-image \(no such image in this collection\), n=500 \(a number from 1 to 100\), "
+                                r"alpha=abc/2 \(one value only: the default is used\), alpha=abc \(a number from 0 to 20\)")).wait_for(timeout=TIMEOUT)
     expect(sidebar.get_by_text("EfficientNet-Lite0", exact=True).first).to_be_visible()  # the default model kept
     expect(page).not_to_have_url(re.compile(r"[?&](k|models)="))  # (the URL follows the run: waited for)
 
@@ -579,6 +579,7 @@ def test_a_map_dot_opens_in_search(page):
     expect(page).to_have_url(re.compile(rf"[?&]q={hovered}(&|$)"))
     expect(page).to_have_url(re.compile(r"[?&]centre=false(&|$)"))
     expect(page.get_by_role("switch", name="Centre on the collection's mean")).not_to_be_checked()
+    expect(page.get_by_text(re.compile("Session State API"))).to_have_count(0)  # (Streamlit's warning when set twice)
     page.get_by_text(re.compile(rf"Results for query {hovered} · Cosine distance · ")).wait_for()  # not ", centred"
 
 

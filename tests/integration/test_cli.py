@@ -17,7 +17,7 @@ def run(*args, env=None, cwd=None):
     [
         (["evaluate", "--model", "alexnet"], "unknown model 'alexnet'; choose one of: efficientnet_lite0, "),
         (["evaluate", "--model", "alexnet"], "or a stored recipe (MODEL~category, MODEL~near_duplicate) or imported "
-                                             "features (imported:NAME); `cbir models` lists this collection's"),
+                                             "features (imported:NAME); `cbir models` lists this collection's models"),
         (["search", "--id", "0", "--metric", "manhattan"], "unknown metric 'manhattan'"),
         (["index", "--collection", "/does/not/exist"], "does not exist"),
         (["search", "--id", "0", "--collection", "/does/not/exist"], "does not exist"),
@@ -121,7 +121,7 @@ def test_evaluate_a_tiny_collection_with_a_singleton_class(tmp_path):
     (root / "labels.csv").write_text("id,label\n0,africa\n1,africa\n300,buses\n301,buses\n400,dinosaurs\n")
     features = tmp_path / "features" / "image.orig"
     shutil.copytree(ROOT / "features" / "image.orig" / "efficientnet_lite0", features / "efficientnet_lite0",
-                    ignore=shutil.ignore_patterns("map-*", "dba-*", "faiss*"))
+                    ignore=shutil.ignore_patterns("map-*", "centred_*", "dba-*", "faiss*"))
     env = {"CBIR_FEATURES_DIR": str(tmp_path / "features"), "CBIR_COLLECTION": str(root)}  # its own default image.orig
     out = tmp_path / "report.json"
     r = run("evaluate", "-q", "--collection", str(root), "-m", "efficientnet_lite0", "--json", str(out), env=env)

@@ -29,7 +29,7 @@ def client(fresh_redis, tmp_path):
     # a features folder of its own, with no cached map: a map request there is a fit
     features = tmp_path / "features" / "image.orig"
     for m in TWO:
-        shutil.copytree(ROOT / "features" / "image.orig" / m, features / m, ignore=shutil.ignore_patterns("map-*", "dba-*"))
+        shutil.copytree(ROOT / "features" / "image.orig" / m, features / m, ignore=shutil.ignore_patterns("map-*", "centred_*", "dba-*"))
     app = create_app(make_settings(fresh_redis.url, tmp_path, features_dir=tmp_path / "features", sweep_max_work=10**9),
                      warm_up=False)
     with TestClient(app) as c:
@@ -232,14 +232,14 @@ def test_a_map_fit_stops_at_its_next_step_once_cancelled(tmp_path):
     from tests.conftest import COLLECTION
 
     features = tmp_path / "features" / "image.orig" / TWO[0]
-    shutil.copytree(ROOT / "features" / "image.orig" / TWO[0], features, ignore=shutil.ignore_patterns("map-*", "dba-*"))
+    shutil.copytree(ROOT / "features" / "image.orig" / TWO[0], features, ignore=shutil.ignore_patterns("map-*", "centred_*", "dba-*"))
     engine = Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=tmp_path / "features", var_dir=tmp_path / "var"))
     seen = []
     job = Job(lambda done, total: (seen.append(done), job.cancel()))
     with pytest.raises(Cancelled):
         embedding_map(engine, TWO[0], "tsne", None, job.progress)
     assert seen == [50]  # the first callback ran, the second stopped the fit
-    assert not map_cached(engine, TWO[0], "tsne") and not list(features.glob("map-*"))
+    assert not map_cached(engine, TWO[0], "tsne") and not list(features.glob("*map-*"))
 
 
 # -- the app shares the per-user limit --------------------------------------------------------

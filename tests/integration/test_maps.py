@@ -23,7 +23,7 @@ LITE0 = ROOT / "features" / "image.orig" / "efficientnet_lite0"
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     features = tmp_path_factory.mktemp("features")
-    shutil.copytree(LITE0, features / "image.orig" / "efficientnet_lite0", ignore=shutil.ignore_patterns("dba-*", "faiss*", "map-*"))
+    shutil.copytree(LITE0, features / "image.orig" / "efficientnet_lite0", ignore=shutil.ignore_patterns("dba-*", "faiss*", "map-*", "centred_*"))
     return Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=features, var_dir=features / "var"))
 
 
@@ -197,3 +197,53 @@ def test_each_map_method_refuses_too_few_points_before_any_work(method, tmp_path
         with pytest.raises(TooFewImagesError):
             embedding_map(Catalogue(), "efficientnet_lite0", method)
         assert not folder.exists()
+
+
+@pytest.mark.redis
+def test_the_map_page_searches_its_query_again_when_centring_is_turned(engine, fresh_redis, monkeypatch):
+    """The Map page (Streamlit's AppTest, logged in): a query shown from the other centring is
+    searched again the map's way before the map is drawn (its rings and star were the other
+    way's); an uploaded query the page no longer holds is dropped, not drawn with stale rings."""
+    import redis as redis_lib
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from cbir.config import Settings as Config, reset_settings
+    from cbir.users import UserStore, bootstrap
+    from tests.conftest import ROOT
+
+    for key, value in {"CBIR_REDIS_URL": fresh_redis.url, "CBIR_DEMO": "1", "CBIR_COLLECTION": str(COLLECTION),
+                       "CBIR_FEATURES_DIR": str(engine.settings.features_dir), "CBIR_VAR_DIR": str(engine.settings.var_dir)}.items():
+        monkeypatch.setenv(key, value)
+    reset_settings()
+    users = UserStore(redis_lib.Redis.from_url(fresh_redis.url, decode_responses=True))
+    bootstrap(users, Config(demo=True, var_dir=engine.settings.var_dir))
+    stale = {"model": "efficientnet_lite0", "hits": [{"id": "1"}], "ranked": {}, "point": (0.0, 0.0), "how": "", "map": ()}
+
+    def run(result: dict) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app_pages" / "map.py"), default_timeout=120)
+        for key, value in dict(authentication_status=True, username="researcher", roles=["researcher"],
+                               auth_binding=users.binding("researcher"), map_result=result).items():
+            at.session_state[key] = value
+        at.run()
+        assert not at.exception, at.exception
+        return at
+
+    try:
+        # a collection image shown as stored, the map now centred: searched again, centred
+        at = run({**stale, "query": "id", "id": "412", "vector": None, "centred": False})
+        again = at.session_state["map_result"]
+        assert again["centred"] is True and again["id"] == "412" and len(again["hits"]) == 10
+        assert again["ranked"]["results"][0]["id"] != "412"  # (the query itself excluded, as on the Search page)
+        assert again["point"] == pytest.approx(embedding_map(engine, "efficientnet_lite0", "pca").point_of("412"), abs=1e-4)
+        assert any("Searched by cosine distance, centred" in c.value for c in at.caption)
+        # an upload the page no longer holds (the uploader empties on leaving the page): dropped
+        at = run({**stale, "query": "upload", "id": None, "vector": np.zeros(1280, np.float32), "centred": False})
+        assert "map_result" not in at.session_state
+        assert not any("The star:" in c.value for c in at.caption)
+        [chart] = at.get("vega_lite_chart")
+        assert "shape" not in chart.proto.spec and "M0,-1L0.22" not in chart.proto.spec  # no star drawn on the map
+    finally:
+        st.cache_resource.clear()
+        monkeypatch.undo()
+        reset_settings()

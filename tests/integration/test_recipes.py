@@ -159,6 +159,12 @@ def test_stored_recipe_names():
     assert spec.input_size == round(240 * 2 ** 0.5) and spec.label == "EfficientNet-Lite1 · 2-scale · flip · √"
     with pytest.raises(UnknownNameError, match="unknown stored recipe 'rmac'; choose one of: category, near_duplicate"):
         get_spec("efficientnet_lite0~rmac")
+    with pytest.raises(UnknownNameError) as caught:  # the base is unknown: no MODEL~PRESET hint (that is what was given)
+        get_spec("alexnet~category")
+    assert str(caught.value).startswith("unknown model 'alexnet'; choose one of: ") and "stored recipe" not in str(caught.value)
+    with pytest.raises(UnknownNameError) as caught:  # a plain unknown name: the other forms, and where to list them
+        get_spec("alexnet")
+    assert caught.value.said_to("app").endswith("or a stored recipe or imported features: the Collection page lists this collection's models")
     with pytest.raises(RequestError, match="features computed elsewhere"):
         get_spec("imported:sift~category")
     from cbir.recipes import check_recipe_run

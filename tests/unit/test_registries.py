@@ -122,7 +122,7 @@ def engine(tmp_path_factory):
     import shutil
 
     features = tmp_path_factory.mktemp("features")
-    shutil.copytree(LITE0, features / "image.orig" / "efficientnet_lite0", ignore=shutil.ignore_patterns("dba-*", "faiss*", "map-*"))
+    shutil.copytree(LITE0, features / "image.orig" / "efficientnet_lite0", ignore=shutil.ignore_patterns("dba-*", "faiss*", "map-*", "centred_*"))
     return Engine(scan_collection(ROOT / "image.orig"), Settings(features_dir=features))
 
 

@@ -195,7 +195,7 @@ def engine(tmp_path_factory):
     features = tmp_path_factory.mktemp("features")
     for m in LITE:
         shutil.copytree(ROOT / "features" / "image.orig" / m, features / "image.orig" / m,
-                        ignore=shutil.ignore_patterns("dba-*", "faiss-*", "map-*"))
+                        ignore=shutil.ignore_patterns("dba-*", "faiss-*", "map-*", "centred_*"))
     return Engine(COLLECTION, Settings(collection=COLLECTION, features_dir=features, var_dir=features / "var"))
 
 

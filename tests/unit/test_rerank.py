@@ -80,7 +80,7 @@ def engine(tmp_path_factory):
 
     features = tmp_path_factory.mktemp("features")
     for m in LITE:
-        shutil.copytree(ROOT / "features" / "image.orig" / m, features / "image.orig" / m, ignore=shutil.ignore_patterns("dba-*", "faiss*", "map-*"))
+        shutil.copytree(ROOT / "features" / "image.orig" / m, features / "image.orig" / m, ignore=shutil.ignore_patterns("dba-*", "faiss*", "map-*", "centred_*"))
     return Engine(scan_collection(ROOT / "image.orig"), Settings(features_dir=features))
 
 
