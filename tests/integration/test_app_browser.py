@@ -581,6 +581,12 @@ def test_a_map_dot_opens_in_search(page):
     expect(page.get_by_role("switch", name="Centre on the collection's mean")).not_to_be_checked()
     expect(page.get_by_text(re.compile("Session State API"))).to_have_count(0)  # (Streamlit's warning when set twice)
     page.get_by_text(re.compile(rf"Results for query {hovered} · Cosine distance · ")).wait_for()  # not ", centred"
+    # and back: a centred map's dot opens centred, over the off the Search page remembers (a URL
+    # value equal to the switch's default does not override a remembered one)
+    hovered, _ = click_a_map_dot(page)
+    click_until(page, page.get_by_role("button", name="🔎 Open in Search"), page.get_by_role("heading", name="🔎 Search", exact=True))
+    page.get_by_text(re.compile(rf"Results for query {hovered} · Cosine distance, centred · ")).wait_for()
+    expect(page.get_by_role("switch", name="Centre on the collection's mean")).to_be_checked()
 
 
 def test_collection_page_imports_features_and_indexes_on_a_local_dask_cluster(page, app_server, tmp_path):
