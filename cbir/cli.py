@@ -364,8 +364,8 @@ def _planned_runs(engine, settings: dict, args) -> list[dict]:
         _check_run(engine, run)
         if text is not None and effective_run(run) == effective_run(settings):
             raise CBIRError(f"--compare {text!r} changes nothing of the evaluation it is compared with "
-                            "(a normalisation or weights without a fusion that reads them, centring under chi-square or "
-                            "Bhattacharyya, which are never centred, or the same values)")
+                            "(a normalisation or weights without a fusion that reads them, weights in the same ratios, centring "
+                            "under chi-square or Bhattacharyya, which are never centred, or the same values)")
     return runs
 
 

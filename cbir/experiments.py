@@ -17,7 +17,7 @@ from .centring import CENTRED_METRICS, all_centred, centres
 from .distances import normalise_metric
 from .errors import CBIRError, CollectionError, unknown, use_setting
 from .evaluation import TIE_RULES, EvaluationReport, evaluate_distances, merge_reports
-from .fusion import DEFAULT_NORMALISATION, fuse, fusion_method, normalisation_method
+from .fusion import DEFAULT_NORMALISATION, check_weights, fuse, fusion_method, normalisation_method
 from .index import get_backend
 from .index.exact import ExactIndex
 from .rerank import Rerank, alpha_query_expansion, check_metric, rocchio
@@ -63,10 +63,13 @@ def effective_run(run: Mapping) -> tuple:
     a histogram metric or with a recipe (which says its own). Two runs with equal tuples give
     the same figures: the CLI and the API refuse such a comparison."""
     method = fusion_method(run.get("method") or "average") if len(run["models"]) > 1 else None
-    weights = run.get("weights") if method is not None and method.weighted else None
+    weights = ()  # their ratios (3:1 is 6:2; none is 1:1), checked (CBIRError) before any work
+    if method is not None and method.weighted:
+        w = check_weights(run["models"], run.get("weights"))
+        weights = tuple(np.round(w / w.sum(), 12).tolist())
     recipe, metric = run.get("recipe"), normalise_metric(run["metric"])
     rerank = run.get("rerank") or Rerank()
-    return (tuple(run["models"]), metric, method.name if method else None, tuple(sorted((weights or {}).items())),
+    return (tuple(run["models"]), metric, method.name if method else None, weights,
             run.get("normalisation") if method is not None and method.normalised else None,
             rerank if rerank.active else None, run.get("backend"), run.get("depth"),
             None if recipe is None else getattr(recipe, "name", recipe), recipe is None and centres(metric, run.get("centre", True)))
@@ -198,8 +201,8 @@ def _run_name(models: Sequence[str], method: str | None, normalisation: str | No
     and a normalisation other than the default), "not centred" when it could have been, the
     query sample, the re-ranking and an approximate index."""
     name = models[0] if len(models) == 1 else f"{method}({'+'.join(models)})"
-    if len(models) > 1 and weights and fusion_method(method).weighted:
-        name += " weights " + ":".join(f"{weights.get(m, 0.0):g}" for m in models)
+    if len(models) > 1 and weights is not None and len(weights) and fusion_method(method).weighted:
+        name += " weights " + ":".join(f"{w:g}" for w in check_weights(models, weights))  # (a model left out weighs 1)
     if raw:
         name += " (not centred)"
     norm = normalisation_method(normalisation)

@@ -78,8 +78,14 @@ def ranks_from_distances(distances: np.ndarray) -> np.ndarray:
     return ranks
 
 
+#: A positive fusion weight's bounds: only the weights' ratios count, and outside these the
+#: weighted sum overflows or underflows in float64.
+WEIGHT_RANGE = (1e-6, 1e6)
+
+
 def check_weights(models: Sequence[str], weights: Mapping[str, float] | Sequence[float] | None) -> np.ndarray:
-    """Weights as an array aligned with ``models``: non-negative, finite, not all zero."""
+    """Weights as a float64 array aligned with ``models`` (a model a mapping leaves out: 1):
+    non-negative, finite, 0 or within :data:`WEIGHT_RANGE`, not all zero. Raises CBIRError."""
     if weights is None:
         return np.ones(len(models))
     if isinstance(weights, Mapping):
@@ -94,6 +100,10 @@ def check_weights(models: Sequence[str], weights: Mapping[str, float] | Sequence
     bad = [f"{m}={v:g}" for m, v in zip(models, w) if not np.isfinite(v) or v < 0]
     if bad:
         raise CBIRError(f"fusion weights must be finite and non-negative; got {', '.join(bad)}")
+    extreme = [f"{m}={v:g}" for m, v in zip(models, w) if v != 0 and not WEIGHT_RANGE[0] <= v <= WEIGHT_RANGE[1]]
+    if extreme:  # (1e308 overflowed the weighted sum, 5e-324 underflowed it: figures with no meaning)
+        raise CBIRError(f"fusion weights must be 0 or between {WEIGHT_RANGE[0]:g} and {WEIGHT_RANGE[1]:g} (only their "
+                        f"ratios count); got {', '.join(extreme)}")
     if w.sum() <= 0:
         raise CBIRError("fusion weights are all zero; give at least one model a positive weight")
     return w

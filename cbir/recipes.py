@@ -114,7 +114,8 @@ def check_recipe_run(models: Sequence[str], metric: str, reranked: bool = False,
         raise RequestError("a recipe says itself whether it centres (',centre' in its spelling; the presets centred, "
                            "category and near_duplicate do): leave out --no-centre / \"centre\": false")
     if reranked or backend not in (None, "exact", "auto"):
-        raise RequestError("a recipe is evaluated on the exact index without re-ranking; leave out --rerank and --backend")
+        raise RequestError("a recipe is evaluated on the exact index without re-ranking; leave out --rerank and --backend "
+                           "(\"rerank\" and \"backend\" in the API)")
     from .distances import normalise_metric
     from .extractors import FAMILIES, get_spec
 

@@ -74,7 +74,8 @@ class SearchBody(BaseModel):
 
 class CombinedSearchBody(SearchBody):
     method: Method = "average"
-    weights: dict[str, float] | None = Field(None, description="per-model weights for method=weighted (non-negative)")
+    weights: dict[str, float] | None = Field(None, max_length=MAX_MODELS, description=(
+        "per-model weights for method=weighted or rrf (0, or 1e-6 to 1e6: only their ratios count)"))
     normalisation: Literal[tuple(NORMALISATIONS)] = Field(
         "minmax", description="score normalisation before average or weighted fusion: "
         + "; ".join(f"{n.name}: {n.description}" for n in NORMALISATIONS.values()))

@@ -376,3 +376,43 @@ def test_evaluate_route_takes_weights_and_reranking_in_each_run(client):
     for payload, message in bad:  # refused before any work, with the reason
         r = client.post("/api/evaluate", json=payload, headers=h)
         assert r.status_code == 422 and message in r.text, (payload, r.text)
+
+
+def test_compared_runs_change_only_what_they_give(client):
+    """A compared run's ``rerank`` fields replace the evaluation's one by one ({"alpha": 1} kept
+    αQE and n: it ran without re-ranking); a model a weighting leaves out weighs 1 and is named
+    so; weights in the same ratios change nothing; a run that changes the models drops weights
+    naming a model it lacks (as the CLI does); a refused run is named; metric aliases are read."""
+    from cbir.rerank import Rerank
+
+    engine = client.app.state.service.engine
+    h = login(client)
+    two, other = ["efficientnet_lite0", "efficientnet_lite1"], ["efficientnet_lite0", "efficientnet_lite2"]
+    r = client.post("/api/evaluate", json={"models": ["efficientnet_lite0"], "metric": "Cosine", "rerank": {"method": "aqe", "n": 5},
+                                           "compare": [{"rerank": {"alpha": 1}}]}, headers=h)
+    assert r.status_code == 200, r.text
+    report = r.json()["comparisons"][0]["report"]
+    assert report["name"] == "efficientnet_lite0 + αQE (n=5, α=1)"
+    assert report["mAP"] == pytest.approx(engine.evaluate(["efficientnet_lite0"], rerank=Rerank("aqe", 5, 1.0)).map, abs=1e-6)
+    r = client.post("/api/evaluate", json={"models": two, "method": "weighted", "weights": {"efficientnet_lite0": 3},
+                                           "compare": [{"models": other}]}, headers=h)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["name"] == "weighted(efficientnet_lite0+efficientnet_lite1) weights 3:1"  # (lite1 weighs 1, as fused)
+    assert body["comparisons"][0]["report"]["name"] == "weighted(efficientnet_lite0+efficientnet_lite2) weights 3:1"  # kept: lite0 only
+    r = client.post("/api/evaluate", json={"models": two, "method": "weighted", "weights": {"efficientnet_lite0": 3, "efficientnet_lite1": 1},
+                                           "compare": [{"models": other}]}, headers=h)
+    assert r.status_code == 200 and r.json()["comparisons"][0]["report"]["name"] == "weighted(efficientnet_lite0+efficientnet_lite2)"
+    refused = [({"models": two, "method": "weighted", "weights": {"efficientnet_lite0": 3, "efficientnet_lite1": 1},
+                 "compare": [{"weights": {"efficientnet_lite0": 6, "efficientnet_lite1": 2}}]}, 422, "compare[0] changes nothing"),
+               ({"models": two, "method": "weighted", "compare": [{"weights": {"efficientnet_lite0": 1, "efficientnet_lite1": 1}}]},
+                422, "compare[0] changes nothing"),
+               ({"models": ["efficientnet_lite0"], "compare": [{"rerank": {"method": "aqe"}}, {"models": ["vgg16"]}]}, 400,
+                "compare[1]: VGG16 has no features"),
+               ({"models": ["efficientnet_lite0"], "compare": [{"metric": "euclidean", "rerank": {"method": "aqe"}}]}, 422,
+                "compare[0]: re-ranking"),
+               ({"models": two, "method": "weighted", "weights": {"efficientnet_lite0": 1e308}}, 422, "between 1e-06 and 1e+06"),
+               ({"models": two, "method": "weighted", "weights": {f"m{i}": 1 for i in range(20_000)}}, 422, "weights")]
+    for payload, status, message in refused:
+        r = client.post("/api/evaluate", json=payload, headers=h)
+        assert r.status_code == status and message in r.json()["error"] and len(r.text) < 2000, (payload, r.text[:500])

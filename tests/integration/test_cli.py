@@ -181,6 +181,8 @@ def test_evaluate_compare_says_whether_a_difference_is_significant(tmp_path):
     ("metric=chi2 rerank=aqe", "cosine"),  # refused before the baseline ran, not after
     ("recipe=avg,pca=²", "'pca=²' is not one of"),  # int('²') was a traceback
     ("recipe=avg,scales=2+1.9+1.8,flip", "the most is 8"),  # hours of CPU in one request
+    # a weight that overflows the weighted sum (figures with no meaning), refused before the baseline ran
+    ("model=efficientnet_lite0,efficientnet_lite1 method=weighted weights=1e308,1", "0 or between 1e-06 and 1e+06"),
 ])
 def test_a_bad_compare_is_one_line_before_any_work(compare, words):
     r = run("evaluate", "--quiet", "--compare", compare)

@@ -88,9 +88,13 @@ def test_api_evaluates_a_recipe_and_refuses_what_it_cannot(fresh_redis, tmp_path
                            ({"models": ["efficientnet_lite0"], "recipe": "avg,scales=2+1.9+1.8,flip"}, "the most is 8"),
                            ({"models": ["efficientnet_lite0"], "recipe": "centred", "compare": [{}]}, "changes nothing"),
                            ({"models": ["efficientnet_lite0"], "recipe": "category", "centre": False}, "says itself whether it centres"),
-                           ({"models": ["efficientnet_lite0"], "compare": [{"normalisation": "rank"}]}, "changes nothing")]:
+                           ({"models": ["efficientnet_lite0"], "recipe": "category", "compare": [{"normalisation": "rank"}]},
+                            "changes nothing")]:
             r = client.post("/api/evaluate", json=bad, headers=h)
             assert r.status_code == 422 and words in r.json()["error"], (bad, r.text)
+        # a run on the stores of a collection indexed with none: said before any work (as the CLI does)
+        r = client.post("/api/evaluate", json={"models": ["efficientnet_lite0"], "compare": [{"normalisation": "rank"}]}, headers=h)
+        assert r.status_code == 400 and "has no features for collection" in r.json()["error"], r.text
         # a model whose weights are not here: said at once, and nothing is downloaded (a student could make the server fetch them)
         r = client.post("/api/evaluate", json={"models": ["vgg16"], "recipe": "centred"}, headers=h)
         assert r.status_code == 400 and "ImageNet weights for VGG16 are not in the models cache" in r.json()["error"], r.text

@@ -54,7 +54,10 @@ def test_ranks():
 
 @pytest.mark.parametrize(
     "weights, message",
-    [({"a": -1, "b": 1}, "non-negative"), ({"a": 0, "b": 0}, "all zero"), ({"c": 1}, "not searched")],
+    [({"a": -1, "b": 1}, "non-negative"), ({"a": 0, "b": 0}, "all zero"), ({"c": 1}, "not searched"),
+     # only ratios count: 1e308 overflowed the weighted sum and 5e-324 underflowed it (figures with no meaning)
+     ({"a": 1e308, "b": 1e308}, r"0 or between 1e-06 and 1e\+06 \(only their ratios count\); got a=1e\+308, b=1e\+308"),
+     ({"a": 5e-324, "b": 0}, "0 or between 1e-06")],
 )
 def test_bad_weights(weights, message):
     a = np.array([[0.1, 0.2]])

@@ -71,7 +71,8 @@ class EvaluateRequest(BaseModel):
         "describe every labelled image now under this descriptor recipe instead of reading the store (one model, cosine): "
         "a preset (today, centred, category, near_duplicate) or pooling[,scales=A+B][,flip][,sqrt][,centre][,pca=D]"))
     centre: bool = Field(True, description=CENTRE_HELP)
-    weights: dict[str, float] | None = Field(None, description="per-model weights of a weighted fusion (non-negative)")
+    weights: dict[str, float] | None = Field(None, max_length=MODELS_RANGE[1], description=(
+        "per-model weights of a weighted fusion (0, or 1e-6 to 1e6: only their ratios count; a model left out weighs 1)"))
     rerank: RerankParams | None = Field(None, description="re-ranking (cosine, stored vectors; not with a recipe)")
     compare: list["CompareRun"] | None = Field(None, max_length=4, description=(
         "runs to compare with this one on the same queries: each changes some of models, metric, method, normalisation, "
@@ -90,32 +91,80 @@ class CompareRun(BaseModel):
     normalisation: Literal[tuple(NORMALISATIONS)] | None = None
     recipe: str | None = Field(None, max_length=120, description="a descriptor recipe; \"store\": the stored vectors")
     centre: bool | None = Field(None, description="centre on the collection's mean (cosine, Euclidean)")
-    weights: dict[str, float] | None = Field(None, description="per-model weights of a weighted fusion")
-    rerank: RerankParams | None = Field(None, description="re-ranking; {\"method\": \"none\"}: none")
+    weights: dict[str, float] | None = Field(None, max_length=MODELS_RANGE[1], description=(
+        "per-model weights of a weighted fusion; a run that changes the models and gives none keeps the evaluation's "
+        "only if they name none but its models"))
+    rerank: RerankParams | None = Field(None, description=(
+        "re-ranking: the fields given replace the evaluation's ({\"alpha\": 1} keeps its method and n); "
+        "{\"method\": \"none\"}: none"))
 
 
 EvaluateRequest.model_rebuild()
 
 
-def _checked_run(run: dict) -> dict:
-    """An evaluation run as the engine takes it, checked before any work (422): models by their
-    canonical names, weights read as a search reads them, re-ranking a :class:`Rerank` (cosine
-    only), and ``recipe`` parsed (None: the store's vectors) under cbir.recipes.check_recipe_run's rules."""
+def _checked_run(engine, run: dict) -> dict:
+    """An evaluation run as the engine takes it, checked before any work: models by their
+    canonical names (each with a store here: 400 otherwise), the metric by its canonical name,
+    weights read as a search reads them, re-ranking a :class:`Rerank` (cosine only), and
+    ``recipe`` parsed (None: the store's vectors) under cbir.recipes.check_recipe_run's rules (422)."""
+    from ...distances import normalise_metric
     from ...recipes import check_recipe_run, parse_recipe
     from ...request import bad_request, parse_weights
     from ...rerank import Rerank, check_metric
 
     with bad_request():
-        models = [get_spec(m).name for m in run["models"]]
-        rerank = Rerank(**run["rerank"]) if run.get("rerank") else Rerank()
-        out = {**run, "models": list(dict.fromkeys(models)), "weights": parse_weights(models, run.get("weights")), "rerank": rerank}
+        models = list(dict.fromkeys(get_spec(m).name for m in run["models"]))
+        metric, rerank = normalise_metric(run["metric"]), Rerank(**run["rerank"]) if run.get("rerank") else Rerank()
+        out = {**run, "models": models, "metric": metric, "weights": parse_weights(models, run.get("weights")), "rerank": rerank}
         text = run.get("recipe")
-        if text is None or text.strip().lower() in ("", "store"):
-            if rerank.active:
-                check_metric(run["metric"])
-            return {**out, "recipe": None}
-        check_recipe_run(out["models"], run["metric"], rerank.active, centre=run.get("centre", True))
-        return {**out, "recipe": parse_recipe(text)}
+        if text is not None and text.strip().lower() not in ("", "store"):
+            check_recipe_run(models, metric, rerank.active, centre=run.get("centre", True))
+            return {**out, "recipe": parse_recipe(text)}
+        if rerank.active:
+            check_metric(metric)
+    for model in models:
+        engine.store(model)  # a missing store: its error now, not after the first run's work
+    return {**out, "recipe": None}
+
+
+def _compared_run(base: dict, run: CompareRun) -> dict:
+    """A compared run: the evaluation's settings with those ``run`` gives. Its ``rerank`` fields
+    replace the evaluation's one by one (``{"alpha": 1}`` keeps its method and n); a recipe takes
+    its own centring; a run that changes the models and gives no weights keeps the evaluation's
+    only if they name none but its models (equal weights otherwise), as ``cbir evaluate --compare``."""
+    from ...request import parse_weights
+
+    given = run.model_dump(exclude_unset=True, exclude_none=True)
+    out = {**base, **({"centre": True} if run.recipe else {}), **given}
+    if "rerank" in given:
+        out["rerank"] = {**(base["rerank"] or {}), **given["rerank"]}
+    if "models" in given and "weights" not in given and base["weights"]:
+        try:
+            parse_weights(given["models"], base["weights"])
+        except CBIRError:
+            out["weights"] = None
+    return out
+
+
+def _planned_runs(engine, body: EvaluateRequest) -> list[dict]:
+    """The evaluation's run and one per compared run, every one checked before any work; a
+    compared run's refusal names it (``compare[k]: ...``) with the status its error has."""
+    from ...errors import contract_for
+    from ...experiments import effective_run
+
+    base = body.model_dump(include={"models", "metric", "method", "normalisation", "recipe", "centre", "weights", "rerank"})
+    runs = [_checked_run(engine, base)]
+    for k, run in enumerate(body.compare or []):
+        try:
+            runs.append(_checked_run(engine, _compared_run(base, run)))
+            same = effective_run(runs[-1]) == effective_run(runs[0])
+        except CBIRError as exc:
+            raise APIError(contract_for(exc).status, f"compare[{k}]: {exc.said_to('api')}") from None
+        if same:
+            raise APIError(422, f"compare[{k}] changes nothing of the evaluation it is compared with (a normalisation "
+                                "or weights without a fusion that reads them, weights in the same ratios, centring under "
+                                "chi-square or Bhattacharyya, which are never centred, or the same values)")
+    return runs
 
 
 @router.post("/evaluate", responses=JOB_ERRORS, summary="mAP, P@10, P@20, R-precision and per-class AP over the collection")
@@ -125,17 +174,7 @@ async def evaluate_route(request: Request, service: Service, user: CurrentUser, 
     ``ties`` counts tied groups that mixed relevant and non-relevant images. A long job:
     CBIR_JOBS_PER_USER at once (429), stopped if the client goes."""
     engine = service.engine
-    from ...experiments import effective_run
-
-    base = body.model_dump(include={"models", "metric", "method", "normalisation", "recipe", "centre", "weights", "rerank"})
-    # a compared run with a recipe takes the recipe's own centring, not the evaluation's
-    runs = [base] + [{**base, **({"centre": True} if run.recipe else {}), **run.model_dump(exclude_none=True)} for run in body.compare or []]
-    runs = [_checked_run(run) for run in runs]  # every run checked before any work
-    for k, run in enumerate(runs[1:], 1):
-        if effective_run(run) == effective_run(runs[0]):
-            raise APIError(422, f"compare[{k - 1}] changes nothing of the evaluation it is compared with (a normalisation "
-                                "or weights without a fusion that reads them, centring under chi-square or Bhattacharyya, "
-                                "which are never centred, or the same values)")
+    runs = await run_in_threadpool(_planned_runs, engine, body)  # (a store is read to check it)
 
     def work(progress):
         from ...recipes import evaluate_recipe
