@@ -201,6 +201,9 @@ PAGES = [  # (file, title, icon, roles allowed; None = every role)
     ("app_pages/collection.py", "Collection", "🗂️", None),
     ("app_pages/admin.py", "Admin", "🛡️", {"admin"}),
 ]
+# The default page is served at "/" but reserves its pathname, which no URL then opens: it gets
+# DEFAULT_PATH, and its name (/search) is a hidden page of its own (it was Streamlit's "Page not found")
+SEARCH_ALIAS, DEFAULT_PATH = Path(PAGES[0][0]).stem, "home"
 
 authenticator = build_authenticator()
 if not st.session_state.get("authentication_status"):
@@ -217,9 +220,11 @@ if not st.session_state.get("authentication_status"):
     # the first "Log in" was dropped because its form belonged to that other navigation).
     # Before login, every page URL shows the login form; after it, the same URL its page.
     login_pages = [
-        st.Page(lambda: login_page(authenticator), title="Log in", icon="🔒", url_path=Path(f).stem, default=i == 0)
+        st.Page(lambda: login_page(authenticator), title="Log in", icon="🔒", url_path=Path(f).stem if i else DEFAULT_PATH,
+                default=i == 0)
         for i, (f, *_rest) in enumerate(PAGES)
     ]
+    login_pages.append(st.Page(lambda: login_page(authenticator), title="Log in", icon="🔒", url_path=SEARCH_ALIAS, visibility="hidden"))
     st.navigation(login_pages, position="hidden").run()
     st.stop()
 
@@ -249,13 +254,16 @@ with st.sidebar:
     authenticator.logout("Log out", location="sidebar", key="auth_logout", callback=_on_logout)
 
 pages = [
-    st.Page(f, title=title, icon=icon, default=i == 0)
+    st.Page(f, title=title, icon=icon, default=i == 0, url_path=None if i else DEFAULT_PATH)
     for i, (f, title, icon, roles) in enumerate(PAGES) if roles is None or role in roles
 ]
-current = st.navigation(pages)
+# /search, the default page by its name, opens it (with the link's parameters)
+alias = st.Page(lambda: st.switch_page(pages[0], query_params=st.query_params.to_dict()), title=pages[0].title,
+                url_path=SEARCH_ALIAS, visibility="hidden")
+current = st.navigation([*pages, alias])
 wanted, switches = st.session_state.get("auth_entry_page") or (None, 0)
 by_path = {p.url_path: p for p in pages}
-if wanted == Path(PAGES[0][0]).stem:  # /search: the default page, whose path is "" (it crashed the app)
+if wanted == SEARCH_ALIAS:  # /search: the default page, whose path is "" (it crashed the app)
     wanted = ""
 if wanted and wanted not in by_path and switches == ENTRY_SWITCHES:  # a link to a page this role may not open
     refused = next(((title, roles) for f, title, _icon, roles in PAGES if Path(f).stem == wanted), None)

@@ -194,9 +194,12 @@ def query_picker(collection) -> str:
         tile.image(thumbnail_of(engine, image_id, 128), width="stretch")
         chosen = image_id == state["search_query_id"]
         label = collection.label_of(image_id)  # ids and labels are shown literally, never as Markdown
+        # the label written under the picture, not in a hover tooltip: the tooltip covered the picture
+        # (a click there then picked nothing) and a phone has no hover
+        if label:
+            tile.caption(plain(label))
         tile.button(f"{'✓ ' if chosen else ''}{plain(image_id)}", key=f"search_pick_{image_id}", width="stretch",
-                    type="primary" if chosen else "secondary", help=plain(label) if label else None,
-                    on_click=pick, args=(image_id,))
+                    type="primary" if chosen else "secondary", on_click=pick, args=(image_id,))
     if st.query_params.get(QUERY_PARAM) != state["search_query_id"]:
         st.query_params[QUERY_PARAM] = state["search_query_id"]  # the link names the query
     return state["search_query_id"]
