@@ -357,15 +357,13 @@ def _recipe_arg(text: str | None):
 
 def _planned_runs(engine, settings: dict, args) -> list[dict]:
     """The baseline run and one per ``--compare``, all parsed and checked before any work."""
-    from .experiments import effective_run
+    from .experiments import CHANGES_NOTHING, effective_run
 
     runs = [settings] + [_compare_arg(text, settings, args.method) for text in args.compare or []]
     for text, run in zip([None, *(args.compare or [])], runs):
         _check_run(engine, run)
         if text is not None and effective_run(run) == effective_run(settings):
-            raise CBIRError(f"--compare {text!r} changes nothing of the evaluation it is compared with "
-                            "(a normalisation or weights without a fusion that reads them, weights in the same ratios, centring "
-                            "under chi-square or Bhattacharyya, which are never centred, or the same values)")
+            raise CBIRError(f"--compare {text!r} {CHANGES_NOTHING}")
     return runs
 
 

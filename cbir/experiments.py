@@ -55,6 +55,12 @@ def plan_runs(models: Sequence[str], metrics: Sequence[str], fusions: Sequence[s
     return runs
 
 
+#: Why a compared run can change nothing: said by the CLI and the API when they refuse one.
+CHANGES_NOTHING = ("changes nothing of the evaluation it is compared with (a normalisation or weights without a fusion "
+                   "that reads them, weights in the same ratios, centring under chi-square or Bhattacharyya, which are "
+                   "never centred, or the same values)")
+
+
 def effective_run(run: Mapping) -> tuple:
     """What an evaluation run (a dict of ``models``, ``metric``, ``method``, ``normalisation`` and
     optionally ``weights``, ``rerank``, ``backend``, ``depth``, ``recipe``, ``centre``) computes,

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import COLLECTION
-from tests.integration.test_app_browser import browser_page, choose, click_until, logged_in, login, run_search, settled
+from tests.integration.test_app_browser import browser_page, choose, click_until, logged_in, login_shows, run_search, settled
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis]
 
@@ -84,8 +84,7 @@ def test_a_zip_becomes_a_collection_two_sessions_search_their_own_and_an_admin_r
         # page other than Search crashed the app once logged in)
         assert "collection=trip" in a.url
         c = pages.enter_context(browser_page(browser, app_server.url + "/evaluate?collection=trip"))
-        login(c, "student", "multimedia")
-        c.get_by_role("heading", name="📈 Evaluate", exact=True).wait_for()
+        login_shows(c, "student", "multimedia", c.get_by_role("heading", name="📈 Evaluate", exact=True))
         assert "collection=trip" in c.url and "/evaluate" in c.url, c.url
         assert c.get_by_text("encountered an error").count() == 0
         click_until(c, c.get_by_role("link", name=re.compile("Search")), c.get_by_role("heading", name="🔎 Search", exact=True))

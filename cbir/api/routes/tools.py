@@ -150,7 +150,7 @@ def _planned_runs(engine, body: EvaluateRequest) -> list[dict]:
     """The evaluation's run and one per compared run, every one checked before any work; a
     compared run's refusal names it (``compare[k]: ...``) with the status its error has."""
     from ...errors import contract_for
-    from ...experiments import effective_run
+    from ...experiments import CHANGES_NOTHING, effective_run
 
     base = body.model_dump(include={"models", "metric", "method", "normalisation", "recipe", "centre", "weights", "rerank"})
     runs = [_checked_run(engine, base)]
@@ -161,9 +161,7 @@ def _planned_runs(engine, body: EvaluateRequest) -> list[dict]:
         except CBIRError as exc:
             raise APIError(contract_for(exc).status, f"compare[{k}]: {exc.said_to('api')}") from None
         if same:
-            raise APIError(422, f"compare[{k}] changes nothing of the evaluation it is compared with (a normalisation "
-                                "or weights without a fusion that reads them, weights in the same ratios, centring under "
-                                "chi-square or Bhattacharyya, which are never centred, or the same values)")
+            raise APIError(422, f"compare[{k}] {CHANGES_NOTHING}")
     return runs
 
 
