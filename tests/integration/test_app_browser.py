@@ -832,8 +832,8 @@ def test_the_search_page_by_its_name_opens_search(page, app_server):
     page.goto(app_server.url + "/search?q=7")
     page.get_by_text("Results for query 7", exact=False).wait_for()
     expect(page.get_by_text("Page not found")).to_have_count(0)
-    page.locator("[data-testid='stSidebarNav']").get_by_text("Evaluate").click()
-    page.get_by_role("heading", name="📈 Evaluate", exact=True).wait_for()
+    click_until(page, page.locator("[data-testid='stSidebarNav']").get_by_text("Evaluate"),
+                page.get_by_role("heading", name="📈 Evaluate", exact=True))
     expect(page.get_by_text("This app has encountered an error")).to_have_count(0)
 
 
