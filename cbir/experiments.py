@@ -178,14 +178,15 @@ def evaluate(
         if progress:
             progress(start + rows.size, sample.size)
     exact = get_backend(backend).exact
-    raw = metric in CENTRED_METRICS and not all_centred(stores)
+    centred = all_centred(stores)  # a tiny store is not centred
     name = _run_name(models, method, normalisation, rerank, None if exact else (backend, depth),
-                     None if sample.size == n else (sample.size, n, seed), raw=raw, weights=weights)
+                     None if sample.size == n else (sample.size, n, seed), raw=metric in CENTRED_METRICS and not centred,
+                     weights=weights)
     report = merge_reports(chunks, [labels[r] for r in sample], name, metric)
     report.seconds = time.perf_counter() - t_start
     report.depth = None if exact else depth
     report.query_ids = [ids[r] for r in sample]  # pairs this run's AP with another run's (cbir.significance)
-    report.centred = all_centred(stores)  # a tiny store is not centred
+    report.centred = centred
     return report
 
 
