@@ -17,6 +17,22 @@ def url_page() -> str:
         return ""
 
 
+def rerun_names_no_page() -> bool:
+    """This run was asked for by a browser not yet told its page.
+
+    Streamlit's browser names the main script's hash in any rerun it sends before the run's
+    navigation reaches it, and Streamlit resolves that hash to the default page: the cookie
+    manager's first rerun (sent once its frame has loaded) sent a deep link to /admin, logged in
+    from the cookie, on to Search under load, and rewrote the URL to "/"."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None:
+        return False
+    pages = ctx.pages_manager
+    return pages.intended_page_script_hash == pages.main_script_hash
+
+
 #: Deep links: how often a session may be sent on to the page its first URL named.
 ENTRY_SWITCHES = 5
 # Remember that page before any other Streamlit call: the login (form or cookie) takes a few
@@ -183,7 +199,7 @@ def session_still_valid(authenticator: stauth.Authenticate) -> bool:
 
 
 #: Session-state prefixes of what a user did; cleared when their session ends.
-USER_STATE = ("search_", "eval_", "map_", "coll_", "admin_", "auth_binding")
+USER_STATE = ("search_", "eval_", "map_", "coll_", "admin_", "auth_binding", "auth_last_page")
 
 
 def end_session(authenticator: stauth.Authenticate, why: str) -> None:
@@ -283,6 +299,10 @@ if wanted in by_path and wanted != current.url_path and switches > 0:
     # (a shared /map?collection=X link landed on Search, or crashed, after the login)
     st.switch_page(by_path[wanted], query_params=st.query_params.to_dict())
 st.session_state["auth_entry_page"] = None  # once per session
+last = st.session_state.get("auth_last_page")
+if rerun_names_no_page() and last in by_path and last != current.url_path:  # the page this session showed
+    st.switch_page(by_path[last], query_params=st.query_params.to_dict())
+st.session_state["auth_last_page"] = current.url_path
 with st.sidebar:
     collection_switcher()
 current.run()

@@ -164,3 +164,44 @@ def test_a_page_with_a_forged_session_state_stops():
 def test_no_folder_streamlit_would_discover_by_itself():
     """Streamlit runs any script in a ``pages/`` folder beside the entry script by URL."""
     assert not (ROOT / "pages").exists()
+
+
+@pytest.mark.redis
+def test_a_rerun_from_a_browser_not_yet_told_its_page_keeps_the_page(gate_redis, tmp_path, monkeypatch):
+    """Streamlit's browser names the main script's hash in any rerun it asks for before the run's
+    page reaches it; the cookie manager's first rerun (sent once its frame loads) can be one, and
+    Streamlit resolves it to the default page. A deep link to /admin, logged in from the cookie,
+    landed on Search under load (CI), the URL rewritten to "/". Such a rerun keeps the page."""
+    import redis as redis_lib
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+    from streamlit.util import calc_hash
+
+    from cbir.config import Settings as Config, reset_settings
+    from cbir.users import UserStore, bootstrap
+
+    for key, value in service_env(gate_redis.url, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    reset_settings()
+    users = UserStore(redis_lib.Redis.from_url(gate_redis.url, decode_responses=True))
+    bootstrap(users, Config(demo=True, var_dir=tmp_path / "var"))
+    try:
+        app = str(ROOT / "app.py")
+        at = AppTest.from_file(app, default_timeout=120)
+        for key, value in dict(authentication_status=True, username="admin", roles=["admin"],
+                               auth_binding=users.binding("admin")).items():
+            at.session_state[key] = value
+        at.run().switch_page("app_pages/admin.py").run()  # (AppTest learns the pages in a first run)
+        assert not at.exception, at.exception
+        assert [t.value for t in at.title][:1] == ["🛡️ Admin"], [t.value for t in at.title]
+        at._page_hash = calc_hash(app)  # what the browser sends until it learns its page
+        at.run()
+        assert not at.exception, at.exception
+        assert [t.value for t in at.title][:1] == ["🛡️ Admin"], [t.value for t in at.title]
+        # a rerun that names a page still goes there: the user's own navigation is not undone
+        at.switch_page("app_pages/evaluate.py").run()
+        assert [t.value for t in at.title][:1] == ["📈 Evaluate"], [t.value for t in at.title]
+    finally:
+        st.cache_resource.clear()
+        monkeypatch.undo()
+        reset_settings()
