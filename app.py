@@ -304,5 +304,5 @@ if rerun_names_no_page() and last in by_path and last != current.url_path:  # th
     st.switch_page(by_path[last], query_params=st.query_params.to_dict())
 st.session_state["auth_last_page"] = current.url_path
 with st.sidebar:
-    collection_switcher()
+    collection_switcher(current.url_path)
 current.run()

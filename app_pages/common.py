@@ -50,6 +50,10 @@ COLLECTION_NEXT = "collection_next"
 #: Session state: the collection this session works on (the truth; the widget shows it). A
 #: rerun carrying an older URL, or a widget value lost in a redraw, cannot switch it.
 COLLECTION_CURRENT = "collection_current"
+#: Session state: (warning, page) when the session fell back to the default collection (a link's
+#: unknown name, a collection removed); shown on that page until the user goes elsewhere or picks
+#: a collection (drawn by one run only, the next rerun, such as the login cookie's, wiped it).
+COLLECTION_NOTE = "collection_note"
 #: Session-state prefixes of the pages' work; cleared when the session switches collection.
 PAGE_STATE = ("search_", "eval_", "map_", "coll_")
 
@@ -70,6 +74,7 @@ def _collection_picked() -> None:
     picked = st.session_state.get(COLLECTION_KEY)
     if picked and picked != st.session_state.get(COLLECTION_CURRENT):
         st.session_state[COLLECTION_CURRENT] = picked
+        st.session_state.pop(COLLECTION_NOTE, None)
         _clear_page_state()
 
 
@@ -80,7 +85,7 @@ def _clear_page_state() -> None:
         del st.session_state[key]
 
 
-def collection_switcher() -> str:
+def collection_switcher(page: str = "") -> str:
     """The sidebar's collection picker, kept in the page URL (``?collection=NAME``, none for the
     default) so that a link opens the same collection. The session's choice (COLLECTION_CURRENT)
     is the truth: the URL is read once, when the session first draws the switcher (a rerun
@@ -88,7 +93,8 @@ def collection_switcher() -> str:
     a widget value lost in a redraw switched the session to the default and wiped its work). Results,
     evaluations and maps of the previous collection are dropped on a switch. A name the server
     does not know (a stale link, a collection an admin removed) falls back to the default, with
-    a warning. Returns the chosen name."""
+    a warning, kept on ``page`` (the URL path of the page drawn) until the user leaves it or picks
+    a collection. Returns the chosen name."""
     from cbir.collection_registry import NAME_RE
 
     services = get_services()
@@ -105,16 +111,22 @@ def collection_switcher() -> str:
         if asked is not None and asked not in names:
             # a URL is hostile: only a valid name is echoed
             what = f"There is no collection `{asked}` on this server" if NAME_RE.fullmatch(asked) else "The link names no collection of this server"
-            st.warning(f"{what} (removed, or a mistyped link); showing `{default}`.", icon="⚠️")
+            state[COLLECTION_NOTE] = (f"{what} (removed, or a mistyped link); showing `{default}`.", page)
         current = state[COLLECTION_CURRENT] = asked if asked in names else default
     pending = state.pop(COLLECTION_NEXT, None)
     if pending in names and pending != current:
         current = state[COLLECTION_CURRENT] = pending
+        state.pop(COLLECTION_NOTE, None)
         _clear_page_state()
     elif current not in names:
-        st.warning(f"The collection `{current}` was removed; showing `{default}`.", icon="⚠️")
+        state[COLLECTION_NOTE] = (f"The collection `{current}` was removed; showing `{default}`.", page)
         current = state[COLLECTION_CURRENT] = default
         _clear_page_state()
+    note = state.get(COLLECTION_NOTE)
+    if note and note[1] == page:
+        st.warning(note[0], icon="⚠️")
+    elif note:
+        del state[COLLECTION_NOTE]
     # The session's choice first: it is the widget's value (set here when it changed) *and* its
     # default, so a redrawn widget that lost its value falls back to it (to the default collection,
     # before: the next rerun switched the session to it)

@@ -166,16 +166,14 @@ def test_no_folder_streamlit_would_discover_by_itself():
     assert not (ROOT / "pages").exists()
 
 
-@pytest.mark.redis
-def test_a_rerun_from_a_browser_not_yet_told_its_page_keeps_the_page(gate_redis, tmp_path, monkeypatch):
-    """Streamlit's browser names the main script's hash in any rerun it asks for before the run's
-    page reaches it; the cookie manager's first rerun (sent once its frame loads) can be one, and
-    Streamlit resolves it to the default page. A deep link to /admin, logged in from the cookie,
-    landed on Search under load (CI), the URL rewritten to "/". Such a rerun keeps the page."""
+
+@pytest.fixture
+def app_test(gate_redis, tmp_path, monkeypatch):
+    """``app.py`` in Streamlit's AppTest, logged in as ``user`` (a function of it), on the gate's
+    Redis with the demo users; a first run has taught AppTest the pages."""
     import redis as redis_lib
     import streamlit as st
     from streamlit.testing.v1 import AppTest
-    from streamlit.util import calc_hash
 
     from cbir.config import Settings as Config, reset_settings
     from cbir.users import UserStore, bootstrap
@@ -185,23 +183,61 @@ def test_a_rerun_from_a_browser_not_yet_told_its_page_keeps_the_page(gate_redis,
     reset_settings()
     users = UserStore(redis_lib.Redis.from_url(gate_redis.url, decode_responses=True))
     bootstrap(users, Config(demo=True, var_dir=tmp_path / "var"))
-    try:
-        app = str(ROOT / "app.py")
-        at = AppTest.from_file(app, default_timeout=120)
-        for key, value in dict(authentication_status=True, username="admin", roles=["admin"],
-                               auth_binding=users.binding("admin")).items():
+
+    def logged_in(user: str, **query) -> AppTest:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        for key, value in dict(authentication_status=True, username=user, roles=[users.get(user).role],
+                               auth_binding=users.binding(user)).items():
             at.session_state[key] = value
-        at.run().switch_page("app_pages/admin.py").run()  # (AppTest learns the pages in a first run)
-        assert not at.exception, at.exception
-        assert [t.value for t in at.title][:1] == ["🛡️ Admin"], [t.value for t in at.title]
-        at._page_hash = calc_hash(app)  # what the browser sends until it learns its page
+        at.query_params.update(query)
         at.run()
         assert not at.exception, at.exception
-        assert [t.value for t in at.title][:1] == ["🛡️ Admin"], [t.value for t in at.title]
-        # a rerun that names a page still goes there: the user's own navigation is not undone
-        at.switch_page("app_pages/evaluate.py").run()
-        assert [t.value for t in at.title][:1] == ["📈 Evaluate"], [t.value for t in at.title]
-    finally:
-        st.cache_resource.clear()
-        monkeypatch.undo()
-        reset_settings()
+        return at
+
+    yield logged_in
+    st.cache_resource.clear()
+    monkeypatch.undo()
+    reset_settings()
+
+
+def titles(at) -> list[str]:
+    return [t.value for t in at.title]
+
+
+def test_a_rerun_from_a_browser_not_yet_told_its_page_keeps_the_page(app_test):
+    """Streamlit's browser names the main script's hash in any rerun it asks for before the run's
+    page reaches it; the cookie manager's first rerun (sent once its frame loads) can be one, and
+    Streamlit resolves it to the default page. A deep link to /admin, logged in from the cookie,
+    landed on Search under load (CI), the URL rewritten to "/". Such a rerun keeps the page."""
+    from streamlit.util import calc_hash
+
+    at = app_test("admin").switch_page("app_pages/admin.py").run()
+    assert not at.exception, at.exception
+    assert titles(at)[:1] == ["🛡️ Admin"], titles(at)
+    at._page_hash = calc_hash(str(ROOT / "app.py"))  # what the browser sends until it learns its page
+    at.run()
+    assert not at.exception, at.exception
+    assert titles(at)[:1] == ["🛡️ Admin"], titles(at)
+    # a rerun that names a page still goes there: the user's own navigation is not undone
+    at.switch_page("app_pages/evaluate.py").run()
+    assert titles(at)[:1] == ["📈 Evaluate"], titles(at)
+
+
+@pytest.mark.parametrize("asked,said", [("nope", "There is no collection `nope` on this server"),
+                                        ("<b>x</b>", "The link names no collection of this server")])
+def test_a_link_to_an_unknown_collection_is_said_until_the_user_leaves_the_page(app_test, asked, said):
+    """The warning was drawn by the session's first run only: the login cookie's rerun, a moment
+    later, wiped it (a flash). It stays on the page the link opened, and goes with a page change."""
+    def warned(at) -> bool:
+        return any(said in w.value for w in at.sidebar.warning)
+
+    at = app_test("student", collection=asked)
+    assert warned(at) and titles(at)[:1] == ["🔎 Search"], [w.value for w in at.sidebar.warning]
+    assert at.session_state["collection_current"] == "image.orig"
+    assert all(asked not in w.value for w in at.sidebar.warning if said.startswith("The link"))  # not echoed
+    at.run()  # a rerun (the cookie manager's)
+    assert warned(at), "the warning went with the next rerun"
+    at.switch_page("app_pages/evaluate.py").run()
+    assert not warned(at) and titles(at)[:1] == ["📈 Evaluate"]
+    at.switch_page("app_pages/search.py").run()
+    assert not warned(at)
