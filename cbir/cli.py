@@ -358,10 +358,11 @@ def _recipe_arg(text: str | None):
 def _planned_runs(engine, settings: dict, args) -> list[dict]:
     """The baseline run and one per ``--compare``, all parsed and checked before any work."""
     from .experiments import CHANGES_NOTHING, effective_run
+    from .request import check_run
 
     runs = [settings] + [_compare_arg(text, settings, args.method) for text in args.compare or []]
     for text, run in zip([None, *(args.compare or [])], runs):
-        _check_run(engine, run)
+        check_run(engine, run["models"], run["metric"], run["rerank"], run.get("recipe"), run.get("backend"), run.get("centre", True))
         if text is not None and effective_run(run) == effective_run(settings):
             raise CBIRError(f"--compare {text!r} {CHANGES_NOTHING}")
     return runs
@@ -373,22 +374,6 @@ def _normalisation_note(method: str | None, normalisation: str) -> None:
 
     if method is not None and not fusion_method(method).normalised and normalisation != DEFAULT_NORMALISATION:
         print(f"note: {method} fusion reads ranks; --normalisation {normalisation} changes nothing", file=sys.stderr)
-
-
-def _check_run(engine, run: dict) -> None:
-    """Everything an evaluation run needs, before any work: a recipe's rules (one model,
-    exact, no re-ranking), re-ranking's metric, and each model's store."""
-    from .rerank import check_metric
-
-    if run.get("recipe") is not None:
-        from .recipes import check_recipe_run
-
-        check_recipe_run(run["models"], run["metric"], run["rerank"].active, run.get("backend"), run.get("centre", True))
-        return
-    if run["rerank"].active:
-        check_metric(run["metric"])
-    for model in run["models"]:
-        engine.store(model)  # a missing store: its error now, not after the first run
 
 
 def _evaluate_run(engine, run: dict, args):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from .fusion import check_weights, fusion_method, normalisation_method
 from .index import check_backend
 from .ranking import FusionInputs, RankedList
 from .rerank import DEFAULT_ALPHA, DEFAULT_N, FeedbackRound, Rerank, check_metric, feedback_rounds
+
+if TYPE_CHECKING:
+    from .catalogue import StoreCatalogue
 
 MAX_TOP_K = 1000
 MAX_MODELS = 8
@@ -275,6 +278,27 @@ def bad_request() -> Iterator[None]:
         raise
     except CBIRError as exc:
         raise RequestError(str(exc)) from None
+
+
+def check_run(engine: "StoreCatalogue", models: Sequence[str], metric: str, rerank: Rerank, recipe=None,
+              backend: str | None = None, centre: bool = True) -> None:
+    """Everything an evaluation run needs, checked before any work, the same way for the CLI
+    and the API: a recipe's rules (cbir.recipes.check_recipe_run: one model, exact, no
+    re-ranking), re-ranking under cosine only, then each model's store.
+
+    ``engine``: a :class:`StoreCatalogue` (the engine is one). Raises :class:`RequestError` for a
+    value refused (422, exit 2) and the store's own error for a model without features here (400,
+    exit 2)."""
+    from .recipes import check_recipe_run
+
+    with bad_request():
+        if recipe is not None:
+            check_recipe_run(models, metric, rerank.active, backend, centre)
+            return
+        if rerank.active:
+            check_metric(metric)
+    for model in models:
+        engine.store(model)  # a missing store: its error now, not after the first run's work
 
 
 def _parse(models, metric, top_k, query, image_id, image, exclude_query, method, weights, rerank, feedback,

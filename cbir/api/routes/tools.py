@@ -108,23 +108,17 @@ def _checked_run(engine, run: dict) -> dict:
     weights read as a search reads them, re-ranking a :class:`Rerank` (cosine only), and
     ``recipe`` parsed (None: the store's vectors) under cbir.recipes.check_recipe_run's rules (422)."""
     from ...distances import normalise_metric
-    from ...recipes import check_recipe_run, parse_recipe
-    from ...request import bad_request, parse_weights
-    from ...rerank import Rerank, check_metric
+    from ...recipes import parse_recipe
+    from ...request import bad_request, check_run, parse_weights
+    from ...rerank import Rerank
 
     with bad_request():
         models = list(dict.fromkeys(get_spec(m).name for m in run["models"]))
         metric, rerank = normalise_metric(run["metric"]), Rerank(**run["rerank"]) if run.get("rerank") else Rerank()
-        out = {**run, "models": models, "metric": metric, "weights": parse_weights(models, run.get("weights")), "rerank": rerank}
-        text = run.get("recipe")
-        if text is not None and text.strip().lower() not in ("", "store"):
-            check_recipe_run(models, metric, rerank.active, centre=run.get("centre", True))
-            return {**out, "recipe": parse_recipe(text)}
-        if rerank.active:
-            check_metric(metric)
-    for model in models:
-        engine.store(model)  # a missing store: its error now, not after the first run's work
-    return {**out, "recipe": None}
+        weights, text = parse_weights(models, run.get("weights")), run.get("recipe")
+        recipe = parse_recipe(text) if text is not None and text.strip().lower() not in ("", "store") else None
+    check_run(engine, models, metric, rerank, recipe, centre=run.get("centre", True))
+    return {**run, "models": models, "metric": metric, "weights": weights, "rerank": rerank, "recipe": recipe}
 
 
 def _compared_run(base: dict, run: CompareRun) -> dict:
