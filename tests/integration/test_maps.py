@@ -36,6 +36,10 @@ def _class_separation(coords: np.ndarray, labels: list[str]) -> float:
 
 
 def test_pca_map_is_cached_and_places_a_stored_vector_on_itself(engine):
+    from types import SimpleNamespace
+
+    import cbir.maps
+
     first = embedding_map(engine, "efficientnet_lite0", "pca")
     assert first.coords.shape == (1000, 2) and first.seconds > 0
     labels = [engine.collection.label_of(i) for i in first.ids]
@@ -48,6 +52,10 @@ def test_pca_map_is_cached_and_places_a_stored_vector_on_itself(engine):
     # the raw descriptor of a mapped image, centred as the map's vectors are, lands on its own dot
     x, y = first.place(store.vector("412"))
     assert (x, y) == pytest.approx(tuple(first.coords[first.ids.index("412")]), abs=1e-4)
+    # the map's mean and axes are kept: a second placement reads none of the store's vectors
+    assert first.key in cbir.maps._PCA_AXES
+    first.store = SimpleNamespace(centre=first.store.centre, embeddings=None)  # (its vectors gone)
+    assert first.place(store.vector("777")) == pytest.approx(tuple(first.coords[first.ids.index("777")]), abs=1e-4)
     # as stored: a map of its own, cached apart (the centred one is not overwritten)
     raw = embedding_map(engine, "efficientnet_lite0", "pca", centre=False)
     assert not raw.centred and raw.seconds > 0 and not np.allclose(np.abs(raw.coords), np.abs(first.coords), atol=1e-2)
