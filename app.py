@@ -199,7 +199,7 @@ def session_still_valid(authenticator: stauth.Authenticate) -> bool:
 
 
 #: Session-state prefixes of what a user did; cleared when their session ends.
-USER_STATE = ("search_", "eval_", "map_", "coll_", "admin_", "auth_binding", "auth_last_page")
+USER_STATE = ("search_", "eval_", "map_", "coll_", "admin_", "auth_binding", "auth_last_page", "collection_")
 
 
 def end_session(authenticator: stauth.Authenticate, why: str) -> None:
@@ -302,7 +302,10 @@ st.session_state["auth_entry_page"] = None  # once per session
 last = st.session_state.get("auth_last_page")
 if rerun_names_no_page() and last in by_path and last != current.url_path:  # the page this session showed
     st.switch_page(by_path[last], query_params=st.query_params.to_dict())
-st.session_state["auth_last_page"] = current.url_path
-with st.sidebar:
-    collection_switcher(current.url_path)
+if st.session_state.get("authentication_status"):
+    st.session_state["auth_last_page"] = current.url_path
+    with st.sidebar:
+        collection_switcher(current.url_path)
+# else the sidebar's Log out, in this run: it goes on logged out (the page says "log in"; the cookie's
+# deletion is a component of this run) and leaves the session nothing of this user's for the next one
 current.run()

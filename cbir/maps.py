@@ -18,6 +18,7 @@ shown).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import re
@@ -237,7 +238,10 @@ class EmbeddingMap:
         q = np.asarray(query, dtype=np.float32)[None, :]
         q = centre(q, self.store.centre) if self.centred else l2_normalise(q)
         if self.method == "pca":
-            axes = _PCA_AXES.get(self.key) if self.key else None
+            # keyed by the drawn coordinates too: a map file rebuilt under the same name (pruned,
+            # then written again by another process) may differ in an axis's sign
+            key = (*self.key, hashlib.blake2b(np.ascontiguousarray(self.coords).tobytes(), digest_size=16).digest())
+            axes = _PCA_AXES.get(key) if self.key else None
             if axes is None:  # its "model": the mean and the two axes ((d,) and (d, 2) float32)
                 x = l2_normalise(np.asarray(vectors if self.rows is None else vectors[self.rows], dtype=np.float32))
                 # the map's own axes, no second SVD: coords[:, k] = (x - mean) v_k = u_k s_k, so
@@ -245,7 +249,7 @@ class EmbeddingMap:
                 mean = x.mean(0)
                 axes = (mean, ((x - mean).T @ self.coords) / np.maximum((self.coords ** 2).sum(0), 1e-12))
                 if self.key:
-                    _PCA_AXES.put(self.key, axes)
+                    _PCA_AXES.put(key, axes)
             point = (q[0] - axes[0]) @ axes[1]
             return float(point[0]), float(point[1])
         fitted = _FITTED.get(self.key)

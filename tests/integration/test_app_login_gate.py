@@ -241,3 +241,16 @@ def test_a_link_to_an_unknown_collection_is_said_until_the_user_leaves_the_page(
     assert not warned(at) and titles(at)[:1] == ["📈 Evaluate"]
     at.switch_page("app_pages/search.py").run()
     assert not warned(at)
+
+
+def test_log_out_leaves_nothing_of_the_session_to_the_next_user(app_test):
+    """The page the session last showed and the collection link's warning went on after the
+    sidebar's Log out (its run goes on, logged out): the next user on that tab was shown a
+    warning about a link they never opened, and a page-less rerun took them to the other's page."""
+    at = app_test("student", collection="nope")
+    assert any("There is no collection `nope`" in w.value for w in at.sidebar.warning)
+    assert at.session_state["auth_last_page"] == ""  # (Search)
+    at.sidebar.button(key="auth_logout").click().run()
+    assert not at.exception, at.exception
+    left = [k for k in ("auth_last_page", "collection_note", "collection_current") if k in at.session_state]
+    assert left == [], left
