@@ -64,7 +64,7 @@ from cbir.config import install_secret, server_settings  # noqa: E402
 from cbir.redisdb import ServiceUnavailable  # noqa: E402
 from cbir.auth.bootstrap import DEMO_USERS, bootstrap  # noqa: E402
 from cbir.errors import AccountDisabledError, AuthError, ConfigError, LockedError  # noqa: E402
-from app_pages.common import collection_switcher, get_users, show_error, touch_activity  # noqa: E402
+from app_pages.common import collection_switcher, get_users, note_on_page, show_error, touch_activity  # noqa: E402
 
 try:
     settings = server_settings()  # the environment's, refused (ConfigError) when a server must not run with them
@@ -286,11 +286,7 @@ if wanted and wanted not in by_path and switches == ENTRY_SWITCHES:  # a link to
     if refused is not None and refused[1]:  # said on the page the user lands on, until they go elsewhere (reruns would wipe it)
         st.session_state["auth_refused_note"] = (f"The {refused[0]} page is for {' and '.join(sorted(refused[1]))} "
                                                  f"accounts; you are logged in as a {role}.", current.url_path)
-note = st.session_state.get("auth_refused_note")
-if note and note[1] == current.url_path:
-    st.warning(note[0], icon="🔒")
-elif note:
-    del st.session_state["auth_refused_note"]
+note_on_page("auth_refused_note", current.url_path, "🔒")
 if wanted in by_path and wanted != current.url_path and switches > 0:
     # kept until a run lands there: a rerun the browser asks for at the same moment (the
     # cookie manager's) carries the page it last showed and can undo one switch

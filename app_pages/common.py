@@ -51,8 +51,8 @@ COLLECTION_NEXT = "collection_next"
 #: rerun carrying an older URL, or a widget value lost in a redraw, cannot switch it.
 COLLECTION_CURRENT = "collection_current"
 #: Session state: (warning, page) when the session fell back to the default collection (a link's
-#: unknown name, a collection removed); shown on that page until the user goes elsewhere or picks
-#: a collection (drawn by one run only, the next rerun, such as the login cookie's, wiped it).
+#: unknown name, a collection removed); shown on that page (note_on_page) until the user goes
+#: elsewhere or picks a collection.
 COLLECTION_NOTE = "collection_note"
 #: Session-state prefixes of the pages' work; cleared when the session switches collection.
 PAGE_STATE = ("search_", "eval_", "map_", "coll_")
@@ -82,6 +82,17 @@ def _clear_page_state() -> None:
     """The pages' work, and the Search page's model choice and weights (the models of another
     collection); its other settings are kept (from the page URL)."""
     for key in [k for k in st.session_state if k.startswith(PAGE_STATE) or k == "models" or k.startswith("w_")]:
+        del st.session_state[key]
+
+
+def note_on_page(key: str, page: str, icon: str) -> None:
+    """Show the warning kept in session state under ``key`` as (text, page) while the session is
+    on that page, and drop it once the user is elsewhere: a warning drawn by one run only was
+    wiped by the next rerun (the login cookie's), and one kept for the session followed the user."""
+    note = st.session_state.get(key)
+    if note and note[1] == page:
+        st.warning(note[0], icon=icon)
+    elif note:
         del st.session_state[key]
 
 
@@ -122,11 +133,7 @@ def collection_switcher(page: str = "") -> str:
         state[COLLECTION_NOTE] = (f"The collection `{current}` was removed; showing `{default}`.", page)
         current = state[COLLECTION_CURRENT] = default
         _clear_page_state()
-    note = state.get(COLLECTION_NOTE)
-    if note and note[1] == page:
-        st.warning(note[0], icon="⚠️")
-    elif note:
-        del state[COLLECTION_NOTE]
+    note_on_page(COLLECTION_NOTE, page, "⚠️")
     # The session's choice first: it is the widget's value (set here when it changed) *and* its
     # default, so a redrawn widget that lost its value falls back to it (to the default collection,
     # before: the next rerun switched the session to it)

@@ -54,7 +54,7 @@ def main() -> None:
     engine = Engine(scan_collection(ROOT / "image.orig"))
     images = [open_image(engine.collection.path_of(i)) for i in engine.collection.ids]
     if "--dense" in sys.argv:
-        return dense(engine, models, images, bench.near_duplicates(images, crop=LEVELS[0][1]))
+        return dense(engine, models, images, bench.near_duplicates(images, crop=LEVELS[0][1]), bench.map_batches)
     sets = [(name, bench.near_duplicates(images, crop=crop)) for name, crop in LEVELS]
     banks = {m: bench.Bank(engine.extractor(m), images) for m in models}
     query_banks = {(m, name): bench.Bank(engine.extractor(m), [t for _, t in dups]) for m in models for name, dups in sets}
@@ -75,42 +75,33 @@ def main() -> None:
         print(f"| {title} | " + " | ".join(f"{v:.2f}" for v in row) + " |", flush=True)
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def dense(engine, models: list[str], images: list, dups: list) -> None:
+def dense(engine, models: list[str], images: list, dups: list, map_batches) -> None:
     """Rank-1 on the hard level of: the default (global, centred), asymmetric regional search and
     Chamfer similarity against the collection described at twice the input side."""
-    from cbir.descriptors import rmac_regions
+    from cbir.centring import centre, unit_mean
+    from cbir.descriptors import l2, pool, rmac_regions
     from cbir.fusion import fuse
-    from cbir.images import resize_rgb
 
     sources, kinds = np.array([s for s, _ in dups]), np.arange(len(dups)) % 4
     scores: dict[str, dict[str, np.ndarray]] = {"global, centred (the default)": {}, "regions of the 2x image, best one": {},
                                                 "Chamfer, 2x image locations": {}}
     for m in models:
         extractor = engine.extractor(m)
-
-        def maps(imgs, side):
-            return np.concatenate([extractor.feature_maps(np.stack([resize_rgb(im, side) for im in imgs[s:s + 16]]))
-                                   for s in range(0, len(imgs), 16)]).astype(np.float32)
-
         side = extractor.input_size
-        db, q, db2 = maps(images, side), maps([t for _, t in dups], side), maps(images, 2 * side)
-        g_db, g_q = _l2(db.mean((1, 2))), _l2(q.mean((1, 2)))
-        mean = g_db.mean(0)
-        scores["global, centred (the default)"][m] = _l2(g_q - mean) @ _l2(g_db - mean).T
+        q = np.concatenate(list(map_batches(extractor, [t for _, t in dups], side)))
+        g_db = np.concatenate([pool(b) for b in map_batches(extractor, images, side)])
+        g_q, mean = pool(q), unit_mean(g_db)
+        scores["global, centred (the default)"][m] = centre(g_q, mean) @ centre(g_db, mean).T
+        db2 = np.concatenate(list(map_batches(extractor, images, 2 * side)))  # 1.6 GB float32 for Lite2
         n, h, w, d = db2.shape
-        regions = np.stack([_l2(db2[:, i:i + r, j:j + r].mean((1, 2))) for i, j, r in rmac_regions(h, w, 3)], 1)
-        mean = regions.reshape(-1, d).mean(0)
-        scores["regions of the 2x image, best one"][m] = np.einsum("qd,nrd->qnr", _l2(g_q - mean), _l2(regions - mean)).max(2)
-        loc_db = _l2(db2.reshape(n, -1, d))  # (n, locations, d): 1.6 GB float32 for Lite2, once
+        regions = np.stack([l2(pool(db2[:, i:i + r, j:j + r])) for i, j, r in rmac_regions(h, w, 3)], 1)  # (n, 15, d)
+        mean = unit_mean(regions.reshape(-1, d))
+        scores["regions of the 2x image, best one"][m] = np.einsum("qd,nrd->qnr", centre(g_q, mean), centre(regions, mean)).max(2)
+        locations, mean = db2.reshape(-1, d), unit_mean(db2.reshape(-1, d))
         del db2, regions
-        mean = loc_db.reshape(-1, d).mean(0)
-        loc_db -= mean
-        loc_db = _l2(loc_db).transpose(0, 2, 1).copy()  # (n, d, locations) for BLAS's batched products
-        loc_q = _l2(_l2(q.reshape(len(q), -1, d)) - mean)
+        loc_db = centre(locations, mean).reshape(n, -1, d).transpose(0, 2, 1).copy()  # (n, d, locations): BLAS's batched products
+        del locations
+        loc_q = centre(q.reshape(len(q), -1, d), mean)
         scores["Chamfer, 2x image locations"][m] = np.stack([np.matmul(loc, loc_db).max(2).mean(1) for loc in loc_q])
         del loc_db
     print(f"Wang-1000 near-duplicates, hard level: rank-1 of the source, fused {'+'.join(m.replace('efficientnet_', '') for m in models)}\n")

@@ -70,6 +70,16 @@ def near_duplicates(images, n: int = 100, seed: int = 0, crop: tuple[float, floa
     return out
 
 
+def map_batches(extractor, images, side: int, flip: bool = False, batch: int = 16):
+    """The feature maps of ``images`` resized to ``side`` x ``side`` (mirrored if ``flip``),
+    batch by batch: (b, h, w, c) float32 arrays."""
+    from cbir.images import resize_rgb
+
+    for start in range(0, len(images), batch):
+        pixels = np.stack([resize_rgb(im, side) for im in images[start:start + batch]])
+        yield np.asarray(extractor.feature_maps(pixels[:, :, ::-1] if flip else pixels), dtype=np.float32)
+
+
 class Bank:
     """Pooled, L2-normalised vectors of a set of images for every (scale, flip, pooling) a
     recipe asks for, computed once per (scale, flip) from the feature maps."""
@@ -78,16 +88,13 @@ class Bank:
         self.extractor, self.images, self.cache, self.seconds = extractor, images, {}, {}
 
     def pooled(self, scale: float, flip: bool, pooling: str, p: float) -> np.ndarray:
-        from cbir.images import resize_rgb
         from cbir.recipes import l2, pool
 
         key = (round(scale, 4), flip)
         if key not in self.cache:
             size = max(32, int(round(scale * self.extractor.input_size)))
             parts, t0 = {}, time.perf_counter()
-            for start in range(0, len(self.images), 16):
-                batch = np.stack([resize_rgb(im, size) for im in self.images[start:start + 16]])
-                maps = self.extractor.feature_maps(batch[:, :, ::-1] if flip else batch)
+            for maps in map_batches(self.extractor, self.images, size, flip):
                 for name, q in (("avg", 0), ("mac", 0), ("gem", 3.0), ("rmac", 0)):
                     parts.setdefault(name, []).append(l2(pool(maps, name, q)))
             self.seconds[key] = time.perf_counter() - t0

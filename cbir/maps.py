@@ -240,15 +240,16 @@ class EmbeddingMap:
         if self.method == "pca":
             # keyed by the drawn coordinates too: a map file rebuilt under the same name (pruned,
             # then written again by another process) may differ in an axis's sign
-            key = (*self.key, hashlib.blake2b(np.ascontiguousarray(self.coords).tobytes(), digest_size=16).digest())
-            axes = _PCA_AXES.get(key) if self.key else None
+            drawn = hashlib.blake2b(np.ascontiguousarray(self.coords).tobytes(), digest_size=16).digest()
+            key = (*self.key, drawn) if self.key else None
+            axes = _PCA_AXES.get(key) if key else None
             if axes is None:  # its "model": the mean and the two axes ((d,) and (d, 2) float32)
                 x = l2_normalise(np.asarray(vectors if self.rows is None else vectors[self.rows], dtype=np.float32))
                 # the map's own axes, no second SVD: coords[:, k] = (x - mean) v_k = u_k s_k, so
                 # (x - mean)^T coords[:, k] = v_k s_k^2 and ||coords[:, k]||^2 = s_k^2 (signs included)
                 mean = x.mean(0)
                 axes = (mean, ((x - mean).T @ self.coords) / np.maximum((self.coords ** 2).sum(0), 1e-12))
-                if self.key:
+                if key:
                     _PCA_AXES.put(key, axes)
             point = (q[0] - axes[0]) @ axes[1]
             return float(point[0]), float(point[1])
